@@ -1,0 +1,48 @@
+"""Linux process controls smart spawning needs, in one place.
+
+prctl(2) is reached through ctypes: two calls do not justify a compiled dependency.
+"""
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc = None
+if sys.platform.startswith("linux"):
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _prctl(option, arg):
+    if _libc is None:
+        raise OSError("prctl is Linux only")
+    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def smart_spawn_unsupported():
+    """Why this platform cannot smart-spawn, or None when it can."""
+    if _libc is None:
+        return "smart spawning needs Linux's PR_SET_CHILD_SUBREAPER; this is %s" % sys.platform
+    if not hasattr(os, "fork") or not hasattr(__import__("socket"), "send_fds"):
+        return "smart spawning needs os.fork and socket.send_fds"
+    return None
+
+
+def become_subreaper():
+    """Orphaned descendants (the preloader's grandchildren) get re-parented to us."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(parent_pid, sig=signal.SIGKILL):
+    """Ask the kernel to send `sig` when our parent dies; False if it already has.
+
+    The check after the prctl closes the race where the parent died before it took effect.
+    setuid()/setgid() clear this setting: call it again after dropping privileges.
+    """
+    _prctl(PR_SET_PDEATHSIG, sig)
+    return os.getppid() == parent_pid

@@ -1,0 +1,149 @@
+"""smartspawn's settings, declared as gunicorn Settings.
+
+gunicorn builds its settings table before it imports the worker class, so at first start
+it ignores these names in gunicorn.conf.py. `install_settings()` adds them to the live
+Config and applies the values from the config module through each Setting's validator.
+After a HUP gunicorn parses them natively: importing this module registered them in
+gunicorn's KNOWN_SETTINGS.
+"""
+import difflib
+import sys
+
+from gunicorn.config import Setting, validate_bool, validate_callable
+from gunicorn.errors import ConfigError
+
+SECTION = "Smart Spawning"
+
+
+def validate_spawn_method(val):
+    if not isinstance(val, str) or val.strip().lower() not in ("smart", "direct"):
+        raise ValueError('must be "smart" or "direct"')
+    return val.strip().lower()
+
+
+def validate_optional_seconds(val):
+    if val is None:
+        return None
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise TypeError("must be a number of seconds or None")
+    if val <= 0:
+        raise ValueError("must be > 0 (or None)")
+    return float(val)
+
+
+class SpawnMethod(Setting):
+    name = "spawn_method"
+    section = SECTION
+    validator = validate_spawn_method
+    default = "smart"
+    desc = """\
+        How workers are started: ``"smart"`` or ``"direct"``.
+
+        ``smart`` (the default) starts one preloader process that imports the application
+        once; every worker is then ``fork()``ed from it, boots in milliseconds and shares
+        the application's memory copy-on-write. The master never imports the application,
+        and ``kill -HUP`` loads new code in a new preloader.
+
+        ``direct`` is gunicorn's own behaviour without ``--preload``: each worker is forked
+        from the master and imports the application itself.
+
+        Where the platform lacks what smart spawning needs (Linux's
+        ``PR_SET_CHILD_SUBREAPER``), or with ``--reload``, smartspawn falls back to
+        ``direct`` with one warning. Read at start; a change takes effect on USR2, not HUP.
+        """
+
+
+class GcFreeze(Setting):
+    name = "gc_freeze"
+    section = SECTION
+    validator = validate_bool
+    default = True
+    desc = """\
+        Run ``gc.collect()`` then ``gc.freeze()`` in the preloader before it forks.
+
+        Frozen objects are left alone by the cyclic garbage collector of the workers, so
+        collections there do not write to (and un-share) the pages the application was
+        loaded into.
+        """
+
+
+class PreloaderBootTimeout(Setting):
+    name = "preloader_boot_timeout"
+    section = SECTION
+    validator = validate_optional_seconds
+    default = None
+    desc = """\
+        Seconds the preloader may take to import the application.
+
+        ``None`` (the default) uses gunicorn's ``timeout``, the time a worker would have to
+        import it without preloading; no limit when that is 0. A preloader that takes
+        longer is killed: at startup gunicorn stops with exit code 3, later (a restart or
+        a HUP) the running workers keep serving and the error is logged.
+        """
+
+
+class OnPreload(Setting):
+    name = "on_preload"
+    section = "Server Hooks"
+    validator = validate_callable(1)
+    type = callable
+
+    def on_preload(preloader):
+        pass
+    default = staticmethod(on_preload)
+    desc = """\
+        Called in the preloader after the application is loaded, before the first fork.
+
+        The callable takes the Preloader (``preloader.app``, ``preloader.cfg``,
+        ``preloader.log``, ``preloader.generation``). Close connections to databases and
+        caches here: every worker would otherwise share the same socket.
+        """
+
+
+SMARTSPAWN_SETTINGS = (SpawnMethod, GcFreeze, PreloaderBootTimeout, OnPreload)
+SMARTSPAWN_NAMES = tuple(s.name for s in SMARTSPAWN_SETTINGS)
+
+
+def config_namespace(cfg):
+    """The names the user's config module defined (file or ``python:module``)."""
+    location = cfg.config or ""
+    if location.startswith("python:"):
+        module = sys.modules.get(location[len("python:"):])
+    else:
+        module = sys.modules.get("__config__")
+    return vars(module) if module is not None else {}
+
+
+def install_settings(cfg):
+    """Make smartspawn's settings real in `cfg`; returns warnings about unknown names.
+
+    Raises ConfigError naming the setting and the value when a value is invalid.
+    """
+    namespace = config_namespace(cfg)
+    for setting_class in SMARTSPAWN_SETTINGS:
+        name = setting_class.name
+        if name in cfg.settings:
+            continue  # gunicorn already parsed it (after a HUP, or a custom Application)
+        setting = setting_class()
+        if name in namespace:
+            value = namespace[name]
+            try:
+                setting.set(value)
+            except (TypeError, ValueError, ConfigError) as exc:
+                raise ConfigError("Invalid value for smartspawn setting %s=%r: %s"
+                                  % (name, value, exc)) from None
+        cfg.settings[name] = setting
+    return misspelled_names(namespace, cfg)
+
+
+def misspelled_names(namespace, cfg):
+    warnings = []
+    for name in namespace:
+        if name.startswith("_") or name in cfg.settings:
+            continue
+        close = difflib.get_close_matches(name, SMARTSPAWN_NAMES, n=1, cutoff=0.8)
+        if close or name.startswith("smartspawn_"):
+            hint = " (did you mean %r?)" % close[0] if close else ""
+            warnings.append("Unknown setting %r in the gunicorn config is ignored%s"
+                            % (name, hint))
+    return warnings

@@ -1,0 +1,73 @@
+"""Messages between the master, the preloader and freshly forked workers.
+
+Wire format: a SOCK_SEQPACKET socketpair, one datagram per message, each a JSON object
+``{"type": <class name>, <field>: <value>, ...}``. A file descriptor (a worker's heartbeat
+file) travels alongside as SCM_RIGHTS ancillary data. SEQPACKET keeps message
+boundaries and makes each send atomic, so a grandchild may write on the preloader's end
+while the preloader itself waits for the next request. An empty read is EOF: the peer
+(and every process holding its end) has gone.
+"""
+import dataclasses
+import json
+import socket
+
+MAX_MESSAGE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnWorker:
+    """master -> preloader: fork worker `age`; its heartbeat file comes as the fd."""
+    age: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PreloaderReady:
+    """preloader -> master: the app is imported and frozen; spawn requests are welcome."""
+    pid: int
+    boot_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BootFailed:
+    """preloader -> master, just before it exits: the app could not be loaded."""
+    exit_code: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpawned:
+    """new worker -> master, as its first act: worker `age` is process `pid`."""
+    age: int
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnFailed:
+    """preloader -> master: worker `age` could not be forked."""
+    age: int
+    reason: str
+
+
+MESSAGES = {cls.__name__: cls for cls in (SpawnWorker, PreloaderReady, BootFailed,
+                                          WorkerSpawned, SpawnFailed)}
+
+
+def channel_pair():
+    """(master end, child end); neither survives exec (PEP 446)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def send(sock, message, fds=()):
+    payload = json.dumps({"type": type(message).__name__, **dataclasses.asdict(message)})
+    socket.send_fds(sock, [payload.encode()], list(fds))
+
+
+def recv(sock):
+    """One message and the fds that came with it; raises EOFError when the peer is gone."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
+    if not data:
+        for fd in fds:
+            socket.close(fd)
+        raise EOFError("channel closed")
+    fields = json.loads(data)
+    return MESSAGES[fields.pop("type")](**fields), fds

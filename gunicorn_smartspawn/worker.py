@@ -1,0 +1,118 @@
+"""The worker classes (`-k smartspawn.Worker`) and the life of a worker process.
+
+To gunicorn's master a smartspawn worker is an ordinary worker: same heartbeat file,
+same signals, same `max_requests`. What it adds is where it came from, for hooks
+(`post_fork`) and logs:
+
+- ``worker.spawned_from``: ``"master"`` (direct spawning) or ``"preloader"``;
+- ``worker.spawner_pid``: the pid of the process it was forked from;
+- ``worker.generation``: 1 at start, +1 for each HUP that loaded new code.
+"""
+import atexit
+import os
+import socket
+import sys
+
+from gunicorn import sock, util
+from gunicorn.errors import AppImportError
+from gunicorn.workers import gthread, sync
+from gunicorn.workers.workertmp import WorkerTmp
+
+# gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
+WORKER_BOOT_ERROR = 3
+APP_LOAD_ERROR = 4
+
+
+class SmartWorkerMixin:
+    spawned_from = "master"
+    spawner_pid = None
+    generation = 1
+
+    @classmethod
+    def setup(cls):
+        # gunicorn calls this each time it reads cfg.worker_class (start, every HUP).
+        from gunicorn_smartspawn import arbiter
+        arbiter.install()
+
+    @property
+    def preloaded(self):
+        """True when forked from a process that already loaded the app (Passenger's `forked`)."""
+        return self.spawned_from != "master"
+
+
+class Worker(SmartWorkerMixin, sync.SyncWorker):
+    """gunicorn's sync worker; with ``--threads N`` (N > 1) the master uses ThreadWorker."""
+
+
+class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
+    """gunicorn's gthread worker."""
+
+
+def worker_class_for(cfg):
+    return ThreadWorker if cfg.threads > 1 else Worker
+
+
+class HeartbeatFile(WorkerTmp):
+    """gunicorn's WorkerTmp around a heartbeat fd the master created and passed on.
+
+    WorkerTmp.__init__ is skipped on purpose: it would create a new file, and the master
+    watches the one it made.
+    """
+
+    def __init__(self, fd):  # pylint: disable=super-init-not-called
+        self._tmp = os.fdopen(fd, "w+b", 0)
+
+
+def run_worker_process(arbiter, worker):
+    """Run `worker` in this freshly forked process; returns its exit code.
+
+    Mirrors the child branch of gunicorn's Arbiter.spawn_worker(), exit codes included,
+    so that a worker that cannot boot still halts the master instead of looping.
+    """
+    cfg, log = arbiter.cfg, arbiter.log
+    worker.pid = os.getpid()
+    try:
+        util._setproctitle("worker [%s] gen=%s" % (arbiter.proc_name, worker.generation))
+        log.info("Booting worker with pid: %s (gen=%s from %s)",
+                 worker.pid, worker.generation, worker.spawned_from)
+        if cfg.reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            worker.sockets = sock.create_sockets(cfg, log)
+        cfg.post_fork(arbiter, worker)
+        worker.init_process()
+        return 0
+    except SystemExit as exc:
+        return exit_code_of(exc)
+    except AppImportError as exc:
+        log.debug("Exception while loading the application", exc_info=True)
+        print("%s" % exc, file=sys.stderr)
+        return APP_LOAD_ERROR
+    except Exception as exc:
+        log.exception("Exception in worker process")
+        print("%s" % exc, file=sys.stderr)
+        return WORKER_BOOT_ERROR if not worker.booted else 255
+    finally:
+        log.info("Worker exiting (pid: %s)", worker.pid)
+        try:
+            worker.tmp.close()
+            cfg.worker_exit(arbiter, worker)
+        except Exception:
+            log.warning("Exception during worker exit", exc_info=True)
+
+
+def exit_code_of(exc):
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def exit_process(code):
+    """End a forked process without unwinding into its parent's stack.
+
+    atexit handlers run as they would when a gunicorn worker leaves through sys.exit().
+    """
+    try:
+        atexit._run_exitfuncs()  # also flushes logging (logging.shutdown is registered)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code & 0xFF)

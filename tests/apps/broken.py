@@ -1,0 +1,2 @@
+"""Test app whose import fails."""
+raise RuntimeError("this app cannot be imported")

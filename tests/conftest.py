@@ -1,0 +1,261 @@
+"""Run the real `gunicorn -k smartspawn.Worker` on an ephemeral loopback port.
+
+Every server gets its own directory (app copy, config, pidfile, control socket, log),
+is waited for by polling, and is torn down by pid: INT/TERM, then KILL, and the test
+fails if any process of its tree outlives it.
+"""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class Server:
+    def __init__(self, root, app="app:app", config="", workers=2, args=(), env=None):
+        self.root = root
+        self.log_path = root / "server.log"
+        self.pidfile = root / "gunicorn.pid"
+        self.app = app
+        (root / "gunicorn.conf.py").write_text(textwrap.dedent(config))
+        self.cmd = [GUNICORN, "-k", "smartspawn.Worker", "-c", str(root / "gunicorn.conf.py"),
+                    "--bind", "127.0.0.1:0", "--workers", str(workers),
+                    "--chdir", str(root), "--pid", str(self.pidfile),
+                    "--control-socket", str(root / "gunicorn.ctl"),
+                    "--log-level", "debug", *args, app]
+        self.env = {**os.environ, "TEST_DIR": str(root), "PYTHONDONTWRITEBYTECODE": "1",
+                    **(env or {})}
+        self.proc = None
+        self.port = None
+        self.seen_pids = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, wait=True):
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.root, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, workers=None, timeout=20.0):
+        match = wait_for(lambda: self.exited() is None and
+                         re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()),
+                         timeout, what="the server to listen\n" + self.log())
+        self.port = int(match.group(1))
+        count = workers if workers is not None else self.expected_workers()
+        wait_for(lambda: len(self.worker_pids()) >= count and self.get_ok(),
+                 timeout, what="%s workers to serve\n%s" % (count, self.log()))
+        return self
+
+    def expected_workers(self):
+        return int(self.cmd[self.cmd.index("--workers") + 1])
+
+    def exited(self):
+        return self.proc.poll()
+
+    def wait_exit(self, timeout=20.0):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("server did not exit within %ss\n%s"
+                                 % (timeout, self.log())) from None
+
+    def stop(self, sig=signal.SIGTERM, timeout=20.0):
+        """Stop the master; returns its exit code."""
+        if self.proc.poll() is None:
+            self.track()
+            self.signal(sig)
+        return self.wait_exit(timeout)
+
+    def teardown(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.track()
+            self.signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log_file.close()
+        survivors = self.alive(self.seen_pids)
+        for pid in survivors:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert not survivors, "processes outlived the server: %s\n%s" % (
+            survivors, self.log())
+
+    def alive(self, pids, grace=5.0):
+        """Of `pids`, those still running (not zombies) after up to `grace` seconds."""
+        def running():
+            out = []
+            for pid in pids:
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        out.append(pid)
+                except psutil.NoSuchProcess:
+                    pass
+            return out
+        deadline = time.monotonic() + grace
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return running()
+
+    # -- the process tree ---------------------------------------------------------------
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def children(self):
+        """[(pid, title)] of the master's live children; remembered for teardown."""
+        try:
+            kids = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for kid in kids:
+            try:
+                if kid.status() != psutil.STATUS_ZOMBIE:
+                    out.append((kid.pid, " ".join(kid.cmdline())))
+            except psutil.NoSuchProcess:
+                pass
+        self.seen_pids.update(pid for pid, _ in out)
+        return out
+
+    def track(self):
+        self.children()
+
+    def worker_pids(self):
+        return sorted(pid for pid, title in self.children() if "worker [" in title)
+
+    def preloader_pids(self):
+        return sorted(pid for pid, title in self.children() if "preloader" in title)
+
+    def preloader_pid(self):
+        pids = wait_for(self.preloader_pids, what="a preloader\n" + self.log())
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def request(self, path="/", timeout=10.0):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path="/", timeout=10.0):
+        status, body = self.request(path, timeout)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def get_ok(self):
+        try:
+            return self.request("/", timeout=2.0)[0] == 200
+        except OSError:
+            return False
+
+    # -- files the apps and hooks write --------------------------------------------------
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def lines(self, name):
+        path = self.root / name
+        return path.read_text().split() if path.exists() else []
+
+    def wait_log(self, pattern, timeout=10.0):
+        return wait_for(lambda: re.search(pattern, self.log()), timeout,
+                        what="%r in the log\n%s" % (pattern, self.log()))
+
+
+class LoadLoop:
+    """Sequential requests from a background thread, bounded in count and time."""
+
+    def __init__(self, server, path="/", max_requests=20000, max_seconds=60.0):
+        self.server, self.path = server, path
+        self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.ok = 0
+        self.failures = []
+        self.bodies = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and self.ok + len(self.failures) < self.max_requests \
+                and time.monotonic() < deadline:
+            try:
+                status, body = self.server.request(self.path, timeout=10.0)
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if status == 200:
+                self.ok += 1
+                self.bodies.append(body)
+            else:
+                self.failures.append("HTTP %s" % status)
+
+    def __enter__(self):
+        self._thread.start()
+        wait_for(lambda: self.ok > 0 or self.failures, what="the load loop's first request")
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(15)
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """make_server(app_file="counting.py", config=..., workers=2, args=()) -> Server."""
+    servers = []
+
+    def make(app_file="counting.py", **kwargs):
+        root = tmp_path / ("server%d" % len(servers))
+        root.mkdir()
+        shutil.copy(APPS / app_file, root / "app.py")
+        server = Server(root, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.teardown()

@@ -1,0 +1,172 @@
+"""The smart preloader tier, against the real gunicorn command."""
+import os
+import signal
+import time
+
+import psutil
+
+from conftest import LoadLoop, wait_for
+
+
+def test_app_imported_once_in_preloader_and_workers_are_master_children(make_server):
+    server = make_server(workers=4).start()
+    preloader = server.preloader_pid()
+    assert server.lines("imports.txt") == [str(preloader)]
+    assert psutil.Process(preloader).ppid() == server.pid
+    workers = server.worker_pids()
+    assert len(workers) == 4
+    for pid in workers:
+        assert psutil.Process(pid).ppid() == server.pid
+    served = {server.get_json()["pid"] for _ in range(40)}
+    assert served <= set(workers)
+    assert server.stop() == 0
+
+
+def test_killed_worker_is_replaced_from_the_preloader(make_server):
+    server = make_server(workers=2).start()
+    preloader = server.preloader_pid()
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,
+             what="a replacement worker")
+    assert server.lines("imports.txt") == [str(preloader)]
+    assert server.preloader_pid() == preloader
+    assert server.get_json()["pid"] in server.worker_pids()
+
+
+def test_hup_serves_new_code_with_zero_failed_requests(make_server):
+    server = make_server(workers=3).start()
+    old_preloader, old_workers = server.preloader_pid(), server.worker_pids()
+    app_py = server.root / "app.py"
+    with LoadLoop(server) as load:
+        app_py.write_text(app_py.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+        server.signal(signal.SIGHUP)
+        wait_for(lambda: {server.get_json()["version"] for _ in range(12)} == {"v2"},
+                 timeout=20, what="only v2 to be served")
+        wait_for(lambda: not set(old_workers) & set(server.worker_pids())
+                 and len(server.worker_pids()) == 3, what="the old generation to retire")
+        time.sleep(0.3)  # keep hammering the new generation briefly
+    assert load.failures == []
+    assert load.ok > 20
+    new_preloader = server.preloader_pid()
+    assert new_preloader != old_preloader
+    assert not psutil.pid_exists(old_preloader) or \
+        psutil.Process(old_preloader).status() == psutil.STATUS_ZOMBIE
+    assert server.lines("imports.txt") == [str(old_preloader), str(new_preloader)]
+    server.wait_log(r"Generation 2 is serving")
+
+
+def test_killed_preloader_is_restarted_while_workers_serve(make_server):
+    server = make_server(workers=2).start()
+    old = server.preloader_pid()
+    with LoadLoop(server) as load:
+        os.kill(old, signal.SIGKILL)
+        new = wait_for(lambda: [p for p in server.preloader_pids() if p != old],
+                       what="a new preloader")[0]
+        server.wait_log(r"preloader \(pid: %d, gen=1\) loaded the app" % new)
+    assert load.failures == []
+    # Spawns now come from the new preloader.
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 3, what="a third worker")
+    server.wait_log(r"Booting worker with pid: \d+ \(gen=1 from preloader\)")
+    assert server.lines("imports.txt") == [str(old), str(new)]
+
+
+def test_sigkill_of_master_leaves_no_process_behind(make_server):
+    server = make_server(workers=3).start()
+    tree = [pid for pid, _ in server.children()]
+    assert len(tree) == 4  # preloader + 3 workers
+    server.signal(signal.SIGKILL)
+    server.wait_exit()
+    assert server.alive(tree, grace=10.0) == []
+
+
+def test_ttin_ttou_add_and_remove_workers(make_server):
+    server = make_server(workers=2).start()
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 3, what="3 workers")
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
+    server.signal(signal.SIGTTOU)  # one at a time: pending signals of one kind coalesce
+    wait_for(lambda: len(server.worker_pids()) == 1, what="1 worker")
+    assert len(server.lines("imports.txt")) == 1
+    assert server.get_ok()
+
+
+def test_max_requests_recycles_workers_from_the_preloader(make_server):
+    server = make_server(workers=2, args=["--max-requests", "5"]).start()
+    first = set(server.worker_pids())
+    for _ in range(30):
+        assert server.request()[0] == 200
+    wait_for(lambda: not first & set(server.worker_pids()) and
+             len(server.worker_pids()) == 2, what="recycled workers")
+    assert len(server.lines("imports.txt")) == 1
+
+
+def test_timeout_kills_a_hung_forked_worker(make_server):
+    server = make_server(workers=2, args=["--timeout", "2"]).start()
+    before = set(server.worker_pids())
+    try:
+        server.request("/hang", timeout=1.0)
+    except OSError:
+        pass
+    server.wait_log(r"WORKER TIMEOUT", timeout=15)
+    wait_for(lambda: len(set(server.worker_pids()) - before) == 1
+             and len(server.worker_pids()) == 2, what="the hung worker's replacement")
+    assert server.get_ok()
+
+
+def test_graceful_term_lets_in_flight_requests_finish(make_server):
+    server = make_server(workers=1, args=["--graceful-timeout", "10"]).start()
+    result = {}
+
+    def slow():
+        result["response"] = server.request("/sleep?1.5", timeout=10)
+
+    import threading
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.5)  # the request is in flight in the only worker
+    assert server.stop(signal.SIGTERM) == 0
+    thread.join(10)
+    assert result["response"][0] == 200
+
+
+def test_quick_int_stops_everything(make_server):
+    server = make_server(workers=2).start()
+    tree = [pid for pid, _ in server.children()]
+    assert server.stop(signal.SIGINT) == 0
+    assert server.alive(tree) == []
+
+
+def test_threads_serve_concurrently_in_one_worker(make_server):
+    server = make_server(workers=1, args=["--threads", "4"]).start()
+    server.wait_log(r"Using worker: smartspawn.Worker")
+    import concurrent.futures
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: server.request("/sleep?1", timeout=10), range(4)))
+    elapsed = time.monotonic() - started
+    assert [status for status, _ in results] == [200] * 4
+    assert elapsed < 3.0, "4 one-second requests took %.1fs in a 4-thread worker" % elapsed
+
+
+def test_direct_spawn_method_imports_in_every_worker(make_server):
+    server = make_server(workers=3, config='spawn_method = "direct"\n').start()
+    assert server.preloader_pids() == []
+    workers = server.worker_pids()
+    wait_for(lambda: sorted(map(int, server.lines("imports.txt"))) == workers,
+             what="each worker to import the app")
+    assert str(server.pid) not in server.lines("imports.txt")
+
+
+def test_preload_flag_still_never_imports_in_master(make_server):
+    server = make_server(workers=2, args=["--preload"]).start()
+    assert server.lines("imports.txt") == [str(server.preloader_pid())]
+    server.wait_log(r"--preload is not needed")
+
+
+def test_reload_flag_falls_back_to_direct_with_one_warning(make_server):
+    server = make_server(workers=1, args=["--reload"]).start()
+    assert server.log().count("falling back to direct spawning") == 1
+    assert server.preloader_pids() == []
