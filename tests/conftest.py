@@ -245,11 +245,14 @@ class LoadLoop:
 
 @pytest.fixture
 def make_server(tmp_path):
-    """make_server(app_file="counting.py", config=..., workers=2, args=()) -> Server."""
+    """make_server(app_file="counting.py", config=..., workers=2, args=()) -> Server.
+
+    `parent` defaults to the test's private tmp_path.
+    """
     servers = []
 
-    def make(app_file="counting.py", **kwargs):
-        root = tmp_path / ("server%d" % len(servers))
+    def make(app_file="counting.py", parent=tmp_path, **kwargs):
+        root = parent / ("server%d" % len(servers))
         root.mkdir()
         shutil.copy(APPS / app_file, root / "app.py")
         server = Server(root, **kwargs)

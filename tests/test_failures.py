@@ -1,0 +1,94 @@
+"""Bad settings, apps that fail to load, reloads that fail: clear errors, nothing lost."""
+import signal
+
+import pytest
+
+from conftest import LoadLoop, wait_for
+
+
+@pytest.mark.parametrize("line, named", [
+    ('spawn_method = "bogus"', "spawn_method='bogus'"),
+    ("spawn_method = 3", "spawn_method=3"),
+    ("gc_freeze = 1", "gc_freeze=1"),
+    ('preloader_boot_timeout = "10"', "preloader_boot_timeout='10'"),
+    ("preloader_boot_timeout = -1", "preloader_boot_timeout=-1"),
+    ("on_preload = lambda: None", "on_preload="),
+])
+def test_bad_setting_stops_startup_naming_setting_and_value(make_server, line, named):
+    server = make_server(config=line + "\n").start(wait=False)
+    assert server.wait_exit() == 1
+    log = server.log()
+    assert "Invalid value for smartspawn setting " + named in log
+    assert "Listening at" not in log
+    assert not server.pidfile.exists()
+
+
+def test_misspelled_setting_is_warned_about(make_server):
+    server = make_server(config='spawn_methd = "direct"\nsmartspawn_thing = 1\n').start()
+    server.wait_log(r"Unknown setting 'spawn_methd' .* \(did you mean 'spawn_method'\?\)")
+    server.wait_log(r"Unknown setting 'smartspawn_thing'")
+    assert server.preloader_pids()  # the misspelled value was not applied
+
+
+def test_import_exception_exits_3_with_traceback_and_no_respawn(make_server):
+    server = make_server(app_file="broken.py").start(wait=False)
+    assert server.wait_exit() == 3
+    log = server.log()
+    assert "Traceback" in log and "RuntimeError: this app cannot be imported" in log
+    assert log.count("Started preloader") == 1
+    assert "Worker failed to boot." in log
+    assert not server.pidfile.exists()
+
+
+def test_missing_module_exits_3(make_server):
+    server = make_server(app="nosuchmodule:app").start(wait=False)
+    assert server.wait_exit() == 3
+    assert "No module named 'nosuchmodule'" in server.log()
+
+
+def test_missing_attribute_exits_4_app_load_error(make_server):
+    server = make_server(app="app:nosuchattr").start(wait=False)
+    assert server.wait_exit() == 4
+    log = server.log()
+    assert "Failed to find attribute 'nosuchattr'" in log
+    assert "App failed to load." in log
+
+
+def test_preloader_boot_timeout_stops_startup(make_server):
+    server = make_server(app_file="slow_import.py", config="preloader_boot_timeout = 1\n",
+                         env={"IMPORT_SECONDS": "30"}).start(wait=False)
+    assert server.wait_exit(timeout=15) == 3
+    log = server.log()
+    assert "did not load the app within 1.0s (preloader_boot_timeout)" in log
+    assert server.alive(server.seen_pids) == []
+
+
+def test_hup_with_broken_code_keeps_the_old_generation_serving(make_server):
+    server = make_server(workers=2).start()
+    workers = server.worker_pids()
+    app_py = server.root / "app.py"
+    good_code = app_py.read_text()
+    with LoadLoop(server) as load:
+        app_py.write_text("raise RuntimeError('broken deploy')\n")
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"Reload failed: .*gen=2.* exited before it loaded the app"
+                        r".*generation 1 keeps serving")
+    assert load.failures == []
+    assert server.worker_pids() == workers
+    assert {server.get_json()["version"] for _ in range(5)} == {"v1"}
+    # The fix is deployed: the next HUP works.
+    app_py.write_text(good_code.replace('VERSION = "v1"', 'VERSION = "v3"'))
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: {server.get_json()["version"] for _ in range(8)} == {"v3"},
+             timeout=20, what="v3 to be served")
+
+
+def test_hup_with_bad_config_keeps_running(make_server):
+    server = make_server(workers=2).start()
+    preloader = server.preloader_pid()
+    (server.root / "gunicorn.conf.py").write_text('spawn_method = "bogus"\n')
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"Reload failed: the configuration did not load")
+    assert server.exited() is None
+    assert server.preloader_pid() == preloader
+    assert server.get_ok()

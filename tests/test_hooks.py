@@ -1,0 +1,110 @@
+"""gunicorn's hooks keep working; on_preload and worker provenance are added."""
+import json
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import wait_for
+
+HOOKS = '''
+import json, os
+
+def record(name, **fields):
+    with open(os.path.join(os.environ["TEST_DIR"], "hooks.jsonl"), "a") as f:
+        f.write(json.dumps({"hook": name, "pid": os.getpid(), **fields}) + "\\n")
+
+def on_starting(server): record("on_starting")
+def when_ready(server): record("when_ready")
+def on_preload(preloader):
+    record("on_preload", generation=preloader.generation,
+           app_loaded=preloader.app.callable is not None)
+def pre_fork(server, worker): record("pre_fork", age=worker.age)
+def post_fork(server, worker):
+    record("post_fork", spawned_from=worker.spawned_from, spawner_pid=worker.spawner_pid,
+           generation=worker.generation, preloaded=worker.preloaded, ppid=os.getppid())
+def post_worker_init(worker): record("post_worker_init")
+def worker_exit(server, worker): record("worker_exit")
+def child_exit(server, worker): record("child_exit", worker_pid=worker.pid)
+def on_exit(server): record("on_exit")
+'''
+
+
+def hooks(server):
+    path = server.root / "hooks.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def called(server, name):
+    return [h for h in hooks(server) if h["hook"] == name]
+
+
+def test_gunicorn_hooks_and_on_preload_in_the_right_processes(make_server):
+    server = make_server(workers=2, config=HOOKS).start()
+    preloader = server.preloader_pid()
+    wait_for(lambda: len(called(server, "post_worker_init")) == 2, what="post_worker_init x2")
+    master = server.pid
+    assert [h["pid"] for h in called(server, "on_starting")] == [master]
+    assert [h["pid"] for h in called(server, "when_ready")] == [master]
+    assert called(server, "on_preload") == [
+        {"hook": "on_preload", "pid": preloader, "generation": 1, "app_loaded": True}]
+    assert {h["pid"] for h in called(server, "pre_fork")} == {master}
+    post_fork = called(server, "post_fork")
+    assert {h["pid"] for h in post_fork} == set(server.worker_pids())
+    for h in post_fork:
+        assert h["spawned_from"] == "preloader" and h["preloaded"] is True
+        assert h["spawner_pid"] == preloader and h["generation"] == 1
+        assert h["ppid"] == master
+
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGTERM)
+    wait_for(lambda: [h for h in called(server, "child_exit") if h["worker_pid"] == victim],
+             what="child_exit for the stopped worker")
+    assert any(h["pid"] == victim for h in called(server, "worker_exit"))
+
+    assert server.stop() == 0
+    assert [h["pid"] for h in called(server, "on_exit")] == [master]
+
+
+def test_post_fork_says_master_with_direct_spawning(make_server):
+    server = make_server(workers=1, config=HOOKS + 'spawn_method = "direct"\n').start()
+    wait_for(lambda: called(server, "post_fork"), what="post_fork")
+    (h,) = called(server, "post_fork")
+    assert h["spawned_from"] == "master" and h["preloaded"] is False
+    assert called(server, "on_preload") == []
+
+
+def test_hup_starts_generation_2_with_its_own_on_preload(make_server):
+    server = make_server(workers=1, config=HOOKS).start()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: [h for h in called(server, "post_fork") if h["generation"] == 2],
+             what="a generation 2 worker")
+    assert [h["generation"] for h in called(server, "on_preload")] == [1, 2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_preloader_drops_privileges_before_importing_the_app(make_server):
+    nobody = pwd.getpwnam("nobody")
+    # pytest's tmp_path is private to root; `nobody` must reach the app and write to it.
+    parent = Path(tempfile.mkdtemp(prefix="smartspawn-privs-"))
+    try:
+        os.chmod(parent, 0o755)
+        server = make_server(workers=2, parent=parent,
+                             args=["--user", "nobody", "--group", str(nobody.pw_gid)])
+        os.chmod(server.root, 0o777)
+        server.start()
+        preloader = server.preloader_pid()
+        assert psutil.Process(preloader).uids().real == nobody.pw_uid
+        assert psutil.Process(server.pid).uids().real == 0
+        assert server.get_json()["uid"] == nobody.pw_uid
+        assert server.lines("imports.txt") == [str(preloader)]
+        assert server.stop() == 0
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
