@@ -9,7 +9,7 @@ gunicorn's KNOWN_SETTINGS.
 import difflib
 import sys
 
-from gunicorn.config import Setting, validate_bool, validate_callable
+from gunicorn.config import KNOWN_SETTINGS, Setting, validate_bool, validate_callable
 from gunicorn.errors import ConfigError
 
 SECTION = "Smart Spawning"
@@ -100,7 +100,76 @@ class OnPreload(Setting):
         """
 
 
-SMARTSPAWN_SETTINGS = (SpawnMethod, GcFreeze, PreloaderBootTimeout, OnPreload)
+def validate_fork_worker(val):
+    """-> a tuple of request thresholds; () is off. bool is tested first: True is 1000."""
+    if val is None or val is False or (type(val) is int and val == 0):
+        return ()
+    if val is True:
+        return (1000,)
+    thresholds = val if isinstance(val, (list, tuple)) else [val]
+    for n in thresholds:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError("must be True, False, a number of requests or a list of them")
+    if not thresholds or min(thresholds) < 1:
+        raise ValueError("request counts must be >= 1")
+    return tuple(thresholds)
+
+
+class ForkWorker(Setting):
+    name = "fork_worker"
+    section = SECTION
+    validator = validate_fork_worker
+    default = False
+    desc = """\
+        Refork every worker from a warmed worker ("template") after it served N requests.
+
+        ``fork_worker = 1000``: once worker-0 (the oldest worker of the current
+        generation) has served 1000 requests, it stops accepting, finishes its requests,
+        runs ``gc.collect()`` + ``gc.freeze()`` and becomes the template; every other
+        worker is then replaced, one at a time, by a fork of it, so that memory filled
+        after boot (caches, lazy imports) is shared too. ``True`` means 1000; a list such
+        as ``[50, 500, 5000]`` reforks at each threshold in turn, each counted on the
+        worker that becomes the next template; after the last one, no automatic refork.
+        ``False`` or 0 (the default): off. ``kill -URG <master>`` reforks at any time
+        when it is on. Needs ``workers >= 2``.
+        """
+
+
+class OnRefork(Setting):
+    name = "on_refork"
+    section = "Server Hooks"
+    validator = validate_callable(1)
+    type = callable
+
+    def on_refork(server):
+        pass
+    default = staticmethod(on_refork)
+    desc = """\
+        Called in the master when a refork starts (``fork_worker``).
+
+        The callable takes the Arbiter.
+        """
+
+
+class PreTemplateFork(Setting):
+    name = "pre_template_fork"
+    section = "Server Hooks"
+    validator = validate_callable(1)
+    type = callable
+
+    def pre_template_fork(worker):
+        pass
+    default = staticmethod(pre_template_fork)
+    desc = """\
+        Called in the worker that becomes the template, just before it forks.
+
+        The callable takes the Worker. Close connections that must not be shared by the
+        workers forked from it (databases, caches): they would all use the same socket.
+        """
+
+
+# Every Setting subclass defined above is smartspawn's, in declaration order.
+SMARTSPAWN_SETTINGS = tuple(s for s in KNOWN_SETTINGS if s.__module__ == __name__)
 SMARTSPAWN_NAMES = tuple(s.name for s in SMARTSPAWN_SETTINGS)
 
 
