@@ -1,4 +1,4 @@
-"""The master: gunicorn's Arbiter, extended to spawn workers from a preloader.
+"""The master: gunicorn's Arbiter, extended to spawn workers from a preloader or a template.
 
 gunicorn has no supported way to replace its Arbiter. It imports the worker class inside
 Arbiter.setup(), so `install()` (run from Worker.setup()) patches two gunicorn methods,
@@ -10,10 +10,13 @@ once, and nothing else:
   ``--preload`` never imports the app there (the preloader does).
 
 SmartArbiter overrides, each extending the gunicorn method of the same name: start,
-init_signals, wakeup, wait_for_signals (also reads the preloaders' channels),
-manage_workers, spawn_workers, spawn_worker, reap_workers, handle_hup, setup, stop.
-The test suite checks that these gunicorn methods still exist with the signatures
-assumed here (tests/test_gunicorn_contract.py).
+init_signals, wakeup, wait_for_signals (also reads the spawners' channels),
+manage_workers, spawn_workers, spawn_worker, reap_workers, handle_hup, handle_usr1,
+setup, stop; and adds handle_urg (refork.py). The test suite checks that these gunicorn
+methods keep the signatures assumed here (tests/test_gunicorn_contract.py).
+
+Signals (master): gunicorn's HUP QUIT INT TERM TTIN TTOU USR1 USR2 WINCH, plus URG:
+refork now (with fork_worker).
 """
 import os
 import queue
@@ -30,16 +33,17 @@ from gunicorn.pidfile import Pidfile
 
 from gunicorn_smartspawn import _linux, protocol
 from gunicorn_smartspawn.config import install_settings
+from gunicorn_smartspawn.counters import Counters
 from gunicorn_smartspawn.preloader import start_preloader
+from gunicorn_smartspawn.refork import ReforkMixin
 from gunicorn_smartspawn.worker import (
-    APP_LOAD_ERROR, WORKER_BOOT_ERROR, SmartWorkerMixin, exit_process, run_worker_process,
-    worker_class_for,
+    APP_LOAD_ERROR, WORKER_BOOT_ERROR, SmartWorkerMixin, become_worker, worker_class_for,
 )
 
 GUNICORN_RUN = Arbiter.run
 GUNICORN_WSGI = BaseApplication.wsgi
 
-# How long a spawn request may go unanswered before the preloader is deemed stuck.
+# How long a spawn request may go unanswered before its spawner is deemed stuck.
 SPAWN_TIMEOUT = 5.0
 # Restart delays for a preloader that keeps failing after the first boot (seconds).
 RESTART_BACKOFF = (0, 1, 2, 5, 10, 30)
@@ -70,11 +74,14 @@ def smart_spawning_requested(cfg):
         install_settings(cfg)
     except ConfigError:
         return True  # SmartArbiter.run() reports it before anything starts
-    return cfg.spawn_method == "smart" and not cfg.reload
+    return (cfg.spawn_method == "smart" and not cfg.reload
+            and _linux.smart_spawn_unsupported() is None)
 
 
-class SmartArbiter(Arbiter):
+class SmartArbiter(ReforkMixin, Arbiter):
     """gunicorn's Arbiter with smart spawning. See the module docstring."""
+
+    SIGNALS = [*Arbiter.SIGNALS, signal.SIGURG]
 
     def run(self):
         try:
@@ -87,17 +94,20 @@ class SmartArbiter(Arbiter):
             self.log.warning(warning)
         self.worker_class = worker_class_for(self.cfg)
         self.generation = 1
-        self.preloaders = []          # every live preloader handle (channel still open)
-        self.preloader = None         # the one that serves spawn requests
+        self.spawners = []            # every spawner whose channel is open
+        self.preloader = None         # the preloader serving spawn requests
         self.next_preloader = None    # booting after a HUP, for generation + 1
         self.ever_ready = False
         self.restart_failures = 0
         self.restart_at = None
         self.pending = {}             # age -> worker record awaiting WorkerSpawned
-        self.helper_pids = set()      # preloaders not yet reaped
+        self.records = {}             # pid -> worker record holding a slot or a channel
+        self.helper_pids = set()      # spawner processes not yet reaped
         self.stopping = False
+        self.counters = Counters()    # inherited by every process forked from here on
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.smart = self.choose_smart_spawning()
+        self.init_refork()
         return GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):
@@ -119,7 +129,7 @@ class SmartArbiter(Arbiter):
                              "'smart': the preloader process loads the app, not the master")
         return True
 
-    # -- gunicorn hooks into the main loop -------------------------------------------
+    # -- gunicorn's main loop, extended ------------------------------------------------
 
     def start(self):
         super().start()
@@ -139,8 +149,10 @@ class SmartArbiter(Arbiter):
             pass  # already awake
 
     def wait_for_signals(self, timeout=1.0):
-        """Wait for a signal or a preloader message; returns the signals."""
-        channels = [p.channel for p in self.preloaders]
+        """Wait for a signal or a spawner message; returns the signals."""
+        if self.refork is not None:
+            timeout = min(timeout, 0.05)  # a refork advances as workers boot
+        channels = [s.channel for s in self.spawners]
         readable, _, _ = select.select([self._wake_r, *channels], [], [], timeout)
         if self._wake_r in readable:
             while True:
@@ -148,7 +160,7 @@ class SmartArbiter(Arbiter):
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     break
-        self.read_channels([p for p in self.preloaders if p.channel in readable])
+        self.read_channels([s for s in self.spawners if s.channel in readable])
         signals = []
         while True:
             try:
@@ -159,15 +171,16 @@ class SmartArbiter(Arbiter):
                 signals.append(sig)
 
     def manage_workers(self):
-        if self.smart:
-            self.manage_preloaders()
+        self.release_departed()
+        self.manage_spawners()
+        self.manage_refork()
         super().manage_workers()
 
     def spawn_workers(self):
-        if not self.smart:
-            return super().spawn_workers()
-        if self.preloader is None or not self.preloader.ready:
-            return None  # booting: spawning starts when it reports ready
+        spawner = self.current_spawner()
+        if spawner is None:
+            # Smart: the preloader is booting and spawning starts when it is ready.
+            return None if self.smart else super().spawn_workers()
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
         for _ in range(self.num_workers - len(self.WORKERS) - len(self.pending)):
             self.spawn_worker()
@@ -178,49 +191,65 @@ class SmartArbiter(Arbiter):
         worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
                                    self.timeout / 2.0, self.cfg, self.log)
         worker.generation = self.generation
-        if not self.smart:
+        worker.slot = self.counters.allocate()
+        worker.spawned_mtime = worker.tmp.last_update()
+        spawner = self.current_spawner()
+        if spawner is None:
             return self.spawn_direct(worker)
-        preloader = self.preloader
-        worker.spawned_from = "preloader"
-        worker.spawner_pid = preloader.pid
-        worker.generation = preloader.generation
+        worker.spawned_from = spawner.kind
+        worker.spawner_pid = spawner.pid
+        worker.generation = spawner.generation
         self.cfg.pre_fork(self, worker)
         worker.spawn_deadline = time.monotonic() + SPAWN_TIMEOUT
         self.pending[worker.age] = worker
+        fds = [worker.tmp.fileno()]
+        child_end = None
+        if self.cfg.fork_worker:
+            worker.channel, child_end = protocol.channel_pair()
+            worker.channel.setblocking(False)
+            fds.append(child_end.fileno())
         try:
-            preloader.request_spawn(worker.age, worker.tmp.fileno())
+            spawner.request_spawn(worker.age, worker.slot, fds)
         except OSError as exc:
-            # The preloader is gone; its EOF is handled by read_channels().
-            self.log.error("Spawn request to %r failed: %s", preloader, exc)
+            # The spawner is gone; its EOF is handled by read_channels().
+            self.log.error("Spawn request to %r failed: %s", spawner, exc)
             self.forget_pending(worker.age)
+        finally:
+            if child_end is not None:
+                child_end.close()
         return None
 
     def spawn_direct(self, worker):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
+        worker.spawner_pid = self.pid
         self.cfg.pre_fork(self, worker)
+        inherited = self.master_only_fds()
+        child_end = None
+        if self.cfg.fork_worker:
+            worker.channel, child_end = protocol.channel_pair()
         pid = os.fork()
         if pid:
             worker.pid = pid
-            self.WORKERS[pid] = worker
+            self.WORKERS[pid] = self.records[pid] = worker
             self._stats["workers_spawned"] += 1
+            if child_end is not None:
+                child_end.close()
+                worker.channel.setblocking(False)
             return pid
-        code = 1
-        try:
-            for sibling in self.WORKERS.values():
-                sibling.tmp.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            code = run_worker_process(self, worker)
-        finally:
-            exit_process(code)
+        for fd in inherited:
+            os.close(fd)
+        if child_end is not None:
+            worker.channel.close()
+            worker.channel = child_end
+        become_worker(self, worker)
 
     def reap_workers(self):
-        if self.smart:
-            # A worker's WorkerSpawned is written before it can exit: read it first, so
-            # that gunicorn's reaper knows the pid.
-            self.read_channels(list(self.preloaders))
-            self.reap_preloaders()
+        # A worker's WorkerSpawned is written before it can exit: read it first, so that
+        # gunicorn's reaper knows the pid.
+        self.read_channels(list(self.spawners))
+        self.reap_spawners()
         super().reap_workers()
+        self.release_departed()
 
     def handle_hup(self):
         if not self.smart:
@@ -228,6 +257,8 @@ class SmartArbiter(Arbiter):
         self.log.info("Hang up: %s", self.master_name)
         if not self.reload_config():
             return None
+        if self.refork is not None:
+            self.abort_refork("HUP")
         if self.next_preloader is not None:
             self.log.info("HUP supersedes the reload already booting in %r",
                           self.next_preloader)
@@ -237,6 +268,11 @@ class SmartArbiter(Arbiter):
             self.kill_dirty_arbiter(signal.SIGHUP)
         return None
 
+    def handle_usr1(self):
+        super().handle_usr1()
+        for spawner in self.spawners:
+            spawner.kill(signal.SIGUSR1)  # they write to the same log files
+
     def setup(self, app):
         # Runs on HUP only: the first setup() ran before the switch to this class.
         super().setup(app)
@@ -245,43 +281,96 @@ class SmartArbiter(Arbiter):
         self.worker_class = worker_class_for(self.cfg)
 
     def stop(self, graceful=True):
-        if not self.smart:
-            return super().stop(graceful)
         self.stopping = True
-        self.read_channels(list(self.preloaders))  # workers forked just now stop too
-        for preloader in list(self.preloaders):
-            self.retire(preloader)
+        self.read_channels(list(self.spawners))  # workers forked just now stop too
+        for spawner in list(self.spawners):
+            self.retire(spawner)
         super().stop(graceful)
-        self.wait_for_preloaders(deadline=time.monotonic() + 2.0)
-        return None
+        for spawner in self.spawners:
+            spawner.channel.close()
+        self.spawners = []
+        self.wait_for_spawners(deadline=time.monotonic() + 2.0)
 
-    # -- preloaders -------------------------------------------------------------------
+    # -- worker records -----------------------------------------------------------------
+
+    def worker_spawned(self, age, pid):
+        worker = self.pending.pop(age, None)
+        if worker is None:
+            self.log.warning("Worker (pid: %s) checked in after its spawn request was "
+                             "given up; stopping it", pid)
+            os.kill(pid, signal.SIGKILL)
+            return
+        worker.pid = pid
+        self.WORKERS[pid] = self.records[pid] = worker
+        self._stats["workers_spawned"] += 1
+        if self.stopping:
+            self.kill_worker(pid, signal.SIGTERM)
+
+    def forget_pending(self, age):
+        worker = self.pending.pop(age, None)
+        if worker is not None:
+            worker.tmp.close()
+            self.release_resources(worker)
+
+    def release_departed(self):
+        """Free the slot and channel of every worker gunicorn has forgotten."""
+        for pid in [pid for pid in self.records if pid not in self.WORKERS]:
+            self.release_resources(self.records.pop(pid))
+
+    def release_resources(self, worker):
+        self.counters.release(worker.slot)
+        worker.slot = None
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
+
+    def master_only_fds(self):
+        """File descriptors a forked child must not keep (its workers would inherit them)."""
+        fds = [self._wake_r, self._wake_w]
+        fds += [s.channel.fileno() for s in self.spawners]
+        for worker in (*self.WORKERS.values(), *self.pending.values()):
+            fds.append(worker.tmp.fileno())
+            if worker.channel is not None:
+                fds.append(worker.channel.fileno())
+        return fds
+
+    # -- spawners: the preloader and templates --------------------------------------------
+
+    def current_spawner(self):
+        """The template if one is ready, else the preloader if ready, else None."""
+        for spawner in (self.template, self.preloader):
+            if spawner is not None and spawner.ready and not spawner.retiring:
+                return spawner
+        return None
 
     def start_preloader(self, generation):
         boot_timeout = self.cfg.preloader_boot_timeout or self.cfg.timeout or None
         preloader = start_preloader(self, generation, self.master_only_fds(), boot_timeout)
-        self.preloaders.append(preloader)
+        self.spawners.append(preloader)
         self.helper_pids.add(preloader.pid)
         self.log.info("Started %r", preloader)
         return preloader
 
-    def retire(self, preloader):
-        preloader.retiring = True
-        if preloader.ready:
-            # It exits when it reads EOF, between two forks, never in the middle of one.
-            self.preloaders.remove(preloader)
-            preloader.channel.close()
+    def retire(self, spawner):
+        """Stop using `spawner`; it exits once its channel is closed (see close_retired)."""
+        spawner.retiring = True
+        if spawner.ready:
+            self.close_retired()
         else:
-            preloader.kill(signal.SIGKILL)  # still importing the app: nothing to keep
+            spawner.kill(signal.SIGKILL)  # still loading the app: nothing in it to keep
 
-    def master_only_fds(self):
-        """File descriptors a preloader must not keep (its workers would inherit them)."""
-        fds = [self._wake_r, self._wake_w]
-        fds += [p.channel.fileno() for p in self.preloaders]
-        fds += [w.tmp.fileno() for w in (*self.WORKERS.values(), *self.pending.values())]
-        return fds
+    def close_retired(self):
+        # Close only when no spawn is pending: a worker's check-in must not be lost.
+        busy = {worker.spawner_pid for worker in self.pending.values()}
+        for spawner in list(self.spawners):
+            if spawner.retiring and spawner.ready and spawner.pid not in busy:
+                self.spawners.remove(spawner)
+                spawner.channel.close()
 
-    def manage_preloaders(self):
+    def spawner_by_pid(self, pid):
+        return next((s for s in self.spawners if s.pid == pid), None)
+
+    def manage_spawners(self):
         now = time.monotonic()
         for preloader in (self.preloader, self.next_preloader):
             if (preloader and not preloader.ready and preloader.boot_deadline
@@ -294,46 +383,51 @@ class SmartArbiter(Arbiter):
                 preloader.kill(signal.SIGKILL)
         for age, worker in list(self.pending.items()):
             if now > worker.spawn_deadline:
-                self.log.error("Spawn of worker %s got no answer within %.0fs; "
-                               "killing the stuck preloader (pid: %s)",
-                               age, SPAWN_TIMEOUT, worker.spawner_pid)
+                spawner = self.spawner_by_pid(worker.spawner_pid)
+                self.log.error("Spawn of worker %s got no answer within %.0fs from %r; "
+                               "killing it", age, SPAWN_TIMEOUT, spawner)
                 self.forget_pending(age)
-                os.kill(worker.spawner_pid, signal.SIGKILL)
-        if self.preloader is None and self.next_preloader is None and self.restart_at \
-                and now >= self.restart_at:
+                if spawner is not None:
+                    spawner.kill(signal.SIGKILL)
+        self.close_retired()
+        if self.smart and self.preloader is None and self.next_preloader is None \
+                and self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             self.preloader = self.start_preloader(self.generation)
 
-    def read_channels(self, preloaders):
-        for preloader in preloaders:
-            while True:
+    def read_channels(self, spawners):
+        for spawner in spawners:
+            while spawner in self.spawners:
                 try:
-                    message, fds = protocol.recv(preloader.channel)
+                    message, fds = protocol.recv(spawner.channel)
                 except BlockingIOError:
                     break
                 except (EOFError, ConnectionError):
-                    self.preloader_gone(preloader)
+                    self.spawner_gone(spawner)
                     break
                 for fd in fds:
                     os.close(fd)
-                self.handle_message(preloader, message)
+                self.handle_message(spawner, message)
 
-    def handle_message(self, preloader, message):
+    def handle_message(self, spawner, message):
         match message:
-            case protocol.PreloaderReady(boot_seconds=seconds):
-                self.preloader_ready(preloader, seconds)
+            case protocol.SpawnerReady(boot_seconds=seconds):
+                spawner.ready = True
+                if spawner.kind == "template":
+                    self.template_ready(spawner, seconds)
+                else:
+                    self.preloader_ready(spawner, seconds)
             case protocol.BootFailed():
-                preloader.failure = message
+                spawner.failure = message
             case protocol.WorkerSpawned(age=age, pid=pid):
                 self.worker_spawned(age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
-                self.log.error("%r could not fork worker %s: %s", preloader, age, reason)
+                self.log.error("%r could not fork worker %s: %s", spawner, age, reason)
                 self.forget_pending(age)
             case _:
-                self.log.error("Unexpected message from %r: %r", preloader, message)
+                self.log.error("Unexpected message from %r: %r", spawner, message)
 
     def preloader_ready(self, preloader, seconds):
-        preloader.ready = True
         self.ever_ready = True
         self.restart_failures = 0
         self.log.info("%r loaded the app in %.3fs", preloader, seconds)
@@ -349,61 +443,48 @@ class SmartArbiter(Arbiter):
         old, self.preloader = self.preloader, self.next_preloader
         self.next_preloader = None
         self.generation = self.preloader.generation
-        if old is not None:
-            self.retire(old)
+        for spawner in (old, self.template):
+            if spawner is not None:
+                self.retire(spawner)
+        self.template = None
+        self.threshold_index = 0
         self.log.info("Generation %s is serving; replacing the workers of the previous "
                       "generation", self.generation)
         for _ in range(self.num_workers):
             self.spawn_worker()
 
-    def worker_spawned(self, age, pid):
-        worker = self.pending.pop(age, None)
-        if worker is None:
-            self.log.warning("Worker (pid: %s) checked in after its spawn request was "
-                             "given up; stopping it", pid)
-            os.kill(pid, signal.SIGKILL)
-            return
-        worker.pid = pid
-        self.WORKERS[pid] = worker
-        self._stats["workers_spawned"] += 1
-        if self.stopping:
-            self.kill_worker(pid, signal.SIGTERM)
-
-    def forget_pending(self, age):
-        worker = self.pending.pop(age, None)
-        if worker is not None:
-            worker.tmp.close()
-
-    def preloader_gone(self, preloader):
-        """The preloader's channel hit EOF: it has exited (its status is reaped apart)."""
-        preloader.channel.close()
-        self.preloaders.remove(preloader)
+    def spawner_gone(self, spawner):
+        """The spawner's channel hit EOF: it has exited (its status is reaped apart)."""
+        spawner.channel.close()
+        self.spawners.remove(spawner)
         for age, worker in list(self.pending.items()):
-            if worker.spawner_pid == preloader.pid:
-                self.log.error("Worker %s was not spawned: %r exited", age, preloader)
+            if worker.spawner_pid == spawner.pid:
+                self.log.error("Worker %s was not spawned: %r exited", age, spawner)
                 self.forget_pending(age)
-        if preloader.retiring or self.stopping:
+        if spawner.retiring or self.stopping:
             return
-        detail = ": %s" % preloader.failure.reason if preloader.failure else ""
-        if preloader is self.next_preloader:
+        if spawner.kind == "template":
+            self.template_gone(spawner)
+            return
+        detail = ": %s" % spawner.failure.reason if spawner.failure else ""
+        if spawner is self.next_preloader:
             self.next_preloader = None
             self.log.error("Reload failed: %r exited before it loaded the app%s; "
-                           "generation %s keeps serving", preloader, detail,
-                           self.generation)
+                           "generation %s keeps serving", spawner, detail, self.generation)
             return
         self.preloader = None
         if not self.ever_ready and self.next_preloader is None:
-            code = preloader.failure.exit_code if preloader.failure else WORKER_BOOT_ERROR
+            code = spawner.failure.exit_code if spawner.failure else WORKER_BOOT_ERROR
             reason = ("App failed to load." if code == APP_LOAD_ERROR
                       else "Worker failed to boot.")
-            raise HaltServer("%s (%r exited%s)" % (reason, preloader, detail), code)
+            raise HaltServer("%s (%r exited%s)" % (reason, spawner, detail), code)
         delay = RESTART_BACKOFF[min(self.restart_failures, len(RESTART_BACKOFF) - 1)]
         self.restart_failures += 1
         self.restart_at = time.monotonic() + delay
         self.log.error("%r exited%s; the workers keep serving; a new preloader starts "
-                       "in %ss", preloader, detail, delay)
+                       "in %ss", spawner, detail, delay)
 
-    def reap_preloaders(self):
+    def reap_spawners(self):
         for pid in list(self.helper_pids):
             try:
                 wpid, status = os.waitpid(pid, os.WNOHANG)
@@ -412,23 +493,22 @@ class SmartArbiter(Arbiter):
                 continue
             if wpid:
                 self.helper_pids.discard(pid)
-                self.log_preloader_exit(pid, status)
+                self.log_spawner_exit(pid, status)
 
-    def log_preloader_exit(self, pid, status):
+    def log_spawner_exit(self, pid, status):
         if os.WIFSIGNALED(status):
             sig = signal.Signals(os.WTERMSIG(status))
-            expected = sig == signal.SIGTERM
-            (self.log.info if expected else self.log.error)(
-                "Preloader (pid: %s) was sent %s", pid, sig.name)
+            (self.log.info if sig == signal.SIGTERM else self.log.error)(
+                "Spawner (pid: %s) was sent %s", pid, sig.name)
         elif os.WEXITSTATUS(status):
-            self.log.error("Preloader (pid: %s) exited with code %s",
+            self.log.error("Spawner (pid: %s) exited with code %s",
                            pid, os.WEXITSTATUS(status))
         else:
-            self.log.info("Preloader (pid: %s) exited", pid)
+            self.log.info("Spawner (pid: %s) exited", pid)
 
-    def wait_for_preloaders(self, deadline):
+    def wait_for_spawners(self, deadline):
         while self.helper_pids and time.monotonic() < deadline:
-            self.reap_preloaders()
+            self.reap_spawners()
             time.sleep(0.05)
         for pid in list(self.helper_pids):
             try:
@@ -487,4 +567,3 @@ def set_config_env(cfg, on):
             os.environ[key] = cfg.env_orig[key]
         else:
             os.environ.pop(key, None)
-

@@ -1,4 +1,4 @@
-"""Messages between the master, the preloader and freshly forked workers.
+"""Messages between the master, the spawners (preloader, template) and workers.
 
 Wire format: a SOCK_SEQPACKET socketpair, one datagram per message, each a JSON object
 ``{"type": <class name>, <field>: <value>, ...}``. A file descriptor (a worker's heartbeat
@@ -12,19 +12,30 @@ import json
 import socket
 
 MAX_MESSAGE = 4096
+MAX_FDS = 2  # a heartbeat file and a channel (SpawnWorker)
 
 
 @dataclasses.dataclass(frozen=True)
 class SpawnWorker:
-    """master -> preloader: fork worker `age`; its heartbeat file comes as the fd."""
+    """master -> spawner: fork worker `age` using counter `slot` (None: no slot free).
+
+    fds: its heartbeat file, then (with fork_worker) its own channel to the master.
+    """
     age: int
+    slot: int | None
 
 
 @dataclasses.dataclass(frozen=True)
-class PreloaderReady:
-    """preloader -> master: the app is imported and frozen; spawn requests are welcome."""
+class SpawnerReady:
+    """spawner -> master: the app is loaded and frozen; spawn requests are welcome."""
     pid: int
     boot_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BecomeTemplate:
+    """master -> worker, with SIGURG: stop serving and become the template of `generation`."""
+    generation: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +59,8 @@ class SpawnFailed:
     reason: str
 
 
-MESSAGES = {cls.__name__: cls for cls in (SpawnWorker, PreloaderReady, BootFailed,
-                                          WorkerSpawned, SpawnFailed)}
+MESSAGES = {cls.__name__: cls for cls in (SpawnWorker, SpawnerReady, BecomeTemplate,
+                                          BootFailed, WorkerSpawned, SpawnFailed)}
 
 
 def channel_pair():
@@ -64,7 +75,7 @@ def send(sock, message, fds=()):
 
 def recv(sock):
     """One message and the fds that came with it; raises EOFError when the peer is gone."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
     if not data:
         for fd in fds:
             socket.close(fd)

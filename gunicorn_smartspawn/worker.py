@@ -4,12 +4,17 @@ To gunicorn's master a smartspawn worker is an ordinary worker: same heartbeat f
 same signals, same `max_requests`. What it adds is where it came from, for hooks
 (`post_fork`) and logs:
 
-- ``worker.spawned_from``: ``"master"`` (direct spawning) or ``"preloader"``;
+- ``worker.spawned_from``: ``"master"`` (direct spawning), ``"preloader"`` or
+  ``"template"`` (a warmed worker, after a refork);
 - ``worker.spawner_pid``: the pid of the process it was forked from;
-- ``worker.generation``: 1 at start, +1 for each HUP that loaded new code.
+- ``worker.generation``: 1 at start, +1 for each HUP and each refork.
+
+With `fork_worker` on, a worker also holds a channel to the master: on SIGURG it stops
+accepting, finishes its requests and becomes the template (template.py).
 """
 import atexit
 import os
+import signal
 import socket
 import sys
 
@@ -27,6 +32,10 @@ class SmartWorkerMixin:
     spawned_from = "master"
     spawner_pid = None
     generation = 1
+    server = None             # the arbiter, as copied into this process
+    slot = None               # this worker's slot in server.counters
+    channel = None            # to the master, with fork_worker only
+    template_requested = False
 
     @classmethod
     def setup(cls):
@@ -38,6 +47,37 @@ class SmartWorkerMixin:
     def preloaded(self):
         """True when forked from a process that already loaded the app (Passenger's `forked`)."""
         return self.spawned_from != "master"
+
+    def init_signals(self):
+        super().init_signals()
+        # The master's URG handler (direct spawns) or the spawner's SIG_IGN is inherited.
+        signal.signal(signal.SIGURG, self.handle_urg if self.channel else signal.SIG_DFL)
+
+    def handle_urg(self, sig, frame):
+        super().handle_exit(sig, frame)  # stop accepting; in-flight requests finish
+        self.template_requested = True
+
+    def handle_exit(self, sig, frame):
+        self.template_requested = False  # TERM wins: a stopping worker becomes nothing
+        super().handle_exit(sig, frame)
+
+    def handle_request(self, *args):
+        try:
+            return super().handle_request(*args)
+        finally:
+            if self.slot is not None:
+                self.server.counters.set_requests(self.slot, self.nr)
+
+    def run(self):
+        # gthread closes the listeners when it stops serving: a template needs copies.
+        listener_fds = [os.dup(s.fileno()) for s in self.sockets] if self.channel else []
+        super().run()
+        if self.template_requested:
+            from gunicorn_smartspawn.template import Template  # it builds on this module
+            Template(self, listener_fds).run()
+        else:
+            for fd in listener_fds:
+                os.close(fd)
 
 
 class Worker(SmartWorkerMixin, sync.SyncWorker):
@@ -71,6 +111,7 @@ def run_worker_process(arbiter, worker):
     """
     cfg, log = arbiter.cfg, arbiter.log
     worker.pid = os.getpid()
+    worker.server = arbiter
     try:
         util._setproctitle("worker [%s] gen=%s" % (arbiter.proc_name, worker.generation))
         log.info("Booting worker with pid: %s (gen=%s from %s)",
@@ -97,6 +138,19 @@ def run_worker_process(arbiter, worker):
             cfg.worker_exit(arbiter, worker)
         except Exception:
             log.warning("Exception during worker exit", exc_info=True)
+
+
+def become_worker(arbiter, worker):
+    """Run `worker` in this freshly forked process, then end the process; never returns."""
+    code = 1
+    try:
+        code = run_worker_process(arbiter, worker)
+    except SystemExit as exc:
+        # A second stop signal (a terminal's INT and the master's QUIT) interrupted the
+        # worker while it was already exiting: its code is the exit code, as in gunicorn.
+        code = exit_code_of(exc)
+    finally:
+        exit_process(code)
 
 
 def exit_code_of(exc):

@@ -3,6 +3,7 @@
 GET /            -> {"pid", "ppid", "version", "uid"}
 GET /sleep?S     -> sleeps S seconds first
 GET /hang        -> never returns (for timeout tests)
+GET /cache       -> builds a lazy in-memory cache on first use; says who built it
 """
 import json
 import os
@@ -10,6 +11,8 @@ import time
 
 VERSION = "v1"
 TEST_DIR = os.environ["TEST_DIR"]
+
+CACHE = {}
 
 with open(os.path.join(TEST_DIR, "imports.txt"), "a") as f:
     f.write("%d\n" % os.getpid())
@@ -22,8 +25,10 @@ def app(environ, start_response):
     elif path == "/hang":
         while True:
             time.sleep(1)
+    elif path == "/cache" and not CACHE:
+        CACHE["built_by"] = os.getpid()
     body = json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "version": VERSION,
-                       "uid": os.getuid()}).encode()
+                       "uid": os.getuid(), "cache_built_by": CACHE.get("built_by")}).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]

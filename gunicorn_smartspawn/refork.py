@@ -1,0 +1,196 @@
+"""Refork policy and sequence, as the master sees them (fork_worker).
+
+A refork: the oldest booted worker (the candidate) gets BecomeTemplate + SIGURG, finishes
+its requests and reports ready as a template; the master then replaces every older
+worker, one at a time: a worker is stopped only when no spawn is pending and every worker
+of the new generation is serving, so at least `workers - 1` workers accept throughout.
+"""
+import os
+import signal
+import time
+
+from gunicorn_smartspawn import protocol
+
+
+def booted(worker):
+    """True once the worker has notified its heartbeat (it is in its serving loop)."""
+    try:
+        return worker.tmp.last_update() != worker.spawned_mtime
+    except (OSError, ValueError):
+        return False
+
+
+def choose_candidate(workers):
+    """The oldest booted worker that has a channel to the master, or None."""
+    eligible = [w for w in workers if w.channel is not None and booted(w)]
+    return min(eligible, key=lambda w: w.age, default=None)
+
+
+class Refork:
+    """One refork in progress."""
+
+    def __init__(self, candidate, generation, reason, threshold, promote_timeout):
+        self.candidate = candidate
+        self.generation = generation
+        self.reason = reason
+        self.threshold = threshold          # the request count that triggered it, or None
+        self.started = time.monotonic()
+        self.promote_deadline = self.started + promote_timeout
+        self.template = None                # its SpawnerHandle once the candidate is ready
+        self.old = []                       # ages of the workers still to replace
+        self.stopping = None                # the age of the old worker being replaced
+
+    @property
+    def promoting(self):
+        return self.template is None
+
+    def __repr__(self):
+        return "refork to generation %s (%s)" % (self.generation, self.reason)
+
+
+class ReforkMixin:
+    """The master's refork methods (mixed into SmartArbiter)."""
+
+    def init_refork(self):
+        self.template = None          # the current template's SpawnerHandle
+        self.refork = None            # the Refork in progress
+        self.refork_requested = None  # a trigger that arrived while busy (coalesced)
+        self.threshold_index = 0      # the next fork_worker threshold to wait for
+        if self.cfg.fork_worker and self.num_workers < 2:
+            self.log.warning("fork_worker: a refork needs two or more workers; "
+                             "with workers = %s none will happen", self.num_workers)
+
+    def handle_urg(self):
+        if not self.cfg.fork_worker:
+            self.log.info("URG ignored: fork_worker is off")
+            return
+        self.request_refork("URG")
+
+    def request_refork(self, reason, threshold=None):
+        busy = self.refork_busy()
+        if busy:
+            if self.refork_requested is None:
+                self.log.info("Refork (%s) deferred: %s", reason, busy)
+            self.refork_requested = (reason, threshold)
+            return
+        self.start_refork(reason, threshold)
+
+    def refork_busy(self):
+        """Why a refork cannot start now, or None."""
+        if self.num_workers < 2:
+            return "needs two or more workers"
+        if self.stopping:
+            return "shutting down"
+        if self.refork is not None:
+            return "%r in progress" % self.refork
+        if self.next_preloader is not None:
+            return "a HUP is loading new code"
+        if self.smart and (self.preloader is None or not self.preloader.ready):
+            return "the preloader is (re)starting"
+        if self.pending:
+            return "workers are being spawned"
+        return None
+
+    def manage_refork(self):
+        if not self.cfg.fork_worker:
+            return
+        if self.refork is not None:
+            self.advance_refork()
+        elif self.refork_requested is not None and not self.refork_busy():
+            reason, threshold = self.refork_requested
+            self.refork_requested = None
+            self.start_refork(reason, threshold)
+        else:
+            self.check_threshold()
+
+    def check_threshold(self):
+        thresholds = self.cfg.fork_worker
+        if self.threshold_index >= len(thresholds) or self.refork_busy():
+            return
+        candidate = choose_candidate(self.WORKERS.values())
+        threshold = thresholds[self.threshold_index]
+        if candidate is not None and self.counters.requests(candidate.slot) >= threshold:
+            self.start_refork("worker-0 served %s requests" % threshold, threshold)
+
+    def start_refork(self, reason, threshold):
+        from gunicorn_smartspawn.preloader import SpawnerHandle  # preloader.py imports us
+        candidate = choose_candidate(self.WORKERS.values())
+        if candidate is None:
+            self.log.warning("Refork (%s) skipped: no serving worker can become the "
+                             "template", reason)
+            return
+        generation = self.generation + 1
+        self.cfg.on_refork(self)
+        handle = SpawnerHandle("template", candidate.pid, candidate.channel, generation)
+        candidate.channel = None  # the handle owns it now
+        self.spawners.append(handle)
+        self.refork = Refork(candidate, generation, reason, threshold,
+                             promote_timeout=self.cfg.graceful_timeout + 10)
+        self.log.info("Refork to generation %s (%s): worker (pid: %s, %s requests) "
+                      "becomes the template", generation, reason, candidate.pid,
+                      self.counters.requests(candidate.slot))
+        self.log.debug("refork started", extra={"metric": "smartspawn.reforks", "value": 1,
+                                                "mtype": "counter"})
+        try:
+            protocol.send(handle.channel, protocol.BecomeTemplate(generation))
+            os.kill(candidate.pid, signal.SIGURG)
+        except OSError as exc:
+            self.abort_refork("the candidate is gone (%s)" % exc)
+
+    def template_ready(self, handle, seconds):
+        """The candidate finished its requests and froze its heap: it is a template now."""
+        candidate = self.WORKERS.pop(handle.pid, None)
+        if candidate is not None:  # no longer a worker: gunicorn must not time it out
+            candidate.tmp.close()
+        self.helper_pids.add(handle.pid)  # reaped (and logged) as a spawner from now on
+        refork = self.refork
+        if refork is None or refork.candidate.pid != handle.pid:
+            self.retire(handle)  # its refork was abandoned meanwhile
+            return
+        if self.template is not None:
+            self.retire(self.template)
+        self.template = refork.template = handle
+        self.generation = refork.generation
+        refork.old = sorted(worker.age for worker in self.WORKERS.values())
+        self.log.info("%r ready in %.3fs; replacing %s workers one at a time",
+                      handle, seconds, len(refork.old))
+
+    def advance_refork(self):
+        refork = self.refork
+        if refork.promoting:
+            if time.monotonic() > refork.promote_deadline:
+                self.log.error("%r: the candidate (pid: %s) did not become the template "
+                               "in time; killing it", refork, refork.candidate.pid)
+                self.abort_refork("promotion timed out")
+                self.kill_worker(refork.candidate.pid, signal.SIGKILL)
+            return
+        ages = {worker.age: pid for pid, worker in self.WORKERS.items()}
+        new = [w for w in self.WORKERS.values() if w.age not in refork.old]
+        if (refork.stopping in ages or self.pending or len(self.WORKERS) < self.num_workers
+                or not all(booted(w) for w in new)):
+            return  # the last swap is not complete yet
+        remaining = [age for age in refork.old if age in ages]
+        if not remaining:
+            self.finish_refork()
+            return
+        refork.stopping = remaining[0]
+        refork.old.remove(remaining[0])
+        self.kill_worker(ages[remaining[0]], signal.SIGTERM)
+
+    def finish_refork(self):
+        refork, self.refork = self.refork, None
+        if refork.threshold is not None:
+            self.threshold_index += 1
+        self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)
+
+    def abort_refork(self, why):
+        refork, self.refork = self.refork, None
+        self.log.warning("%r abandoned: %s", refork, why)
+
+    def template_gone(self, handle):
+        if self.refork is not None and self.refork.candidate.pid == handle.pid:
+            self.abort_refork("the template (pid: %s) exited" % handle.pid)
+        if handle is self.template:
+            self.template = None
+            self.log.error("%r exited; spawning from the %s", handle,
+                           "preloader" if self.smart else "master")

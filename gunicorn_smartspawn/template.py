@@ -1,0 +1,70 @@
+"""The template: a warmed worker that stopped serving to fork the next generation.
+
+After SIGURG (with a BecomeTemplate message on its channel) a worker finishes its
+in-flight requests, leaves gunicorn's serving loop and lands here: it runs the
+`pre_template_fork` hook, collects and freezes its heap (so that caches and lazy imports
+filled while serving are shared by every worker forked from it), then serves spawn
+requests exactly like the preloader (see spawner.py).
+"""
+import gc
+import os
+import time
+
+from gunicorn import util
+
+from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn.spawner import Spawner
+
+# The master sends BecomeTemplate before the signal; it is there when we look.
+ORDERS_TIMEOUT = 5.0
+
+
+class Template(Spawner):
+    spawned_from = "template"
+
+    def __init__(self, worker, listener_fds):
+        super().__init__(worker.server, worker.channel, worker.generation)
+        self.worker = worker
+        self.listener_fds = listener_fds
+
+    def run(self):
+        started = time.monotonic()
+        self.channel.settimeout(ORDERS_TIMEOUT)
+        try:
+            orders, fds = protocol.recv(self.channel)
+        except (OSError, EOFError) as exc:
+            self.log.error("Worker (pid: %s) got no template orders: %s", self.pid, exc)
+            return
+        self.close_fds(fds)
+        self.channel.settimeout(None)
+        self.generation = orders.generation
+        worker = self.worker
+        worker.notify()
+        util._setproctitle("smartspawn template [%s] gen=%s"
+                           % (self.server.proc_name, self.generation))
+        self.cfg.pre_template_fork(worker)
+        self.quiesce(worker)
+        if self.cfg.gc_freeze:
+            gc.collect()
+            gc.freeze()
+        self.announce_ready(time.monotonic() - started)
+        worker.tmp.close()  # no longer a worker: the master stopped watching it
+        self.serve()
+
+    def quiesce(self, worker):
+        """Leave nothing of the serving worker that its children must not inherit."""
+        tpool = getattr(worker, "tpool", None)
+        if tpool is not None:
+            tpool.shutdown(wait=True)  # no thread may be running at fork
+        for fd in worker.PIPE:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.init_signals()
+        # gthread closed the listeners on its way out; rebuild them from our copies.
+        listeners = []
+        for old, fd in zip(self.server.LISTENERS, self.listener_fds, strict=True):
+            old.close()
+            listeners.append(type(old)(old.cfg_addr, self.cfg, self.log, fd=fd))
+        self.server.LISTENERS = listeners

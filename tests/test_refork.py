@@ -1,0 +1,166 @@
+"""fork_worker: refork every worker from a warmed worker (the template)."""
+import concurrent.futures
+import json
+import os
+import re
+import signal
+
+from conftest import LoadLoop, wait_for
+
+POST_FORK = '''
+import json, os
+def post_fork(server, worker):
+    with open(os.path.join(os.environ["TEST_DIR"], "post_fork.jsonl"), "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "from": worker.spawned_from,
+                            "spawner": worker.spawner_pid, "gen": worker.generation}) + "\\n")
+'''
+
+
+def titles(server):
+    return {pid: title for pid, title in server.children()}
+
+
+def template_pids(server):
+    return [pid for pid, title in server.children() if "smartspawn template" in title]
+
+
+def generations(server):
+    return sorted(int(re.search(r"gen=(\d+)", t).group(1))
+                  for t in titles(server).values() if "worker [" in t)
+
+
+def post_forks(server):
+    path = server.root / "post_fork.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def hammer(server, path, until, what, limit=3000):
+    """Send requests until `until()` holds (bounded in count)."""
+    for _ in range(limit):
+        server.request(path)
+        if until():
+            return
+    raise AssertionError("%s did not happen within %d requests\n%s"
+                         % (what, limit, server.log()))
+
+
+def refork_done(server, generation):
+    return re.search(r"refork to generation %d .* done" % generation, server.log())
+
+
+def test_auto_refork_shares_the_warmed_cache(make_server):
+    server = make_server(workers=3, config="fork_worker = 20\n" + POST_FORK).start()
+    preloader = server.preloader_pid()
+    hammer(server, "/cache", lambda: refork_done(server, 2), "a refork")
+    (template,) = template_pids(server)
+    assert generations(server) == [2, 2, 2]
+    # The cache worker-0 built while serving is in every new worker, not rebuilt.
+    built_by = {server.get_json("/cache")["cache_built_by"] for _ in range(15)}
+    assert built_by == {template}
+    assert server.lines("imports.txt") == [str(preloader)]
+    gen2 = [p for p in post_forks(server) if p["gen"] == 2]
+    assert len(gen2) == 3
+    assert all(p["from"] == "template" and p["spawner"] == template for p in gen2)
+    # Later spawns come from the template too.
+    os.kill(server.worker_pids()[0], signal.SIGKILL)
+    wait_for(lambda: len(post_forks(server)) == 7 and len(server.worker_pids()) == 3,
+             what="a replacement worker")
+    assert post_forks(server)[-1]["from"] == "template"
+    assert server.stop() == 0
+
+
+def test_threshold_list_reforks_in_turn_then_stops(make_server):
+    server = make_server(workers=2, config="fork_worker = [10, 20]\n")
+    server.start()
+    hammer(server, "/", lambda: refork_done(server, 2), "the first refork")
+    hammer(server, "/", lambda: refork_done(server, 3), "the second refork")
+    for _ in range(150):
+        assert server.request()[0] == 200
+    assert "generation 4" not in server.log()
+    assert generations(server) == [3, 3]
+
+
+def test_urg_reforks_under_load_with_zero_failed_requests(make_server):
+    server = make_server(workers=3, config="fork_worker = True\n").start()
+    old = set(server.worker_pids())
+    with LoadLoop(server) as load:
+        server.signal(signal.SIGURG)
+        server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+        before = load.ok
+        wait_for(lambda: load.ok > before + 20, what="traffic after the refork")
+    assert load.failures == []
+    assert not old & set(server.worker_pids())
+    assert len(server.worker_pids()) == 3 and len(template_pids(server)) == 1
+
+
+def test_urg_with_fork_worker_off_is_harmless(make_server):
+    server = make_server(workers=2).start()
+    workers = server.worker_pids()
+    server.signal(signal.SIGURG)
+    server.wait_log(r"URG ignored: fork_worker is off")
+    assert server.worker_pids() == workers
+    assert server.get_ok()
+
+
+def test_urg_storm_runs_one_refork_at_a_time(make_server):
+    server = make_server(workers=3, config="fork_worker = True\n").start()
+    for _ in range(10):
+        server.signal(signal.SIGURG)
+    first_done = server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    # Signals of one kind coalesce in the kernel; at most one more was queued meanwhile,
+    # and it may only start after the first refork is done.
+    second = re.search(r"Refork to generation 3", server.log())
+    if second:
+        assert second.start() > first_done.start()
+        server.wait_log(r"refork to generation 3 \(URG\) done", timeout=20)
+    assert "generation 4" not in server.log()
+    wait_for(lambda: len(server.worker_pids()) == 3, what="3 workers")
+    assert server.get_ok()
+
+
+def test_template_killed_mid_refork_recovers(make_server):
+    server = make_server(workers=3, config="fork_worker = True\n").start()
+    server.signal(signal.SIGURG)
+    server.wait_log(r"template \(pid: \d+, gen=2\) ready")
+    os.kill(template_pids(server)[0], signal.SIGKILL)
+    server.wait_log(r"template \(pid: \d+, gen=2\) exited; spawning from the preloader")
+    wait_for(lambda: len(server.worker_pids()) == 3, timeout=20, what="3 workers again")
+    for _ in range(10):
+        assert server.request()[0] == 200
+    # A new refork is possible afterwards.
+    server.signal(signal.SIGURG)
+    server.wait_log(r"refork to generation 3 \(URG\) done", timeout=20)
+
+
+def test_threaded_template_lets_in_flight_requests_finish(make_server):
+    server = make_server(workers=2, config="fork_worker = True\n",
+                         args=["--threads", "4"]).start()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        slow = [pool.submit(server.request, "/sleep?1.0", 10) for _ in range(6)]
+        wait_for(lambda: server.log().count("GET /sleep") >= 1, what="requests in flight")
+        server.signal(signal.SIGURG)
+        assert [f.result()[0] for f in slow] == [200] * 6
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    assert server.get_ok()
+
+
+def test_hup_after_refork_starts_over_from_a_new_preloader(make_server):
+    server = make_server(workers=2, config="fork_worker = True\n").start()
+    server.signal(signal.SIGURG)
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    (template,) = template_pids(server)
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"Generation 3 is serving")
+    wait_for(lambda: generations(server) == [3, 3] and not template_pids(server),
+             timeout=20, what="generation 3 from the new preloader")
+    assert server.alive([template]) == []
+
+
+def test_one_worker_warns_and_never_reforks(make_server):
+    server = make_server(workers=1, config="fork_worker = 5\n").start()
+    server.wait_log(r"a refork needs two or more workers")
+    for _ in range(20):
+        assert server.request()[0] == 200
+    server.signal(signal.SIGURG)
+    server.wait_log(r"Refork \(URG\) deferred: needs two or more workers")
+    assert "Refork to generation" not in server.log()
