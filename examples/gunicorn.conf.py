@@ -1,4 +1,4 @@
-# Example configuration: `gunicorn -k smartspawn.Worker -c examples/gunicorn.conf.py examples.hello:app`
+# Example: gunicorn -k smartspawn.Worker -c examples/gunicorn.conf.py examples.hello:app
 bind = "127.0.0.1:8000"
 workers = 4
 control_socket = "/tmp/smartspawn-example.ctl"

@@ -10,6 +10,7 @@ and returns a `SpawnerHandle`; `Preloader.run()` is the child.
 import gc
 import os
 import sys
+import tempfile
 import time
 
 from gunicorn import util
@@ -109,6 +110,9 @@ class Preloader(Spawner):
         except BaseException as exc:
             self.log.exception("Exception in preloader while loading the application")
             return self.boot_failed(WORKER_BOOT_ERROR, "%s: %s" % (type(exc).__name__, exc))
+        # gunicorn's WorkerTmp finds the temp dir on first use by writing a test file:
+        # do it once here rather than in every new worker.
+        tempfile.gettempdir()
         if self.cfg.gc_freeze:
             gc.collect()
             gc.freeze()

@@ -12,7 +12,7 @@ import json
 import socket
 
 MAX_MESSAGE = 4096
-MAX_FDS = 2  # a heartbeat file and a channel (SpawnWorker)
+MAX_FDS = 3  # SpawnWorker to a standby: heartbeat, worker channel, master channel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +75,12 @@ def send(sock, message, fds=()):
 
 def recv(sock):
     """One message and the fds that came with it; raises EOFError when the peer is gone."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
-    if not data:
+    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if not data or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
         for fd in fds:
             socket.close(fd)
+        if data:
+            raise OSError("message or file descriptors truncated: a protocol bug")
         raise EOFError("channel closed")
     fields = json.loads(data)
     return MESSAGES[fields.pop("type")](**fields), fds

@@ -2,16 +2,23 @@
 
 A worker is made by a double fork: the middle process exits at once, so the worker is
 orphaned and the kernel re-parents it to the master (a child subreaper), which then reaps
-and supervises it exactly as gunicorn supervises its own workers. The worker's first act
-is to tell the master its pid, so the master knows it before it could ever reap it.
+and supervises it exactly as gunicorn supervises its own workers.
+
+The double fork costs milliseconds per 100 MB of heap (page tables are copied twice), so
+it is done ahead of need: a spawner always keeps one *standby*, already forked and
+adopted by the master, blocked on a socket. A spawn request is handed to it; its first
+act is to tell the master its pid (so the master knows it before it could ever reap it),
+then it becomes the worker, and the spawner forks the next standby.
 """
 import os
 import signal
 import socket
 import time
 
+from gunicorn import util
+
 from gunicorn_smartspawn import _linux, protocol
-from gunicorn_smartspawn.worker import HeartbeatFile, become_worker, exit_process
+from gunicorn_smartspawn.worker import HeartbeatFile, become_worker
 
 # A worker is normally re-parented within microseconds of the double fork.
 REPARENT_TIMEOUT = 2.0
@@ -49,57 +56,108 @@ class Spawner:
 
     def serve(self):
         """Fork workers until the master closes the channel or goes."""
-        while True:
-            try:
-                message, fds = protocol.recv(self.channel)
-            except (EOFError, ConnectionError):
-                return
-            if isinstance(message, protocol.SpawnWorker) and fds:
-                self.fork_worker(message, fds)
-            else:
-                for fd in fds:
-                    os.close(fd)
-                self.log.error("%s: unexpected message %r", self.spawned_from, message)
-
-    def fork_worker(self, request, fds):
+        standby = None
         try:
-            middle = os.fork()
-        except OSError as exc:
+            while True:
+                if standby is None:
+                    standby = self.start_standby()  # between requests: off the critical path
+                try:
+                    message, fds = protocol.recv(self.channel)
+                except (EOFError, ConnectionError):
+                    return
+                if isinstance(message, protocol.SpawnWorker) and fds:
+                    standby = self.hand_over(standby, message, fds)
+                else:
+                    self.close_fds(fds)
+                    self.log.error("%s: unexpected message %r", self.spawned_from, message)
+        finally:
+            if standby is not None:
+                standby.close()  # EOF: the standby exits
+
+    def hand_over(self, standby, request, fds):
+        """Give the spawn request to the standby, which becomes the worker at once.
+
+        Returns the standby still unused (None: it was used, or none could be made).
+        """
+        try:
+            for _attempt in range(2):
+                if standby is None:
+                    standby = self.start_standby()
+                if standby is None:
+                    break
+                try:
+                    # The standby reports to the master itself, on a copy of our channel.
+                    protocol.send(standby, request, [*fds, self.channel.fileno()])
+                except OSError:
+                    standby.close()  # it died while waiting; make another
+                    standby = None
+                    continue
+                standby.close()
+                return None
+            protocol.send(self.channel, protocol.SpawnFailed(request.age, "fork failed"))
+            return standby
+        finally:
             self.close_fds(fds)
-            protocol.send(self.channel, protocol.SpawnFailed(request.age, "fork: %s" % exc))
-            return
-        if middle == 0:
-            self.run_middle(request, fds)
-        self.close_fds(fds)
-        _, status = os.waitpid(middle, 0)
-        if status != 0:
-            protocol.send(self.channel, protocol.SpawnFailed(
-                request.age, "second fork failed (wait status %s)" % status))
 
     @staticmethod
     def close_fds(fds):
         for fd in fds:
             os.close(fd)
 
-    def run_middle(self, request, fds):
-        """The middle of the double fork: exits at once so the worker is re-parented."""
+    def start_standby(self):
+        """Double-fork a standby worker; returns our end of its socket, or None."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            middle = os.fork()
+        except OSError as exc:
+            self.log.error("%s: fork failed: %s", self.spawned_from, exc)
+            ours.close()
+            theirs.close()
+            return None
+        if middle == 0:
+            self.run_middle(ours, theirs)
+        theirs.close()
+        _, status = os.waitpid(middle, 0)
+        if status != 0:
+            self.log.error("%s: second fork failed (wait status %s)", self.spawned_from, status)
+            ours.close()
+            return None
+        return ours
+
+    def run_middle(self, ours, theirs):
+        """The middle of the double fork: exits at once so the standby is re-parented."""
         code = 1
         try:
             if os.fork() == 0:
-                self.run_worker(request, fds)
+                self.run_standby(ours, theirs)
             code = 0
         finally:
             os._exit(code)
 
-    def run_worker(self, request, fds):
-        adopted = False
+    def run_standby(self, ours, theirs):
+        """A worker forked ahead of need: adopted by the master, it waits for its orders."""
         try:
-            protocol.send(self.channel, protocol.WorkerSpawned(request.age, os.getpid()))
+            ours.close()
+            # Without our copy, the master sees EOF when the spawner exits; the orders
+            # bring a fresh one.
             self.channel.close()
-            adopted = self.wait_for_adoption()
-        finally:
-            if not adopted:
-                exit_process(1)
+            util._setproctitle("smartspawn standby [%s] gen=%s"
+                               % (self.server.proc_name, self.generation))
+            if not self.wait_for_adoption():
+                os._exit(1)
+            request, fds = protocol.recv(theirs)
+            theirs.close()
+        except (EOFError, OSError):
+            os._exit(0)  # the spawner has gone: never a worker, nothing to clean up
+        except BaseException:
+            os._exit(1)
+        master = socket.socket(fileno=fds.pop())
+        try:
+            # First act as a worker: the master must know this pid before it can reap it.
+            protocol.send(master, protocol.WorkerSpawned(request.age, os.getpid()))
+            master.close()
+        except OSError:
+            os._exit(1)
         become_worker(self.server, self.new_worker(request, fds))
 
     def wait_for_adoption(self):

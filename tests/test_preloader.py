@@ -75,7 +75,7 @@ def test_killed_preloader_is_restarted_while_workers_serve(make_server):
 def test_sigkill_of_master_leaves_no_process_behind(make_server):
     server = make_server(workers=3).start()
     tree = [pid for pid, _ in server.children()]
-    assert len(tree) == 4  # preloader + 3 workers
+    assert len(tree) == 5  # preloader, its standby, 3 workers
     server.signal(signal.SIGKILL)
     server.wait_exit()
     assert server.alive(tree, grace=10.0) == []
@@ -170,3 +170,19 @@ def test_reload_flag_falls_back_to_direct_with_one_warning(make_server):
     server = make_server(workers=1, args=["--reload"]).start()
     assert server.log().count("falling back to direct spawning") == 1
     assert server.preloader_pids() == []
+
+
+def standby_pids(server):
+    return [pid for pid, title in server.children() if "smartspawn standby" in title]
+
+
+def test_killed_standby_is_replaced_and_spawns_still_work(make_server):
+    server = make_server(workers=1).start()
+    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    os.kill(standby, signal.SIGKILL)
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
+    wait_for(lambda: standby_pids(server) and standby not in standby_pids(server),
+             what="a new standby")
+    assert len(server.lines("imports.txt")) == 1
+    assert "Traceback" not in server.log()
