@@ -22,6 +22,8 @@ from gunicorn_smartspawn.worker import HeartbeatFile, become_worker
 
 # A worker is normally re-parented within microseconds of the double fork.
 REPARENT_TIMEOUT = 2.0
+# A live standby acknowledges its orders within microseconds.
+ACK_TIMEOUT = 2.0
 
 
 class Spawner:
@@ -66,7 +68,8 @@ class Spawner:
                 except (EOFError, ConnectionError):
                     return
                 if isinstance(message, protocol.SpawnWorker) and fds:
-                    standby = self.hand_over(standby, message, fds)
+                    self.hand_over(standby, message, fds)
+                    standby = None
                 else:
                     self.close_fds(fds)
                     self.log.error("%s: unexpected message %r", self.spawned_from, message)
@@ -75,29 +78,34 @@ class Spawner:
                 standby.close()  # EOF: the standby exits
 
     def hand_over(self, standby, request, fds):
-        """Give the spawn request to the standby, which becomes the worker at once.
-
-        Returns the standby still unused (None: it was used, or none could be made).
-        """
+        """Give the spawn request to the standby (or a new one); it becomes the worker."""
         try:
             for _attempt in range(2):
-                if standby is None:
-                    standby = self.start_standby()
+                standby = standby or self.start_standby()
                 if standby is None:
                     break
-                try:
-                    # The standby reports to the master itself, on a copy of our channel.
-                    protocol.send(standby, request, [*fds, self.channel.fileno()])
-                except OSError:
-                    standby.close()  # it died while waiting; make another
-                    standby = None
-                    continue
+                taken = self.give_orders(standby, request, fds)
                 standby.close()
-                return None
-            protocol.send(self.channel, protocol.SpawnFailed(request.age, "fork failed"))
-            return standby
+                standby = None
+                if taken:
+                    return
+                # It died while waiting (a send to a dying process can vanish without an
+                # error, hence the acknowledgement): make another.
+            protocol.send(self.channel, protocol.SpawnFailed(
+                request.age, "no standby worker could be forked"))
         finally:
             self.close_fds(fds)
+
+    def give_orders(self, standby, request, fds):
+        """True once the standby acknowledged (after telling the master its pid)."""
+        try:
+            # The standby reports to the master itself, on a copy of our channel.
+            protocol.send(standby, request, [*fds, self.channel.fileno()])
+            standby.settimeout(ACK_TIMEOUT)
+            protocol.recv(standby)
+            return True
+        except (OSError, EOFError):
+            return False
 
     @staticmethod
     def close_fds(fds):
@@ -146,7 +154,6 @@ class Spawner:
             if not self.wait_for_adoption():
                 os._exit(1)
             request, fds = protocol.recv(theirs)
-            theirs.close()
         except (EOFError, OSError):
             os._exit(0)  # the spawner has gone: never a worker, nothing to clean up
         except BaseException:
@@ -154,8 +161,11 @@ class Spawner:
         master = socket.socket(fileno=fds.pop())
         try:
             # First act as a worker: the master must know this pid before it can reap it.
-            protocol.send(master, protocol.WorkerSpawned(request.age, os.getpid()))
+            spawned = protocol.WorkerSpawned(request.age, os.getpid())
+            protocol.send(master, spawned)
             master.close()
+            protocol.send(theirs, spawned)  # the acknowledgement
+            theirs.close()
         except OSError:
             os._exit(1)
         become_worker(self.server, self.new_worker(request, fds))

@@ -243,8 +243,15 @@ class LoadLoop:
         self._thread.join(15)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, "report_" + report.when, report)
+    return report
+
+
 @pytest.fixture
-def make_server(tmp_path):
+def make_server(tmp_path, request):
     """make_server(app_file="counting.py", config=..., workers=2, args=()) -> Server.
 
     `parent` defaults to the test's private tmp_path.
@@ -260,5 +267,8 @@ def make_server(tmp_path):
         return server
 
     yield make
+    failed = getattr(request.node, "report_call", None)
     for server in servers:
+        if failed is None or failed.failed:
+            print("---- log of %s ----\n%s" % (server.root.name, server.log()))
         server.teardown()
