@@ -20,7 +20,7 @@ import sys
 
 from gunicorn import sock, util
 from gunicorn.errors import AppImportError
-from gunicorn.workers import gthread, sync
+from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
 # gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
@@ -86,6 +86,13 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
 
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
     """gunicorn's gthread worker."""
+
+    def handle_quit(self, sig, frame):
+        # gunicorn's gthread calls tpool.shutdown() here, inside the signal handler: if
+        # QUIT lands while the main thread is in tpool.submit(), which holds the same
+        # non-reentrant lock, the worker deadlocks and ignores every later signal. The
+        # pool need not be shut down: the process ends with os._exit (exit_process).
+        base.Worker.handle_quit(self, sig, frame)
 
 
 def worker_class_for(cfg):

@@ -49,3 +49,10 @@ def test_run_and_wsgi_are_patched_once():
 def test_workertmp_keeps_its_file_in_tmp():
     # HeartbeatFile replaces WorkerTmp.__init__ and relies on this attribute name.
     assert "self._tmp" in inspect.getsource(WorkerTmp)
+
+
+def test_gthread_quit_handler_still_shuts_the_pool_down_in_the_handler():
+    # smartspawn's ThreadWorker.handle_quit skips this (it deadlocks when QUIT lands
+    # inside tpool.submit()); if gunicorn stops doing it, the override can go.
+    from gunicorn.workers.gthread import ThreadWorker
+    assert "self.tpool.shutdown(wait=False)" in inspect.getsource(ThreadWorker.handle_quit)
