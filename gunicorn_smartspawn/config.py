@@ -168,6 +168,31 @@ class PreTemplateFork(Setting):
         """
 
 
+def validate_fork_safety(val):
+    if not isinstance(val, str) or val.strip().lower() not in ("warn", "strict", "off"):
+        raise ValueError('must be "warn", "strict" or "off"')
+    return val.strip().lower()
+
+
+class ForkSafety(Setting):
+    name = "fork_safety"
+    section = SECTION
+    validator = validate_fork_safety
+    default = "warn"
+    desc = """\
+        What to do when the preloader or a template is about to fork with something
+        unsafe to share: ``"warn"`` (the default), ``"strict"`` or ``"off"``.
+
+        Checked just before the first fork (after ``on_preload``, or after
+        ``pre_template_fork``): other threads (they do not survive fork), sockets
+        connected to a peer (a database, a cache: every worker would share the
+        connection) and pipes. ``warn`` logs one line per finding, naming the peer and the
+        hook to close it in; ``strict`` refuses to fork: at startup gunicorn exits with
+        code 3, a template gives up its refork. Regular files such as logs are fine to
+        share (logged at debug level).
+        """
+
+
 # Every Setting subclass defined above is smartspawn's, in declaration order.
 SMARTSPAWN_SETTINGS = tuple(s for s in KNOWN_SETTINGS if s.__module__ == __name__)
 SMARTSPAWN_NAMES = tuple(s.name for s in SMARTSPAWN_SETTINGS)

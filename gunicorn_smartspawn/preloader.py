@@ -16,7 +16,7 @@ import time
 from gunicorn import util
 from gunicorn.errors import AppImportError
 
-from gunicorn_smartspawn import _linux, protocol
+from gunicorn_smartspawn import _linux, forksafety, protocol
 from gunicorn_smartspawn.spawner import Spawner
 from gunicorn_smartspawn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR
 
@@ -103,6 +103,10 @@ class Preloader(Spawner):
         try:
             self.app.wsgi()
             self.cfg.on_preload(self)
+            forksafety.check(self.cfg, self.log, "preloader", "on_preload", self.known_fds())
+        except forksafety.ForkUnsafe as exc:
+            self.log.error("%s", exc)
+            return self.boot_failed(WORKER_BOOT_ERROR, str(exc))
         except AppImportError as exc:
             self.log.debug("Exception while loading the application", exc_info=True)
             print("%s" % exc, file=sys.stderr)

@@ -53,6 +53,10 @@ class Spawner:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGUSR1, lambda *_: self.log.reopen_files())
 
+    def known_fds(self):
+        """Our own fds, expected to be shared: stdio, the listeners, our channel."""
+        return {0, 1, 2, self.channel.fileno(), *(lnr.fileno() for lnr in self.server.LISTENERS)}
+
     def announce_ready(self, boot_seconds):
         protocol.send(self.channel, protocol.SpawnerReady(self.pid, boot_seconds))
 

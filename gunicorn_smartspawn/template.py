@@ -12,7 +12,7 @@ import time
 
 from gunicorn import util
 
-from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn import forksafety, protocol
 from gunicorn_smartspawn.spawner import Spawner
 
 # The master sends BecomeTemplate before the signal; it is there when we look.
@@ -44,6 +44,13 @@ class Template(Spawner):
                            % (self.server.proc_name, self.generation))
         self.cfg.pre_template_fork(worker)
         self.quiesce(worker)
+        try:
+            forksafety.check(self.cfg, self.log, "template", "pre_template_fork",
+                             self.known_fds() | {worker.tmp.fileno()})
+        except forksafety.ForkUnsafe as exc:
+            self.log.error("%s", exc)
+            protocol.send(self.channel, protocol.BootFailed(1, str(exc)))
+            return
         if self.cfg.gc_freeze:
             gc.collect()
             gc.freeze()
