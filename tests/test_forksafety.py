@@ -1,0 +1,53 @@
+"""fork_safety: what the preloader would share with every worker, reported before it forks."""
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def peer():
+    """A loopback listener standing in for a database or a cache."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+def test_connected_socket_at_import_is_warned_about_naming_peer_and_hook(make_server, peer):
+    server = make_server(app_file="forkunsafe.py", env={"PEER_PORT": str(peer)}).start()
+    server.wait_log(r"fork safety \(preloader\): fd \d+ is a socket connected to "
+                    r"tcp:127\.0\.0\.1:%d; .* close it in the on_preload hook" % peer)
+    assert server.get_ok()
+
+
+def test_closing_it_in_on_preload_silences_the_warning(make_server, peer):
+    config = "def on_preload(preloader):\n    import app\n    app.CONNECTION.close()\n"
+    server = make_server(app_file="forkunsafe.py", config=config,
+                         env={"PEER_PORT": str(peer)}).start()
+    assert "fork safety" not in server.log()
+
+
+def test_thread_started_at_import_is_reported(make_server):
+    server = make_server(app_file="forkunsafe.py", env={"START_THREAD": "1"}).start()
+    server.wait_log(r"fork safety \(preloader\): 1 other thread\(s\) running "
+                    r"\(cache-refresher\): threads do not survive fork")
+
+
+def test_strict_refuses_to_start(make_server, peer):
+    server = make_server(app_file="forkunsafe.py", config='fork_safety = "strict"\n',
+                         env={"PEER_PORT": str(peer)}).start(wait=False)
+    assert server.wait_exit() == 3
+    log = server.log()
+    assert "fork_safety = 'strict': the preloader refuses to fork" in log
+    assert "tcp:127.0.0.1:%d" % peer in log
+    assert server.alive(server.seen_pids) == []
+
+
+def test_off_checks_nothing(make_server, peer):
+    server = make_server(app_file="forkunsafe.py", config='fork_safety = "off"\n',
+                         env={"PEER_PORT": str(peer), "START_THREAD": "1"}).start()
+    assert "fork safety" not in server.log()
+
+
+def test_a_plain_app_has_nothing_to_warn_about(make_server):
+    server = make_server().start()
+    server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ is .*server\.log")
+    assert "WARNING] fork safety" not in server.log()
