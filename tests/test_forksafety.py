@@ -47,7 +47,7 @@ def test_off_checks_nothing(make_server, peer):
     assert "fork safety" not in server.log()
 
 
-def test_a_plain_app_has_nothing_to_warn_about(make_server):
-    server = make_server().start()
-    server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ is .*server\.log")
+def test_a_log_file_is_only_noted_at_debug_level(make_server):
+    server = make_server(args=["--access-logfile", "access.log"]).start()
+    server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ is .*/access\.log, shared")
     assert "WARNING] fork safety" not in server.log()
