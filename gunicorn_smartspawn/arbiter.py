@@ -1,13 +1,15 @@
 """The master: gunicorn's Arbiter, extended to spawn workers from a preloader or a template.
 
 gunicorn has no supported way to replace its Arbiter. It imports the worker class inside
-Arbiter.setup(), so `install()` (run from Worker.setup()) patches two gunicorn methods,
+Arbiter.setup(), so `install()` (run from Worker.setup()) patches these gunicorn methods,
 once, and nothing else:
 
 - ``Arbiter.run``: switches the live arbiter to SmartArbiter when the worker class is
   smartspawn's, then runs gunicorn's own main loop;
 - ``BaseApplication.wsgi``: returns None in the master when smart spawning is on, so
-  ``--preload`` never imports the app there (the preloader does).
+  ``--preload`` never imports the app there (the preloader does);
+- the control socket's ``CommandHandlers.show_workers`` and ``show_stats`` (they add
+  smartspawn's fields) and ``ControlSocketServer._execute_command`` (adds ``refork``).
 
 SmartArbiter overrides, each extending the gunicorn method of the same name: start,
 init_signals, wakeup, wait_for_signals (also reads the spawners' channels),
@@ -28,10 +30,12 @@ import time
 from gunicorn import sock, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.ctl import handlers as ctl_handlers
+from gunicorn.ctl import server as ctl_server
 from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import _linux, protocol
+from gunicorn_smartspawn import _linux, protocol, state
 from gunicorn_smartspawn.config import install_settings
 from gunicorn_smartspawn.counters import Counters
 from gunicorn_smartspawn.preloader import start_preloader
@@ -42,6 +46,9 @@ from gunicorn_smartspawn.worker import (
 
 GUNICORN_RUN = Arbiter.run
 GUNICORN_WSGI = BaseApplication.wsgi
+GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
+GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
+GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
 
 # How long a spawn request may go unanswered before its spawner is deemed stuck.
 SPAWN_TIMEOUT = 5.0
@@ -65,8 +72,30 @@ def install():
             return None  # the preloader imports the app, never the master
         return GUNICORN_WSGI(self)
 
+    # The control socket's thread calls these; they read master state, as gunicorn's do.
+    def show_workers(self):
+        result = GUNICORN_SHOW_WORKERS(self)
+        if isinstance(self.arbiter, SmartArbiter):
+            for entry in result["workers"]:
+                entry.update(self.arbiter.worker_fields(entry["pid"]))
+        return result
+
+    def show_stats(self):
+        result = GUNICORN_SHOW_STATS(self)
+        if isinstance(self.arbiter, SmartArbiter):
+            result.update(self.arbiter.smartspawn_stats())
+        return result
+
+    def execute_command(self, parts):
+        if parts and parts[0].lower() == "refork" and isinstance(self.arbiter, SmartArbiter):
+            return self.arbiter.queue_refork()
+        return GUNICORN_EXECUTE(self, parts)
+
     Arbiter.run = run
     BaseApplication.wsgi = wsgi
+    ctl_handlers.CommandHandlers.show_workers = show_workers
+    ctl_handlers.CommandHandlers.show_stats = show_stats
+    ctl_server.ControlSocketServer._execute_command = execute_command
 
 
 def smart_spawning_requested(cfg):
@@ -105,6 +134,9 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self.helper_pids = set()      # spawner processes not yet reaped
         self.stopping = False
         self.counters = Counters()    # inherited by every process forked from here on
+        self.state_path = state.state_path(os.getpid())
+        self.state_published = 0.0
+        state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.smart = self.choose_smart_spawning()
         self.init_refork()
@@ -175,6 +207,18 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self.manage_spawners()
         self.manage_refork()
         super().manage_workers()
+        self.publish_state()
+
+    def publish_state(self):
+        """Rewrite the state file for `smartspawn status`, at most once a second."""
+        now = time.monotonic()
+        if now - self.state_published < 1.0:
+            return
+        self.state_published = now
+        try:
+            state.write(self.state_path, state.snapshot(self))
+        except OSError as exc:
+            self.log.debug("Could not write %s: %s", self.state_path, exc)
 
     def spawn_workers(self):
         spawner = self.current_spawner()
@@ -200,7 +244,8 @@ class SmartArbiter(ReforkMixin, Arbiter):
         worker.spawner_pid = spawner.pid
         worker.generation = spawner.generation
         self.cfg.pre_fork(self, worker)
-        worker.spawn_deadline = time.monotonic() + SPAWN_TIMEOUT
+        worker.spawn_requested = time.monotonic()
+        worker.spawn_deadline = worker.spawn_requested + SPAWN_TIMEOUT
         self.pending[worker.age] = worker
         fds = [worker.tmp.fileno()]
         child_end = None
@@ -290,6 +335,31 @@ class SmartArbiter(ReforkMixin, Arbiter):
             spawner.channel.close()
         self.spawners = []
         self.wait_for_spawners(deadline=time.monotonic() + 2.0)
+        state.remove(self.state_path)
+
+    # -- the control socket (called from its thread: only reads, or queues a signal) ----
+
+    def worker_fields(self, pid):
+        worker = self.WORKERS.get(pid)
+        if worker is None:
+            return {}
+        return {"generation": worker.generation, "spawned_from": worker.spawned_from,
+                **self.counters.snapshot(worker.slot)}
+
+    def smartspawn_stats(self):
+        return {"generation": self.generation,
+                "spawn_method": "smart" if self.smart else "direct",
+                "preloader_pid": self.preloader.pid if self.preloader else None,
+                "template_pid": self.template.pid if self.template else None,
+                "reforks": self.reforks_done,
+                "refork_in_progress": self.refork is not None}
+
+    def queue_refork(self):
+        """The control socket's `refork`: the same as `kill -URG <master>`."""
+        self.SIG_QUEUE.put_nowait(signal.SIGURG)
+        self.wakeup()
+        return {"status": "refork requested" if self.cfg.fork_worker
+                else "ignored: fork_worker is off"}
 
     # -- worker records -----------------------------------------------------------------
 
@@ -303,6 +373,10 @@ class SmartArbiter(ReforkMixin, Arbiter):
         worker.pid = pid
         self.WORKERS[pid] = self.records[pid] = worker
         self._stats["workers_spawned"] += 1
+        latency_ms = (time.monotonic() - worker.spawn_requested) * 1000
+        self.log.debug("Worker %s (pid: %s) checked in %.1f ms after its spawn request",
+                       age, pid, latency_ms, extra={"metric": "smartspawn.spawn_latency",
+                                                    "value": latency_ms, "mtype": "histogram"})
         if self.stopping:
             self.kill_worker(pid, signal.SIGTERM)
 
@@ -419,7 +493,11 @@ class SmartArbiter(ReforkMixin, Arbiter):
                     self.preloader_ready(spawner, seconds)
             case protocol.BootFailed():
                 spawner.failure = message
+            case protocol.StandbyReady(pid=pid):
+                spawner.standby_pid = pid
             case protocol.WorkerSpawned(age=age, pid=pid):
+                if pid == spawner.standby_pid:
+                    spawner.standby_pid = None
                 self.worker_spawned(age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
                 self.log.error("%r could not fork worker %s: %s", spawner, age, reason)

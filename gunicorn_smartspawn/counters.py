@@ -2,19 +2,23 @@
 
 The master creates the table before its first fork, so the preloader, every template and
 every worker inherit the same pages (MAP_SHARED). Each worker owns one slot, given by the
-master at spawn, and writes its request count there after each request; the master reads
-it to decide when to refork. One aligned 8-byte store: no lock needed for a reader that
-only wants a recent value.
+master at spawn, and writes its own figures there; the master reads them (to decide when
+to refork, for `smartspawn status` and the control socket). Each field is one aligned
+8-byte store with a single writer: no lock is needed for a reader that wants a recent
+value.
 """
 import mmap
 
 SLOTS = 1024
+FIELDS = ("requests", "oob_collections", "oob_microseconds")
 
 
 class Counters:
     def __init__(self, slots=SLOTS):
-        self._map = mmap.mmap(-1, slots * 8)  # anonymous, MAP_SHARED
-        self._requests = memoryview(self._map).cast("Q")
+        self._map = mmap.mmap(-1, slots * 8 * len(FIELDS))  # anonymous, MAP_SHARED
+        table = memoryview(self._map).cast("Q")
+        self._fields = {name: table[i * slots:(i + 1) * slots]
+                        for i, name in enumerate(FIELDS)}
         self._free = list(range(slots - 1, -1, -1))
 
     def allocate(self):
@@ -22,15 +26,22 @@ class Counters:
         if not self._free:
             return None
         slot = self._free.pop()
-        self._requests[slot] = 0
+        for values in self._fields.values():
+            values[slot] = 0
         return slot
 
     def release(self, slot):
         if slot is not None:
             self._free.append(slot)
 
-    def requests(self, slot):
-        return 0 if slot is None else self._requests[slot]
+    def get(self, slot, field):
+        return 0 if slot is None else self._fields[field][slot]
 
-    def set_requests(self, slot, value):
-        self._requests[slot] = value
+    def set(self, slot, field, value):
+        self._fields[field][slot] = value
+
+    def requests(self, slot):
+        return self.get(slot, "requests")
+
+    def snapshot(self, slot):
+        return {name: self.get(slot, name) for name in FIELDS}

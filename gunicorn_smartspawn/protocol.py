@@ -46,6 +46,12 @@ class BootFailed:
 
 
 @dataclasses.dataclass(frozen=True)
+class StandbyReady:
+    """standby -> master: process `pid` is forked ahead of need (for status and metrics)."""
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerSpawned:
     """new worker -> master, as its first act: worker `age` is process `pid`."""
     age: int
@@ -60,7 +66,8 @@ class SpawnFailed:
 
 
 MESSAGES = {cls.__name__: cls for cls in (SpawnWorker, SpawnerReady, BecomeTemplate,
-                                          BootFailed, WorkerSpawned, SpawnFailed)}
+                                          BootFailed, StandbyReady, WorkerSpawned,
+                                          SpawnFailed)}
 
 
 def channel_pair():

@@ -56,6 +56,7 @@ class ReforkMixin:
         self.refork = None            # the Refork in progress
         self.refork_requested = None  # a trigger that arrived while busy (coalesced)
         self.threshold_index = 0      # the next fork_worker threshold to wait for
+        self.reforks_done = 0
         if self.cfg.fork_worker and self.num_workers < 2:
             self.log.warning("fork_worker: a refork needs two or more workers; "
                              "with workers = %s none will happen", self.num_workers)
@@ -179,6 +180,7 @@ class ReforkMixin:
 
     def finish_refork(self):
         refork, self.refork = self.refork, None
+        self.reforks_done += 1
         if refork.threshold is not None:
             self.threshold_index += 1
         self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)

@@ -150,6 +150,7 @@ class Spawner:
         """A worker forked ahead of need: adopted by the master, it waits for its orders."""
         try:
             ours.close()
+            protocol.send(self.channel, protocol.StandbyReady(os.getpid()))
             # Without our copy, the master sees EOF when the spawner exits; the orders
             # bring a fresh one.
             self.channel.close()

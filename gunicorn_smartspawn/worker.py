@@ -66,7 +66,7 @@ class SmartWorkerMixin:
             return super().handle_request(*args)
         finally:
             if self.slot is not None:
-                self.server.counters.set_requests(self.slot, self.nr)
+                self.server.counters.set(self.slot, "requests", self.nr)
 
     def run(self):
         # gthread closes the listeners when it stops serving: a template needs copies.

@@ -1,0 +1,94 @@
+"""The master's published state: which process is which, for `smartspawn status`.
+
+The master rewrites one small JSON file (atomically, at most once a second) in a
+per-user directory, named after its pid; `smartspawn status` reads it and adds what the
+kernel knows (memory, start time). Roles and request counts therefore come from the
+server itself, never from guessing at the process tree.
+"""
+import json
+import os
+import tempfile
+import time
+
+VERSION = 1
+
+
+def state_dir():
+    return os.path.join(tempfile.gettempdir(), "smartspawn-%d" % os.getuid())
+
+
+def state_path(master_pid, directory=None):
+    return os.path.join(directory or state_dir(), "%d.json" % master_pid)
+
+
+def write(path, state):
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+
+
+def read(path):
+    with open(path) as f:
+        state = json.load(f)
+    if state.get("version") != VERSION:
+        raise ValueError("state file %s has version %r, expected %r"
+                         % (path, state.get("version"), VERSION))
+    return state
+
+
+def remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_stale(directory=None):
+    """Remove the state files of masters that died without cleaning up (SIGKILL)."""
+    directory = directory or state_dir()
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        stem = name[:-len(".json")]
+        if name.endswith(".json") and stem.isdigit() and not pid_alive(int(stem)):
+            remove(os.path.join(directory, name))
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def snapshot(arbiter):
+    """The state of `arbiter` (a SmartArbiter) as a JSON-able dict."""
+    processes = [{"pid": arbiter.pid, "role": "master"}]
+    for spawner in arbiter.spawners:
+        role = spawner.kind if spawner.ready else spawner.kind + " (booting)"
+        processes.append({"pid": spawner.pid, "role": role,
+                          "generation": spawner.generation})
+        if spawner.standby_pid:
+            processes.append({"pid": spawner.standby_pid, "role": "standby",
+                              "generation": spawner.generation})
+    counters = arbiter.counters
+    for pid, worker in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age):
+        processes.append({
+            "pid": pid, "role": "worker", "generation": worker.generation,
+            "age": worker.age, "spawned_from": worker.spawned_from,
+            **counters.snapshot(worker.slot)})
+    return {
+        "version": VERSION, "updated": time.time(), "master": arbiter.pid,
+        "proc_name": arbiter.proc_name, "generation": arbiter.generation,
+        "spawn_method": "smart" if arbiter.smart else "direct",
+        "workers_target": arbiter.num_workers, "fork_worker": list(arbiter.cfg.fork_worker),
+        "reforks": arbiter.reforks_done, "refork_in_progress": arbiter.refork is not None,
+        "processes": processes,
+    }

@@ -1,0 +1,93 @@
+"""`smartspawn status` and the control socket, against a real running server."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from gunicorn.ctl.client import ControlClient
+
+from conftest import wait_for
+
+STATUS = [sys.executable, "-m", "smartspawn", "status"]
+
+
+def status(*args):
+    return subprocess.run([*STATUS, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_status_shows_every_role_with_real_memory(make_server):
+    server = make_server(workers=2, config="fork_worker = True\n").start()
+    for _ in range(10):
+        server.request()
+    server.signal(signal.SIGURG)
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    wait_for(lambda: server.children() and len(server.worker_pids()) == 2, what="2 workers")
+
+    def roles():
+        result = status("--pidfile", str(server.pidfile), "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        return report if {"master", "preloader", "template", "standby", "worker"} <= {
+            row["role"] for row in report["processes"]} else None
+
+    report = wait_for(roles, what="all roles in the status")  # the state is 1 s fresh
+    assert report["master"] == server.pid and report["generation"] == 2
+    rows = report["processes"]
+    for row in rows:
+        assert 0 < row["uss"] <= row["pss"] <= row["rss"], row
+    for key in ("rss", "pss", "uss"):
+        assert report["totals"][key] == sum(row[key] for row in rows)
+    workers = [row for row in rows if row["role"] == "worker"]
+    assert sorted(row["pid"] for row in workers) == server.worker_pids()
+    assert all(row["generation"] == 2 and row["spawned_from"] == "template" for row in workers)
+
+    table = status("--pid", str(server.pid))
+    assert table.returncode == 0
+    assert "template" in table.stdout and "total (" in table.stdout
+
+
+def test_status_counts_requests(make_server):
+    server = make_server(workers=1).start()
+
+    def requests():
+        result = status("--pid", str(server.pid), "--json")
+        rows = json.loads(result.stdout)["processes"]
+        return [row["requests"] for row in rows if row["role"] == "worker"]
+
+    before = wait_for(requests, what="a worker in the status")[0]  # readiness probes
+    for _ in range(7):
+        server.request()
+    wait_for(lambda: requests() == [before + 7], what="7 more requests in the status")
+
+
+def test_status_of_a_process_that_is_not_a_server_fails_clearly():
+    result = status("--pid", str(os.getpid()))
+    assert result.returncode == 1
+    assert "is not a smartspawn master: no state file" in result.stderr
+    result = status("--pidfile", "/nonexistent/gunicorn.pid")
+    assert result.returncode == 1 and "cannot read a pid from" in result.stderr
+
+
+def test_process_titles_name_each_role(make_server):
+    server = make_server(workers=1).start()
+    titles = [title for _, title in server.children()]
+    assert any(t.startswith("gunicorn: smartspawn preloader [app:app] gen=1") for t in titles)
+    assert any(t.startswith("gunicorn: worker [app:app] gen=1") for t in titles)
+
+
+def test_control_socket_shows_smartspawn_fields_and_reforks(make_server):
+    server = make_server(workers=2, config="fork_worker = True\n").start()
+    with ControlClient(str(server.root / "gunicorn.ctl")) as client:
+        def served():
+            return sum(w["requests"] for w in client.send_command("show", ["workers"])["workers"])
+        before = served()  # readiness probes
+        for _ in range(4):
+            server.request()
+        assert served() == before + 4
+        workers = client.send_command("show", ["workers"])["workers"]
+        assert {w["spawned_from"] for w in workers} == {"preloader"}
+        stats = client.send_command("show", ["stats"])
+        assert stats["generation"] == 1 and stats["preloader_pid"] == server.preloader_pid()
+        assert client.send_command("refork") == {"status": "refork requested"}
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
