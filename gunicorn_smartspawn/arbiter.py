@@ -52,6 +52,8 @@ GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
 
 # How long a spawn request may go unanswered before its spawner is deemed stuck.
 SPAWN_TIMEOUT = 5.0
+# How often the master samples the total PSS of its processes for statsd (seconds).
+PSS_SAMPLE_INTERVAL = 30.0
 # Restart delays for a preloader that keeps failing after the first boot (seconds).
 RESTART_BACKOFF = (0, 1, 2, 5, 10, 30)
 
@@ -136,6 +138,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self.counters = Counters()    # inherited by every process forked from here on
         self.state_path = state.state_path(os.getpid())
         self.state_published = 0.0
+        self.pss_sampled = None
         state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.smart = self.choose_smart_spawning()
@@ -215,10 +218,17 @@ class SmartArbiter(ReforkMixin, Arbiter):
         if now - self.state_published < 1.0:
             return
         self.state_published = now
+        snapshot = state.snapshot(self)
         try:
-            state.write(self.state_path, state.snapshot(self))
+            state.write(self.state_path, snapshot)
         except OSError as exc:
             self.log.debug("Could not write %s: %s", self.state_path, exc)
+        if self.pss_sampled is None or now - self.pss_sampled >= PSS_SAMPLE_INTERVAL:
+            self.pss_sampled = now
+            mib = state.total_pss(p["pid"] for p in snapshot["processes"]) / (1024 * 1024)
+            self.log.debug("Total PSS of the server: %.1f MiB", mib, extra={
+                "metric": "smartspawn.pss_total_mib", "value": round(mib, 1),
+                "mtype": "gauge"})
 
     def spawn_workers(self):
         spawner = self.current_spawner()

@@ -10,6 +10,8 @@ import os
 import tempfile
 import time
 
+import psutil
+
 VERSION = 1
 
 
@@ -66,6 +68,17 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def total_pss(pids):
+    """The sum of PSS over `pids` (bytes); processes that exited meanwhile count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
 
 
 def snapshot(arbiter):
