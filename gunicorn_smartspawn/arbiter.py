@@ -146,16 +146,20 @@ class SmartArbiter(ReforkMixin, Arbiter):
         return GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):
-        if self.cfg.spawn_method == "direct":
-            return False
+        # Any fork from a preloader or a template (fork_worker) needs the subreaper.
         why = _linux.smart_spawn_unsupported()
-        if why is None and self.cfg.reload:
-            why = "--reload restarts workers that import the app themselves"
         if why is None:
             try:
                 _linux.become_subreaper()
             except OSError as exc:
                 why = "prctl(PR_SET_CHILD_SUBREAPER) failed: %s" % exc
+        if why and self.cfg.fork_worker:
+            self.log.warning("smartspawn: fork_worker is off: %s", why)
+            self.cfg.settings["fork_worker"].set(False)
+        if self.cfg.spawn_method == "direct":
+            return False
+        if why is None and self.cfg.reload:
+            why = "--reload restarts workers that import the app themselves"
         if why:
             self.log.warning("smartspawn: falling back to direct spawning: %s", why)
             return False

@@ -166,8 +166,14 @@ class Server:
         return sorted(pid for pid, title in self.children() if "preloader" in title)
 
     def preloader_pid(self):
-        pids = wait_for(self.preloader_pids, what="a preloader\n" + self.log())
-        assert len(pids) == 1, pids
+        return self.single("smartspawn preloader")
+
+    def single(self, title):
+        """The pid of the one process titled `title`. A process just forked from it
+        carries its title for a moment before taking its own: wait for one."""
+        pids = wait_for(lambda: (lambda p: p if len(p) == 1 else None)(
+            [pid for pid, t in self.children() if title in t]),
+            what="exactly one %r process\n%s" % (title, self.log()))
         return pids[0]
 
     # -- HTTP ---------------------------------------------------------------------------

@@ -61,8 +61,8 @@ def test_killed_preloader_is_restarted_while_workers_serve(make_server):
     old = server.preloader_pid()
     with LoadLoop(server) as load:
         os.kill(old, signal.SIGKILL)
-        new = wait_for(lambda: [p for p in server.preloader_pids() if p != old],
-                       what="a new preloader")[0]
+        new = int(server.wait_log(r"Started preloader \(pid: (?!%d\b)(\d+), gen=1\)"
+                                  % old).group(1))
         server.wait_log(r"preloader \(pid: %d, gen=1\) loaded the app" % new)
     assert load.failures == []
     # Spawns now come from the new preloader.

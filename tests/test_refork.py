@@ -52,7 +52,7 @@ def test_auto_refork_shares_the_warmed_cache(make_server):
     server = make_server(workers=3, config="fork_worker = 20\n" + POST_FORK).start()
     preloader = server.preloader_pid()
     hammer(server, "/cache", lambda: refork_done(server, 2), "a refork")
-    (template,) = template_pids(server)
+    template = server.single("smartspawn template")
     assert generations(server) == [2, 2, 2]
     # The cache worker-0 built while serving is in every new worker, not rebuilt.
     built_by = {server.get_json("/cache")["cache_built_by"] for _ in range(15)}
@@ -90,7 +90,7 @@ def test_urg_reforks_under_load_with_zero_failed_requests(make_server):
         wait_for(lambda: load.ok > before + 20, what="traffic after the refork")
     assert load.failures == []
     assert not old & set(server.worker_pids())
-    assert len(server.worker_pids()) == 3 and len(template_pids(server)) == 1
+    assert len(server.worker_pids()) == 3 and server.single("smartspawn template")
 
 
 def test_urg_with_fork_worker_off_is_harmless(make_server):
@@ -122,7 +122,7 @@ def test_template_killed_mid_refork_recovers(make_server):
     server = make_server(workers=3, config="fork_worker = True\n").start()
     server.signal(signal.SIGURG)
     server.wait_log(r"template \(pid: \d+, gen=2\) ready")
-    os.kill(template_pids(server)[0], signal.SIGKILL)
+    os.kill(server.single("smartspawn template"), signal.SIGKILL)
     server.wait_log(r"template \(pid: \d+, gen=2\) exited; spawning from the preloader")
     wait_for(lambda: len(server.worker_pids()) == 3, timeout=20, what="3 workers again")
     for _ in range(10):
@@ -148,7 +148,7 @@ def test_hup_after_refork_starts_over_from_a_new_preloader(make_server):
     server = make_server(workers=2, config="fork_worker = True\n").start()
     server.signal(signal.SIGURG)
     server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
-    (template,) = template_pids(server)
+    template = server.single("smartspawn template")
     server.signal(signal.SIGHUP)
     server.wait_log(r"Generation 3 is serving")
     wait_for(lambda: generations(server) == [3, 3] and not template_pids(server),
@@ -164,3 +164,16 @@ def test_one_worker_warns_and_never_reforks(make_server):
     server.signal(signal.SIGURG)
     server.wait_log(r"Refork \(URG\) deferred: needs two or more workers")
     assert "Refork to generation" not in server.log()
+
+
+def test_direct_spawning_reforks_from_a_worker_that_imported_the_app(make_server):
+    server = make_server(workers=2, config='spawn_method = "direct"\nfork_worker = True\n'
+                         + POST_FORK).start()
+    hammer(server, "/cache", lambda: len({server.get_json("/cache")["cache_built_by"]
+                                          for _ in range(6)}) == 2, "two caches")
+    server.signal(signal.SIGURG)
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    template = server.single("smartspawn template")
+    assert {server.get_json("/cache")["cache_built_by"] for _ in range(10)} == {template}
+    assert {p["from"] for p in post_forks(server) if p["gen"] == 2} == {"template"}
+    assert len(server.lines("imports.txt")) == 2  # each direct worker imported it once
