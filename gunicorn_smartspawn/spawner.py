@@ -163,16 +163,18 @@ class Spawner:
             os._exit(0)  # the spawner has gone: never a worker, nothing to clean up
         except BaseException:
             os._exit(1)
-        master = socket.socket(fileno=fds.pop())
-        try:
-            # First act as a worker: the master must know this pid before it can reap it.
-            spawned = protocol.WorkerSpawned(request.age, os.getpid())
-            protocol.send(master, spawned)
-            master.close()
-            protocol.send(theirs, spawned)  # the acknowledgement
-            theirs.close()
-        except OSError:
-            os._exit(1)
+        spawned = protocol.WorkerSpawned(request.age, os.getpid())
+        with socket.socket(fileno=fds.pop()) as master:
+            try:
+                # First act as a worker: the master must know this pid before it can reap it.
+                protocol.send(master, spawned)
+            except OSError:
+                os._exit(1)
+        with theirs:
+            try:
+                protocol.send(theirs, spawned)  # the acknowledgement
+            except OSError:
+                pass  # the spawner has gone since; the master knows us: serve anyway
         become_worker(self.server, self.new_worker(request, fds))
 
     def wait_for_adoption(self):
