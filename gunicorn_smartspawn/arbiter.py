@@ -312,6 +312,9 @@ class SmartArbiter(ReforkMixin, Arbiter):
 
     def handle_hup(self):
         if not self.smart:
+            # gunicorn's reload spawns from the master, which loads the new code: the
+            # template (old code) must not serve those spawns.
+            self.end_template_generation()
             return super().handle_hup()
         self.log.info("Hang up: %s", self.master_name)
         if not self.reload_config():
@@ -331,6 +334,8 @@ class SmartArbiter(ReforkMixin, Arbiter):
         super().handle_usr1()
         for spawner in self.spawners:
             spawner.kill(signal.SIGUSR1)  # they write to the same log files
+            if spawner.standby_pid:
+                os.kill(spawner.standby_pid, signal.SIGUSR1)
 
     def setup(self, app):
         # Runs on HUP only: the first setup() ran before the switch to this class.
@@ -535,11 +540,9 @@ class SmartArbiter(ReforkMixin, Arbiter):
         old, self.preloader = self.preloader, self.next_preloader
         self.next_preloader = None
         self.generation = self.preloader.generation
-        for spawner in (old, self.template):
-            if spawner is not None:
-                self.retire(spawner)
-        self.template = None
-        self.threshold_index = 0
+        if old is not None:
+            self.retire(old)
+        self.end_template_generation()
         self.log.info("Generation %s is serving; replacing the workers of the previous "
                       "generation", self.generation)
         for _ in range(self.num_workers):

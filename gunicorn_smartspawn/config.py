@@ -59,11 +59,12 @@ class GcFreeze(Setting):
     validator = validate_bool
     default = True
     desc = """\
-        Run ``gc.collect()`` then ``gc.freeze()`` in the preloader before it forks.
+        Run ``gc.collect()`` then ``gc.freeze()`` in the preloader, and in a template,
+        before it forks.
 
         Frozen objects are left alone by the cyclic garbage collector of the workers, so
-        collections there do not write to (and un-share) the pages the application was
-        loaded into.
+        collections there do not write to (and un-share) the pages the application (or
+        the template's warmed caches) were loaded into.
         """
 
 

@@ -88,7 +88,7 @@ class ReforkMixin:
             return "a HUP is loading new code"
         if self.smart and (self.preloader is None or not self.preloader.ready):
             return "the preloader is (re)starting"
-        if self.pending:
+        if self.pending or len(self.WORKERS) < self.num_workers:
             return "workers are being spawned"
         return None
 
@@ -185,13 +185,27 @@ class ReforkMixin:
             self.threshold_index += 1
         self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)
 
+    def end_template_generation(self):
+        """A HUP: abandon any refork, retire the template; thresholds start again."""
+        if self.refork is not None:
+            self.abort_refork("HUP")
+        if self.template is not None:
+            self.retire(self.template)
+            self.template = None
+        self.threshold_index = 0
+
     def abort_refork(self, why):
         refork, self.refork = self.refork, None
         self.log.warning("%r abandoned: %s", refork, why)
 
     def template_gone(self, handle):
-        if self.refork is not None and self.refork.candidate.pid == handle.pid:
-            self.abort_refork("the template (pid: %s) exited" % handle.pid)
+        refork = self.refork
+        if refork is not None and refork.candidate.pid == handle.pid:
+            why = handle.failure.reason if handle.failure else "it exited"
+            self.abort_refork("the template (pid: %s) gave up: %s" % (handle.pid, why))
+            if refork.threshold is not None:
+                # Else the next worker to reach it would be sacrificed the same way.
+                self.threshold_index += 1
         if handle is self.template:
             self.template = None
             self.log.error("%r exited; spawning from the %s", handle,

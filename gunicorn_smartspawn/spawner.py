@@ -54,8 +54,14 @@ class Spawner:
         signal.signal(signal.SIGUSR1, lambda *_: self.log.reopen_files())
 
     def known_fds(self):
-        """Our own fds, expected to be shared: stdio, the listeners, our channel."""
-        return {0, 1, 2, self.channel.fileno(), *(lnr.fileno() for lnr in self.server.LISTENERS)}
+        """Our own fds, expected to be shared: stdio, the listeners, our channel, and
+        gunicorn's statsd socket (each worker sends its own datagrams on it)."""
+        known = {0, 1, 2, self.channel.fileno()}
+        known.update(lnr.fileno() for lnr in self.server.LISTENERS)
+        statsd = getattr(self.log, "sock", None)
+        if statsd is not None:
+            known.add(statsd.fileno())
+        return known
 
     def announce_ready(self, boot_seconds):
         protocol.send(self.channel, protocol.SpawnerReady(self.pid, boot_seconds))

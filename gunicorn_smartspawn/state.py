@@ -92,7 +92,10 @@ def snapshot(arbiter):
             processes.append({"pid": spawner.standby_pid, "role": "standby",
                               "generation": spawner.generation})
     counters = arbiter.counters
+    spawner_pids = {spawner.pid for spawner in arbiter.spawners}
     for pid, worker in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age):
+        if pid in spawner_pids:
+            continue  # a refork's candidate, listed as "template (booting)"
         processes.append({
             "pid": pid, "role": "worker", "generation": worker.generation,
             "age": worker.age, "spawned_from": worker.spawned_from,

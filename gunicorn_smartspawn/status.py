@@ -153,6 +153,9 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # `smartspawn status | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

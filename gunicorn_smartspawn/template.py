@@ -43,6 +43,10 @@ class Template(Spawner):
         util._setproctitle("smartspawn template [%s] gen=%s"
                            % (self.server.proc_name, self.generation))
         self.cfg.pre_template_fork(worker)
+        if not worker.template_requested:
+            self.log.info("Worker (pid: %s) was stopped before it became the template",
+                          self.pid)
+            return
         self.quiesce(worker)
         try:
             forksafety.check(self.cfg, self.log, "template", "pre_template_fork",

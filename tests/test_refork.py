@@ -177,3 +177,31 @@ def test_direct_spawning_reforks_from_a_worker_that_imported_the_app(make_server
     assert {server.get_json("/cache")["cache_built_by"] for _ in range(10)} == {template}
     assert {p["from"] for p in post_forks(server) if p["gen"] == 2} == {"template"}
     assert len(server.lines("imports.txt")) == 2  # each direct worker imported it once
+
+
+def test_direct_spawning_hup_after_refork_loads_new_code(make_server):
+    server = make_server(workers=2, config='spawn_method = "direct"\nfork_worker = True\n')
+    server.start()
+    server.signal(signal.SIGURG)
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    app_py = server.root / "app.py"
+    app_py.write_text(app_py.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: {server.get_json()["version"] for _ in range(8)} == {"v2"},
+             timeout=40, what="v2 from every worker")
+    assert not template_pids(server)
+
+
+def test_strict_fork_safety_refusal_uses_up_the_threshold(make_server):
+    config = ('fork_worker = [5]\nfork_safety = "strict"\n'
+              "def post_worker_init(worker):\n"
+              "    import threading, time\n"
+              "    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n")
+    server = make_server(workers=2, config=config).start()
+    for _ in range(60):
+        server.request()
+    server.wait_log(r"the template \(pid: \d+\) gave up: fork_safety = 'strict'")
+    wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
+    for _ in range(60):
+        assert server.request()[0] == 200
+    assert server.log().count("becomes the template") == 1
