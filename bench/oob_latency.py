@@ -57,6 +57,8 @@ TARGET_P99_RATIO = 0.7          # /garbage: p99 of B at most this times A's
 TARGET_GARBAGE_RPS_RATIO = 0.97  # /garbage: throughput of B at least this times A's
 TARGET_HELLO_RPS_RATIO = 0.98    # /hello: throughput of B at least this times A's
 
+FIGURES = ("rps", "p50", "p99", "p999", "cpu_us")
+
 # wrk prints its histogram in microseconds; this script adds the percentiles we need.
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
@@ -136,6 +138,22 @@ class Server:
             except psutil.NoSuchProcess:
                 pass
         return [pid for pid, title in titles if "worker [" in title]
+
+    def cpu_seconds(self):
+        """CPU time (user + system) used so far by the master and its live children."""
+        try:
+            master = psutil.Process(self.proc.pid)
+            processes = [master, *master.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     def get_ok(self):
         try:
@@ -301,11 +319,15 @@ def main():
 
 def measure(servers, args, script):
     def one_run(server, path, seconds):
+        cpu = server.cpu_seconds()
         if args.client == "wrk":
             result = run_wrk(server.port, path, args.workers, seconds, script)
         else:
             result = run_python_client(server.port, path, args.workers, seconds)
         server.alive_or_raise()
+        # The server's own CPU per request: what the server costs, whatever else runs on
+        # the machine (throughput and latency also depend on that).
+        result["cpu_us"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e6
         return result
 
     results = {"client": args.client, "workers": args.workers, "seconds": args.seconds,
@@ -318,11 +340,10 @@ def measure(servers, args, script):
                 result = one_run(server, path, args.seconds)
                 results["runs"].setdefault(path, {}).setdefault(server.label, []).append(result)
                 print("%-9s round %d  %-22s %7.0f req/s  p50 %7.2f  p99 %7.2f  p99.9 %7.2f"
-                      "  max %7.1f ms  errors %d" % (path, round_no + 1, server.label,
-                                                     result["rps"], result["p50"],
-                                                     result["p99"], result["p999"],
-                                                     result["max"], result["errors"]),
-                      flush=True)
+                      "  max %7.1f ms  cpu %6.0f us/req  errors %d" % (
+                          path, round_no + 1, server.label, result["rps"], result["p50"],
+                          result["p99"], result["p999"], result["max"], result["cpu_us"],
+                          result["errors"]), flush=True)
     return results
 
 
@@ -333,21 +354,19 @@ def report(servers, results, args):
           "alternating" % (args.client, args.workers, args.workers, args.rounds, args.seconds))
     for path, by_server in results["runs"].items():
         print("\n%s  (medians over rounds; ratio = median of per-round ratios to A)" % path)
-        print("  %-22s %9s %9s %9s %9s %8s" % ("server", "req/s", "p50 ms", "p99 ms",
-                                               "p99.9 ms", "errors"))
+        print("  %-22s %9s %9s %9s %9s %11s %7s" % ("server", "req/s", "p50 ms", "p99 ms",
+                                                     "p99.9 ms", "cpu us/req", "errors"))
         for server in servers:
             runs = by_server[server.label]
-            print("  %-22s %9.0f %9.2f %9.2f %9.2f %8d" % (
-                server.label, *(statistics.median(r[k] for r in runs)
-                                for k in ("rps", "p50", "p99", "p999")),
+            print("  %-22s %9.0f %9.2f %9.2f %9.2f %11.0f %7d" % (
+                server.label, *(statistics.median(r[k] for r in runs) for k in FIGURES),
                 sum(r["errors"] for r in runs)))
         for server in servers[1:]:
-            ratios = {k: statistics.median(b[k] / a_[k] for a_, b in
-                                           zip(by_server[a], by_server[server.label], strict=True))
-                      for k in ("rps", "p50", "p99", "p999")}
+            pairs = list(zip(by_server[a], by_server[server.label], strict=True))
+            ratios = {k: statistics.median(b[k] / a_[k] for a_, b in pairs) for k in FIGURES}
             results.setdefault("ratios", {}).setdefault(path, {})[server.label] = ratios
-            print("  %-22s %9.3f %9.3f %9.3f %9.3f   (x A)" % (
-                server.label, ratios["rps"], ratios["p50"], ratios["p99"], ratios["p999"]))
+            print("  %-22s %9.3f %9.3f %9.3f %9.3f %11.3f   (x A)" % (
+                server.label, *(ratios[k] for k in FIGURES)))
     b = servers[1].label
     ratios = results["ratios"]
     checks = []

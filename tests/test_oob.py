@@ -118,7 +118,7 @@ def test_oob_gc_n_collects_every_n_requests(make_server):
     def request(path):
         # A pause, so that no client is waiting when this only worker finishes a request
         # (it would serve that client first).
-        time.sleep(0.05)
+        time.sleep(0.1)
         return server.get_json(path)
 
     # /gc answers from inside a request: every request before it has had its turn.
@@ -199,22 +199,23 @@ def test_work_runs_after_the_connection_is_closed(make_server):
 
 def test_the_only_worker_serves_a_waiting_client_before_the_work(make_server):
     server = make_server(app_file="oob.py", workers=1, config=WORK_HOOK,
-                         env={"WORK_SECONDS": "2"}).start()
+                         env={"WORK_SECONDS": "3"}).start()
     results = {}
 
     def slow_request_asking_for_work():
-        results["first"] = get(server, "/slow-oob?0.6")
+        results["first"] = get(server, "/slow-oob?1.0")
 
     first = threading.Thread(target=slow_request_asking_for_work)
     first.start()
-    time.sleep(0.2)  # the only worker is busy: the next client waits in the backlog
+    time.sleep(0.3)  # the only worker is busy: the next client waits in the backlog
     started = time.monotonic()
     server.get_json("/")
     waited = time.monotonic() - started
     answered_at = time.time()
     first.join(10)
     assert results["first"][0] == 200
-    assert waited < 1.5, "the client waited behind the out-of-band work: %.2fs" % waited
+    # Behind the work it would have waited for the rest of /slow-oob and 3 s more.
+    assert waited < 2.0, "the client waited behind the out-of-band work: %.2fs" % waited
     (work,) = wait_for(lambda: works(server), what="on_oob_work")
     assert work["started"] >= answered_at - 0.05
     assert "Out-of-band work postponed: a client is waiting" in server.log()
