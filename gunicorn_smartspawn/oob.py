@@ -124,24 +124,29 @@ class OutOfBand:
         """The WSGI app, minus the work header: noted, and removed from every response."""
         if not self.header:
             return app
-        header, size, log = self.header, len(self.header), self.log
+        header, size = self.header, len(self.header)
 
         def oob_app(environ, start_response):
             def start(status, headers, exc_info=None):
-                if any(len(name) == size and name.lower() == header for name, _ in headers):
-                    kept = []
-                    for name, value in headers:
-                        if len(name) != size or name.lower() != header:
-                            kept.append((name, value))
-                        elif value.strip().lower() in WORK_VALUES:
-                            self.requested = True
-                        else:
-                            log.debug("Ignored %s: %r (true, 1 or yes ask for work)",
-                                      name, value)
-                    headers = kept
+                for name, _ in headers:
+                    if len(name) == size and name.lower() == header:
+                        headers = self.take_header(headers)
+                        break
                 return start_response(status, headers, exc_info)
             return app(environ, start)
         return oob_app
+
+    def take_header(self, headers):
+        """`headers` without the work header (any case); notes whether it asks for work."""
+        kept = []
+        for name, value in headers:
+            if name.lower() != self.header:
+                kept.append((name, value))
+            elif value.strip().lower() in WORK_VALUES:
+                self.requested = True
+            else:
+                self.log.debug("Ignored %s: %r (true, 1 or yes ask for work)", name, value)
+        return kept
 
     def gc_due(self):
         if not self.gc_on or not self.worker.alive:
