@@ -7,6 +7,8 @@ After a HUP gunicorn parses them natively: importing this module registered them
 gunicorn's KNOWN_SETTINGS.
 """
 import difflib
+import gc
+import re
 import sys
 
 from gunicorn.config import KNOWN_SETTINGS, Setting, validate_bool, validate_callable
@@ -191,6 +193,111 @@ class ForkSafety(Setting):
         hook to close it in; ``strict`` refuses to fork: at startup gunicorn exits with
         code 3, a template gives up its refork. Regular files such as logs are fine to
         share (logged at debug level).
+        """
+
+
+def validate_oob_gc(val):
+    """-> True (adaptive), N >= 1 (every N requests) or False. bool first: it is an int."""
+    if val is None or val is False or (type(val) is int and val == 0):
+        return False
+    if val is True:
+        return True
+    if isinstance(val, bool) or not isinstance(val, int):
+        raise TypeError("must be True (adaptive), False or a number of requests")
+    if val < 1:
+        raise ValueError("a number of requests must be >= 1")
+    return val
+
+
+def validate_oob_gc_generation(val):
+    if val is None:
+        return None
+    if isinstance(val, bool) or not isinstance(val, int) or val not in (0, 1, 2):
+        raise ValueError("must be 0, 1, 2 or None (what the counters call for)")
+    return val
+
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+
+
+def validate_oob_work_header(val):
+    if val is None or val == "":
+        return None
+    if not isinstance(val, str) or not HEADER_NAME.match(val):
+        raise ValueError("must be a header name (letters, digits, '-') or None")
+    return val
+
+
+class OobGc(Setting):
+    name = "oob_gc"
+    section = SECTION
+    validator = validate_oob_gc
+    default = False
+    desc = """\
+        Run the cyclic garbage collector between requests instead of inside them.
+
+        ``True``: adaptive. While it serves, a worker raises the collector's gen0
+        threshold 100 times; after each response has been sent and its connection
+        closed, it compares ``gc.get_count()`` with the application's thresholds
+        (``gc.get_threshold()``) and, when a collection is due, runs the one CPython
+        would have run inside the next request (the oldest generation whose count
+        exceeds its threshold, a full collection only when CPython's long-lived ratio
+        allows it). ``N`` (an int >= 1): collect after every N requests. ``False`` or 0
+        (the default): off.
+
+        A request that allocates more than 100 times the gen0 threshold is still
+        collected inside the request (the safety net that keeps memory bounded). While
+        a worker collects it does not accept; with ``--threads`` it stops accepting,
+        lets its requests finish, collects, then accepts again. With ``workers = 1`` it
+        collects only when no client is waiting, else lets the collection run inside
+        the next request as without ``oob_gc``. See docs/out-of-band.md.
+        """
+
+
+class OobGcGeneration(Setting):
+    name = "oob_gc_generation"
+    section = SECTION
+    validator = validate_oob_gc_generation
+    default = None
+    desc = """\
+        The generation ``oob_gc`` collects: 0, 1 or 2.
+
+        ``None`` (the default): what the collector's counters call for, as CPython
+        would choose. ``2`` makes every out-of-band collection a full one.
+        """
+
+
+class OobWorkHeader(Setting):
+    name = "oob_work_header"
+    section = SECTION
+    validator = validate_oob_work_header
+    default = "X-Smartspawn-OOB-Work"
+    desc = """\
+        The response header by which the application asks for out-of-band work.
+
+        A response carrying it with the value ``true``, ``1`` or ``yes`` (any case)
+        makes the worker run ``on_oob_work(worker)`` once the response has been sent,
+        out of band as ``oob_gc`` collections are. The header (any case, any value,
+        error responses included) is removed before the response reaches the client.
+        ``None``: no header is looked for and responses pass unchanged.
+        """
+
+
+class OnOobWork(Setting):
+    name = "on_oob_work"
+    section = "Server Hooks"
+    validator = validate_callable(1)
+    type = callable
+
+    def on_oob_work(worker):
+        gc.collect()
+    default = staticmethod(on_oob_work)
+    desc = """\
+        Called in a worker to run the out-of-band work a response asked for.
+
+        The callable takes the Worker. The default runs a full ``gc.collect()``. It runs
+        when no request is in flight in this worker; like a request, it is killed when it
+        takes longer than ``timeout``.
         """
 
 

@@ -23,6 +23,8 @@ from gunicorn.errors import AppImportError
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
+from gunicorn_smartspawn.oob import OutOfBand
+
 # gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
 WORKER_BOOT_ERROR = 3
 APP_LOAD_ERROR = 4
@@ -79,9 +81,26 @@ class SmartWorkerMixin:
             for fd in listener_fds:
                 os.close(fd)
 
+    # Out-of-band GC and work (oob.py): None when oob_gc and oob_work_header are off.
+    oob = None
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        # After the app is loaded: its gc thresholds are the ones oob_gc works from.
+        self.oob = OutOfBand.for_worker(self, threaded=isinstance(self, gthread.ThreadWorker))
+        if self.oob is not None:
+            self.wsgi = self.oob.wrap(self.wsgi)
+
 
 class Worker(SmartWorkerMixin, sync.SyncWorker):
     """gunicorn's sync worker; with ``--threads N`` (N > 1) the master uses ThreadWorker."""
+
+    def handle(self, listener, client, addr):
+        super().handle(listener, client, addr)
+        # Out-of-band work goes here: the response is sent and the connection closed
+        # (post_request runs before the close), and the next accept() has not happened.
+        if self.oob is not None:
+            self.oob.after_request()
 
 
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
@@ -93,6 +112,22 @@ class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
         # non-reentrant lock, the worker deadlocks and ignores every later signal. The
         # pool need not be shut down: the process ends with os._exit (exit_process).
         base.Worker.handle_quit(self, sig, frame)
+
+    # Out-of-band work: stop accepting, let in-flight requests finish, run it, accept
+    # again (oob.py). enqueue_req and finish_request both run on the main thread.
+
+    def set_accept_enabled(self, enabled):
+        # gunicorn's run loop turns accepting back on at every turn: not while paused.
+        super().set_accept_enabled(enabled and not (self.oob is not None and self.oob.paused))
+
+    def enqueue_req(self, conn):
+        if self.oob is None or self.oob.admit(conn):
+            super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs):
+        super().finish_request(conn, fs)
+        if self.oob is not None:
+            self.oob.request_finished()
 
 
 def worker_class_for(cfg):

@@ -13,6 +13,14 @@ from conftest import LoadLoop, wait_for
     ('preloader_boot_timeout = "10"', "preloader_boot_timeout='10'"),
     ("preloader_boot_timeout = -1", "preloader_boot_timeout=-1"),
     ("on_preload = lambda: None", "on_preload="),
+    ("oob_gc = -1", "oob_gc=-1"),
+    ('oob_gc = "yes"', "oob_gc='yes'"),
+    ("oob_gc = 2.5", "oob_gc=2.5"),
+    ("oob_gc_generation = 3", "oob_gc_generation=3"),
+    ("oob_gc_generation = True", "oob_gc_generation=True"),
+    ('oob_work_header = "X Bad: header"', "oob_work_header='X Bad: header'"),
+    ("oob_work_header = 1", "oob_work_header=1"),
+    ("on_oob_work = lambda: None", "on_oob_work="),
 ])
 def test_bad_setting_stops_startup_naming_setting_and_value(make_server, line, named):
     server = make_server(config=line + "\n").start(wait=False)

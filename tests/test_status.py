@@ -91,3 +91,18 @@ def test_control_socket_shows_smartspawn_fields_and_reforks(make_server):
         assert stats["generation"] == 1 and stats["preloader_pid"] == server.preloader_pid()
         assert client.send_command("refork") == {"status": "refork requested"}
     server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+
+
+def test_status_shows_out_of_band_collections(make_server):
+    server = make_server(workers=2, config="oob_gc = 1\n").start()
+
+    def oob():
+        result = status("--pid", str(server.pid), "--json")
+        rows = json.loads(result.stdout)["processes"]
+        return [(r["oob_collections"], r["oob_microseconds"]) for r in rows
+                if r["role"] == "worker" and r["oob_collections"] >= 3]
+
+    for _ in range(12):
+        server.request()
+    rows = wait_for(oob, what="out-of-band collections in the status")
+    assert all(microseconds > 0 for _, microseconds in rows)

@@ -1,0 +1,402 @@
+#!/usr/bin/env python
+"""Request latency with and without out-of-band GC: plain gunicorn vs smartspawn + oob_gc.
+
+Two real servers run bench/apps/oob_app.py (a ~760 000-object heap built at import, and
+an endpoint that leaves ~3 000 objects of cyclic garbage per request), side by side:
+
+  A  plain ``gunicorn`` with its sync worker (each worker imports the app itself);
+  B  ``gunicorn -k smartspawn.Worker`` with ``oob_gc = True`` (default settings otherwise,
+     so the preloader's gc.freeze() is part of it).
+  C  (--also-no-oob) ``gunicorn -k smartspawn.Worker`` without oob_gc: what freezing
+     alone gives, to tell it apart from moving the collections out of requests.
+
+Each server has --workers W (default 2) and binds 127.0.0.1:0 with its own
+--control-socket. The load (concurrency = W) is, by default, W client processes, each
+sending one request per connection, back to back, until the run's deadline; every
+request's latency is recorded as measured. With --client wrk it is wrk (one thread, W
+connections): its throughput is comparable, but wrk 4.1 "corrects" its latency histogram
+for coordinated omission (stats_correct: a response that took k times the mean interval
+adds k synthetic samples), so its percentiles describe a constant-rate client and are
+much higher than per-request ones whenever a server stalls. Runs alternate A B [C] A B [C]
+..., per endpoint (/garbage, then /hello), after one unmeasured warm-up run per server and
+endpoint. For each run: p50 / p99 / p99.9 latency and requests per second; the report
+gives per-server medians and the median of the per-round ratios B/A, against the targets:
+
+  /garbage: p99 of B <= 0.7 x A, at a throughput >= 0.97 x A's;
+  /hello:   throughput of B >= 0.98 x A's (the plugin adds no per-request cost).
+
+    python bench/oob_latency.py [--quick] [--rounds N] [--seconds S] [--workers W]
+                                [--client wrk|python] [--also-no-oob] [--json PATH] [--check]
+
+Every wait has a deadline; servers are stopped by pid (SIGTERM, then SIGKILL of every
+process of their tree ever seen) on success, error, ^C and SIGTERM alike.
+"""
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+BENCH_DIR = Path(__file__).resolve().parent
+APP_DIR = BENCH_DIR / "apps"
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+TARGET_P99_RATIO = 0.7          # /garbage: p99 of B at most this times A's
+TARGET_GARBAGE_RPS_RATIO = 0.97  # /garbage: throughput of B at least this times A's
+TARGET_HELLO_RPS_RATIO = 0.98    # /hello: throughput of B at least this times A's
+
+FIGURES = ("rps", "p50", "p99", "p999", "cpu_us")
+
+# wrk prints its histogram in microseconds; this script adds the percentiles we need.
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d\\n", summary.requests,
+    summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max,
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def wait_for(predicate, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class Server:
+    """One gunicorn server in its own directory; stopped by pid."""
+
+    def __init__(self, label, root, smartspawn, oob_gc, workers):
+        self.label = label
+        self.root = root
+        root.mkdir()
+        self.log_path = root / "server.log"
+        config = root / "gunicorn.conf.py"
+        config.write_text("oob_gc = True\n" if oob_gc else "")
+        worker_args = ["-k", "smartspawn.Worker", "-c", str(config)] if smartspawn else []
+        self.cmd = [GUNICORN, *worker_args, "--workers", str(workers),
+                    "--bind", "127.0.0.1:0", "--control-socket", str(root / "gunicorn.ctl"),
+                    "--chdir", str(APP_DIR), "--timeout", "120", "oob_app:app"]
+        self.proc = None
+        self.port = None
+        self.workers = workers
+        self.seen = set()
+
+    def start(self, env, timeout=60.0):
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        match = wait_for(lambda: self.alive_or_raise() and re.search(
+            r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()), timeout,
+            "%s to listen" % self.label)
+        self.port = int(match.group(1))
+        wait_for(lambda: len(self.worker_pids()) >= self.workers and self.get_ok(), timeout,
+                 "%s's %d workers" % (self.label, self.workers))
+
+    def alive_or_raise(self):
+        if self.proc.poll() is not None:
+            raise BenchError("%s exited with %s:\n%s" % (self.label, self.proc.returncode,
+                                                          self.log()[-3000:]))
+        return True
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def worker_pids(self):
+        try:
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        self.seen.update(kid.pid for kid in kids)
+        titles = []
+        for kid in kids:
+            try:
+                titles.append((kid.pid, " ".join(kid.cmdline())))
+            except psutil.NoSuchProcess:
+                pass
+        return [pid for pid, title in titles if "worker [" in title]
+
+    def cpu_seconds(self):
+        """CPU time (user + system) used so far by the master and its live children."""
+        try:
+            master = psutil.Process(self.proc.pid)
+            processes = [master, *master.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def get_ok(self):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn.request("GET", "/hello")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.worker_pids()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for pid in self.seen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log_file.close()
+
+
+# -- load generators ---------------------------------------------------------------------
+
+def run_wrk(port, path, connections, seconds, script):
+    cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--timeout", "10s",
+           "-s", str(script), "http://127.0.0.1:%d%s" % (port, path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+    match = re.search(r"^RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out.stdout, re.M)
+    if out.returncode or not match:
+        raise BenchError("wrk failed (%s):\n%s%s" % (out.returncode, out.stdout, out.stderr))
+    requests, duration_us, p50, p99, p999, worst, errors = map(int, match.groups())
+    return {"requests": requests, "rps": requests / (duration_us / 1e6), "p50": p50 / 1e3,
+            "p99": p99 / 1e3, "p999": p999 / 1e3, "max": worst / 1e3, "errors": errors}
+
+
+def client_loop(port, path, deadline, pipe):
+    """One connection's worth of load, in its own process: request after request."""
+    latencies, errors = [], 0
+    request = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request)
+                data = b""
+                while chunk := sock.recv(65536):  # to EOF: the sync worker closes
+                    data += chunk
+        except OSError:
+            errors += 1
+            continue
+        if data.startswith(b"HTTP/1.1 200"):
+            latencies.append((time.perf_counter() - started) * 1e3)
+        else:
+            errors += 1
+    pipe.send((latencies, errors))
+    pipe.close()
+
+
+def run_python_client(port, path, connections, seconds):
+    """`connections` processes (no shared GIL), each one request per connection at a time;
+    every request's latency is recorded as it was, connect to end of response."""
+    context = multiprocessing.get_context("fork")
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    clients = []
+    for _ in range(connections):
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=client_loop, args=(port, path, deadline, sender))
+        process.start()
+        sender.close()
+        clients.append((process, receiver))
+    latencies, errors = [], 0
+    try:
+        for _, receiver in clients:
+            if not receiver.poll(seconds + 30):
+                raise BenchError("a client process did not report")
+            mine, failed = receiver.recv()
+            latencies += mine
+            errors += failed
+    finally:
+        for process, receiver in clients:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            receiver.close()
+    elapsed = time.monotonic() - started
+    if not latencies:
+        raise BenchError("no successful request (%d errors)" % errors)
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))]
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50": pct(50),
+            "p99": pct(99), "p999": pct(99.9), "max": latencies[-1], "errors": errors}
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measured A/B rounds (3)")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds per run (10)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 4 s")
+    parser.add_argument("--workers", type=int, default=2, help="workers per server (2)")
+    parser.add_argument("--client", choices=("python", "wrk"), default="python",
+                        help="python (default): every request's own latency; wrk: its "
+                        "percentiles are corrected for coordinated omission (see above)")
+    parser.add_argument("--also-no-oob", action="store_true",
+                        help="add server C: smartspawn without oob_gc")
+    parser.add_argument("--records", type=int, default=250000, help="heap records (250000)")
+    parser.add_argument("--cycles", type=int, default=1000,
+                        help="rows (3 tracked objects each, in one cycle) per /garbage "
+                        "request (1000)")
+    parser.add_argument("--paths", default="/garbage,/hello",
+                        help="endpoints to load, in order (/garbage,/hello)")
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 2, 4
+
+    tmp = Path(tempfile.mkdtemp(prefix="oob-bench-"))
+    env = {**os.environ, "OOB_BENCH_RECORDS": str(args.records),
+           "OOB_BENCH_CYCLES": str(args.cycles), "PYTHONDONTWRITEBYTECODE": "1"}
+    script = tmp / "percentiles.lua"
+    script.write_text(WRK_SCRIPT)
+    servers = [Server("A plain gunicorn", tmp / "a", False, False, args.workers),
+               Server("B smartspawn oob_gc", tmp / "b", True, True, args.workers)]
+    if args.also_no_oob:
+        servers.append(Server("C smartspawn, no oob", tmp / "c", True, False, args.workers))
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, terminate)
+    failed = True
+    try:
+        for server in servers:
+            server.start(env)
+        results = measure(servers, args, script)
+        failed = False
+    finally:
+        for server in servers:
+            server.stop()
+        if failed:
+            print("logs kept in %s" % tmp, file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    missed = report(servers, results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 1 if args.check and missed else 0
+
+
+def measure(servers, args, script):
+    def one_run(server, path, seconds):
+        cpu = server.cpu_seconds()
+        if args.client == "wrk":
+            result = run_wrk(server.port, path, args.workers, seconds, script)
+        else:
+            result = run_python_client(server.port, path, args.workers, seconds)
+        server.alive_or_raise()
+        # The server's own CPU per request: what the server costs, whatever else runs on
+        # the machine (throughput and latency also depend on that).
+        result["cpu_us"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e6
+        return result
+
+    results = {"client": args.client, "workers": args.workers, "seconds": args.seconds,
+               "rounds": args.rounds, "runs": {}}
+    for path in args.paths.split(","):
+        for server in servers:
+            one_run(server, path, max(2, args.seconds // 2))  # warm-up, not counted
+        for round_no in range(args.rounds):
+            for server in servers:
+                result = one_run(server, path, args.seconds)
+                results["runs"].setdefault(path, {}).setdefault(server.label, []).append(result)
+                print("%-9s round %d  %-22s %7.0f req/s  p50 %7.2f  p99 %7.2f  p99.9 %7.2f"
+                      "  max %7.1f ms  cpu %6.0f us/req  errors %d" % (
+                          path, round_no + 1, server.label, result["rps"], result["p50"],
+                          result["p99"], result["p999"], result["max"], result["cpu_us"],
+                          result["errors"]), flush=True)
+    return results
+
+
+def report(servers, results, args):
+    a = servers[0].label
+    missed = []
+    print("\nclient %s, %d workers per server, concurrency %d, %d rounds of %d s, "
+          "alternating" % (args.client, args.workers, args.workers, args.rounds, args.seconds))
+    for path, by_server in results["runs"].items():
+        print("\n%s  (medians over rounds; ratio = median of per-round ratios to A)" % path)
+        print("  %-22s %9s %9s %9s %9s %11s %7s" % ("server", "req/s", "p50 ms", "p99 ms",
+                                                     "p99.9 ms", "cpu us/req", "errors"))
+        for server in servers:
+            runs = by_server[server.label]
+            print("  %-22s %9.0f %9.2f %9.2f %9.2f %11.0f %7d" % (
+                server.label, *(statistics.median(r[k] for r in runs) for k in FIGURES),
+                sum(r["errors"] for r in runs)))
+        for server in servers[1:]:
+            pairs = list(zip(by_server[a], by_server[server.label], strict=True))
+            ratios = {k: statistics.median(b[k] / a_[k] for a_, b in pairs) for k in FIGURES}
+            results.setdefault("ratios", {}).setdefault(path, {})[server.label] = ratios
+            print("  %-22s %9.3f %9.3f %9.3f %9.3f %11.3f   (x A)" % (
+                server.label, *(ratios[k] for k in FIGURES)))
+    b = servers[1].label
+    ratios = results["ratios"]
+    checks = []
+    if "/garbage" in ratios:
+        garbage = ratios["/garbage"][b]
+        checks.append(("/garbage p99 B/A <= %.2f" % TARGET_P99_RATIO, garbage["p99"],
+                       garbage["p99"] <= TARGET_P99_RATIO))
+        checks.append(("/garbage throughput B/A >= %.2f" % TARGET_GARBAGE_RPS_RATIO,
+                       garbage["rps"], garbage["rps"] >= TARGET_GARBAGE_RPS_RATIO))
+    if "/hello" in ratios:
+        hello = ratios["/hello"][b]
+        checks.append(("/hello throughput B/A >= %.2f" % TARGET_HELLO_RPS_RATIO,
+                       hello["rps"], hello["rps"] >= TARGET_HELLO_RPS_RATIO))
+    errors = sum(r["errors"] for runs in results["runs"].values() for rs in runs.values()
+                 for r in rs)
+    print("\ntargets")
+    for name, value, ok in checks:
+        print("  %-34s %.3f  %s" % (name, value, "met" if ok else "MISSED"))
+        if not ok:
+            missed.append(name)
+    if errors:
+        print("  failed requests: %d" % errors)
+        missed.append("errors")
+    results["targets"] = {name: {"value": value, "met": ok} for name, value, ok in checks}
+    return missed
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print("benchmark failed: %s" % exc, file=sys.stderr)
+        sys.exit(2)

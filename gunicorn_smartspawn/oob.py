@@ -1,0 +1,262 @@
+"""Out-of-band GC and out-of-band work: run them between requests, not inside one.
+
+CPython's cyclic collector runs whenever an allocation takes the youngest generation's
+count past its threshold: in the middle of some unlucky request. With ``oob_gc`` on, a
+worker raises that threshold while it serves (SAFETY_NET_FACTOR times: the safety net)
+and, after each response has been sent and its connection closed, compares
+``gc.get_count()`` with the application's own thresholds to run the collection that is
+due (``oob_gc = True``), or collects every N requests (``oob_gc = N``). An application
+can also ask for work after a response with a header (``oob_work_header``); the
+``on_oob_work(worker)`` hook runs it.
+
+A sync worker does this after ``handle()`` returns, before its next ``accept()``: while
+it works, the kernel hands new connections to the other workers. A thread worker stops
+accepting, holds the requests that arrive on kept-alive connections, waits until no
+request is running, runs the work, then resumes (see ThreadWorker in worker.py).
+"""
+import gc
+import select
+import time
+
+# While serving, automatic collection waits for this many times the application's gen0
+# threshold: normal requests never reach it, but one that allocates without bound still
+# gets collected inside the request instead of growing memory without limit.
+SAFETY_NET_FACTOR = 100
+
+# Header values that ask for work; others are ignored (logged at debug level).
+WORK_VALUES = ("true", "1", "yes")
+
+# The thresholds the application runs with, read before oob raised them. Module state,
+# not the worker's: a process forked from a worker inherits the raised thresholds and
+# must not take them for the application's.
+_app_thresholds = None
+
+
+class _Allocation:
+    """An object the collector tracks; allocating one runs CPython's threshold check."""
+
+
+def serving_thresholds():
+    t0, t1, t2 = _app_thresholds
+    return t0 * SAFETY_NET_FACTOR, t1, t2
+
+
+def automatic_gc_on():
+    # gc.disable() or gc.set_threshold(0) by the application: nothing automatic to move.
+    return gc.isenabled() and _app_thresholds[0] > 0
+
+
+def collect_as_cpython_would():
+    """Run the one collection CPython's allocator would run now; return its generation.
+
+    CPython collects the oldest generation whose count exceeds its threshold, but skips a
+    full collection until the objects promoted since the last one reach a quarter of the
+    long-lived ones, a ratio Python code cannot read. Rather than guess it, lower the gen0
+    threshold and allocate: the allocator applies its own rules, once.
+    """
+    _, t1, t2 = _app_thresholds
+    before = [s["collections"] for s in gc.get_stats()]
+    gc.set_threshold(max(gc.get_count()[0], 1), t1, t2)
+    try:
+        keep = []
+        # Checked at the top of the loop: from 3.12 the collection runs at the next
+        # eval-breaker check (a backward jump), not inside the allocation.
+        for _ in range(4):
+            if [s["collections"] for s in gc.get_stats()] != before:
+                break
+            keep.append(_Allocation())
+    finally:
+        gc.set_threshold(*serving_thresholds())
+    after = [s["collections"] for s in gc.get_stats()]
+    return next((gen for gen in (2, 1, 0) if after[gen] > before[gen]), None)
+
+
+class OutOfBand:
+    """A worker's out-of-band schedule and figures (``worker.oob``, for status and logs)."""
+
+    @classmethod
+    def for_worker(cls, worker, threaded=False):
+        """The worker's OutOfBand, or None when neither oob_gc nor the header is on."""
+        cfg = worker.cfg
+        if not cfg.oob_gc and not cfg.oob_work_header:
+            return None
+        if threaded and "h2" in cfg.http_protocols:
+            # An HTTP/2 connection stays "in flight" as long as the client keeps it open:
+            # the worker would stop accepting for that long.
+            worker.log.warning("oob_gc and out-of-band work are off: HTTP/2 connections "
+                               "never leave a thread worker without a request in flight")
+            return None
+        return cls(worker)
+
+    def __init__(self, worker):
+        global _app_thresholds
+        cfg = worker.cfg
+        self.worker = worker
+        self.log = worker.log
+        self.cfg = cfg
+        self.every = 0 if cfg.oob_gc is True else int(cfg.oob_gc)  # 0: adaptive (or off)
+        self.gc_on = bool(cfg.oob_gc)
+        self.generation = cfg.oob_gc_generation
+        self.header = (cfg.oob_work_header or "").lower()
+        # Passenger spawns another process before it takes its only one out of service;
+        # a worker cannot, so the only worker never starts work while a client waits.
+        self.solo = cfg.workers == 1
+        self.requested = False       # the application asked for work (header)
+        self.collected_at = 0        # worker.nr at the last out-of-band collection
+        self.lowered = False         # the application's thresholds are back for a request
+        # Figures for the status tool and the debug log.
+        self.collections = 0
+        self.collect_seconds = 0.0
+        self.works = 0
+        self.work_seconds = 0.0
+        # Thread workers only (see ThreadWorker in worker.py).
+        self.paused = False
+        self.in_flight = 0
+        self.held = []
+        if self.gc_on:
+            if _app_thresholds is None:
+                _app_thresholds = gc.get_threshold()
+            gc.set_threshold(*serving_thresholds())
+
+    # -- requests -----------------------------------------------------------------------
+
+    def wrap(self, app):
+        """The WSGI app, minus the work header: noted, and removed from every response."""
+        if not self.header:
+            return app
+        header, size = self.header, len(self.header)
+
+        def oob_app(environ, start_response):
+            def start(status, headers, exc_info=None):
+                for name, _ in headers:
+                    if len(name) == size and name.lower() == header:
+                        headers = self.take_header(headers)
+                        break
+                return start_response(status, headers, exc_info)
+            return app(environ, start)
+        return oob_app
+
+    def take_header(self, headers):
+        """`headers` without the work header (any case); notes whether it asks for work."""
+        kept = []
+        for name, value in headers:
+            if name.lower() != self.header:
+                kept.append((name, value))
+            elif value.strip().lower() in WORK_VALUES:
+                self.requested = True
+            else:
+                self.log.debug("Ignored %s: %r (true, 1 or yes ask for work)", name, value)
+        return kept
+
+    def gc_due(self):
+        if not self.gc_on or not self.worker.alive:
+            return False  # off, or exiting: its memory goes with it
+        if self.every:
+            return self.worker.nr - self.collected_at >= self.every
+        return automatic_gc_on() and gc.get_count()[0] > _app_thresholds[0]
+
+    def due(self):
+        """(work, collect): what to run now; (False, False) when nothing is to run."""
+        if self.lowered:
+            gc.set_threshold(*serving_thresholds())
+            self.lowered = False
+        work, collect = self.requested, self.gc_due()
+        if (work or collect) and self.solo and self.client_waiting():
+            # The only worker: serve the waiting client first. A collection due then runs
+            # inside its request, as it would without oob_gc; the work waits.
+            self.log.debug("Out-of-band work postponed: a client is waiting and this "
+                           "is the only worker")
+            if collect and automatic_gc_on():
+                gc.set_threshold(*_app_thresholds)
+                self.lowered = True
+            return False, False
+        return work, collect
+
+    def client_waiting(self):
+        readable, _, _ = select.select(self.worker.sockets, [], [], 0)
+        return bool(readable)
+
+    def after_request(self):
+        """Sync worker: the response is sent and the connection closed."""
+        work, collect = self.due()
+        if work or collect:
+            self.run(work, collect)
+
+    # -- thread workers: stop accepting, let requests finish, run, accept again --------
+
+    def admit(self, conn):
+        """Whether `conn`'s request may start now; if not, it is held until after the work."""
+        if self.paused:
+            self.held.append(conn)
+            return False
+        self.in_flight += 1
+        return True
+
+    def request_finished(self):
+        self.in_flight -= 1
+        if not self.paused and not any(self.due()):
+            return
+        if self.in_flight:
+            if not self.paused:
+                self.paused = True
+                self.worker.set_accept_enabled(False)
+            return  # the last request to finish comes back here
+        # No request runs, and none starts: this main thread is the one that starts them.
+        if self.worker.alive:
+            self.run(self.requested, self.gc_due())
+        self.paused = False  # gunicorn's run loop enables accepting at its next turn
+        held, self.held = self.held, []
+        for conn in held:
+            self.worker.enqueue_req(conn)
+
+    # -- the work -----------------------------------------------------------------------
+
+    def run(self, work, collect):
+        # Notified before and after: the work gets `timeout` seconds, like a request.
+        self.worker.notify()
+        if work:
+            self.requested = False
+            started = time.perf_counter()
+            try:
+                self.cfg.on_oob_work(self.worker)
+            except Exception:
+                self.log.exception("Exception in on_oob_work hook")
+            seconds = time.perf_counter() - started
+            self.works += 1
+            self.work_seconds += seconds
+            self.log.debug("Out-of-band work (on_oob_work) in %.2f ms (%d runs, %.1f ms "
+                           "in all)", seconds * 1e3, self.works, self.work_seconds * 1e3,
+                           extra={"metric": "smartspawn.oob_work.duration",
+                                  "value": seconds * 1e3, "mtype": "timer"})
+        if collect and self.gc_due():  # the work may have collected already
+            self.collect()
+        self.worker.notify()
+
+    def publish(self):
+        """Our figures in the master's counters table (smartspawn status, gunicornc)."""
+        worker = self.worker
+        if worker.slot is not None:
+            worker.server.counters.set(worker.slot, "oob_collections", self.collections)
+            worker.server.counters.set(worker.slot, "oob_microseconds",
+                                       int(self.collect_seconds * 1e6))
+
+    def collect(self):
+        started = time.perf_counter()
+        if self.generation is not None:
+            generation = self.generation
+            gc.collect(generation)
+        elif automatic_gc_on():
+            generation = collect_as_cpython_would()
+        else:
+            generation = 2  # oob_gc = N with the collector off: collect anyway, fully
+            gc.collect()
+        seconds = time.perf_counter() - started
+        self.collected_at = self.worker.nr
+        self.collections += 1
+        self.collect_seconds += seconds
+        self.publish()
+        self.log.debug("Out-of-band gc: generation %s in %.2f ms (%d collections, %.1f ms "
+                       "in all)", generation, seconds * 1e3, self.collections,
+                       self.collect_seconds * 1e3,
+                       extra={"metric": "smartspawn.oob_gc.duration",
+                              "value": seconds * 1e3, "mtype": "timer"})

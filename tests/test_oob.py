@@ -1,0 +1,261 @@
+"""Out-of-band GC and out-of-band work (oob_gc, oob_work_header, on_oob_work).
+
+tests/apps/oob.py records every collection of a worker, and whether gunicorn's own
+request handling (`handle` of the sync or gthread worker) was on a thread's stack.
+"""
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import wait_for
+from gunicorn_smartspawn.config import validate_oob_gc
+
+WORK_HOOK = '''
+import json, os, time
+
+def on_oob_work(worker):
+    started = time.time()
+    time.sleep(float(os.environ.get("WORK_SECONDS", "0")))
+    with open(os.path.join(os.environ["TEST_DIR"], "work.jsonl"), "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "worker_pid": worker.pid,
+                            "started": started}) + "\\n")
+'''
+
+
+def get(server, path, timeout=10.0):
+    """(status, [(header, value)], json body) over a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def collections_by_worker(server, tries=40):
+    """{pid: /gc body} of the workers reached in `tries` requests (sync: any may answer)."""
+    seen = {}
+    for _ in range(tries):
+        body = server.get_json("/gc")
+        seen[body["pid"]] = body
+        if set(seen) >= set(server.worker_pids()):
+            break
+    return seen
+
+
+def works(server):
+    path = server.root / "work.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def assert_clean_log(server):
+    log = server.log()
+    for bad in ("Traceback", "WORKER TIMEOUT", "SIGKILL", "[ERROR]"):
+        assert bad not in log, log
+
+
+# -- settings (no server) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, meaning", [
+    (True, True), (False, False), (None, False), (0, False), (1, 1), (250, 250),
+])
+def test_oob_gc_values(value, meaning):
+    # bool is an int: True is adaptive, 1 is "after every request".
+    assert validate_oob_gc(value) is meaning or validate_oob_gc(value) == meaning
+    assert type(validate_oob_gc(value)) is type(meaning)
+
+
+# -- where collections run -------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("oob_gc", [False, True])
+def test_collections_run_between_requests_only(make_server, threads, oob_gc):
+    server = make_server(app_file="oob.py", workers=2, config="oob_gc = %s\n" % oob_gc,
+                         args=["--threads", str(threads)]).start()
+    errors = []
+
+    def client():
+        # Kept-alive connections (gthread): requests also arrive while a worker is paused.
+        with requests.Session() as session:
+            for _ in range(40):
+                try:
+                    resp = session.get("http://127.0.0.1:%d/garbage?3000" % server.port,
+                                       timeout=10)
+                    if resp.status_code != 200:
+                        errors.append(resp.status_code)
+                except requests.RequestException as exc:
+                    errors.append(repr(exc))
+
+    clients = [threading.Thread(target=client) for _ in range(max(threads, 2))]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(60)
+    assert errors == []
+    seen = collections_by_worker(server)
+    in_request = [gen for body in seen.values() for gen in body["in_request"]]
+    between = [gen for body in seen.values() for gen in body["between"]]
+    if oob_gc:
+        assert in_request == [], seen
+        assert len(between) >= 20, seen
+        assert "Out-of-band gc: generation" in server.log()
+    else:
+        # The same load without oob_gc: CPython collects inside requests (the app's
+        # detector works).
+        assert len(in_request) >= 20, seen
+    assert_clean_log(server)
+
+
+def test_oob_gc_n_collects_every_n_requests(make_server):
+    server = make_server(app_file="oob.py", workers=1, config="oob_gc = 4\n").start()
+
+    def request(path):
+        # A pause, so that no client is waiting when this only worker finishes a request
+        # (it would serve that client first).
+        time.sleep(0.1)
+        return server.get_json(path)
+
+    # /gc answers from inside a request: every request before it has had its turn.
+    before = len(request("/gc")["between"])
+    for _ in range(11):
+        request("/")
+    after = request("/gc")
+    # 12 requests (the first /gc included) hold exactly three multiples of 4.
+    assert len(after["between"]) - before == 3
+    assert after["in_request"] == []
+
+
+def test_the_only_worker_collects_inside_requests_while_clients_wait(make_server):
+    server = make_server(app_file="oob.py", workers=1, config="oob_gc = 4\n").start()
+    for _ in range(12):
+        server.get_json("/garbage?3000")  # back to back: the next client always waits
+    body = server.get_json("/gc")
+    assert body["in_request"], body  # as without oob_gc: CPython's own thresholds
+    assert "Out-of-band work postponed: a client is waiting" in server.log()
+
+
+def test_safety_net_bounds_memory_of_a_huge_request(make_server):
+    server = make_server(app_file="oob.py", workers=1, config="oob_gc = True\n").start()
+    bounded = server.get_json("/big?300000", timeout=30)["growth"]
+    in_request = server.get_json("/gc")["in_request"]
+    unbounded = server.get_json("/big-nogc?300000", timeout=30)["growth"]
+    assert in_request, "the safety net should have collected inside the huge request"
+    assert unbounded > 20 * 2**20, unbounded  # 600,000 lists kept by their cycles
+    assert bounded < unbounded / 4, (bounded, unbounded)
+    assert_clean_log(server)
+
+
+# -- out-of-band work asked for by a response header -----------------------------------------
+
+@pytest.mark.parametrize("config, app_header", [
+    ("", "X-Smartspawn-OOB-Work"),
+    ("", "x-SMARTSPAWN-oob-work"),
+    ('oob_work_header = "X-Do-Work"\n', "X-Do-Work"),
+])
+def test_work_header_is_stripped_and_runs_the_hook_in_the_worker(make_server, config,
+                                                                  app_header):
+    server = make_server(app_file="oob.py", workers=2, config=WORK_HOOK + config,
+                         env={"OOB_HEADER": app_header}).start()
+    served = []
+    for path in ("/oob?true", "/oob?YES", "/oob?1", "/oob-error?True"):
+        status, headers, body = get(server, path)
+        assert status == (500 if "error" in path else 200)
+        assert app_header.lower() not in [name.lower() for name, _ in headers]
+        served.append(body["pid"])
+        wait_for(lambda: len(works(server)) == len(served), what="on_oob_work after " + path)
+    assert [w["pid"] for w in works(server)] == served
+    assert all(w["worker_pid"] == w["pid"] for w in works(server))
+    assert set(served) <= set(server.worker_pids())
+
+    for value in ("false", "0", "please"):
+        status, headers, _ = get(server, "/oob?" + value)
+        assert app_header.lower() not in [name.lower() for name, _ in headers]
+        server.wait_log(r"Ignored %s: '%s'" % (app_header, value))
+    server.get_json("/")
+    assert len(works(server)) == len(served)
+    assert_clean_log(server)
+
+
+def test_work_runs_after_the_connection_is_closed(make_server):
+    server = make_server(app_file="oob.py", workers=2, config=WORK_HOOK,
+                         env={"WORK_SECONDS": "2"}).start()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /oob?true HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):  # to EOF: the worker closed the connection
+            data += chunk
+    elapsed = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 200") and b"oob-work" not in data.lower()
+    assert elapsed < 1.0, elapsed
+    wait_for(lambda: works(server), what="on_oob_work")
+
+
+def test_the_only_worker_serves_a_waiting_client_before_the_work(make_server):
+    server = make_server(app_file="oob.py", workers=1, config=WORK_HOOK,
+                         env={"WORK_SECONDS": "3"}).start()
+    results = {}
+
+    def slow_request_asking_for_work():
+        results["first"] = get(server, "/slow-oob?1.0")
+
+    first = threading.Thread(target=slow_request_asking_for_work)
+    first.start()
+    time.sleep(0.3)  # the only worker is busy: the next client waits in the backlog
+    started = time.monotonic()
+    server.get_json("/")
+    waited = time.monotonic() - started
+    answered_at = time.time()
+    first.join(10)
+    assert results["first"][0] == 200
+    # Behind the work it would have waited for the rest of /slow-oob and 3 s more.
+    assert waited < 2.0, "the client waited behind the out-of-band work: %.2fs" % waited
+    (work,) = wait_for(lambda: works(server), what="on_oob_work")
+    assert work["started"] >= answered_at - 0.05
+    assert "Out-of-band work postponed: a client is waiting" in server.log()
+
+
+def test_work_longer_than_timeout_is_killed_like_a_request(make_server):
+    server = make_server(app_file="oob.py", workers=1, config=WORK_HOOK,
+                         args=["--timeout", "2"], env={"WORK_SECONDS": "30"}).start()
+    (worker,) = server.worker_pids()
+    get(server, "/oob?true")
+    server.wait_log(r"WORKER TIMEOUT \(pid:%d\)" % worker, timeout=15)
+    wait_for(lambda: server.worker_pids() not in ([], [worker]) and server.get_ok(),
+             timeout=15, what="a new worker")
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+def test_statsd_carries_oob_collections_and_work(make_server):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
+        statsd.bind(("127.0.0.1", 0))
+        statsd.settimeout(0.5)
+        config = WORK_HOOK + "oob_gc = True\nstatsd_host = '127.0.0.1:%d'\n" % (
+            statsd.getsockname()[1])
+        server = make_server(app_file="oob.py", workers=1, config=config).start()
+        for _ in range(5):
+            time.sleep(0.05)  # no client waiting: the only worker works out of band
+            server.get_json("/garbage?3000")
+        time.sleep(0.05)
+        get(server, "/oob?true")
+        server.get_json("/")
+        received = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                b"smartspawn.oob_gc.duration:" in received
+                and b"smartspawn.oob_work.duration:" in received):
+            try:
+                received += statsd.recv(65536) + b"\n"
+            except socket.timeout:
+                pass
+    lines = received.decode().splitlines()
+    assert any(line.startswith("smartspawn.oob_gc.duration:") and line.endswith("|ms")
+               for line in lines), lines
+    assert any(line.startswith("smartspawn.oob_work.duration:") for line in lines), lines
