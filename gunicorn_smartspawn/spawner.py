@@ -29,7 +29,7 @@ ACK_TIMEOUT = 2.0
 class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
-    spawned_from = None
+    spawned_from: str = ""  # "preloader" | "template"
 
     def __init__(self, server, channel, generation):
         self.server = server  # the arbiter, as copied into this process by fork
