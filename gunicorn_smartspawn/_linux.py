@@ -13,7 +13,10 @@ PR_SET_CHILD_SUBREAPER = 36
 
 _libc = None
 if sys.platform.startswith("linux"):
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    try:
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc: find_library forks ldconfig, so only as a fallback
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _prctl(option, arg):

@@ -134,6 +134,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self.pending = {}             # age -> worker record awaiting WorkerSpawned
         self.records = {}             # pid -> worker record holding a slot or a channel
         self.helper_pids = set()      # spawner processes not yet reaped
+        self.killed_on_purpose = set()  # spawner pids the master SIGKILLed itself
         self.stopping = False
         self.counters = Counters()    # inherited by every process forked from here on
         self.state_path = state.state_path(os.getpid())
@@ -432,7 +433,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
     def current_spawner(self):
         """The template if one is ready, else the preloader if ready, else None."""
         for spawner in (self.template, self.preloader):
-            if spawner is not None and spawner.ready and not spawner.retiring:
+            if spawner is not None and spawner.ready and not (spawner.retiring or spawner.stuck):
                 return spawner
         return None
 
@@ -450,7 +451,12 @@ class SmartArbiter(ReforkMixin, Arbiter):
         if spawner.ready:
             self.close_retired()
         else:
-            spawner.kill(signal.SIGKILL)  # still loading the app: nothing in it to keep
+            self.kill_spawner(spawner)  # still loading the app: nothing in it to keep
+
+    def kill_spawner(self, spawner):
+        """SIGKILL on purpose: its exit is logged at info; the reason was logged already."""
+        self.killed_on_purpose.add(spawner.pid)
+        spawner.kill(signal.SIGKILL)
 
     def close_retired(self):
         # Close only when no spawn is pending: a worker's check-in must not be lost.
@@ -473,15 +479,19 @@ class SmartArbiter(ReforkMixin, Arbiter):
                                "(preloader_boot_timeout); killing it", preloader, limit)
                 preloader.failure = protocol.BootFailed(
                     WORKER_BOOT_ERROR, "app import took longer than %.1fs" % limit)
-                preloader.kill(signal.SIGKILL)
+                self.kill_spawner(preloader)
         for age, worker in list(self.pending.items()):
-            if now > worker.spawn_deadline:
+            if now > worker.spawn_deadline and age in self.pending:
                 spawner = self.spawner_by_pid(worker.spawner_pid)
                 self.log.error("Spawn of worker %s got no answer within %.0fs from %r; "
                                "killing it", age, SPAWN_TIMEOUT, spawner)
                 self.forget_pending(age)
                 if spawner is not None:
-                    spawner.kill(signal.SIGKILL)
+                    spawner.stuck = True
+                    self.kill_spawner(spawner)
+                    for other, pending in list(self.pending.items()):
+                        if pending.spawner_pid == spawner.pid:
+                            self.forget_pending(other)
         self.close_retired()
         if self.smart and self.preloader is None and self.next_preloader is None \
                 and self.restart_at is not None and now >= self.restart_at:
@@ -593,7 +603,9 @@ class SmartArbiter(ReforkMixin, Arbiter):
     def log_spawner_exit(self, pid, status):
         if os.WIFSIGNALED(status):
             sig = signal.Signals(os.WTERMSIG(status))
-            (self.log.info if sig == signal.SIGTERM else self.log.error)(
+            expected = sig == signal.SIGTERM or pid in self.killed_on_purpose
+            self.killed_on_purpose.discard(pid)
+            (self.log.info if expected else self.log.error)(
                 "Spawner (pid: %s) was sent %s", pid, sig.name)
         elif os.WEXITSTATUS(status):
             self.log.error("Spawner (pid: %s) exited with code %s",

@@ -7,6 +7,7 @@ After a HUP gunicorn parses them natively: importing this module registered them
 gunicorn's KNOWN_SETTINGS.
 """
 import difflib
+import math
 import gc
 import re
 import sys
@@ -28,8 +29,8 @@ def validate_optional_seconds(val):
         return None
     if isinstance(val, bool) or not isinstance(val, (int, float)):
         raise TypeError("must be a number of seconds or None")
-    if val <= 0:
-        raise ValueError("must be > 0 (or None)")
+    if not math.isfinite(val) or val <= 0:
+        raise ValueError("must be a finite number > 0 (or None)")
     return float(val)
 
 
@@ -217,14 +218,18 @@ def validate_oob_gc_generation(val):
     return val
 
 
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+# Stripping one of these from every response would break HTTP framing.
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection", "content-type"}
 
 
 def validate_oob_work_header(val):
     if val is None or val == "":
         return None
-    if not isinstance(val, str) or not HEADER_NAME.match(val):
+    if not isinstance(val, str) or not HEADER_NAME.fullmatch(val):
         raise ValueError("must be a header name (letters, digits, '-') or None")
+    if val.lower() in FRAMING_HEADERS:
+        raise ValueError("must not be a header HTTP needs (it is stripped from responses)")
     return val
 
 

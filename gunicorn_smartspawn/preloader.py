@@ -33,6 +33,7 @@ class SpawnerHandle:
         self.boot_deadline = self.started_at + boot_timeout if boot_timeout else None
         self.ready = False
         self.retiring = False
+        self.stuck = False  # killed for not answering: never asked again
         self.standby_pid = None  # its worker forked ahead of need
         self.failure = None  # the BootFailed message, or why the master killed it
 

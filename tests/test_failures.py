@@ -12,6 +12,7 @@ from conftest import LoadLoop, wait_for
     ("gc_freeze = 1", "gc_freeze=1"),
     ('preloader_boot_timeout = "10"', "preloader_boot_timeout='10'"),
     ("preloader_boot_timeout = -1", "preloader_boot_timeout=-1"),
+    ('preloader_boot_timeout = float("nan")', "preloader_boot_timeout=nan"),
     ("on_preload = lambda: None", "on_preload="),
     ("oob_gc = -1", "oob_gc=-1"),
     ('oob_gc = "yes"', "oob_gc='yes'"),
@@ -20,6 +21,8 @@ from conftest import LoadLoop, wait_for
     ("oob_gc_generation = True", "oob_gc_generation=True"),
     ('oob_work_header = "X Bad: header"', "oob_work_header='X Bad: header'"),
     ("oob_work_header = 1", "oob_work_header=1"),
+    ('oob_work_header = "X-Oob\\n"', "oob_work_header='X-Oob\\n'"),
+    ('oob_work_header = "Content-Length"', "oob_work_header='Content-Length'"),
     ("on_oob_work = lambda: None", "on_oob_work="),
 ])
 def test_bad_setting_stops_startup_naming_setting_and_value(make_server, line, named):

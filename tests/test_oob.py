@@ -3,6 +3,7 @@
 tests/apps/oob.py records every collection of a worker, and whether gunicorn's own
 request handling (`handle` of the sync or gthread worker) was on a thread's stack.
 """
+import concurrent.futures
 import http.client
 import json
 import socket
@@ -133,8 +134,9 @@ def test_oob_gc_n_collects_every_n_requests(make_server):
 
 def test_the_only_worker_collects_inside_requests_while_clients_wait(make_server):
     server = make_server(app_file="oob.py", workers=1, config="oob_gc = 4\n").start()
-    for _ in range(12):
-        server.get_json("/garbage?3000")  # back to back: the next client always waits
+    # Three clients at once: when a response is sent, another client is already queued.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: server.get_json("/garbage?3000"), range(36)))
     body = server.get_json("/gc")
     assert body["in_request"], body  # as without oob_gc: CPython's own thresholds
     assert "Out-of-band work postponed: a client is waiting" in server.log()

@@ -74,8 +74,8 @@ def test_killed_preloader_is_restarted_while_workers_serve(make_server):
 
 def test_sigkill_of_master_leaves_no_process_behind(make_server):
     server = make_server(workers=3).start()
-    tree = [pid for pid, _ in server.children()]
-    assert len(tree) == 5  # preloader, its standby, 3 workers
+    tree = wait_for(lambda: (lambda t: t if len(t) == 5 else None)(
+        [pid for pid, _ in server.children()]), what="preloader, standby, 3 workers")
     server.signal(signal.SIGKILL)
     server.wait_exit()
     assert server.alive(tree, grace=10.0) == []
