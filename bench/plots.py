@@ -1,0 +1,109 @@
+"""The PNG figures of docs/benchmarks/ (matplotlib, no display needed)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def label_bars(ax, bars, spec):
+    for bar in bars:
+        height = bar.get_height()
+        ax.annotate(spec % height, (bar.get_x() + bar.get_width() / 2, height),
+                    ha="center", va="bottom", fontsize=8)
+
+
+def spawn(methods, path):
+    """Median spawn-to-first-response per method, min-max whiskers, the 20 ms target."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(methods)
+    medians = [methods[n]["median_ms"] for n in names]
+    whiskers = [[methods[n]["median_ms"] - methods[n]["min_ms"] for n in names],
+                [methods[n]["max_ms"] - methods[n]["median_ms"] for n in names]]
+    ticks = ["%s\n%.1f ms" % (n, m) for n, m in zip(names, medians, strict=True)]
+    ax.bar(ticks, medians, yerr=whiskers, capsize=4, color=COLORS[:len(names)])
+    ax.axhline(20, color="black", linestyle="--", linewidth=1, label="target: smart < 20 ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("SIGTTIN → first response, ms (log)")
+    ax.set_title("Worker spawn-to-first-response latency (median, min–max)")
+    ax.legend()
+    save(fig, path)
+
+
+def memory(figures, path):
+    """Total PSS per configuration and phase; the target line at 0.5 x --preload."""
+    phases = [("warm", "warm"), ("refork", "after refork"), ("more", "after +N requests")]
+    names = list(figures)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.27
+    for i, (phase, label) in enumerate(phases):
+        xs = [x + (i - 1) * width for x, n in enumerate(names)
+              if figures[n][phase]["total_pss"] is not None]
+        ys = [figures[n][phase]["total_pss"] for n in names
+              if figures[n][phase]["total_pss"] is not None]
+        label_bars(ax, ax.bar(xs, ys, width, label=label, color=COLORS[i]), "%.0f")
+    target = 0.5 * figures["preload"]["warm"]["total_pss"]
+    ax.axhline(target, color="black", linestyle="--", linewidth=1,
+               label="target after refork: ≤ 0.5 × --preload")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("total PSS of the server, MiB")
+    ax.set_title("Memory after the same traffic (4 workers, ~100 MB lazy cache each)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
+    save(fig, path)
+
+
+def latency(endpoints, path):
+    """Per endpoint: p50/p99/p99.9 per server (log scale), and requests/s."""
+    fig, axes = plt.subplots(2, len(endpoints), figsize=(4.2 * len(endpoints), 7),
+                             squeeze=False)
+    for column, (label, e) in enumerate(endpoints.items()):
+        servers = list(e["medians"])
+        top, bottom = axes[0][column], axes[1][column]
+        width = 0.8 / len(servers)
+        for i, name in enumerate(servers):
+            m = e["medians"][name]
+            xs = [x + (i - (len(servers) - 1) / 2) * width for x in range(3)]
+            top.bar(xs, [m["p50"], m["p99"], m["p999"]], width, label=name, color=COLORS[i])
+        top.set_xticks(range(3), ["p50", "p99", "p99.9"])
+        top.set_yscale("log")
+        top.set_title(label)
+        top.set_ylabel("latency, ms (log)")
+        top.legend(fontsize=7)
+        bars = bottom.bar(servers, [e["medians"][n]["rps"] for n in servers],
+                          color=COLORS[:len(servers)])
+        label_bars(bottom, bars, "%.0f")
+        bottom.set_ylabel("requests/s")
+        bottom.tick_params(axis="x", labelsize=7)
+    save(fig, path)
+
+
+def events(runs, path):
+    """The first refork and the first HUP: latency per 100 ms around the event."""
+    firsts = [next(e for e in runs if e["event"] == kind) for kind in ("refork", "hup")]
+    fig, axes = plt.subplots(1, len(firsts), figsize=(11, 4), squeeze=False)
+    for ax, event in zip(axes[0], firsts, strict=True):
+        rows = event["timeline"]
+        ts = [r[0] for r in rows]
+        ax.plot(ts, [r[2] for r in rows], label="median per 100 ms", color=COLORS[0])
+        ax.plot(ts, [r[3] for r in rows], label="max per 100 ms", color=COLORS[1])
+        failed = [r for r in rows if r[4]]
+        if failed:
+            ax.scatter([r[0] for r in failed], [r[3] for r in failed], color="red",
+                       marker="x", label="bins with failed requests")
+        ax.axvspan(0, max(event["seconds"], 0.02), color="grey", alpha=0.3,
+                   label="event (%.2f s)" % event["seconds"])
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds from the signal")
+        ax.set_ylabel("latency, ms (log)")
+        ax.set_title("%s under load: %d failed of %d" % (
+            "refork (kill -URG)" if event["event"] == "refork" else "kill -HUP",
+            event["failed"], event["requests"]))
+        ax.legend(fontsize=8)
+    save(fig, path)

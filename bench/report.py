@@ -1,0 +1,318 @@
+"""docs/benchmarks/index.md from the results of one `python -m bench` run.
+
+`results` is what bench/__main__.py collects: {"meta": {...}, "steps": {name: {"status",
+"exit", "seconds", "command", "data"}}}, where "data" is the step's own --json output
+(spawn_latency.py, template_spawn.py, refork_memory.py, load.py, oob_latency.py,
+events.py). Every figure in the page comes from there; plots.py draws the PNGs.
+"""
+import statistics
+
+from bench import plots
+
+MEMORY_COMMANDS = {  # refork_memory.py's configurations, as a reader would type them
+    "plain": "gunicorn -w 4 lazy_cache:app",
+    "preload": "gunicorn -w 4 --preload lazy_cache:app",
+    "preload+freeze": "gunicorn -w 4 --preload (when_ready: gc.collect(); gc.freeze())",
+    "smart": "gunicorn -w 4 -k smartspawn.Worker lazy_cache:app",
+    "smart+refork": "... -k smartspawn.Worker, fork_worker on, kill -URG <master>",
+}
+NOT_MEASURED = "not yet measured"
+
+
+def fmt(value, spec="%.1f"):
+    return "–" if value is None else spec % value
+
+
+def verdict(met):
+    return {True: "**PASS**", False: "**FAIL**", None: NOT_MEASURED}[met]
+
+
+def data(results, step):
+    entry = results["steps"].get(step)
+    return entry["data"] if entry and entry["status"] == "ok" else None
+
+
+def step_note(results, step):
+    """A line saying why a section has no figures, or None when it has them."""
+    entry = results["steps"].get(step)
+    if entry is None or entry["status"] == "not run":
+        return "*%s: %s.*" % (step, (entry or {}).get("why", NOT_MEASURED))
+    if entry["status"] != "ok":
+        return "*%s failed (exit status %s); its output is in `%s.log` beside this page.*" % (
+            step, entry["exit"], step)
+    return None
+
+
+# -- targets ------------------------------------------------------------------------------
+
+def targets(results):
+    """[(issue, target, measured, met)] for the summary table; met None = not measured."""
+    return [*spawn_targets(data(results, "spawn")), *memory_targets(data(results, "memory")),
+            *oob_targets(data(results, "oob")), *load_targets(data(results, "load")),
+            *event_targets(data(results, "events"))]
+
+
+def spawn_targets(spawn):
+    if spawn is None:
+        return [("2", "smart ≥ 50× faster than direct", NOT_MEASURED, None),
+                ("2", "smart spawn-to-first-response < 20 ms", NOT_MEASURED, None)]
+    ratio, smart = spawn["ratio_direct_over_smart_median"], spawn["methods"]["smart"]
+    return [("2", "smart ≥ 50× faster than direct", "%.0f×" % ratio, ratio >= 50),
+            ("2", "smart spawn-to-first-response < 20 ms", "%.2f ms" % smart["median_ms"],
+             smart["median_ms"] < 20)]
+
+
+def memory_targets(memory):
+    names = ("total PSS after refork ≤ 0.5× before", "total PSS after refork ≤ 0.5× --preload")
+    if memory is None:
+        return [("3", name, NOT_MEASURED, None) for name in names]
+    before = memory["ratios"]["after refork / before refork"]
+    preload = memory["ratios"]["after refork / preload"]
+    return [("3", names[0], "%.2f×" % before, before <= 0.5),
+            ("3", names[1], "%.2f×" % preload, preload <= 0.5)]
+
+
+def oob_targets(oob):
+    wanted = [("p99", "/garbage p99 B/A", "oob_gc: p99 ≤ 0.7× plain gunicorn"),
+              ("rps", "/garbage throughput B/A", "oob_gc: throughput ≥ 0.97× plain (same run)"),
+              ("hello", "/hello throughput B/A", "oob_gc: hello-world throughput ≥ 0.98× plain")]
+    found = (oob or {}).get("targets", {})
+    rows = []
+    for _, prefix, label in wanted:
+        match = next((t for name, t in found.items() if name.startswith(prefix)), None)
+        rows.append(("4", label, "%.2f×" % match["value"] if match else NOT_MEASURED,
+                     match["met"] if match else None))
+    return rows
+
+
+def load_targets(load):
+    if load is None:
+        return [("4", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
+                 NOT_MEASURED, None)]
+    t = load["targets"]["hello throughput smartspawn/plain"]
+    return [("4", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
+             "%.2f×" % t["value"], t["met"])]
+
+
+def event_targets(events):
+    rows = []
+    for kind, label in (("refork", "refork under load: 0 failed requests"),
+                        ("hup", "HUP under load: 0 failed requests")):
+        s = (events or {}).get("summary", {}).get(kind)
+        rows.append(("6", label, NOT_MEASURED if s is None else
+                     "%d of %d" % (s["failed"], s["requests"]),
+                     None if s is None else s["failed"] == 0))
+    return rows
+
+
+# -- sections ---------------------------------------------------------------------------
+
+def header(results):
+    meta = results["meta"]
+    rows = [("date (UTC)", meta["date"]), ("command", "`%s`" % meta["command"]),
+            ("mode", meta["mode"]), ("run time", "%.0f s" % meta["seconds"]),
+            ("machine", "%s CPUs (%s), %.1f GiB RAM, Linux %s" % (
+                meta["cpus"], meta["cpu_model"], meta["ram_gib"], meta["kernel"])),
+            ("load average", "%.2f at start, %.2f at end (other work shares the machine)"
+             % (meta["loadavg_start"], meta["loadavg_end"])),
+            ("Python", meta["python"]), ("gunicorn", meta["gunicorn"]),
+            ("gunicorn_smartspawn", revision(meta)),
+            ("load generator", meta["load_generator"]),
+            ("other packages", ", ".join("%s %s" % kv for kv in meta["packages"].items()))]
+    return ["# Benchmarks", "",
+            "<!-- Generated by `python -m bench`; do not edit by hand: rerun it. -->", "",
+            "Figures of one run of `%s` on this code; the methods are described in "
+            "`bench/README.md`. Ratios are to plain gunicorn unless said otherwise."
+            % meta["command"], "", "| | |", "|---|---|",
+            *("| %s | %s |" % row for row in rows), ""]
+
+
+def revision(meta):
+    """Version, git commit and source digest; says so if the tree changed during the run."""
+    text = "%s, git %s, source sha256 %s" % (meta["smartspawn"], meta["git"], meta["source"])
+    if meta["source_at_end"] != meta["source"]:
+        return text + " (**the code changed during the run**: git %s, source %s at the end)" % (
+            meta["git_at_end"], meta["source_at_end"])
+    if meta["git_at_end"] != meta["git"]:
+        return text + " (the same code was committed as %s during the run)" % meta["git_at_end"]
+    return text
+
+
+def summary(results):
+    lines = ["## Targets", "", "| issue | target | measured | |", "|---|---|---:|---|"]
+    lines += ["| %s | %s | %s | %s |" % (issue, target, measured, verdict(met))
+              for issue, target, measured, met in targets(results)]
+    return lines + [""]
+
+
+def spawn_section(results):
+    lines = ["## 1. Worker spawn-to-first-response latency", "",
+             "SIGTTIN while every worker is busy, then a request only the new worker can "
+             "answer; app `bench/apps/heavy_import.py` (~1 s, ~140 MB to import). *direct* "
+             "is gunicorn's own spawn (the worker imports the app); *smart* forks from the "
+             "preloader; *template* forks from a warmed worker after a refork.", ""]
+    spawn, template = data(results, "spawn"), data(results, "template")
+    notes = [n for n in (step_note(results, "spawn"), step_note(results, "template")) if n]
+    if spawn is None:
+        return lines + notes + [""]
+    methods = {name: spawn["methods"][name] for name in ("direct", "smart")}
+    if template is not None:
+        methods["template"] = template["template"]
+    direct = methods["direct"]["median_ms"]
+    lines += ["| method | median ms | min ms | max ms | n | × faster than direct "
+              "(plain gunicorn) | new worker's USS MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in methods.items():
+        lines.append("| %s | %.2f | %.2f | %.2f | %d | %.0f× | %s |" % (
+            name, s["median_ms"], s["min_ms"], s["max_ms"], s["n"], direct / s["median_ms"],
+            fmt(s["worker_uss_mb_median"])))
+    lines += ["", "Targets (issue 2): smart ≥ 50× faster than direct, and < 20 ms.", ""]
+    plots.spawn(methods, results["out"] / "spawn_latency.png")
+    return lines + notes + ["![spawn latency](spawn_latency.png)", ""]
+
+
+def memory_section(results):
+    lines = ["## 2. Total PSS after the same traffic", "",
+             "Sum of PSS over the master and every process of its tree; 4 workers, each "
+             "filling a ~100 MB lazy cache on first use (`bench/apps/lazy_cache.py`); "
+             "*warm*: every worker answered; *after refork*: `kill -URG`, every new worker "
+             "answered; *after +N*: N more requests per worker, each reading random records.",
+             ""]
+    memory = data(results, "memory")
+    if memory is None:
+        return lines + [step_note(results, "memory"), ""]
+    fig, more = memory["figures"], memory["args"]["more"]
+    plain = fig["plain"]["warm"]["total_pss"]
+    lines += ["| configuration | command | total PSS MiB warm | after refork | after +%d "
+              "| × plain (last) |" % more, "|---|---|---:|---:|---:|---:|"]
+    for name, phases in fig.items():
+        last = next(phases[p]["total_pss"] for p in ("more", "refork", "warm")
+                    if phases[p]["total_pss"] is not None)
+        lines.append("| %s | `%s` | %s | %s | %s | %.2f× |" % (
+            name, MEMORY_COMMANDS.get(name, ""), *(fmt(phases[p]["total_pss"])
+                                                   for p in ("warm", "refork", "more")),
+            last / plain))
+    lines += ["", "| ratio of total PSS, smart+refork | value | target (issue 3) |",
+              "|---|---:|---|"]
+    goals = {"after refork / before refork": "≤ 0.50", "after refork / preload": "≤ 0.50"}
+    lines += ["| %s | %.2f | %s |" % (name, value, goals.get(name, ""))
+              for name, value in memory["ratios"].items()]
+    plots.memory(fig, results["out"] / "pss.png")
+    return lines + ["", "![total PSS](pss.png)", ""]
+
+
+def latency_section(results):
+    lines = ["## 3. Latency and throughput", ""]
+    load = data(results, "load")
+    if load is None:
+        lines += [step_note(results, "load"), ""]
+    else:
+        lines += ["%s, %d connections against `--workers %d`, %d rounds of %d s per server, "
+                  "alternating; medians; ratios are medians of per-round ratios to plain (each "
+                  "pair ran back to back), so they can differ from the ratio of the medians. "
+                  % (load["client"], load["connections"], load["workers"], load["rounds"],
+                     load["seconds"]) + client_note(load["client"]), ""]
+        lines += latency_table(load["endpoints"], "plain")
+        plots.latency(load["endpoints"], results["out"] / "latency.png")
+        lines += ["![latency and throughput](latency.png)", ""]
+    return lines + oob_section(results)
+
+
+def client_note(client):
+    if client == "wrk":
+        return ("wrk corrects its percentiles for coordinated omission (a stalled response "
+                "adds synthetic samples), so its tails read higher than per-request ones.")
+    return "The Python client records every request's own latency."
+
+
+def latency_table(endpoints, base):
+    lines = ["| endpoint | server | req/s | p50 ms | p99 ms | p99.9 ms | failed | × req/s "
+             "| × req/s, per round | × p99 | × p99.9 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, e in endpoints.items():
+        for name, m in e["medians"].items():
+            r = e["ratios_to_plain"].get(name)
+            ratios = ("%.3f" % r["rps"], rps_range(e, name), "%.2f" % r["p99"],
+                      "%.2f" % r["p999"]) if r else ("(%s)" % base,) * 4
+            lines.append("| `%s` | %s | %.0f | %.2f | %.2f | %.2f | %d | %s | %s | %s | %s |"
+                         % (label, name, m["rps"], m["p50"], m["p99"], m["p999"], m["errors"],
+                            *ratios))
+    return lines + ["", "*× req/s, per round*: the lowest and highest ratio of single rounds "
+                    "(run back to back): the spread the noise of the machine allows.", ""]
+
+
+def rps_range(endpoint, name):
+    """"min–max" of the per-round req/s ratios of `name` to the first server, if known."""
+    runs = endpoint.get("runs")
+    if not runs:
+        return "–"
+    base = runs[next(iter(runs))]
+    ratios = [b["rps"] / a["rps"] for a, b in zip(base, runs[name], strict=True)]
+    return "%.2f–%.2f" % (min(ratios), max(ratios))
+
+
+def oob_section(results):
+    lines = ["### With `oob_gc` (bench/oob_latency.py)", ""]
+    oob = data(results, "oob")
+    if oob is None:
+        return lines + [step_note(results, "oob"), ""]
+    endpoints = oob_endpoints(oob)
+    lines += ["%s client, `--workers %s`, %s rounds of %s s, alternating; A = plain gunicorn "
+              "(sync), B = smartspawn + `oob_gc`. " % (oob.get("client"), oob.get("workers"),
+                                                       oob.get("rounds"), oob.get("seconds"))
+              + client_note(oob.get("client")), ""]
+    lines += latency_table(endpoints, "A")
+    plots.latency(endpoints, results["out"] / "oob_latency.png")
+    return lines + ["![oob latency](oob_latency.png)", ""]
+
+
+def oob_endpoints(oob):
+    """oob_latency.py's {"runs": {path: {label: [runs]}}, "ratios"} as load.py's shape."""
+    out = {}
+    for path, by_server in oob["runs"].items():
+        medians = {label: {k: statistics.median(r[k] for r in rs)
+                           for k in ("rps", "p50", "p99", "p999")} |
+                   {"errors": sum(r["errors"] for r in rs)} for label, rs in by_server.items()}
+        out[path] = {"medians": medians, "runs": by_server,
+                     "ratios_to_plain": oob.get("ratios", {}).get(path, {})}
+    return out
+
+
+def events_section(results):
+    lines = ["## 4. Refork and HUP under load", ""]
+    events = data(results, "events")
+    if events is None:
+        return lines + [step_note(results, "events"), ""]
+    lines += ["`gunicorn -k smartspawn.Worker -w %d` (fork_worker on) serving `%s` of the "
+              "Flask app to %d Python client processes (every request timed); %d event(s) of "
+              "each kind; *steady*: the %.0f s before the event, *during*: requests that "
+              "started between the signal and the end of the event (refork: `done` in the log; "
+              "HUP: no old worker left). Medians over events; failed requests summed over each "
+              "whole load run." % (events["workers"], events["path"], events["connections"],
+                                   events["rounds"], events["steady_seconds"]), "",
+              "| event | failed requests | requests | event s | p99 steady ms | p99 during ms "
+              "| × steady | max during ms | req/s steady | req/s during | server ERROR lines |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, s in events["summary"].items():
+        lines.append("| %s | %d | %d | %.2f | %.2f | %.2f | %.2f | %.1f | %.0f | %.0f | %d |" % (
+            kind, s["failed"], s["requests"], s["seconds"], s["steady_p99"], s["during_p99"],
+            s["p99_ratio"], s["during_max"], s["steady_rps"], s["during_rps"],
+            s["log_errors"]))
+    plots.events(events["events"], results["out"] / "events.png")
+    return lines + ["", "Target: 0 failed requests.", "", "![events](events.png)", ""]
+
+
+def steps_section(results):
+    lines = ["## Steps of this run", "", "| step | command | status | s |", "|---|---|---|---:|"]
+    for name, entry in results["steps"].items():
+        lines.append("| %s | `%s` | %s | %s |" % (
+            name, " ".join(entry.get("command") or ["–"]), entry["status"],
+            fmt(entry.get("seconds"), "%.0f")))
+    return lines + ["", "Raw results: [results.json](results.json).", ""]
+
+
+def write(results):
+    """Write index.md and the PNGs into results["out"]."""
+    sections = (header, summary, spawn_section, memory_section, latency_section,
+                events_section, steps_section)
+    lines = [line for section in sections for line in section(results)]
+    (results["out"] / "index.md").write_text("\n".join(lines).rstrip() + "\n")

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Spawn-to-first-response latency of a worker forked from a template (after a refork).
+
+The third case next to spawn_latency.py's "smart" and "direct", on the same app
+(apps/heavy_import.py, ~1 s and ~140 MB to import) and the same round (SIGTTIN while
+every worker is held busy, then GET /pid: only the new worker can answer it):
+
+1. `gunicorn -k smartspawn.Worker -w 2` with `fork_worker = 10**9` (on; only our SIGURG
+   reforks); SIGURG; wait for "refork to generation 2 ... done" in the log and for the
+   "smartspawn template" process;
+2. each round: POST /hold to each of the 2 workers (spawn_latency.HeldRequest), t0,
+   SIGTTIN, GET /pid, t1; checks: a new pid, child of the master, listed by the server's
+   state (`smartspawn status`) as spawned_from "template"; release; SIGTTOU and wait for
+   2 workers again.
+
+    python -m bench.template_spawn [--quick] [--repeats N] [--json PATH]
+"""
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import spawn_latency
+from bench.server import SMARTSPAWN, BenchError, Server, Servers, wait_for
+from gunicorn_smartspawn import status
+
+WORKERS = 2
+
+
+def spawned_from(server, pid, timeout):
+    """The server's own record of where worker `pid` came from (its state file)."""
+    def lookup():
+        rows = status.load_state(server.proc.pid)["processes"]
+        return next((row.get("spawned_from") for row in rows if row["pid"] == pid), None)
+    return wait_for(lookup, timeout, "worker %s in the server's state file" % pid, 0.1)
+
+
+def measure_once(server, timeout):
+    before = server.worker_pids()
+    held = []
+    try:
+        for _ in before:
+            held.append(spawn_latency.HeldRequest(server.port, timeout))
+        if {h.pid for h in held} != before:
+            raise BenchError("/hold was served by %s, not the workers %s"
+                             % ([h.pid for h in held], sorted(before)))
+        t0 = time.monotonic()
+        server.signal(signal.SIGTTIN)
+        code, body = server.get("/pid", timeout)
+        t1 = time.monotonic()
+        info = json.loads(body) if code == 200 else {}
+        new_pid = info.get("pid")
+        if new_pid is None or new_pid in before or info.get("ppid") != server.proc.pid:
+            raise BenchError("/pid answered %s %r: not a new child of the master %s"
+                             % (code, body, server.proc.pid))
+        uss = spawn_latency.worker_uss_mb(new_pid)
+        for request in held:
+            request.release()
+    finally:
+        for request in held:
+            request.close()
+    origin = spawned_from(server, new_pid, timeout)
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.worker_pids()) == WORKERS and new_pid in server.worker_pids(),
+             timeout, "the server back to %d workers" % WORKERS)
+    return {"ms": (t1 - t0) * 1e3, "pid": new_pid, "spawned_from": origin,
+            "import_seconds": info.get("import_seconds"), "uss_mb": uss}
+
+
+def run(args, workdir):
+    env = {"HEAVY_IMPORT_RECORDS": str(args.records),
+           "HEAVY_IMPORT_SECONDS": str(args.import_seconds)}
+    with Servers() as started:
+        server = started.start(Server("template", workdir / "template", "heavy_import:app",
+                                      SMARTSPAWN, "fork_worker = 10**9\n", WORKERS, env))
+        server.signal(signal.SIGURG)
+        server.wait_log(r"refork to generation 2 .* done", args.timeout)
+        wait_for(lambda: any("smartspawn template" in t for t in server.children().values()),
+                 args.timeout, "the template process")
+        samples = []
+        for i in range(args.warmup + args.repeats):
+            sample = measure_once(server, args.timeout)
+            print("%s %2d  %8.2f ms  (worker %s, spawned from %s)" % (
+                "warm-up" if i < args.warmup else "round  ", i + 1, sample["ms"],
+                sample["pid"], sample["spawned_from"]), flush=True)
+            if i >= args.warmup:
+                samples.append(sample)
+    if started.killed:
+        raise BenchError("processes outlived the server: %s" % started.killed)
+    wrong = [s["pid"] for s in samples if s["spawned_from"] != "template"]
+    if wrong:
+        raise BenchError("workers %s were not spawned from the template" % wrong)
+    return {"benchmark": "template_spawn",
+            "metric": "ms from SIGTTIN to the new worker's first response",
+            "config": {"repeats": args.repeats, "warmup": args.warmup,
+                       "records": args.records, "import_seconds": args.import_seconds},
+            "template": spawn_latency.summarize(samples), "samples": samples}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="--repeats 3")
+    parser.add_argument("--repeats", type=int, help="measured rounds (10; --quick: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds (1)")
+    parser.add_argument("--records", type=int, default=170000,
+                        help="records the app builds at import (170000, as spawn_latency)")
+    parser.add_argument("--import-seconds", type=float, default=1.0,
+                        help="minimum app import time (1.0, as spawn_latency)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each wait")
+    parser.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 10)
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    with tempfile.TemporaryDirectory(prefix="ssbench-template-") as tmp:
+        try:
+            result = run(args, Path(tmp))
+        except (BenchError, OSError) as exc:
+            print("benchmark failed: %s" % exc, file=sys.stderr)
+            return 2
+    t = result["template"]
+    print("\nfrom a template: median %.2f ms (min %.2f, max %.2f, n %d); worker USS %.1f MB"
+          % (t["median_ms"], t["min_ms"], t["max_ms"], t["n"], t["worker_uss_mb_median"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
