@@ -31,7 +31,8 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bench import report, spawn_latency
+from bench import report
+from bench.server import product_source
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = "docs/benchmarks"
@@ -199,7 +200,7 @@ def source_digest():
 def meta(args):
     """What was measured, on what: taken before the first step."""
     wrk = wrk_version()
-    source = spawn_latency.product_source()
+    source = product_source()
     command = "python -m bench" + (" --quick" if args.quick else "") + (
         " --out %s" % args.out if args.out != DEFAULT_OUT else "")
     return {"command": command, "mode": "quick" if args.quick else "full",
@@ -235,7 +236,7 @@ def main(argv=None):
         (out / name).unlink(missing_ok=True)
     # Others may commit or edit while this runs: record what the tree was at the end too.
     run_meta.update(seconds=time.monotonic() - started, loadavg_end=os.getloadavg()[0],
-                    git_at_end=spawn_latency.product_source()["git"] or "?",
+                    git_at_end=product_source()["git"] or "?",
                     source_at_end=source_digest())
     results = {"meta": run_meta, "steps": step_results, "left_behind": left}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -21,17 +21,15 @@ request's timestamps: the event's window can be cut out exactly.
     python -m bench.events [--quick] [--rounds N] [--json PATH]
 """
 import argparse
-import json
 import re
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from bench import loadgen
-from bench.server import SMARTSPAWN, BenchError, Server, Servers
+from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir,
+                          write_json)
 
 WORKERS = 2
 PRODUCTS = 60000
@@ -151,20 +149,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.steady = 1, 2.0
-    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
-    with tempfile.TemporaryDirectory(prefix="ssbench-events-") as tmp:
-        try:
-            result = run(args, Path(tmp))
-        except (BenchError, OSError) as exc:
-            print("benchmark failed: %s" % exc, file=sys.stderr)
-            return 2
+    result = run_in_tmpdir("ssbench-events-", run, args)
+    if result is None:
+        return 2
     for kind, s in result["summary"].items():
         print("%-6s failed %d of %d; p99 steady %.2f ms, during %.2f ms (x%.2f); "
               "%.2f s; log errors %d" % (kind, s["failed"], s["requests"], s["steady_p99"],
                                          s["during_p99"], s["p99_ratio"], s["seconds"],
                                          s["log_errors"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

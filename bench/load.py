@@ -17,14 +17,12 @@ p50, p99, p99.9 and the median of the per-round ratios smartspawn/plain.
     python -m bench.load [--quick] [--rounds N] [--seconds S] [--json PATH]
 """
 import argparse
-import json
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 from bench import loadgen
-from bench.server import SMARTSPAWN, BenchError, Server, Servers
+from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir,
+                          write_json)
 
 WORKERS = 2
 FLASK_PRODUCTS = 60000
@@ -118,15 +116,11 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.seconds = 2, 1
     args.warmup = 1 if args.quick else 2
-    with tempfile.TemporaryDirectory(prefix="ssbench-load-") as tmp:
-        try:
-            result = run(args, Path(tmp))
-        except BenchError as exc:
-            print("benchmark failed: %s" % exc, file=sys.stderr)
-            return 2
+    result = run_in_tmpdir("ssbench-load-", run, args)
+    if result is None:
+        return 2
     print_report(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

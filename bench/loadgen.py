@@ -74,6 +74,16 @@ def run_wrk(port, path, ids, connections, seconds, workdir):
             "errors": io_errors + status_errors}
 
 
+def exchange(port, request):
+    """Send `request` on a new connection; -> the answer, read to EOF (sync workers close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
 def client_loop(port, path, ids, seed, deadline, stop, pipe):
     """One connection's worth of load, in its own process: request after request."""
     prefix, random_ids = split_path(path)
@@ -85,11 +95,7 @@ def client_loop(port, path, ids, seed, deadline, stop, pipe):
         started = time.monotonic()
         ok = False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(request)
-                data = b""
-                while chunk := sock.recv(65536):  # to EOF: the sync worker closes
-                    data += chunk
+            data = exchange(port, request)
             ok = data.startswith(b"HTTP/1.1 2") or data.startswith(b"HTTP/1.0 2")
         except OSError:
             pass

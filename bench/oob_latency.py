@@ -28,18 +28,14 @@ gives per-server medians and the median of the per-round ratios B/A, against the
     python bench/oob_latency.py [--quick] [--rounds N] [--seconds S] [--workers W]
                                 [--client wrk|python] [--also-no-oob] [--json PATH] [--check]
 
-Every wait has a deadline; servers are stopped by pid (SIGTERM, then SIGKILL of every
-process of their tree ever seen) on success, error, ^C and SIGTERM alike.
+Every wait has a deadline; servers are stopped by pid (bench/server.py: SIGINT, then
+SIGKILL of anything left in their session) on success, error, ^C and SIGTERM alike.
 """
 import argparse
-import http.client
-import json
 import multiprocessing
-import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,9 +45,11 @@ from pathlib import Path
 
 import psutil
 
-BENCH_DIR = Path(__file__).resolve().parent
-APP_DIR = BENCH_DIR / "apps"
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+if not __package__:  # run as `python bench/oob_latency.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import loadgen
+from bench.server import SMARTSPAWN, BenchError, Server, Servers, write_json
 
 TARGET_P99_RATIO = 0.7          # /garbage: p99 of B at most this times A's
 TARGET_GARBAGE_RPS_RATIO = 0.97  # /garbage: throughput of B at least this times A's
@@ -71,117 +69,26 @@ end
 """
 
 
-class BenchError(RuntimeError):
-    pass
+def make_server(label, root, smartspawn, oob_gc, workers, env):
+    return Server(label, root, "oob_app:app", SMARTSPAWN if smartspawn else [],
+                  "oob_gc = True\n" if oob_gc else "", workers, env, timeout=120)
 
 
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError("timed out after %.0fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
-class Server:
-    """One gunicorn server in its own directory; stopped by pid."""
-
-    def __init__(self, label, root, smartspawn, oob_gc, workers):
-        self.label = label
-        self.root = root
-        root.mkdir()
-        self.log_path = root / "server.log"
-        config = root / "gunicorn.conf.py"
-        config.write_text("oob_gc = True\n" if oob_gc else "")
-        worker_args = ["-k", "smartspawn.Worker", "-c", str(config)] if smartspawn else []
-        self.cmd = [GUNICORN, *worker_args, "--workers", str(workers),
-                    "--bind", "127.0.0.1:0", "--control-socket", str(root / "gunicorn.ctl"),
-                    "--chdir", str(APP_DIR), "--timeout", "120", "oob_app:app"]
-        self.proc = None
-        self.port = None
-        self.workers = workers
-        self.seen = set()
-
-    def start(self, env, timeout=60.0):
-        self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        match = wait_for(lambda: self.alive_or_raise() and re.search(
-            r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()), timeout,
-            "%s to listen" % self.label)
-        self.port = int(match.group(1))
-        wait_for(lambda: len(self.worker_pids()) >= self.workers and self.get_ok(), timeout,
-                 "%s's %d workers" % (self.label, self.workers))
-
-    def alive_or_raise(self):
-        if self.proc.poll() is not None:
-            raise BenchError("%s exited with %s:\n%s" % (self.label, self.proc.returncode,
-                                                          self.log()[-3000:]))
-        return True
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def worker_pids(self):
+def cpu_seconds(server):
+    """CPU time (user + system) used so far by the master and its live descendants."""
+    try:
+        master = psutil.Process(server.proc.pid)
+        processes = [master, *master.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
         try:
-            kids = psutil.Process(self.proc.pid).children(recursive=True)
+            times = process.cpu_times()
+            total += times.user + times.system
         except psutil.NoSuchProcess:
-            return []
-        self.seen.update(kid.pid for kid in kids)
-        titles = []
-        for kid in kids:
-            try:
-                titles.append((kid.pid, " ".join(kid.cmdline())))
-            except psutil.NoSuchProcess:
-                pass
-        return [pid for pid, title in titles if "worker [" in title]
-
-    def cpu_seconds(self):
-        """CPU time (user + system) used so far by the master and its live children."""
-        try:
-            master = psutil.Process(self.proc.pid)
-            processes = [master, *master.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for process in processes:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def get_ok(self):
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            conn.request("GET", "/hello")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
-
-    def stop(self):
-        if self.proc is None:
-            return
-        self.worker_pids()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for pid in self.seen:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log_file.close()
+            pass
+    return total
 
 
 # -- load generators ---------------------------------------------------------------------
@@ -205,11 +112,7 @@ def client_loop(port, path, deadline, pipe):
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(request)
-                data = b""
-                while chunk := sock.recv(65536):  # to EOF: the sync worker closes
-                    data += chunk
+            data = loadgen.exchange(port, request)
         except OSError:
             errors += 1
             continue
@@ -286,48 +189,45 @@ def main():
         args.rounds, args.seconds = 2, 4
 
     tmp = Path(tempfile.mkdtemp(prefix="oob-bench-"))
-    env = {**os.environ, "OOB_BENCH_RECORDS": str(args.records),
-           "OOB_BENCH_CYCLES": str(args.cycles), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {"OOB_BENCH_RECORDS": str(args.records), "OOB_BENCH_CYCLES": str(args.cycles)}
     script = tmp / "percentiles.lua"
     script.write_text(WRK_SCRIPT)
-    servers = [Server("A plain gunicorn", tmp / "a", False, False, args.workers),
-               Server("B smartspawn oob_gc", tmp / "b", True, True, args.workers)]
+    servers = [make_server("A plain gunicorn", tmp / "a", False, False, args.workers, env),
+               make_server("B smartspawn oob_gc", tmp / "b", True, True, args.workers, env)]
     if args.also_no_oob:
-        servers.append(Server("C smartspawn, no oob", tmp / "c", True, False, args.workers))
+        servers.append(make_server("C smartspawn, no oob", tmp / "c", True, False,
+                                   args.workers, env))
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, terminate)
     failed = True
     try:
-        for server in servers:
-            server.start(env)
-        results = measure(servers, args, script)
+        with Servers() as started:
+            started.start(*servers)
+            results = measure(servers, args, script)
         failed = False
     finally:
-        for server in servers:
-            server.stop()
         if failed:
             print("logs kept in %s" % tmp, file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     missed = report(servers, results, args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return 1 if args.check and missed else 0
 
 
 def measure(servers, args, script):
     def one_run(server, path, seconds):
-        cpu = server.cpu_seconds()
+        cpu = cpu_seconds(server)
         if args.client == "wrk":
             result = run_wrk(server.port, path, args.workers, seconds, script)
         else:
             result = run_python_client(server.port, path, args.workers, seconds)
-        server.alive_or_raise()
+        server.alive()
         # The server's own CPU per request: what the server costs, whatever else runs on
         # the machine (throughput and latency also depend on that).
-        result["cpu_us"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e6
+        result["cpu_us"] = (cpu_seconds(server) - cpu) / result["requests"] * 1e6
         return result
 
     results = {"client": args.client, "workers": args.workers, "seconds": args.seconds,
@@ -338,17 +238,17 @@ def measure(servers, args, script):
         for round_no in range(args.rounds):
             for server in servers:
                 result = one_run(server, path, args.seconds)
-                results["runs"].setdefault(path, {}).setdefault(server.label, []).append(result)
+                results["runs"].setdefault(path, {}).setdefault(server.name, []).append(result)
                 print("%-9s round %d  %-22s %7.0f req/s  p50 %7.2f  p99 %7.2f  p99.9 %7.2f"
                       "  max %7.1f ms  cpu %6.0f us/req  errors %d" % (
-                          path, round_no + 1, server.label, result["rps"], result["p50"],
+                          path, round_no + 1, server.name, result["rps"], result["p50"],
                           result["p99"], result["p999"], result["max"], result["cpu_us"],
                           result["errors"]), flush=True)
     return results
 
 
 def report(servers, results, args):
-    a = servers[0].label
+    a = servers[0].name
     missed = []
     print("\nclient %s, %d workers per server, concurrency %d, %d rounds of %d s, "
           "alternating" % (args.client, args.workers, args.workers, args.rounds, args.seconds))
@@ -357,17 +257,17 @@ def report(servers, results, args):
         print("  %-22s %9s %9s %9s %9s %11s %7s" % ("server", "req/s", "p50 ms", "p99 ms",
                                                      "p99.9 ms", "cpu us/req", "errors"))
         for server in servers:
-            runs = by_server[server.label]
+            runs = by_server[server.name]
             print("  %-22s %9.0f %9.2f %9.2f %9.2f %11.0f %7d" % (
-                server.label, *(statistics.median(r[k] for r in runs) for k in FIGURES),
+                server.name, *(statistics.median(r[k] for r in runs) for k in FIGURES),
                 sum(r["errors"] for r in runs)))
         for server in servers[1:]:
-            pairs = list(zip(by_server[a], by_server[server.label], strict=True))
+            pairs = list(zip(by_server[a], by_server[server.name], strict=True))
             ratios = {k: statistics.median(b[k] / a_[k] for a_, b in pairs) for k in FIGURES}
-            results.setdefault("ratios", {}).setdefault(path, {})[server.label] = ratios
+            results.setdefault("ratios", {}).setdefault(path, {})[server.name] = ratios
             print("  %-22s %9.3f %9.3f %9.3f %9.3f %11.3f   (x A)" % (
-                server.label, *(ratios[k] for k in FIGURES)))
-    b = servers[1].label
+                server.name, *(ratios[k] for k in FIGURES)))
+    b = servers[1].name
     ratios = results["ratios"]
     checks = []
     if "/garbage" in ratios:

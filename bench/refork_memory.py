@@ -16,10 +16,6 @@ See bench/README.md.
 """
 import argparse
 import concurrent.futures
-import http.client
-import json
-import os
-import re
 import shutil
 import signal
 import statistics
@@ -30,134 +26,37 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
+if not __package__:  # run as `python bench/refork_memory.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-APP_DIR = Path(__file__).resolve().parent / "apps"
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
-SMART = ["-k", "smartspawn.Worker"]
+from bench.server import (SMARTSPAWN, BenchError, Server, product_source, smaps_rollup_mb,
+                          write_json)
+
 FREEZE_HOOK = "import gc\n\ndef when_ready(server):\n    gc.collect()\n    gc.freeze()\n"
 CONFIGS = {  # name -> (gunicorn args, gunicorn.conf.py)
     "plain": ([], ""),
     "preload": (["--preload"], ""),
     "preload+freeze": (["--preload"], FREEZE_HOOK),
-    "smart": (SMART, ""),
-    "smart+refork": (SMART, "fork_worker = 10**9\n"),  # on; only our SIGURG reforks
+    "smart": (SMARTSPAWN, ""),
+    "smart+refork": (SMARTSPAWN, "fork_worker = 10**9\n"),  # on; only our SIGURG reforks
 }
 ROLES = {"smartspawn preloader": "preloader", "smartspawn template": "template",
          "smartspawn standby": "standby", "worker [": "worker"}  # title substring -> role
 PHASES = ("warm", "refork", "more")
-MB = 1024 * 1024
 SESSIONS = set()  # each master's pid, its session id (start_new_session): the ps check
 
 
-class BenchError(RuntimeError):
-    pass
+def make_server(name, root, args):
+    gunicorn_args, config = CONFIGS[name]
+    return Server(name, root, "lazy_cache:app", gunicorn_args, config, args.workers,
+                  {"LAZY_CACHE_RECORDS": str(args.records)})
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise BenchError("timed out after %.0fs waiting for %s" % (timeout, what))
-        time.sleep(0.05)
-    return value
-
-
-class Server:
-    def __init__(self, name, root, args):
-        root.mkdir()
-        (root / "gunicorn.conf.py").write_text(CONFIGS[name][1])
-        self.name, self.log_path, self.workers = name, root / "server.log", args.workers
-        self.cmd = [GUNICORN, *CONFIGS[name][0], "-c", str(root / "gunicorn.conf.py"),
-                    "-w", str(args.workers), "--bind", "127.0.0.1:0",
-                    "--control-socket", str(root / "gunicorn.ctl"), "--pythonpath",
-                    str(APP_DIR), "--log-level", "info", "lazy_cache:app"]
-        self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
-                    "LAZY_CACHE_RECORDS": str(args.records)}
-        self.root, self.proc, self.port = root, None, None
-
-    def start(self, timeout):
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env,
-                                         cwd=self.root, start_new_session=True)
-        SESSIONS.add(self.proc.pid)
-        match = wait_for(lambda: self.alive() and re.search(
-            r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()), timeout, "the port")
-        self.port = int(match.group(1))
-        wait_for(lambda: self.alive() and len(self.worker_pids()) == self.workers, timeout,
-                 "%d workers" % self.workers)
-
-    def alive(self):
-        if self.proc.poll() is not None:
-            raise BenchError("%s exited with %s:\n%s" % (self.name, self.proc.returncode,
-                                                       self.log()[-3000:]))
-        return True
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def tree(self):
-        """[(psutil.Process, role)]: the master and its live descendants."""
-        try:
-            master = psutil.Process(self.proc.pid)
-            kids = master.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        out = [(master, "master")]
-        for kid in kids:
-            try:
-                if kid.status() != psutil.STATUS_ZOMBIE:
-                    title = " ".join(kid.cmdline())
-                    out.append((kid, next((r for k, r in ROLES.items() if k in title),
-                                          "other")))
-            except psutil.NoSuchProcess:
-                pass
-        return out
-
-    def worker_pids(self):
-        return {p.pid for p, role in self.tree() if role == "worker"}
-
-    def get(self, path):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise BenchError("%s: GET %s -> HTTP %s" % (self.name, path, resp.status))
-        return json.loads(body)
-
-    def session(self):
-        """Live processes in the master's session (start_new_session): its whole tree."""
-        out = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == self.proc.pid and \
-                        proc.status() != psutil.STATUS_ZOMBIE:
-                    out.append(proc)
-            except (OSError, psutil.Error):
-                pass
-        return out
-
-    def stop(self):
-        """SIGINT to the master, SIGKILL after 10 s; then SIGKILL to anything of its
-        session still running 5 s later."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                print("warning: %s: master ignored SIGINT for 10 s: SIGKILL" % self.name)
-                self.proc.kill()
-                self.proc.wait(10)
-        for proc in psutil.wait_procs(self.session(), timeout=5)[1]:
-            print("warning: %s: pid %s outlived the master: SIGKILL" % (self.name, proc.pid))
-            proc.kill()
+def tree(server):
+    """[(pid, role)]: the master and its live descendants."""
+    return [(server.proc.pid, "master")] + [
+        (pid, next((r for k, r in ROLES.items() if k in title), "other"))
+        for pid, title in server.children(recursive=True).items()]
 
 
 def drive(server, need, limit, timeout, path="/cache"):
@@ -173,7 +72,7 @@ def drive(server, need, limit, timeout, path="/cache"):
                 with lock:
                     if next(budget, None) is None:
                         return
-                answer = server.get(path)
+                answer = server.get_json(path)
                 with lock:
                     answers.setdefault(answer["pid"], []).append(answer)
                     if enough():
@@ -194,14 +93,9 @@ def drive(server, need, limit, timeout, path="/cache"):
 def memory(server):
     """Total PSS of the tree, PSS and process count per role, each worker's USS (MiB)."""
     out = {"total_pss": 0.0, "pss_by_role": {}, "processes": {}, "worker_uss": []}
-    for proc, role in server.tree():
-        fields = {}
-        try:
-            with open("/proc/%d/smaps_rollup" % proc.pid) as f:
-                for parts in map(str.split, f):
-                    if len(parts) == 3 and parts[2] == "kB":
-                        fields[parts[0].rstrip(":")] = int(parts[1]) * 1024 / MB
-        except (FileNotFoundError, ProcessLookupError):
+    for pid, role in tree(server):
+        fields = smaps_rollup_mb(pid)
+        if fields is None:
             continue  # it exited meanwhile
         out["total_pss"] += fields["Pss"]
         out["pss_by_role"][role] = out["pss_by_role"].get(role, 0) + fields["Pss"]
@@ -213,9 +107,11 @@ def memory(server):
 
 def run_one(name, root, args):
     """One server through the procedure -> {phase: memory(...), checks}."""
-    server, result = Server(name, root, args), {}
+    server, result = make_server(name, root, args), {}
     try:
-        server.start(args.timeout)
+        server.launch()
+        SESSIONS.add(server.proc.pid)
+        server.wait_ready(args.timeout)
         answers = drive(server, 1, 400, args.timeout)
         if not all(any(a["built"] for a in answers[pid]) for pid in server.worker_pids()):
             raise BenchError("%s: a worker did not build its cache: %s" % (name, answers))
@@ -223,15 +119,13 @@ def run_one(name, root, args):
         if name == "smart+refork":
             old, started = server.worker_pids(), time.monotonic()
             server.proc.send_signal(signal.SIGURG)
-            wait_for(lambda: server.alive() and re.search(
-                r"refork to generation 2 .* done", server.log()), args.timeout,
-                "'refork to generation 2 ... done' in the log")
+            server.wait_log(r"refork to generation 2 .* done", args.timeout)
             result["refork_seconds"] = time.monotonic() - started
             new = server.worker_pids()
             if new & old or len(new) != args.workers:
                 raise BenchError("after the refork, workers %s (before: %s)" % (new, old))
             answers = drive(server, 1, 400, args.timeout)
-            templates = [p.pid for p, role in server.tree() if role == "template"]
+            templates = [pid for pid, role in tree(server) if role == "template"]
             result["inherited"] = sum(not answers[pid][0]["built"] and
                                       [answers[pid][0]["built_by"]] == templates
                                       for pid in new)
@@ -242,7 +136,8 @@ def run_one(name, root, args):
         result["more"]["requests"] = sum(map(len, answers.values()))
         return result
     finally:
-        server.stop()
+        for pid in server.stop():
+            print("warning: %s: pid %s outlived the master: SIGKILL" % (name, pid))
 
 
 def median(runs, phase, key):
@@ -286,10 +181,7 @@ def report(runs, args):
 
 def revision():
     """HEAD of this checkout, +dirty if gunicorn_smartspawn/ has uncommitted changes."""
-    git = lambda *a: subprocess.run(["git", "-C", str(APP_DIR.parents[1]), *a],  # noqa: E731
-                                    capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + (
-        "+dirty" if git("status", "--porcelain", "gunicorn_smartspawn") else "")
+    return product_source()["git"] or "?"
 
 
 def main():
@@ -320,8 +212,7 @@ def main():
                         "%s %.0f" % (p, run[p]["total_pss"]) for p in PHASES if p in run)),
                       flush=True)
         result = report(runs, args)
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         ok = True
     except (BenchError, OSError) as exc:  # OSError: a request failed
         print("benchmark failed: %s" % exc, file=sys.stderr)

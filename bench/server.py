@@ -1,4 +1,4 @@
-"""One gunicorn server for the benchmarks in load.py, events.py and template_spawn.py.
+"""What every benchmark shares: one gunicorn server, polling waits, memory and git facts.
 
 Each server runs in its own directory (config, log, control socket) and its own session
 (start_new_session), binds 127.0.0.1:0 and is found by the log line
@@ -7,11 +7,14 @@ SIGKILL after a deadline, then SIGKILL to anything of its session still running.
 Every wait is a poll with a deadline.
 """
 import http.client
+import importlib.util
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +42,7 @@ def wait_for(predicate, timeout, what, interval=0.02):
 class Server:
     """`gunicorn [args] -c <root>/gunicorn.conf.py -w W <app>` on an ephemeral port."""
 
-    def __init__(self, name, root, app, args=(), config="", workers=2, env=None):
+    def __init__(self, name, root, app, args=(), config="", workers=2, env=None, timeout=60):
         root.mkdir(parents=True)
         (root / "gunicorn.conf.py").write_text(config)
         self.name, self.root, self.workers = name, root, workers
@@ -47,7 +50,7 @@ class Server:
         self.cmd = [GUNICORN, *args, "-c", str(root / "gunicorn.conf.py"),
                     "--workers", str(workers), "--bind", "127.0.0.1:0",
                     "--control-socket", str(root / "gunicorn.ctl"),
-                    "--pythonpath", str(APP_DIR), "--timeout", "60",
+                    "--pythonpath", str(APP_DIR), "--timeout", str(timeout),
                     "--graceful-timeout", "10", "--log-level", "info", app]
         self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
         self.proc = self.port = None
@@ -93,10 +96,10 @@ class Server:
     def signal(self, sig):
         os.kill(self.proc.pid, sig)
 
-    def children(self):
-        """{pid: title} of the master's live children."""
+    def children(self, recursive=False):
+        """{pid: title} of the master's live children (or all its descendants)."""
         try:
-            kids = psutil.Process(self.proc.pid).children()
+            kids = psutil.Process(self.proc.pid).children(recursive=recursive)
         except psutil.NoSuchProcess:
             return {}
         out = {}
@@ -119,6 +122,12 @@ class Server:
             return resp.status, resp.read()
         finally:
             conn.close()
+
+    def get_json(self, path, timeout=30.0):
+        status, body = self.get(path, timeout)
+        if status != 200:
+            raise BenchError("%s: GET %s -> HTTP %s" % (self.name, path, status))
+        return json.loads(body)
 
     def get_ok(self):
         try:
@@ -174,9 +183,73 @@ class Servers:
         return self
 
     def __exit__(self, *exc):
-        for server in self.servers:
-            killed = server.stop()
-            if killed:
-                self.killed[server.name] = killed
-                print("warning: %s: pids %s outlived the master: SIGKILL"
-                      % (server.name, killed), file=sys.stderr)
+        # Teardown must not be cut short by a second ^C or TERM; each stop() has deadlines.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            for server in self.servers:
+                killed = server.stop()
+                if killed:
+                    self.killed[server.name] = killed
+                    print("warning: %s: pids %s outlived the master: SIGKILL"
+                          % (server.name, killed), file=sys.stderr)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def uss_mb(pid):
+    """Private (unshared) memory of `pid` in MB, or None if it cannot be read."""
+    try:
+        return psutil.Process(pid).memory_full_info().uss / 2**20
+    except (psutil.Error, AttributeError):
+        return None
+
+
+def smaps_rollup_mb(pid):
+    """{field: MiB} of /proc/PID/smaps_rollup (Pss, Private_Clean, ...); None if gone."""
+    fields = {}
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for parts in map(str.split, f):
+                if len(parts) == 3 and parts[2] == "kB":
+                    fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields
+
+
+def product_source():
+    """Where gunicorn_smartspawn is imported from, and its git commit (+dirty) if any."""
+    spec = importlib.util.find_spec("gunicorn_smartspawn")
+    if spec is None or spec.origin is None:
+        return {"path": None, "git": None}
+    where = str(Path(spec.origin).parent)
+    try:
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+        git = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") \
+            if commit.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        git = None
+    return {"path": where, "git": git}
+
+
+def run_in_tmpdir(prefix, run, args):
+    """run(args, tmpdir) in a temporary directory; SIGTERM exits through every `finally`.
+    -> its result, or None once the failure is printed."""
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        try:
+            return run(args, Path(tmp))
+        except (BenchError, OSError) as exc:  # OSError: a request failed or timed out
+            print("benchmark failed: %s" % exc, file=sys.stderr)
+            return None
+
+
+def write_json(path, result):
+    """--json PATH: write `result` there (nothing without PATH)."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -30,28 +30,25 @@ each spawn with CLOCK_MONOTONIC, and splits the latency into phases.
 See bench/README.md.
 """
 import argparse
-import http.client
-import importlib.util
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+if not __package__:  # run as `python bench/spawn_latency.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BENCH_DIR = Path(__file__).resolve().parent
-APP_DIR = BENCH_DIR / "apps"
+from bench.server import (SMARTSPAWN, BenchError, Server, Servers, product_source,
+                          uss_mb, wait_for, write_json)
+
 APP = "heavy_import:app"
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 METHODS = ("smart", "direct")
 
 # --breakdown: gunicorn hooks that append "event age pid CLOCK_MONOTONIC" lines to a file.
@@ -85,22 +82,6 @@ TARGET_SMART_MS = 20.0   # a smart worker answers within this many ms (median)
 
 DEFAULT_REPEATS = 10
 QUICK_REPEATS = 3
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def wait_for(predicate, timeout, what, interval=0.005):
-    """Poll `predicate` until it returns a truthy value; BenchError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 class HeldRequest:
@@ -156,171 +137,32 @@ class HeldRequest:
             pass
 
 
-class Server:
-    """One gunicorn master with --workers 1 and the given spawn_method."""
-
-    def __init__(self, method, root, timeout, app_env, breakdown=False):
-        self.method = method
-        self.root = root
-        self.root.mkdir()
-        self.log_path = root / "server.log"
-        self.timeline_path = root / "timeline.txt" if breakdown else None
-        config = 'spawn_method = "%s"\n' % method
-        if breakdown:
-            config += TIMELINE_HOOKS
-            app_env = {**app_env, "SSBENCH_TIMELINE": str(self.timeline_path)}
-        (root / "gunicorn.conf.py").write_text(config)
-        self.cmd = [
-            GUNICORN, "-k", "smartspawn.Worker", "-c", str(root / "gunicorn.conf.py"),
-            "--bind", "127.0.0.1:0", "--workers", "1", "--timeout", str(timeout),
-            "--graceful-timeout", "5", "--pythonpath", str(APP_DIR),
-            "--pid", str(root / "gunicorn.pid"),
-            "--control-socket", str(root / "gunicorn.ctl"),
-            "--log-level", "info", APP,
-        ]
-        self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **app_env}
-        self.proc = None
-        self.log_file = None
-        self.port = None
-        self.seen = {}  # pid -> psutil.Process of every descendant ever seen
-
-    # -- lifecycle ----------------------------------------------------------------------
-
-    def start(self):
-        self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env, cwd=self.root,
-                                     start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-
-        def listening():
-            if self.proc.poll() is not None:
-                raise BenchError("%s server exited with %s\n%s"
-                                 % (self.method, self.proc.returncode, self.log_tail()))
-            return re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log())
-
-        self.port = int(wait_for(listening, timeout, "the %s server to listen"
-                                 % self.method, interval=0.02).group(1))
-
-        def serving():
-            listening()
-            if len(self.worker_pids()) != 1:
-                return False
-            try:
-                return self.request("/pid", timeout=2.0)[0] == 200
-            except OSError:
-                return False
-
-        wait_for(serving, max(0.1, deadline - time.monotonic()),
-                 "the %s server's worker to answer" % self.method, interval=0.02)
-        return self
-
-    def stop(self, grace=10.0):
-        """SIGINT the master, SIGKILL it after `grace` s, then any descendant left."""
-        if self.proc is None:
-            return []
-        self.track()
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        survivors = self.survivors(grace=5.0)
-        for proc in survivors:
-            try:
-                proc.kill()  # psutil checks the pid still names the same process
-            except psutil.NoSuchProcess:
-                pass
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-        return [p.pid for p in survivors]
-
-    def survivors(self, grace):
-        def running():
-            out = []
-            for proc in self.seen.values():
-                try:
-                    if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                        out.append(proc)
-                except psutil.NoSuchProcess:
-                    pass
-            return out
-        deadline = time.monotonic() + grace
-        while running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return running()
-
-    # -- the process tree ---------------------------------------------------------------
-
-    def signal(self, sig):
-        os.kill(self.proc.pid, sig)
-
-    def track(self):
-        """[(pid, title)] of the master's live children; all descendants are remembered."""
-        try:
-            master = psutil.Process(self.proc.pid)
-            kids = master.children()
-            everyone = master.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        for proc in everyone:
-            self.seen.setdefault(proc.pid, proc)
-        out = []
-        for kid in kids:
-            try:
-                if kid.status() != psutil.STATUS_ZOMBIE:
-                    out.append((kid.pid, " ".join(kid.cmdline())))
-            except psutil.NoSuchProcess:
-                pass
-        return out
-
-    def worker_pids(self):
-        return sorted(pid for pid, title in self.track() if "worker [" in title)
-
-    def preloader_pids(self):
-        return sorted(pid for pid, title in self.track() if "preloader" in title)
-
-    # -- HTTP and logs ------------------------------------------------------------------
-
-    def request(self, path, timeout):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def timeline(self, pid):
-        """{event: CLOCK_MONOTONIC time} of the worker `pid` (--breakdown), or {}."""
-        if self.timeline_path is None or not self.timeline_path.exists():
-            return {}
-        rows = [line.split() for line in self.timeline_path.read_text().splitlines()]
-        ages = {age for event, age, wpid, _ in rows if int(wpid) == pid}
-        return {event: float(t) for event, age, _, t in rows if age in ages}
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines=40):
-        return "\n".join(self.log().splitlines()[-lines:])
+def make_server(method, root, args, app_env):
+    """One master with --workers 1 and the given spawn_method (and --breakdown hooks)."""
+    config, env = 'spawn_method = "%s"\n' % method, dict(app_env)
+    if args.breakdown:
+        config += TIMELINE_HOOKS
+        env["SSBENCH_TIMELINE"] = str(root / "timeline.txt")
+    return Server(method, root, APP, SMARTSPAWN, config, workers=1, env=env,
+                  timeout=args.gunicorn_timeout)
 
 
-def worker_uss_mb(pid):
-    """Private (unshared) memory of `pid` in MB, or None if it cannot be read."""
-    try:
-        return psutil.Process(pid).memory_full_info().uss / 2**20
-    except (psutil.Error, AttributeError):
-        return None
+def preloader_pids(server):
+    return sorted(pid for pid, title in server.children().items() if "preloader" in title)
+
+
+def timeline(server, pid):
+    """{event: CLOCK_MONOTONIC time} of the worker `pid` (--breakdown), or {}."""
+    path = server.root / "timeline.txt"
+    if not path.exists():
+        return {}
+    rows = [line.split() for line in path.read_text().splitlines()]
+    ages = {age for event, age, wpid, _ in rows if int(wpid) == pid}
+    return {event: float(t) for event, age, _, t in rows if age in ages}
+
+
+def log_tail(server, lines=40):
+    return "\n".join(server.log().splitlines()[-lines:])
 
 
 def measure_once(server, timeout):
@@ -328,44 +170,51 @@ def measure_once(server, timeout):
     before = server.worker_pids()
     if len(before) != 1:
         raise BenchError("%s server: expected 1 worker before the round, found %s"
-                         % (server.method, before))
+                         % (server.name, sorted(before)))
     held = HeldRequest(server.port, timeout)
     try:
         if held.pid not in before:
             raise BenchError("%s server: /hold was served by %s, not the worker %s"
-                             % (server.method, held.pid, before))
+                             % (server.name, held.pid, sorted(before)))
         t0 = time.monotonic()  # CLOCK_MONOTONIC, as the --breakdown hooks use
         server.signal(signal.SIGTTIN)
-        status, body = server.request("/pid", timeout)
+        status, body = server.get("/pid", timeout)
         t1 = time.monotonic()
-        if status != 200:
-            raise BenchError("%s server: /pid answered %s %r" % (server.method, status, body))
-        info = json.loads(body)
-        new_pid = info["pid"]
-        if new_pid == held.pid or new_pid in before:
-            raise BenchError("%s server: /pid was answered by the old worker %s, not a new "
-                             "one" % (server.method, new_pid))
-        if info.get("ppid") != server.proc.pid:
-            raise BenchError("%s server: worker %s has parent %s, not the master %s"
-                             % (server.method, new_pid, info.get("ppid"), server.proc.pid))
-        workers = server.worker_pids()
-        if new_pid not in workers or held.pid not in workers:
-            raise BenchError("%s server: after TTIN the workers are %s; expected %s and %s"
-                             % (server.method, workers, held.pid, new_pid))
-        uss = worker_uss_mb(new_pid)
+        info = check_new_worker(server, status, body, held.pid, before)
+        uss = uss_mb(info["pid"])
         held.release()
     finally:
         held.close()
+    new_pid = info["pid"]
     # Back to one worker: gunicorn stops the oldest (the one that was busy).
     server.signal(signal.SIGTTOU)
-    wait_for(lambda: server.worker_pids() == [new_pid], timeout,
-             "the %s server to return to its one new worker %s" % (server.method, new_pid),
+    wait_for(lambda: server.worker_pids() == {new_pid}, timeout,
+             "the %s server to return to its one new worker %s" % (server.name, new_pid),
              interval=0.01)
     sample = {"ms": (t1 - t0) * 1000.0, "pid": new_pid, "busy_pid": held.pid,
               "import_seconds": info.get("import_seconds"), "uss_mb": uss}
-    if server.timeline_path is not None:
-        sample["phases_ms"] = phases(server.timeline(new_pid), t0, t1)
+    if "SSBENCH_TIMELINE" in server.env:
+        sample["phases_ms"] = phases(timeline(server, new_pid), t0, t1)
     return sample
+
+
+def check_new_worker(server, status, body, busy_pid, before):
+    """The /pid answer, checked: from a new worker, a child of the master, listed by it."""
+    if status != 200:
+        raise BenchError("%s server: /pid answered %s %r" % (server.name, status, body))
+    info = json.loads(body)
+    new_pid = info["pid"]
+    if new_pid == busy_pid or new_pid in before:
+        raise BenchError("%s server: /pid was answered by the old worker %s, not a new "
+                         "one" % (server.name, new_pid))
+    if info.get("ppid") != server.proc.pid:
+        raise BenchError("%s server: worker %s has parent %s, not the master %s"
+                         % (server.name, new_pid, info.get("ppid"), server.proc.pid))
+    workers = server.worker_pids()
+    if new_pid not in workers or busy_pid not in workers:
+        raise BenchError("%s server: after TTIN the workers are %s; expected %s and %s"
+                         % (server.name, sorted(workers), busy_pid, new_pid))
+    return info
 
 
 PHASES = (("master reacts", "t0", "pre_fork"),
@@ -408,59 +257,44 @@ def summarize(samples):
 def run(args, workdir):
     app_env = {"HEAVY_IMPORT_RECORDS": str(args.records),
                "HEAVY_IMPORT_SECONDS": str(args.import_seconds)}
-    servers = {}
-    try:
-        for method in METHODS:
-            servers[method] = Server(method, workdir / method, args.gunicorn_timeout,
-                                     app_env, breakdown=args.breakdown).start()
-        for method in METHODS:
-            servers[method].wait_ready(args.start_timeout)
-            log("%s server up on port %s (master pid %s)"
-                % (method, servers[method].port, servers[method].proc.pid))
-        preloaders = servers["smart"].preloader_pids()
-        if len(preloaders) != 1:
-            warn("smart server: expected one preloader child, found %s" % preloaders)
-        if servers["direct"].preloader_pids():
-            warn("direct server has a preloader: %s" % servers["direct"].preloader_pids())
-
-        samples = {method: [] for method in METHODS}
-        rounds = args.warmup + args.repeats
-        for i in range(rounds):
-            warm = i < args.warmup
-            for method in METHODS:  # A B A B ...
-                sample = measure_once(servers[method], args.spawn_timeout)
-                log("%s %2d/%d %-6s %9.2f ms  (worker %s)"
-                    % ("warm-up" if warm else "round  ", (i if warm else i - args.warmup) + 1,
-                       args.warmup if warm else args.repeats, method, sample["ms"],
-                       sample["pid"]))
-                if not warm:
-                    samples[method].append(sample)
-        preloaders_after = servers["smart"].preloader_pids()
-        if preloaders_after != preloaders:
-            warn("smart server's preloader changed during the run: %s -> %s"
-                 % (preloaders, preloaders_after))
-    except Exception:
-        for server in servers.values():
-            if server.proc is not None:
-                print("---- %s server log (tail) ----\n%s" % (server.method, server.log_tail()),
-                      file=sys.stderr)
-        raise
-    finally:
-        # Teardown must not be cut short by a second ^C or TERM; each stop() has deadlines.
-        previous = {sig: signal.signal(sig, signal.SIG_IGN)
-                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        leftovers = {}
+    with Servers() as started:
         try:
-            for method, server in servers.items():
-                left = server.stop()
-                if left:
-                    leftovers[method] = left
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if leftovers:
-            print("warning: processes outlived their server and were killed: %s"
-                  % leftovers, file=sys.stderr)
+            started.start(*(make_server(method, workdir / method, args, app_env)
+                            for method in METHODS), timeout=args.start_timeout)
+            servers = {server.name: server for server in started.servers}
+            for server in started.servers:
+                log("%s server up on port %s (master pid %s)"
+                    % (server.name, server.port, server.proc.pid))
+            return measure_all(args, servers)
+        except Exception:
+            for server in started.servers:
+                print("---- %s server log (tail) ----\n%s" % (server.name, log_tail(server)),
+                      file=sys.stderr)
+            raise
+
+
+def measure_all(args, servers):
+    """Warm-up then measured rounds, alternating methods -> {method: [sample, ...]}."""
+    preloaders = preloader_pids(servers["smart"])
+    if len(preloaders) != 1:
+        warn("smart server: expected one preloader child, found %s" % preloaders)
+    if preloader_pids(servers["direct"]):
+        warn("direct server has a preloader: %s" % preloader_pids(servers["direct"]))
+    samples = {method: [] for method in METHODS}
+    for i in range(args.warmup + args.repeats):
+        warm = i < args.warmup
+        for method in METHODS:  # A B A B ...
+            sample = measure_once(servers[method], args.spawn_timeout)
+            log("%s %2d/%d %-6s %9.2f ms  (worker %s)"
+                % ("warm-up" if warm else "round  ", (i if warm else i - args.warmup) + 1,
+                   args.warmup if warm else args.repeats, method, sample["ms"],
+                   sample["pid"]))
+            if not warm:
+                samples[method].append(sample)
+    preloaders_after = preloader_pids(servers["smart"])
+    if preloaders_after != preloaders:
+        warn("smart server's preloader changed during the run: %s -> %s"
+             % (preloaders, preloaders_after))
     return samples
 
 
@@ -566,24 +400,6 @@ def warn(message):
     log("warning: " + message)
 
 
-def product_source():
-    """Where gunicorn_smartspawn is imported from, and its git commit (+dirty) if any."""
-    spec = importlib.util.find_spec("gunicorn_smartspawn")
-    if spec is None or spec.origin is None:
-        return {"path": None, "git": None}
-    where = str(Path(spec.origin).parent)
-    try:
-        commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=10)
-        git = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") \
-            if commit.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        git = None
-    return {"path": where, "git": git}
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Spawn-to-first-response latency of smartspawn's spawn_method "
@@ -639,8 +455,8 @@ def main(argv=None):
     try:
         samples = run(args, workdir)
         result, ok = report(args, samples, time.monotonic() - started)
+        write_json(args.json, result)
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
             log("results written to %s" % args.json)
         failed = False
     except (BenchError, OSError) as exc:  # OSError: a request failed or timed out

@@ -19,12 +19,11 @@ import argparse
 import json
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from bench import spawn_latency
-from bench.server import SMARTSPAWN, BenchError, Server, Servers, wait_for
+from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir, uss_mb,
+                          wait_for, write_json)
 from gunicorn_smartspawn import status
 
 WORKERS = 2
@@ -56,7 +55,7 @@ def measure_once(server, timeout):
         if new_pid is None or new_pid in before or info.get("ppid") != server.proc.pid:
             raise BenchError("/pid answered %s %r: not a new child of the master %s"
                              % (code, body, server.proc.pid))
-        uss = spawn_latency.worker_uss_mb(new_pid)
+        uss = uss_mb(new_pid)
         for request in held:
             request.release()
     finally:
@@ -113,18 +112,13 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 10)
-    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
-    with tempfile.TemporaryDirectory(prefix="ssbench-template-") as tmp:
-        try:
-            result = run(args, Path(tmp))
-        except (BenchError, OSError) as exc:
-            print("benchmark failed: %s" % exc, file=sys.stderr)
-            return 2
+    result = run_in_tmpdir("ssbench-template-", run, args)
+    if result is None:
+        return 2
     t = result["template"]
     print("\nfrom a template: median %.2f ms (min %.2f, max %.2f, n %d); worker USS %.1f MB"
           % (t["median_ms"], t["min_ms"], t["max_ms"], t["n"], t["worker_uss_mb_median"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 
