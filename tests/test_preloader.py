@@ -45,7 +45,8 @@ def test_hup_serves_new_code_with_zero_failed_requests(make_server):
                  timeout=20, what="only v2 to be served")
         wait_for(lambda: not set(old_workers) & set(server.worker_pids())
                  and len(server.worker_pids()) == 3, what="the old generation to retire")
-        time.sleep(0.3)  # keep hammering the new generation briefly
+        served = load.ok
+        wait_for(lambda: load.ok > served + 20, what="traffic to the new generation")
     assert load.failures == []
     assert load.ok > 20
     new_preloader = server.preloader_pid()
@@ -126,7 +127,7 @@ def test_graceful_term_lets_in_flight_requests_finish(make_server):
     import threading
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.5)  # the request is in flight in the only worker
+    server.wait_log(r"GET /sleep")  # the request is in flight in the only worker
     assert server.stop(signal.SIGTERM) == 0
     thread.join(10)
     assert result["response"][0] == 200
