@@ -198,8 +198,8 @@ def test_strict_fork_safety_refusal_uses_up_the_threshold(make_server):
               "    import threading, time\n"
               "    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n")
     server = make_server(workers=2, config=config).start()
-    for _ in range(60):
-        server.request()
+    # Requests spread unevenly over the two workers: send until the oldest has served 5.
+    hammer(server, "/", lambda: "gave up: fork_safety" in server.log(), "the template's refusal")
     server.wait_log(r"the template \(pid: \d+\) gave up: fork_safety = 'strict'")
     wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
     for _ in range(60):
