@@ -38,8 +38,9 @@ from gunicorn.pidfile import Pidfile
 from gunicorn_smartspawn import _linux, protocol, state
 from gunicorn_smartspawn.config import install_settings
 from gunicorn_smartspawn.counters import Counters
+from gunicorn_smartspawn.lifecycle import LifecycleMixin
 from gunicorn_smartspawn.preloader import start_preloader
-from gunicorn_smartspawn.refork import ReforkMixin
+from gunicorn_smartspawn.refork import ReforkMixin, refork_enabled
 from gunicorn_smartspawn.worker import (
     APP_LOAD_ERROR, WORKER_BOOT_ERROR, SmartWorkerMixin, become_worker, worker_class_for,
 )
@@ -109,7 +110,7 @@ def smart_spawning_requested(cfg):
             and _linux.smart_spawn_unsupported() is None)
 
 
-class SmartArbiter(ReforkMixin, Arbiter):
+class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
     """gunicorn's Arbiter with smart spawning. See the module docstring."""
 
     SIGNALS = [*Arbiter.SIGNALS, signal.SIGURG]
@@ -144,6 +145,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.smart = self.choose_smart_spawning()
         self.init_refork()
+        self.init_lifecycle()
         return GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):
@@ -154,9 +156,10 @@ class SmartArbiter(ReforkMixin, Arbiter):
                 _linux.become_subreaper()
             except OSError as exc:
                 why = "prctl(PR_SET_CHILD_SUBREAPER) failed: %s" % exc
-        if why and self.cfg.fork_worker:
-            self.log.warning("smartspawn: fork_worker is off: %s", why)
+        if why and refork_enabled(self.cfg):
+            self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s", why)
             self.cfg.settings["fork_worker"].set(False)
+            self.cfg.settings["refork_on_memory"].set(False)
         if self.cfg.spawn_method == "direct":
             return False
         if why is None and self.cfg.reload:
@@ -213,8 +216,10 @@ class SmartArbiter(ReforkMixin, Arbiter):
     def manage_workers(self):
         self.release_departed()
         self.manage_spawners()
+        self.manage_lifecycle()
         self.manage_refork()
-        super().manage_workers()
+        with self.outgoing_hidden():
+            super().manage_workers()
         self.publish_state()
 
     def publish_state(self):
@@ -238,8 +243,14 @@ class SmartArbiter(ReforkMixin, Arbiter):
     def spawn_workers(self):
         spawner = self.current_spawner()
         if spawner is None:
-            # Smart: the preloader is booting and spawning starts when it is ready.
-            return None if self.smart else super().spawn_workers()
+            if not self.smart:
+                return super().spawn_workers()
+            if (self.preloader is None and self.next_preloader is None
+                    and self.restart_at is None and not self.stopping):
+                # preloader_idle_timeout stopped the last one, and no template is alive.
+                self.log.info("Starting a preloader on demand")
+                self.preloader = self.start_preloader(self.generation)
+            return None  # spawning starts when the preloader is ready
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
         for _ in range(self.num_workers - len(self.WORKERS) - len(self.pending)):
             self.spawn_worker()
@@ -264,7 +275,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self.pending[worker.age] = worker
         fds = [worker.tmp.fileno()]
         child_end = None
-        if self.cfg.fork_worker:
+        if refork_enabled(self.cfg):
             worker.channel, child_end = protocol.channel_pair()
             worker.channel.setblocking(False)
             fds.append(child_end.fileno())
@@ -285,7 +296,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
         self.cfg.pre_fork(self, worker)
         inherited = self.master_only_fds()
         child_end = None
-        if self.cfg.fork_worker:
+        if refork_enabled(self.cfg):
             worker.channel, child_end = protocol.channel_pair()
         pid = os.fork()
         if pid:
@@ -308,7 +319,9 @@ class SmartArbiter(ReforkMixin, Arbiter):
         # gunicorn's reaper knows the pid.
         self.read_channels(list(self.spawners))
         self.reap_spawners()
+        unbooted = self.unbooted_template_children()
         super().reap_workers()
+        self.count_failed_template_children(unbooted)
         self.release_departed()
 
     def handle_hup(self):
@@ -364,6 +377,7 @@ class SmartArbiter(ReforkMixin, Arbiter):
         if worker is None:
             return {}
         return {"generation": worker.generation, "spawned_from": worker.spawned_from,
+                "uss": getattr(worker, "uss", None), "outgoing": self.outgoing.get(pid),
                 **self.counters.snapshot(worker.slot)}
 
     def smartspawn_stats(self):
@@ -372,13 +386,14 @@ class SmartArbiter(ReforkMixin, Arbiter):
                 "preloader_pid": self.preloader.pid if self.preloader else None,
                 "template_pid": self.template.pid if self.template else None,
                 "reforks": self.reforks_done,
-                "refork_in_progress": self.refork is not None}
+                "refork_in_progress": self.refork is not None,
+                **self.lifecycle_stats}
 
     def queue_refork(self):
         """The control socket's `refork`: the same as `kill -URG <master>`."""
         self.SIG_QUEUE.put_nowait(signal.SIGURG)
         self.wakeup()
-        return {"status": "refork requested" if self.cfg.fork_worker
+        return {"status": "refork requested" if refork_enabled(self.cfg)
                 else "ignored: fork_worker is off"}
 
     # -- worker records -----------------------------------------------------------------

@@ -306,6 +306,133 @@ class OnOobWork(Setting):
         """
 
 
+
+# -- memory-aware worker lifecycle (lifecycle.py) ---------------------------------------
+
+def validate_positive(val):
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise TypeError("must be a number")
+    if not math.isfinite(val) or val <= 0:
+        raise ValueError("must be a finite number > 0")
+    return float(val)
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2,
+              "mb": 1024 ** 2, "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3,
+              "gib": 1024 ** 3}
+MIN_WORKER_MEMORY = 1024 ** 2
+
+
+def validate_memory_size(val):
+    """-> bytes (int) or None. "512MB", "1.5GiB", "800M" or a number of bytes."""
+    if val is None or val is False:
+        return None
+    if isinstance(val, bool):
+        raise TypeError('must be a size such as "512MB" or a number of bytes')
+    if isinstance(val, (int, float)):
+        size = val
+    elif isinstance(val, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", val)
+        unit = match.group(2).lower() if match else None
+        if unit not in SIZE_UNITS:
+            raise ValueError('must be a size such as "512MB", "1.5GB" or "800MiB" '
+                             '(K, M, G: powers of 1024)')
+        size = float(match.group(1)) * SIZE_UNITS[unit]
+    else:
+        raise TypeError('must be a size such as "512MB" or a number of bytes')
+    if not math.isfinite(size) or size < MIN_WORKER_MEMORY:
+        raise ValueError("must be at least 1MB")
+    return int(size)
+
+
+class MemorySampleInterval(Setting):
+    name = "memory_sample_interval"
+    section = SECTION
+    validator = validate_positive
+    default = 5.0
+    desc = """\
+        Seconds between two samples of the workers' private memory (USS).
+
+        The master reads each worker's USS from the kernel (``/proc/PID/smaps_rollup``,
+        through psutil) when ``refork_on_memory`` or ``max_worker_memory`` is on. It
+        costs the master about a millisecond per worker and nothing on the request path.
+        """
+
+
+class ReforkOnMemory(Setting):
+    name = "refork_on_memory"
+    section = SECTION
+    validator = validate_bool
+    default = False
+    desc = """\
+        Refork when the workers have un-shared enough memory that a refork pays off.
+
+        The master samples every worker's USS (``memory_sample_interval``). A
+        generation's baseline is its workers' lowest mean USS and what they share then
+        (mean RSS - USS). When the mean USS has grown above the baseline by more than
+        ``refork_memory_growth`` times that shared size, three samples in a row, the
+        oldest worker becomes the template and every worker is re-forked from it (as with
+        ``fork_worker``, which it combines with: whichever fires first). Never within
+        ``refork_min_interval`` seconds of the previous refork. Needs ``workers >= 2``.
+        """
+
+
+class ReforkMemoryGrowth(Setting):
+    name = "refork_memory_growth"
+    section = SECTION
+    validator = validate_positive
+    default = 0.1
+    desc = """\
+        How much private memory a worker gains, as a fraction of the memory it shares,
+        before ``refork_on_memory`` reforks.
+
+        0.1 (the default): when the workers share 200 MB with their template, a refork
+        happens once their mean USS has grown by 20 MB since their generation began.
+        """
+
+
+class ReforkMinInterval(Setting):
+    name = "refork_min_interval"
+    section = SECTION
+    validator = validate_positive
+    default = 30.0
+    desc = """\
+        Seconds that must pass after a refork (or the start) before ``refork_on_memory``
+        may refork again.
+        """
+
+
+class MaxWorkerMemory(Setting):
+    name = "max_worker_memory"
+    section = SECTION
+    validator = validate_memory_size
+    default = None
+    desc = """\
+        Replace a worker whose private memory (USS) stays above this size.
+
+        ``"512MB"``, ``"1.5GB"``, ``"800MiB"`` (K, M and G are powers of 1024) or a number
+        of bytes; ``None`` (the default) is off. USS is what the worker alone holds:
+        pages it shares with the preloader, the template or other workers do not count,
+        so the limit does not punish sharing as an RSS limit would. A worker above the
+        limit for three samples in a row (``memory_sample_interval``) is replaced: its
+        replacement is forked and serving first, then it is stopped gracefully.
+        """
+
+
+class PreloaderIdleTimeout(Setting):
+    name = "preloader_idle_timeout"
+    section = SECTION
+    validator = validate_optional_seconds
+    default = None
+    desc = """\
+        Seconds after which a preloader that has spawned nothing exits, to free its
+        memory (Passenger's ``max_preloader_idle_time``).
+
+        The next worker then comes from the template if one is alive (``fork_worker``),
+        else from a preloader started on demand, which imports the application again.
+        ``None`` (the default): the preloader stays.
+        """
+
 # Every Setting subclass defined above is smartspawn's, in declaration order.
 SMARTSPAWN_SETTINGS = tuple(s for s in KNOWN_SETTINGS if s.__module__ == __name__)
 SMARTSPAWN_NAMES = tuple(s.name for s in SMARTSPAWN_SETTINGS)

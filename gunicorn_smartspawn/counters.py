@@ -10,7 +10,9 @@ value.
 import mmap
 
 SLOTS = 1024
-FIELDS = ("requests", "oob_collections", "oob_microseconds")
+# retire: 1 once the worker reached max_requests and waits to be replaced (lifecycle.py);
+# fork_unsafe: 1 once it called smartspawn.no_longer_fork_safe() (forkgate.py).
+FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe")
 
 
 class Counters:

@@ -36,11 +36,13 @@ class SpawnerHandle:
         self.stuck = False  # killed for not answering: never asked again
         self.standby_pid = None  # its worker forked ahead of need
         self.failure = None  # the BootFailed message, or why the master killed it
+        self.last_used = self.started_at  # the last spawn request (preloader_idle_timeout)
 
     def __repr__(self):
         return "%s (pid: %s, gen=%s)" % (self.kind, self.pid, self.generation)
 
     def request_spawn(self, age, slot, fds):
+        self.last_used = time.monotonic()
         protocol.send(self.channel, protocol.SpawnWorker(age, slot), fds)
 
     def kill(self, sig):

@@ -40,7 +40,8 @@ class BecomeTemplate:
 
 @dataclasses.dataclass(frozen=True)
 class BootFailed:
-    """preloader -> master, just before it exits: the app could not be loaded."""
+    """preloader or template -> master, just before it exits: it could not load the app,
+    or will not become the template (fork safety, fork gates)."""
     exit_code: int
     reason: str
 

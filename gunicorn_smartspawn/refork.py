@@ -1,15 +1,25 @@
 """Refork policy and sequence, as the master sees them (fork_worker).
 
-A refork: the oldest booted worker (the candidate) gets BecomeTemplate + SIGURG, finishes
-its requests and reports ready as a template; the master then replaces every older
-worker, one at a time: a worker is stopped only when no spawn is pending and every worker
-of the new generation is serving, so at least `workers - 1` workers accept throughout.
+A refork: the oldest booted worker (the candidate) that the application did not mark
+with no_longer_fork_safe() gets BecomeTemplate + SIGURG, finishes its requests and
+reports ready as a template; the master then replaces every older worker, one at a time,
+spawn before retire (lifecycle.py): an old worker is stopped only once its replacement
+and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
+control socket's `refork`, and `refork_on_memory` (lifecycle.py).
 """
 import os
 import signal
 import time
 
 from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn.template import GATE_CLOSED
+
+# Delays before a refork refused by a prevent_fork() block is tried again (seconds).
+GATE_RETRY_BACKOFF = (1, 2, 5, 10, 30)
+
+
+def refork_enabled(cfg):
+    return bool(cfg.fork_worker) or cfg.refork_on_memory
 
 
 def booted(worker):
@@ -20,9 +30,10 @@ def booted(worker):
         return False
 
 
-def choose_candidate(workers):
-    """The oldest booted worker that has a channel to the master, or None."""
-    eligible = [w for w in workers if w.channel is not None and booted(w)]
+def choose_candidate(workers, counters):
+    """The oldest booted, fork-safe worker that has a channel to the master, or None."""
+    eligible = [w for w in workers if w.channel is not None and booted(w)
+                and not counters.get(w.slot, "fork_unsafe")]
     return min(eligible, key=lambda w: w.age, default=None)
 
 
@@ -57,12 +68,15 @@ class ReforkMixin:
         self.refork_requested = None  # a trigger that arrived while busy (coalesced)
         self.threshold_index = 0      # the next fork_worker threshold to wait for
         self.reforks_done = 0
-        if self.cfg.fork_worker and self.num_workers < 2:
+        self.last_refork_at = time.monotonic()  # or the start (refork_min_interval)
+        self.gate_refusals = 0        # reforks refused in a row by a prevent_fork() block
+        self.retry_refork_at = 0.0
+        if refork_enabled(self.cfg) and self.num_workers < 2:
             self.log.warning("fork_worker: a refork needs two or more workers; "
                              "with workers = %s none will happen", self.num_workers)
 
     def handle_urg(self):
-        if not self.cfg.fork_worker:
+        if not refork_enabled(self.cfg):
             self.log.info("URG ignored: fork_worker is off")
             return
         self.request_refork("URG")
@@ -86,14 +100,19 @@ class ReforkMixin:
             return "%r in progress" % self.refork
         if self.next_preloader is not None:
             return "a HUP is loading new code"
-        if self.smart and (self.preloader is None or not self.preloader.ready):
+        if self.smart and (self.restart_at is not None
+                           or (self.preloader is not None and not self.preloader.ready)):
             return "the preloader is (re)starting"
         if self.pending or len(self.WORKERS) < self.num_workers:
             return "workers are being spawned"
+        if self.outgoing:
+            return "workers are being replaced"
+        if time.monotonic() < self.retry_refork_at:
+            return "waiting to retry after a prevent_fork() block"
         return None
 
     def manage_refork(self):
-        if not self.cfg.fork_worker:
+        if not refork_enabled(self.cfg):
             return
         if self.refork is not None:
             self.advance_refork()
@@ -108,19 +127,20 @@ class ReforkMixin:
         thresholds = self.cfg.fork_worker
         if self.threshold_index >= len(thresholds) or self.refork_busy():
             return
-        candidate = choose_candidate(self.WORKERS.values())
+        candidate = choose_candidate(self.WORKERS.values(), self.counters)
         threshold = thresholds[self.threshold_index]
         if candidate is not None and self.counters.requests(candidate.slot) >= threshold:
             self.start_refork("worker-0 served %s requests" % threshold, threshold)
 
     def start_refork(self, reason, threshold):
         from gunicorn_smartspawn.preloader import SpawnerHandle  # preloader.py imports us
-        candidate = choose_candidate(self.WORKERS.values())
+        candidate = choose_candidate(self.WORKERS.values(), self.counters)
         if candidate is None:
             self.log.warning("Refork (%s) skipped: no serving worker can become the "
                              "template", reason)
             return
         generation = self.generation + 1
+        self.last_refork_at = time.monotonic()
         self.cfg.on_refork(self)
         handle = SpawnerHandle("template", candidate.pid, candidate.channel, generation)
         candidate.channel = None  # the handle owns it now
@@ -176,11 +196,12 @@ class ReforkMixin:
             return
         refork.stopping = remaining[0]
         refork.old.remove(remaining[0])
-        self.kill_worker(ages[remaining[0]], signal.SIGTERM)
+        self.replace_worker(self.WORKERS[ages[remaining[0]]], repr(refork))
 
     def finish_refork(self):
         refork, self.refork = self.refork, None
         self.reforks_done += 1
+        self.gate_refusals = 0
         if refork.threshold is not None:
             self.threshold_index += 1
         self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)
@@ -198,12 +219,21 @@ class ReforkMixin:
         refork, self.refork = self.refork, None
         self.log.warning("%r abandoned: %s", refork, why)
 
+    def retry_after_gate(self, refork):
+        delay = GATE_RETRY_BACKOFF[min(self.gate_refusals, len(GATE_RETRY_BACKOFF) - 1)]
+        self.gate_refusals += 1
+        self.retry_refork_at = time.monotonic() + delay
+        self.refork_requested = (refork.reason, refork.threshold)
+        self.log.info("Refork (%s) will be tried again in %ss", refork.reason, delay)
+
     def template_gone(self, handle):
         refork = self.refork
         if refork is not None and refork.candidate.pid == handle.pid:
             why = handle.failure.reason if handle.failure else "it exited"
             self.abort_refork("the template (pid: %s) gave up: %s" % (handle.pid, why))
-            if refork.threshold is not None:
+            if handle.failure and handle.failure.exit_code == GATE_CLOSED:
+                self.retry_after_gate(refork)
+            elif refork.threshold is not None:
                 # Else the next worker to reach it would be sacrificed the same way.
                 self.threshold_index += 1
         if handle is self.template:

@@ -12,7 +12,7 @@ import time
 
 import psutil
 
-VERSION = 1
+VERSION = 2
 
 
 def state_dir():
@@ -96,8 +96,9 @@ def snapshot(arbiter):
     for pid, worker in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age):
         if pid in spawner_pids:
             continue  # a refork's candidate, listed as "template (booting)"
+        role = "worker (outgoing)" if pid in arbiter.outgoing else "worker"
         processes.append({
-            "pid": pid, "role": "worker", "generation": worker.generation,
+            "pid": pid, "role": role, "generation": worker.generation,
             "age": worker.age, "spawned_from": worker.spawned_from,
             **counters.snapshot(worker.slot)})
     return {
@@ -106,5 +107,7 @@ def snapshot(arbiter):
         "spawn_method": "smart" if arbiter.smart else "direct",
         "workers_target": arbiter.num_workers, "fork_worker": list(arbiter.cfg.fork_worker),
         "reforks": arbiter.reforks_done, "refork_in_progress": arbiter.refork is not None,
+        "preloader_running": arbiter.preloader is not None,
+        "lifecycle": dict(arbiter.lifecycle_stats),
         "processes": processes,
     }

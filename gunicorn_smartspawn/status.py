@@ -93,13 +93,16 @@ def report(server_state, rows):
             "generation": server_state["generation"],
             "spawn_method": server_state["spawn_method"],
             "workers_target": server_state["workers_target"],
-            "reforks": server_state["reforks"], "processes": rows, "totals": totals}
+            "reforks": server_state["reforks"],
+            "preloader_running": server_state["preloader_running"],
+            "lifecycle": server_state["lifecycle"], "processes": rows, "totals": totals}
 
 
 def render(status):
     lines = ["smartspawn: %s, master %d, generation %d, %s spawning, %d reforks"
              % (status["proc_name"], status["master"], status["generation"],
                 status["spawn_method"], status["reforks"]),
+             lifecycle_line(status),
              "%-20s %7s %4s %8s %8s %8s %8s %9s %9s %9s %9s" % (
                  "ROLE", "PID", "GEN", "AGE", "REQUESTS", "OOB GC", "OOB s",
                  "RSS MiB", "PSS MiB", "USS MiB", "SHARED")]
@@ -117,6 +120,17 @@ def render(status):
     lines.append("The server's real memory cost is the total PSS; RSS counts shared "
                  "pages once per process.")
     return "\n".join(lines)
+
+
+def lifecycle_line(status):
+    figures = status["lifecycle"]
+    preloader = "running" if status["preloader_running"] else "not running"
+    if figures["preloader_idle_exits"]:
+        preloader += " (%d idle exits)" % figures["preloader_idle_exits"]
+    return ("replaced: %d at max_requests, %d at max_worker_memory; %d memory samples, "
+            "%d reforks on memory; preloader %s" % (
+                figures["replaced_max_requests"], figures["replaced_max_worker_memory"],
+                figures["memory_samples"], figures["memory_reforks"], preloader))
 
 
 def collect(args):

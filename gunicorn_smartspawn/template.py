@@ -12,11 +12,14 @@ import time
 
 from gunicorn import util
 
-from gunicorn_smartspawn import forksafety, protocol
+from gunicorn_smartspawn import forkgate, forksafety, protocol
 from gunicorn_smartspawn.spawner import Spawner
 
 # The master sends BecomeTemplate before the signal; it is there when we look.
 ORDERS_TIMEOUT = 5.0
+# sysexits' EX_TEMPFAIL: a prevent_fork() block outlasted graceful_timeout; the master
+# tries the refork again later (refork.py).
+GATE_CLOSED = 75
 
 
 class Template(Spawner):
@@ -48,6 +51,12 @@ class Template(Spawner):
                           self.pid)
             return
         self.quiesce(worker)
+        refusal = self.fork_gate_refusal()
+        if refusal is not None:
+            self.log.warning("Worker (pid: %s) will not become the template: %s",
+                             self.pid, refusal.reason)
+            protocol.send(self.channel, refusal)
+            return
         try:
             forksafety.check(self.cfg, self.log, "template", "pre_template_fork",
                              self.known_fds() | {worker.tmp.fileno()})
@@ -61,6 +70,15 @@ class Template(Spawner):
         self.announce_ready(time.monotonic() - started)
         worker.tmp.close()  # no longer a worker: the master stopped watching it
         self.serve()
+
+    def fork_gate_refusal(self):
+        """A BootFailed when the application keeps this worker from being forked, or None."""
+        if not forkgate.fork_safe():
+            return protocol.BootFailed(1, "the application called no_longer_fork_safe()")
+        if not forkgate.wait_until_forkable(self.cfg.graceful_timeout):
+            return protocol.BootFailed(GATE_CLOSED, "a prevent_fork() block ran for more "
+                                       "than %ss (graceful_timeout)" % self.cfg.graceful_timeout)
+        return None
 
     def quiesce(self, worker):
         """Leave nothing of the serving worker that its children must not inherit."""

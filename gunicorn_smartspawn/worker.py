@@ -17,17 +17,25 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from gunicorn import sock, util
 from gunicorn.errors import AppImportError
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
+from gunicorn_smartspawn import forkgate
 from gunicorn_smartspawn.oob import OutOfBand
 
 # gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
 WORKER_BOOT_ERROR = 3
 APP_LOAD_ERROR = 4
+# A worker forked from a template that could not boot: not a reason to halt the server
+# (the master abandons a template whose workers keep failing, see lifecycle.py).
+TEMPLATE_CHILD_BOOT_ERROR = 5
+# A worker past max_requests that the master has not replaced within this many seconds
+# stops by itself, as gunicorn's workers do.
+RETIRE_FALLBACK = 60.0
 
 
 class SmartWorkerMixin:
@@ -38,6 +46,8 @@ class SmartWorkerMixin:
     slot = None               # this worker's slot in server.counters
     channel = None            # to the master, with fork_worker only
     template_requested = False
+    retire_after = sys.maxsize  # max_requests (+ jitter), when the master replaces us
+    retire_asked = None       # when we asked the master for a replacement
 
     @classmethod
     def setup(cls):
@@ -63,12 +73,38 @@ class SmartWorkerMixin:
         self.template_requested = False  # TERM wins: a stopping worker becomes nothing
         super().handle_exit(sig, frame)
 
+    def init_process(self):
+        if self.slot is not None:
+            forkgate.on_unsafe(lambda: self.server.counters.set(self.slot, "fork_unsafe", 1))
+            # Spawn before retire: past max_requests this worker keeps serving until the
+            # master has a replacement serving, then is stopped (lifecycle.py).
+            self.retire_after, self.max_requests = self.max_requests, sys.maxsize
+        super().init_process()
+
     def handle_request(self, *args):
         try:
             return super().handle_request(*args)
         finally:
             if self.slot is not None:
                 self.server.counters.set(self.slot, "requests", self.nr)
+            if self.nr >= self.retire_after:
+                self.ask_for_replacement()
+
+    def ask_for_replacement(self):
+        if self.retire_asked is None:
+            self.retire_asked = time.monotonic()
+            self.server.counters.set(self.slot, "retire", 1)
+            try:
+                # Wakes the master's loop now (a no-op reap) instead of at its next turn.
+                os.kill(self.ppid, signal.SIGCHLD)
+            except OSError:
+                pass
+            self.log.info("Worker served %s requests (max_requests): the master replaces "
+                          "it before it stops", self.nr)
+        elif self.alive and time.monotonic() - self.retire_asked > RETIRE_FALLBACK:
+            self.log.warning("No replacement within %.0fs: autorestarting worker after "
+                             "current request.", RETIRE_FALLBACK)
+            self.alive = False
 
     def run(self):
         # gthread closes the listeners when it stops serving: a template needs copies.
@@ -172,7 +208,9 @@ def run_worker_process(arbiter, worker):
     except Exception as exc:
         log.exception("Exception in worker process")
         print("%s" % exc, file=sys.stderr)
-        return WORKER_BOOT_ERROR if not worker.booted else 255
+        if worker.booted:
+            return 255
+        return TEMPLATE_CHILD_BOOT_ERROR if worker.spawned_from == "template" else WORKER_BOOT_ERROR
     finally:
         log.info("Worker exiting (pid: %s)", worker.pid)
         try:

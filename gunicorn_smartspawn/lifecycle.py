@@ -1,0 +1,233 @@
+"""The master's worker lifecycle: replace workers before they stop, watch their memory.
+
+- **Spawn before retire.** A worker that is to be recycled (it reached `max_requests`, or
+  its memory stayed above `max_worker_memory`) becomes *outgoing*: it keeps serving but
+  no longer counts toward `workers`, so gunicorn's own manage_workers() spawns its
+  replacement; once `workers` others are serving, the outgoing worker is sent TERM and
+  finishes its requests. The number of accepting workers never drops below `workers`.
+- **Memory samples.** Every `memory_sample_interval` seconds the master reads each
+  worker's USS (private memory) and RSS from the kernel, for `max_worker_memory` and
+  `refork_on_memory` (the rule is in MemoryGrowth below).
+- **Idle preloader.** With `preloader_idle_timeout`, a preloader that spawned nothing for
+  that long is stopped; the next spawn comes from the template, or from a preloader
+  started on demand (arbiter.py, spawn_workers).
+- **Failing template.** A template whose workers exit before they ever serve, several in
+  a row, is abandoned: spawns go back to the preloader.
+"""
+import contextlib
+import signal
+import time
+
+import psutil
+
+from gunicorn_smartspawn.refork import booted
+
+MIB = 1024 * 1024
+# Samples in a row a condition must hold before the master acts on it (a noisy figure
+# never triggers anything on its own).
+SAMPLES_IN_A_ROW = 3
+# Workers forked from one template that exit before serving, in a row, before the
+# template is abandoned.
+TEMPLATE_CHILD_FAILURES = 3
+
+
+class MemoryGrowth:
+    """refork_on_memory's rule, for one generation of workers.
+
+    The baseline is the lowest mean USS of the generation's workers seen so far, with
+    what they shared at that sample (mean RSS - USS): the pages a refork would make
+    shared again are the ones they un-shared or filled since. When the mean USS exceeds
+    the baseline by more than `refork_memory_growth` times that shared size, for
+    SAMPLES_IN_A_ROW samples in a row, a refork pays off.
+    """
+
+    def __init__(self, generation):
+        self.generation = generation
+        self.baseline_uss = None
+        self.shared = None
+        self.in_a_row = 0
+        self.growth = 0
+
+    def observe(self, uss_values, rss_values, fraction):
+        """Record one sample; returns True when the rule fires."""
+        mean_uss = sum(uss_values) / len(uss_values)
+        if self.baseline_uss is None or mean_uss < self.baseline_uss:
+            self.baseline_uss = mean_uss
+            self.shared = sum(rss_values) / len(rss_values) - mean_uss
+        self.growth = mean_uss - self.baseline_uss
+        self.in_a_row = self.in_a_row + 1 if self.growth > fraction * self.shared else 0
+        return self.in_a_row >= SAMPLES_IN_A_ROW
+
+
+class LifecycleMixin:
+    """The master's lifecycle methods (mixed into SmartArbiter)."""
+
+    def init_lifecycle(self):
+        self.outgoing = {}             # pid -> why it is being replaced
+        self.sent_term = set()         # outgoing pids already told to stop
+        self.next_sample = time.monotonic()
+        self.memory_growth = None      # MemoryGrowth of the current generation
+        self.template_child_failures = 0
+        self.lifecycle_stats = {"memory_samples": 0, "replaced_max_requests": 0,
+                                "replaced_max_worker_memory": 0, "memory_reforks": 0,
+                                "preloader_idle_exits": 0, "templates_abandoned": 0}
+
+    def manage_lifecycle(self):
+        for pid in [pid for pid in self.outgoing if pid not in self.WORKERS]:
+            del self.outgoing[pid]
+            self.sent_term.discard(pid)
+        if self.refork is None:
+            self.collect_retire_requests()
+        self.sample_memory()
+        self.stop_replaced_workers()
+        self.stop_idle_preloader()
+        self.watch_template_children()
+
+    @contextlib.contextmanager
+    def outgoing_hidden(self):
+        """Outgoing workers do not count toward `workers` in gunicorn's manage_workers."""
+        hidden = {pid: self.WORKERS.pop(pid) for pid in self.outgoing if pid in self.WORKERS}
+        try:
+            yield
+        finally:
+            self.WORKERS.update(hidden)
+
+    # -- spawn before retire --------------------------------------------------------------
+
+    def replace_worker(self, worker, why, stat=None):
+        """Make `worker` outgoing; `stat`: the lifecycle_stats (and statsd) count to add to."""
+        self.outgoing[worker.pid] = why
+        extra = {}
+        if stat is not None:
+            self.lifecycle_stats[stat] += 1
+            extra = {"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"}
+        self.log.info("Replacing worker (pid: %s): %s; it serves until its replacement "
+                      "does", worker.pid, why, extra=extra)
+
+    def collect_retire_requests(self):
+        for worker in list(self.WORKERS.values()):
+            if worker.pid not in self.outgoing and self.counters.get(worker.slot, "retire"):
+                self.replace_worker(worker, "it served %s requests (max_requests)"
+                                    % self.counters.requests(worker.slot),
+                                    "replaced_max_requests")
+
+    def stop_replaced_workers(self):
+        waiting = [pid for pid in self.outgoing if pid not in self.sent_term]
+        if not waiting:
+            return
+        serving = [w for pid, w in self.WORKERS.items() if pid not in self.outgoing and booted(w)]
+        if len(serving) < self.num_workers:
+            return
+        for pid in waiting:
+            self.sent_term.add(pid)
+            self.kill_worker(pid, signal.SIGTERM)
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def sample_memory(self):
+        cfg = self.cfg
+        now = time.monotonic()
+        if not (cfg.max_worker_memory or cfg.refork_on_memory) or now < self.next_sample:
+            return
+        self.next_sample = now + cfg.memory_sample_interval
+        sampled = []
+        for pid, worker in list(self.WORKERS.items()):
+            if pid in self.outgoing or not booted(worker):
+                continue
+            try:
+                info = psutil.Process(pid).memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            worker.uss, worker.rss = info.uss, info.rss
+            sampled.append(worker)
+        if not sampled:
+            return
+        self.lifecycle_stats["memory_samples"] += 1
+        mean_mib = sum(w.uss for w in sampled) / len(sampled) / MIB
+        self.log.debug("Workers' mean USS: %.1f MiB", mean_mib, extra={
+            "metric": "smartspawn.worker_uss_mean_mib", "value": round(mean_mib, 1),
+            "mtype": "gauge"})
+        if cfg.max_worker_memory:
+            self.enforce_memory_limit(sampled, cfg.max_worker_memory)
+        if cfg.refork_on_memory:
+            self.refork_if_memory_grew(sampled, now)
+
+    def enforce_memory_limit(self, sampled, limit):
+        for worker in sampled:
+            over = worker.uss > limit
+            worker.over_limit = getattr(worker, "over_limit", 0) + 1 if over else 0
+            if worker.over_limit >= SAMPLES_IN_A_ROW and self.refork is None:
+                self.replace_worker(
+                    worker, "its private memory (USS) %.1f MiB stayed above "
+                    "max_worker_memory %.1f MiB for %s samples"
+                    % (worker.uss / MIB, limit / MIB, worker.over_limit),
+                    "replaced_max_worker_memory")
+
+    def refork_if_memory_grew(self, sampled, now):
+        generation = [w for w in sampled if w.generation == self.generation]
+        if len(generation) < 2:
+            return
+        if self.memory_growth is None or self.memory_growth.generation != self.generation:
+            self.memory_growth = MemoryGrowth(self.generation)
+        rule = self.memory_growth
+        fired = rule.observe([w.uss for w in generation], [w.rss for w in generation],
+                             self.cfg.refork_memory_growth)
+        if not fired or now - self.last_refork_at < self.cfg.refork_min_interval \
+                or self.refork_busy():
+            return
+        self.lifecycle_stats["memory_reforks"] += 1
+        self.log.debug("memory refork", extra={"metric": "smartspawn.memory_reforks",
+                                               "value": 1, "mtype": "counter"})
+        self.start_refork("memory: the workers' mean USS grew by %.1f MiB, more than %s "
+                          "of the %.1f MiB they share" % (
+                              rule.growth / MIB, self.cfg.refork_memory_growth,
+                              rule.shared / MIB), None)
+
+    # -- spawners ----------------------------------------------------------------------
+
+    def stop_idle_preloader(self):
+        idle_timeout, preloader = self.cfg.preloader_idle_timeout, self.preloader
+        if (not idle_timeout or preloader is None or not preloader.ready or preloader.retiring
+                or self.next_preloader is not None or self.refork is not None
+                or time.monotonic() - preloader.last_used < idle_timeout
+                or any(w.spawner_pid == preloader.pid for w in self.pending.values())):
+            return
+        self.log.info("%r spawned nothing for %ss (preloader_idle_timeout): stopping it to "
+                      "free its memory; the next spawn comes from %s", preloader,
+                      idle_timeout, "the template" if self.template
+                      else "a preloader started on demand")
+        self.lifecycle_stats["preloader_idle_exits"] += 1
+        self.retire(preloader)
+        self.preloader = None
+
+    def watch_template_children(self):
+        """Count the template's workers that exited before serving; abandon it after a few."""
+        template = self.template
+        if template is None:
+            return
+        for worker in self.WORKERS.values():
+            if (worker.spawner_pid == template.pid and not getattr(worker, "served", False)
+                    and booted(worker)):
+                worker.served = True
+                self.template_child_failures = 0  # a success breaks the row
+        if self.template_child_failures < TEMPLATE_CHILD_FAILURES:
+            return
+        self.log.error("%r abandoned: %s workers forked from it in a row exited before "
+                       "serving; spawning from the %s", template, self.template_child_failures,
+                       "preloader" if self.smart else "master")
+        self.lifecycle_stats["templates_abandoned"] += 1
+        self.template_child_failures = 0
+        if self.refork is not None:
+            self.abort_refork("its template's workers fail to boot")
+        self.retire(template)
+        self.template = None
+
+    def unbooted_template_children(self):
+        template = self.template
+        return [pid for pid, w in self.WORKERS.items()
+                if template is not None and w.spawner_pid == template.pid and not booted(w)]
+
+    def count_failed_template_children(self, unbooted):
+        """`unbooted`: template children that had not served before this reap."""
+        if not self.stopping:
+            self.template_child_failures += sum(pid not in self.WORKERS for pid in unbooted)
