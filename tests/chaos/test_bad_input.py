@@ -76,6 +76,25 @@ BAD_SETTINGS = [
     ("on_oob_work = 42", "on_oob_work=42"),
     ("on_oob_work = lambda: None", "on_oob_work=<function"),
     ('on_oob_work = "nodots"', "on_oob_work='nodots'"),
+    ("memory_sample_interval = 0", "memory_sample_interval=0"),
+    ('memory_sample_interval = "5"', "memory_sample_interval='5'"),
+    ("memory_sample_interval = None", "memory_sample_interval=None"),
+    ("refork_on_memory = 2", "refork_on_memory=2"),
+    ('refork_on_memory = "sometimes"', "refork_on_memory='sometimes'"),
+    ("refork_memory_growth = -0.1", "refork_memory_growth=-0.1"),
+    ('refork_memory_growth = float("inf")', "refork_memory_growth=inf"),
+    ("refork_memory_growth = True", "refork_memory_growth=True"),
+    ("refork_min_interval = 0", "refork_min_interval=0"),
+    ("refork_min_interval = [30]", "refork_min_interval=[30]"),
+    ('max_worker_memory = "lots"', "max_worker_memory='lots'"),
+    ('max_worker_memory = "512 parsecs"', "max_worker_memory='512 parsecs'"),
+    ('max_worker_memory = "0MB"', "max_worker_memory='0MB'"),
+    ("max_worker_memory = 1000", "max_worker_memory=1000"),
+    ("max_worker_memory = True", "max_worker_memory=True"),
+    ("max_worker_memory = -5", "max_worker_memory=-5"),
+    ("preloader_idle_timeout = 0", "preloader_idle_timeout=0"),
+    ('preloader_idle_timeout = "60"', "preloader_idle_timeout='60'"),
+    ("preloader_idle_timeout = -1", "preloader_idle_timeout=-1"),
 ]
 
 
@@ -111,6 +130,12 @@ BAD_ON_HUP = {
     "oob_gc_generation": "oob_gc_generation = 3",
     "oob_work_header": 'oob_work_header = "X-Oob\\n"',
     "on_oob_work": "on_oob_work = lambda: None",
+    "memory_sample_interval": "memory_sample_interval = 0",
+    "refork_on_memory": "refork_on_memory = 2",
+    "refork_memory_growth": "refork_memory_growth = -0.1",
+    "refork_min_interval": "refork_min_interval = 0",
+    "max_worker_memory": 'max_worker_memory = "lots"',
+    "preloader_idle_timeout": "preloader_idle_timeout = -1",
 }
 
 
