@@ -14,8 +14,10 @@ once, and nothing else:
 SmartArbiter overrides, each extending the gunicorn method of the same name: start,
 init_signals, wakeup, wait_for_signals (also reads the spawners' channels),
 manage_workers, spawn_workers, spawn_worker, reap_workers, handle_hup, handle_usr1,
-setup, stop; and adds handle_urg (refork.py). The test suite checks that these gunicorn
-methods keep the signatures assumed here (tests/test_gunicorn_contract.py).
+setup, stop; and adds handle_urg (refork.py). manage_workers() also runs the worker
+lifecycle (lifecycle.py) and hides outgoing workers from gunicorn's count. The test
+suite checks that these gunicorn methods keep the signatures assumed here
+(tests/test_gunicorn_contract.py).
 
 Signals (master): gunicorn's HUP QUIT INT TERM TTIN TTOU USR1 USR2 WINCH, plus URG:
 refork now (with fork_worker).

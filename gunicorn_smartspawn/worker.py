@@ -1,8 +1,9 @@
 """The worker classes (`-k smartspawn.Worker`) and the life of a worker process.
 
 To gunicorn's master a smartspawn worker is an ordinary worker: same heartbeat file,
-same signals, same `max_requests`. What it adds is where it came from, for hooks
-(`post_fork`) and logs:
+same signals. Past `max_requests` it does not stop by itself: it asks the master for a
+replacement and serves until that one does (lifecycle.py). What it adds is where it came
+from, for hooks (`post_fork`) and logs:
 
 - ``worker.spawned_from``: ``"master"`` (direct spawning), ``"preloader"`` or
   ``"template"`` (a warmed worker, after a refork);
