@@ -197,6 +197,8 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         """Wait for a signal or a spawner message; returns the signals."""
         if self.refork is not None:
             timeout = min(timeout, 0.05)  # a refork advances as workers boot
+        if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
+            timeout = min(timeout, self.cfg.memory_sample_interval)
         channels = [s.channel for s in self.spawners]
         readable, _, _ = select.select([self._wake_r, *channels], [], [], timeout)
         if self._wake_r in readable:

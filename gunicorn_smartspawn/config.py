@@ -387,7 +387,8 @@ class ReforkMemoryGrowth(Setting):
         before ``refork_on_memory`` reforks.
 
         0.1 (the default): when the workers share 200 MB with their template, a refork
-        happens once their mean USS has grown by 20 MB since their generation began.
+        happens once their mean USS has grown by 20 MB above their generation's baseline
+        (its lowest mean USS; see ``refork_on_memory``).
         """
 
 

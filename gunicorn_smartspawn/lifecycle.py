@@ -20,7 +20,7 @@ import time
 
 import psutil
 
-from gunicorn_smartspawn.refork import booted
+from gunicorn_smartspawn.refork import booted, choose_candidate
 
 MIB = 1024 * 1024
 # Samples in a row a condition must hold before the master acts on it (a noisy figure
@@ -164,16 +164,18 @@ class LifecycleMixin:
                     "replaced_max_worker_memory")
 
     def refork_if_memory_grew(self, sampled, now):
-        generation = [w for w in sampled if w.generation == self.generation]
-        if len(generation) < 2:
+        if len(sampled) < 2:
             return
+        # A refork or a HUP starts a new generation, and a new baseline. Workers of an
+        # older generation (respawned from the preloader after a template died) count.
         if self.memory_growth is None or self.memory_growth.generation != self.generation:
             self.memory_growth = MemoryGrowth(self.generation)
         rule = self.memory_growth
-        fired = rule.observe([w.uss for w in generation], [w.rss for w in generation],
+        fired = rule.observe([w.uss for w in sampled], [w.rss for w in sampled],
                              self.cfg.refork_memory_growth)
-        if not fired or now - self.last_refork_at < self.cfg.refork_min_interval \
-                or self.refork_busy():
+        if (not fired or now - self.last_refork_at < self.cfg.refork_min_interval
+                or self.refork_busy()
+                or choose_candidate(self.WORKERS.values(), self.counters) is None):
             return
         self.lifecycle_stats["memory_reforks"] += 1
         self.log.debug("memory refork", extra={"metric": "smartspawn.memory_reforks",

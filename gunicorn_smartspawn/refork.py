@@ -72,7 +72,7 @@ class ReforkMixin:
         self.gate_refusals = 0        # reforks refused in a row by a prevent_fork() block
         self.retry_refork_at = 0.0
         if refork_enabled(self.cfg) and self.num_workers < 2:
-            self.log.warning("fork_worker: a refork needs two or more workers; "
+            self.log.warning("fork_worker/refork_on_memory: a refork needs two or more workers; "
                              "with workers = %s none will happen", self.num_workers)
 
     def handle_urg(self):
@@ -171,6 +171,7 @@ class ReforkMixin:
         if self.template is not None:
             self.retire(self.template)
         self.template = refork.template = handle
+        self.template_child_failures = 0
         self.generation = refork.generation
         refork.old = sorted(worker.age for worker in self.WORKERS.values())
         self.log.info("%r ready in %.3fs; replacing %s workers one at a time",

@@ -75,9 +75,14 @@ class Template(Spawner):
         """A BootFailed when the application keeps this worker from being forked, or None."""
         if not forkgate.fork_safe():
             return protocol.BootFailed(1, "the application called no_longer_fork_safe()")
-        if not forkgate.wait_until_forkable(self.cfg.graceful_timeout):
-            return protocol.BootFailed(GATE_CLOSED, "a prevent_fork() block ran for more "
-                                       "than %ss (graceful_timeout)" % self.cfg.graceful_timeout)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        # Still a worker to gunicorn's master until ready: keep its heartbeat going.
+        while not forkgate.wait_until_forkable(min(1.0, self.cfg.graceful_timeout)):
+            self.worker.notify()
+            if time.monotonic() >= deadline:
+                return protocol.BootFailed(GATE_CLOSED, "a prevent_fork() block ran for more "
+                                           "than %ss (graceful_timeout)"
+                                           % self.cfg.graceful_timeout)
         return None
 
     def quiesce(self, worker):
