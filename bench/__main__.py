@@ -8,6 +8,10 @@ Runs each benchmark as a subprocess with --json (one after the other, never two 
   load      bench.load               latency/throughput: plain gunicorn vs smartspawn
   oob       bench/oob_latency.py     plain gunicorn vs smartspawn + oob_gc (if in the tree)
   events    bench.events             refork and HUP under load
+  lifecycle bench/memory_lifecycle.py  total PSS over a long run: no refork, fork_worker,
+                                     refork_on_memory (full mode only: ~8 min)
+  recycle   bench/recycle_latency.py p99 during max_requests recycling vs steady, plain
+                                     gunicorn beside smartspawn (full mode only: ~2 min)
 
 then writes OUT/index.md, the PNGs and OUT/results.json (bench/report.py, bench/plots.py).
 A step that fails is reported as failed, its output kept as OUT/<step>.log, and the
@@ -40,7 +44,8 @@ OOB_SCRIPT = "bench/oob_latency.py"
 QUICK_BUDGET = 120.0  # s: quick mode must stay under it
 STEP_TIMEOUT = {True: 100.0, False: 900.0}  # quick, full
 GENERATED = ("index.md", "results.json", "spawn_latency.png", "pss.png", "latency.png",
-             "oob_latency.png", "events.png")
+             "oob_latency.png", "events.png", "memory_lifecycle.png")
+FULL_ONLY = "full mode only: it would not fit the quick budget"
 
 
 def steps(quick, tmp):
@@ -57,7 +62,12 @@ def steps(quick, tmp):
             ("load", cmd("load", ["-m", "bench.load"]), None),
             ("oob", cmd("oob", [OOB_SCRIPT], oob_options(quick)) if oob else None,
              None if oob else "not yet measured: %s is not in this tree" % OOB_SCRIPT),
-            ("events", cmd("events", ["-m", "bench.events"]), None)]
+            ("events", cmd("events", ["-m", "bench.events"]), None),
+            ("lifecycle", None if quick else cmd(
+                "lifecycle", ["bench/memory_lifecycle.py", "--out", str(tmp)]),
+             FULL_ONLY if quick else None),
+            ("recycle", None if quick else cmd("recycle", ["bench/recycle_latency.py"]),
+             FULL_ONLY if quick else None)]
 
 
 def oob_options(quick):

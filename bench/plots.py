@@ -107,3 +107,27 @@ def events(runs, path):
             event["failed"], event["requests"]))
         ax.legend(fontsize=8)
     save(fig, path)
+
+
+def memory_lifecycle(runs, path):
+    """Total PSS against requests served, one line per run (colour: configuration); the
+    reforks as dots; the ideal (one warmed process + master) as a dashed line."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for color, (name, rs) in zip(COLORS, runs.items(), strict=False):
+        if "points" not in rs[0]:
+            ax.axhline(rs[0]["final"]["total_pss"], color=color, linestyle="--",
+                       linewidth=1, label=name)
+            continue
+        for n, run in enumerate(rs):
+            xs = [p["requests"] for p in run["points"]]
+            ax.plot(xs, [p["total_pss"] for p in run["points"]], color=color,
+                    alpha=1 if n == 0 else 0.45, linewidth=1.4 if n == 0 else 0.9,
+                    label=name if n == 0 else None)
+            reforks = [p for p in run["points"] if p["reforks"]]
+            ax.scatter([p["requests"] for p in reforks], [p["total_pss"] for p in reforks],
+                       color=color, s=18, zorder=3)
+    ax.set_xlabel("requests served")
+    ax.set_ylabel("total PSS of the server, MiB")
+    ax.set_title("Memory over a long run (dots: a refork started in the chunk before)")
+    ax.legend(fontsize=8)
+    save(fig, path)

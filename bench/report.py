@@ -3,7 +3,8 @@
 `results` is what bench/__main__.py collects: {"meta": {...}, "steps": {name: {"status",
 "exit", "seconds", "command", "data"}}}, where "data" is the step's own --json output
 (spawn_latency.py, template_spawn.py, refork_memory.py, load.py, oob_latency.py,
-events.py). Every figure in the page comes from there; plots.py draws the PNGs.
+events.py, memory_lifecycle.py, recycle_latency.py). Every figure in the page comes from
+there; plots.py draws the PNGs.
 """
 import statistics
 
@@ -49,7 +50,9 @@ def targets(results):
     """[(issue, target, measured, met)] for the summary table; met None = not measured."""
     return [*spawn_targets(data(results, "spawn")), *memory_targets(data(results, "memory")),
             *oob_targets(data(results, "oob")), *load_targets(data(results, "load")),
-            *event_targets(data(results, "events"))]
+            *event_targets(data(results, "events")),
+            *script_targets(data(results, "lifecycle"), "lifecycle"),
+            *script_targets(data(results, "recycle"), "recycle")]
 
 
 def spawn_targets(spawn):
@@ -103,6 +106,13 @@ def event_targets(events):
                      "%d of %d" % (s["failed"], s["requests"]),
                      None if s is None else s["failed"] == 0))
     return rows
+
+
+def script_targets(found, step):
+    """A step's own {"targets": {label: {"value", "met"}}} as summary rows."""
+    if found is None:
+        return [(step, "%s targets" % step, NOT_MEASURED, None)]
+    return [(step, label, "%.2f" % t["value"], t["met"]) for label, t in found["targets"].items()]
 
 
 # -- sections ---------------------------------------------------------------------------
@@ -301,6 +311,52 @@ def events_section(results):
     return lines + ["", "Target: 0 failed requests.", "", "![events](events.png)", ""]
 
 
+def lifecycle_section(results):
+    lines = ["## 5. Memory over a long run", "",
+             "Total PSS of a 4-worker server over the same long load of "
+             "`bench/apps/churn_app.py` (a catalogue built at import; each request fills a "
+             "bounded memo and reads shared objects, un-sharing their pages): no refork, "
+             "`fork_worker = 1000`, a hand-tuned `fork_worker` list, `refork_on_memory` (its "
+             "sampling and minimum intervals shortened to the run's length), and the ideal: "
+             "plain `gunicorn -w 1` with one worker that built the whole memo. Medians over "
+             "rounds; *mean*: averaged over the run's requests.", ""]
+    lifecycle = data(results, "lifecycle")
+    if lifecycle is None:
+        return lines + [step_note(results, "lifecycle"), ""]
+    final, mean = lifecycle["final_total_pss"], lifecycle["mean_total_pss"]
+    lines += ["| configuration | final total PSS MiB | × ideal | mean over the run | reforks "
+              "per run | failed |", "|---|---:|---:|---:|---|---:|"]
+    for name, runs in lifecycle["runs"].items():
+        lines.append("| %s | %.1f | %.2f | %s | %s | %s |" % (
+            name, final[name], final[name] / final["e ideal"], fmt(mean.get(name)),
+            ", ".join(str(len(r["reforks"])) for r in runs) if name in mean else "–",
+            sum(r["failed"] for r in runs) if name in mean else "–"))
+    plots.memory_lifecycle(lifecycle["runs"], results["out"] / "memory_lifecycle.png")
+    return lines + ["", "![memory over a long run](memory_lifecycle.png)", ""]
+
+
+def recycle_section(results):
+    lines = ["## 6. Latency during `max_requests` recycling", ""]
+    recycle = data(results, "recycle")
+    if recycle is None:
+        return lines + [step_note(results, "recycle"), ""]
+    a = recycle["args"]
+    lines += ["`--workers %d`, %d Python client processes on `GET /` of "
+              "`bench/apps/heavy_import.py` (%.1f s import); a steady server "
+              "(`max_requests = 0`) and a recycling one (`max_requests = %d`, jitter %d) per "
+              "kind, %d rounds of %d s windows, alternating; medians." % (
+                  a["workers"], a["workers"], a["import_seconds"], a["max_requests"],
+                  a["jitter"], a["rounds"], a["seconds"]), "",
+              "| server | steady p99 ms | recycling p99 ms | × steady | max recycling ms "
+              "| req/s steady | req/s recycling | workers booted per window | failed |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, s in recycle["summary"].items():
+        lines.append("| %s | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %d |" % (
+            kind, s["steady_p99"], s["recycling_p99"], s["p99_ratio"], s["recycling_max"],
+            s["steady_rps"], s["recycling_rps"], s["recycling_booted"], s["failed"]))
+    return lines + ["", "Target: smartspawn's recycling p99 ≤ 1.2× its steady p99.", ""]
+
+
 def steps_section(results):
     lines = ["## Steps of this run", "", "| step | command | status | s |", "|---|---|---|---:|"]
     for name, entry in results["steps"].items():
@@ -313,6 +369,6 @@ def steps_section(results):
 def write(results):
     """Write index.md and the PNGs into results["out"]."""
     sections = (header, summary, spawn_section, memory_section, latency_section,
-                events_section, steps_section)
+                events_section, lifecycle_section, recycle_section, steps_section)
     lines = [line for section in sections for line in section(results)]
     (results["out"] / "index.md").write_text("\n".join(lines).rstrip() + "\n")
