@@ -10,7 +10,9 @@ an endpoint that leaves ~3 000 objects of cyclic garbage per request), side by s
   C  (--also-no-oob) ``gunicorn -k smartspawn.Worker`` without oob_gc: what freezing
      alone gives, to tell it apart from moving the collections out of requests.
 
-Each server has --workers W (default 2) and binds 127.0.0.1:0 with its own
+Each server has --workers W (default 4: the configuration DESIGN.md's baseline was
+measured with, and close to gunicorn's advice of 2 x cores + 1 on this 2-core machine;
+with 2 workers the clients' own CPU weighs more, see docs/out-of-band.md) and binds 127.0.0.1:0 with its own
 --control-socket. The load (concurrency = W) is, by default, W client processes, each
 sending one request per connection, back to back, until the run's deadline; every
 request's latency is recorded as measured. With --client wrk it is wrk (one thread, W
@@ -170,7 +172,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="measured A/B rounds (3)")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per run (10)")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 4 s")
-    parser.add_argument("--workers", type=int, default=2, help="workers per server (2)")
+    parser.add_argument("--workers", type=int, default=4, help="workers per server (4)")
     parser.add_argument("--client", choices=("python", "wrk"), default="python",
                         help="python (default): every request's own latency; wrk: its "
                         "percentiles are corrected for coordinated omission (see above)")
