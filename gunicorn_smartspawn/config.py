@@ -24,14 +24,16 @@ def validate_spawn_method(val):
     return val.strip().lower()
 
 
-def validate_optional_seconds(val):
-    if val is None:
-        return None
+def validate_positive(val):
     if isinstance(val, bool) or not isinstance(val, (int, float)):
-        raise TypeError("must be a number of seconds or None")
+        raise TypeError("must be a number")
     if not math.isfinite(val) or val <= 0:
-        raise ValueError("must be a finite number > 0 (or None)")
+        raise ValueError("must be a finite number > 0")
     return float(val)
+
+
+def validate_optional_seconds(val):
+    return None if val is None else validate_positive(val)
 
 
 class SpawnMethod(Setting):
@@ -306,16 +308,7 @@ class OnOobWork(Setting):
         """
 
 
-
 # -- memory-aware worker lifecycle (lifecycle.py) ---------------------------------------
-
-def validate_positive(val):
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
-        raise TypeError("must be a number")
-    if not math.isfinite(val) or val <= 0:
-        raise ValueError("must be a finite number > 0")
-    return float(val)
-
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2,
               "mb": 1024 ** 2, "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3,
