@@ -1,5 +1,6 @@
 """The memory-aware lifecycle: spawn before retire, memory limits and reforks, the idle
 preloader, fork gates (real gunicorn, real processes, real memory)."""
+import concurrent.futures
 import json
 import os
 import re
@@ -40,6 +41,24 @@ def template_pid(server, generation):
     match = re.search(r"Refork to generation %d .*worker \(pid: (\d+)" % generation,
                       server.log())
     return int(match.group(1)) if match else None
+
+
+def reach_every_worker(server, path):
+    """GET `path` until every worker answered it (concurrent requests of 0.3 s each)."""
+    workers = set(server.worker_pids())
+    answered = set()
+    with concurrent.futures.ThreadPoolExecutor(len(workers)) as pool:
+        for _ in range(10):
+            answered |= {f.result()["pid"] for f in [
+                pool.submit(server.get_json, path) for _ in workers]}
+            if answered >= workers:
+                return
+    raise AssertionError("%s reached %s only, of %s" % (path, answered, workers))
+
+
+def hold_gates_in_every_worker(server, seconds):
+    """A prevent_fork() block held in each worker, whichever becomes the template."""
+    reach_every_worker(server, "/gate?%s" % seconds)
 
 
 def oldest_worker(server):
@@ -95,11 +114,7 @@ def test_refork_on_memory_reforks_when_workers_unshare_never_within_the_interval
 
 def test_prevent_fork_delays_a_urg_refork_until_released(make_server):
     server = make_server("lifecycle.py", workers=2, config="fork_worker = True\n").start()
-    holders = set()
-    for _ in range(50):  # a held gate in both workers: whichever becomes the template
-        holders.add(server.get_json("/gate?2.5")["pid"])
-        if holders == set(server.worker_pids()):
-            break
+    hold_gates_in_every_worker(server, 2.5)
     server.signal(signal.SIGURG)
     server.wait_log(r"refork to generation 2 \(URG\) done", timeout=30)
     log = server.log()
@@ -110,10 +125,7 @@ def test_prevent_fork_delays_a_urg_refork_until_released(make_server):
 def test_prevent_fork_past_graceful_timeout_abandons_then_retries(make_server):
     server = make_server("lifecycle.py", workers=2, config="fork_worker = True\n",
                          args=["--graceful-timeout", "1"]).start()
-    pid = oldest_worker(server)
-    for _ in range(50):
-        if server.get_json("/gate?4")["pid"] == pid:
-            break
+    hold_gates_in_every_worker(server, 4)
     server.signal(signal.SIGURG)
     server.wait_log(r"will not become the template: a prevent_fork\(\) block ran for more "
                     r"than 1(\.0)?s", timeout=10)
@@ -125,8 +137,7 @@ def test_prevent_fork_past_graceful_timeout_abandons_then_retries(make_server):
 def test_a_worker_marked_no_longer_fork_safe_never_becomes_the_template(make_server):
     server = make_server("lifecycle.py", workers=2, config="fork_worker = True\n").start()
     unsafe = oldest_worker(server)
-    wait_for(lambda: server.get_json("/unsafe?%d" % unsafe)["marked"], timeout=20,
-             what="the oldest worker marked")
+    reach_every_worker(server, "/unsafe?%d" % unsafe)
     server.signal(signal.SIGURG)
     server.wait_log(r"refork to generation 2 \(URG\) done", timeout=30)
     assert template_pid(server, 2) not in (None, unsafe)
