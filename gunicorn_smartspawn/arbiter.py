@@ -195,8 +195,8 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
 
     def wait_for_signals(self, timeout=1.0):
         """Wait for a signal or a spawner message; returns the signals."""
-        if self.refork is not None:
-            timeout = min(timeout, 0.05)  # a refork advances as workers boot
+        if self.refork is not None or self.outgoing:
+            timeout = min(timeout, 0.05)  # a refork or a replacement advances as workers boot
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)
         channels = [s.channel for s in self.spawners]
