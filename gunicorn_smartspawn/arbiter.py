@@ -381,7 +381,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         if worker is None:
             return {}
         return {"generation": worker.generation, "spawned_from": worker.spawned_from,
-                "uss": getattr(worker, "uss", None), "outgoing": self.outgoing.get(pid),
+                "uss": worker.uss, "outgoing": self.outgoing.get(pid),
                 **self.counters.snapshot(worker.slot)}
 
     def smartspawn_stats(self):

@@ -155,7 +155,7 @@ class LifecycleMixin:
     def enforce_memory_limit(self, sampled, limit):
         for worker in sampled:
             over = worker.uss > limit
-            worker.over_limit = getattr(worker, "over_limit", 0) + 1 if over else 0
+            worker.over_limit = worker.over_limit + 1 if over else 0
             if worker.over_limit >= SAMPLES_IN_A_ROW and self.refork is None:
                 self.replace_worker(
                     worker, "its private memory (USS) %.1f MiB stayed above "
@@ -208,8 +208,7 @@ class LifecycleMixin:
         if template is None:
             return
         for worker in self.WORKERS.values():
-            if (worker.spawner_pid == template.pid and not getattr(worker, "served", False)
-                    and booted(worker)):
+            if worker.spawner_pid == template.pid and not worker.served and booted(worker):
                 worker.served = True
                 self.template_child_failures = 0  # a success breaks the row
         if self.template_child_failures < TEMPLATE_CHILD_FAILURES:

@@ -49,6 +49,11 @@ class SmartWorkerMixin:
     template_requested = False
     retire_after = sys.maxsize  # max_requests (+ jitter), when the master replaces us
     retire_asked = None       # when we asked the master for a replacement
+    # The master's record of this worker (lifecycle.py): its last memory sample, the
+    # samples in a row above max_worker_memory, and whether it was seen serving.
+    uss = rss = None
+    over_limit = 0
+    served = False
 
     @classmethod
     def setup(cls):
