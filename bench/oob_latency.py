@@ -12,17 +12,18 @@ an endpoint that leaves ~3 000 objects of cyclic garbage per request), side by s
 
 Each server has --workers W (default 4: the configuration DESIGN.md's baseline was
 measured with, and close to gunicorn's advice of 2 x cores + 1 on this 2-core machine;
-with 2 workers the clients' own CPU weighs more, see docs/out-of-band.md) and binds 127.0.0.1:0 with its own
---control-socket. The load (concurrency = W) is, by default, W client processes, each
-sending one request per connection, back to back, until the run's deadline; every
-request's latency is recorded as measured. With --client wrk it is wrk (one thread, W
-connections): its throughput is comparable, but wrk 4.1 "corrects" its latency histogram
-for coordinated omission (stats_correct: a response that took k times the mean interval
-adds k synthetic samples), so its percentiles describe a constant-rate client and are
-much higher than per-request ones whenever a server stalls. Runs alternate A B [C] A B [C]
-..., per endpoint (/garbage, then /hello), after one unmeasured warm-up run per server and
-endpoint. For each run: p50 / p99 / p99.9 latency and requests per second; the report
-gives per-server medians and the median of the per-round ratios B/A, against the targets:
+with 2 workers the clients' own CPU weighs more, see docs/out-of-band.md) and binds
+127.0.0.1:0 with its own --control-socket. The load (concurrency = W) is, by default, W
+client processes, each sending one request per connection, back to back, until the run's
+deadline; every request's latency is recorded as measured. With --client wrk it is wrk
+(one thread, W connections): its throughput is comparable, but wrk 4.1 "corrects" its
+latency histogram for coordinated omission (stats_correct: a response that took k times
+the mean interval adds k synthetic samples), so its percentiles describe a constant-rate
+client and are much higher than per-request ones whenever a server stalls. Runs
+alternate A B [C] A B [C] ..., per endpoint (/garbage, then /hello), after one
+unmeasured warm-up run per server and endpoint. For each run: p50 / p99 / p99.9 latency
+and requests per second; the report gives per-server medians and the median of the
+per-round ratios B/A, against the targets:
 
   /garbage: p99 of B <= 0.7 x A, at a throughput >= 0.97 x A's;
   /hello:   throughput of B >= 0.98 x A's (the plugin adds no per-request cost).
