@@ -15,6 +15,11 @@ A path ending in "{id}" asks for a random id in 1..ids each time (seeded, reprod
 - PythonLoad: C client processes (no shared GIL), one request per connection, back to back,
   until stopped or their deadline; every request is kept as (start, end, ok) on
   CLOCK_MONOTONIC, so a window of time can be cut out of a run (events.py).
+  With `rate` (requests/s in all) the clients are paced instead (open loop): each sends
+  on a fixed schedule whatever the server does, as independent users would, and a
+  request's start is the time it was due, so time spent behind a slow answer counts
+  (no coordinated omission). Paced load leaves the CPU the headroom a production server
+  has; back-to-back load saturates it.
 """
 import multiprocessing
 import random
@@ -84,15 +89,23 @@ def exchange(port, request):
     return data
 
 
-def client_loop(port, path, ids, seed, deadline, stop, pipe):
-    """One connection's worth of load, in its own process: request after request."""
+def client_loop(port, path, ids, seed, deadline, stop, pipe, rate=0.0):
+    """One connection's worth of load, in its own process: request after request, or one
+    every 1/rate s (then `started` is when it was due: a late one counts its wait)."""
     prefix, random_ids = split_path(path)
     rng = random.Random(seed)
     samples = []
-    while time.monotonic() < deadline and not stop.is_set():
+    due = time.monotonic() + (rng.random() / rate if rate else 0.0)  # clients out of step
+    while not stop.is_set():
+        due = due if rate else time.monotonic()
+        if due >= deadline:
+            break
         target = prefix + str(rng.randint(1, ids)) if random_ids else prefix
         request = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % target).encode()
-        started = time.monotonic()
+        started = due
+        if rate:
+            time.sleep(max(0.0, due - time.monotonic()))
+            due += 1.0 / rate
         ok = False
         try:
             data = exchange(port, request)
@@ -107,11 +120,13 @@ def client_loop(port, path, ids, seed, deadline, stop, pipe):
 
 
 class PythonLoad:
-    """`connections` client processes, started by start(), stopped by stop()."""
+    """`connections` client processes, started by start(), stopped by stop(); paced at
+    `rate` requests/s in all if given."""
 
-    def __init__(self, port, path, ids=0, connections=2, max_seconds=60.0):
+    def __init__(self, port, path, ids=0, connections=2, max_seconds=60.0, rate=0.0):
         self.args = (port, path, ids)
         self.connections, self.max_seconds = connections, max_seconds
+        self.rate = rate / connections
         self.context = multiprocessing.get_context("fork")
         self.stop_event = self.context.Event()
         self.clients = []
@@ -121,15 +136,18 @@ class PythonLoad:
         for n in range(self.connections):
             receiver, sender = self.context.Pipe(duplex=False)
             process = self.context.Process(target=client_loop, args=(
-                *self.args, random.randrange(1 << 30) + n, deadline, self.stop_event, sender))
+                *self.args, random.randrange(1 << 30) + n, deadline, self.stop_event, sender,
+                self.rate))
             process.start()
             sender.close()
             self.clients.append((process, receiver))
         return self
 
-    def stop(self):
-        """-> every request of every client: [(start, end, ok)], sorted by start."""
-        self.stop_event.set()
+    def stop(self, early=True):
+        """-> every request of every client: [(start, end, ok)], sorted by start. Not
+        `early`: the clients first finish what is due before their deadline."""
+        if early:
+            self.stop_event.set()
         samples = []
         try:
             for _, receiver in self.clients:
@@ -164,8 +182,8 @@ def summarize(samples, start=None, end=None):
             "errors": sum(not ok for _, _, ok in chosen)}
 
 
-def run_python(port, path, ids, connections, seconds):
-    load = PythonLoad(port, path, ids, connections, max_seconds=seconds).start()
+def run_python(port, path, ids, connections, seconds, rate=0.0):
+    load = PythonLoad(port, path, ids, connections, max_seconds=seconds, rate=rate).start()
     started = time.monotonic()
     time.sleep(seconds)
     return summarize(load.stop(), started, started + seconds)

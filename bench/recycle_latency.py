@@ -7,31 +7,44 @@ cost. Four servers run side by side, each `--workers 4` on 127.0.0.1:0 with its 
 control socket:
 
   plain steady        gunicorn (sync workers, each imports the app), max_requests = 0
-  plain recycling     the same with max_requests = 200, max_requests_jitter = 50
+  plain recycling     the same with max_requests = 1000, max_requests_jitter = 200
   smartspawn steady   gunicorn -k smartspawn.Worker, max_requests = 0
-  smartspawn recycling  the same with max_requests = 200, max_requests_jitter = 50
+  smartspawn recycling  the same with max_requests = 1000, max_requests_jitter = 200
                       (a worker at its limit keeps serving until its replacement, forked
                       from the preloader, serves: spawn before retire)
 
-Load: loadgen's Python client, --workers client processes (concurrency = workers), one
-request per connection, every request's own latency (no coordinated-omission
-correction). After one unmeasured warm-up run per server, each round runs the four
+Two loads, both from loadgen's Python client processes, one request per connection,
+every request's own latency:
+
+  saturated  --workers clients back to back: the CPU is always busy, so any work a
+             recycle adds (forks, exits, page copies) delays requests;
+  paced      2 x --workers clients sending --rate requests/s in all on a fixed schedule
+             (open loop; a late request counts from when it was due): the headroom a
+             production server keeps.
+
+After one unmeasured warm-up run per server, each round runs, for each load, the four
 windows of --seconds (8) in turn, in alternating order (plain steady, smartspawn steady,
 plain recycling, smartspawn recycling, then the reverse); before each window the server
 must be idle (its processes used < 5 % of a CPU for 0.5 s), so a plain worker still
-importing after the previous window does not slow the next one. Workers booted during a
-window are counted from the log ("Booting worker").
+importing after the previous window does not slow the next one.
 
-Reported per kind (plain, smartspawn): steady and recycling p99 (medians over rounds),
-the median of the per-round ratios recycling/steady, p99.9, max, requests/s, failed
-requests (non-2xx and connection errors) and workers booted per window. A client that
-waits for a stalled server sends fewer requests meanwhile, so a stall shows in max and
-requests/s more than in p99 (plain gunicorn's re-imports). Targets (--check exits 1
-when one is missed): smartspawn's recycling p99 <= 1.2 x its steady p99, and 0 failed
-requests for smartspawn. Plain gunicorn's ratio is shown beside it, not checked.
+*During a recycle*: every server logs, with gunicorn's hooks, when a worker is forked
+(post_fork), ready (post_worker_init) and reaped (child_exit). A recycle lasts from the
+earliest to the latest of a new worker's fork and readiness and the nearest exit (within
+2 s): for smartspawn, from the replacement's fork to the old worker's exit; for plain
+gunicorn, from the old worker's exit to the end of its replacement's import. The
+requests in flight at any time of a recycle are the ones *during* it.
 
-    python bench/recycle_latency.py [--quick] [--rounds R] [--seconds S] [--json PATH]
-                                    [--check]
+Reported per kind and load: steady p99, recycling p99 over the whole window, p99 during
+recycles (and the share of requests that were), each as medians over rounds, the
+median of the per-round ratios to the steady p99, max, requests/s, failed requests
+(non-2xx and connection errors) and recycles per window. Targets (--check exits 1 when
+one is missed): smartspawn's p99 during recycles <= 1.2 x its steady p99, under each
+load, and 0 failed requests for smartspawn. Plain gunicorn's ratios are shown beside
+them, not checked.
+
+    python bench/recycle_latency.py [--quick] [--rounds R] [--seconds S] [--rate R]
+                                    [--json PATH] [--check]
 """
 import argparse
 import statistics
@@ -50,17 +63,64 @@ from bench.server import (SMARTSPAWN, BenchError, Server, Servers, product_sourc
 
 KINDS = {"plain": [], "smartspawn": SMARTSPAWN}  # name -> gunicorn args
 WINDOWS = ("steady", "recycling")
+LOADS = ("saturated", "paced")
 RECYCLING = "max_requests = %(max_requests)d\nmax_requests_jitter = %(jitter)d\n"
+HOOKS = """
+import os, time
+
+def event(kind, pid):
+    with open(%(events)r, "a") as log:
+        log.write("%%.6f %%s %%d\\n" %% (time.monotonic(), kind, pid))
+
+def post_fork(server, worker):
+    event("fork", os.getpid())
+
+def post_worker_init(worker):
+    event("ready", os.getpid())
+
+def child_exit(server, worker):
+    event("exit", worker.pid)
+"""
+PAIRING = 2.0  # s: a worker's exit and its replacement's fork are this close at most
 TARGET_RATIO = 1.2
 
 
 def make_servers(args, workdir):
     """{(kind, window): Server}, in the order of a round."""
     env = {"HEAVY_IMPORT_SECONDS": str(args.import_seconds)}
-    config = {"steady": "", "recycling": RECYCLING % vars(args)}
-    return {(kind, window): Server("%s %s" % (kind, window), workdir / ("%s-%s" % (
-        kind, window)), "heavy_import:app", gunicorn_args, config[window], args.workers, env)
-            for window in WINDOWS for kind, gunicorn_args in KINDS.items()}
+    servers = {}
+    for window in WINDOWS:
+        for kind, gunicorn_args in KINDS.items():
+            root = workdir / ("%s-%s" % (kind, window))
+            config = (RECYCLING % vars(args) if window == "recycling" else "") + HOOKS % {
+                "events": str(root / "events.log")}
+            servers[kind, window] = Server("%s %s" % (kind, window), root, "heavy_import:app",
+                                           gunicorn_args, config, args.workers, env)
+    return servers
+
+
+def recycles(server, start, end):
+    """[(from, to)] of the recycles that overlap [start, end] (CLOCK_MONOTONIC s)."""
+    path = server.root / "events.log"
+    events = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    exits = [float(t) for t, kind, _ in events if kind == "exit"]
+    ready = {pid: float(t) for t, kind, pid in events if kind == "ready"}
+    spans = []
+    for t, kind, pid in events:
+        if kind != "fork":
+            continue
+        forked = float(t)
+        times = [forked, ready.get(pid, forked)]
+        nearest = min(exits, key=lambda e, f=forked: abs(e - f), default=None)
+        if nearest is not None and abs(nearest - forked) <= PAIRING:
+            times.append(nearest)
+        spans.append((min(times), max(times)))
+    return [(a, b) for a, b in spans if b >= start and a <= end]
+
+
+def during(samples, spans):
+    """The samples (start, end, ok) in flight at some time of one of the spans."""
+    return [s for s in samples if any(s[0] <= b and s[1] >= a for a, b in spans)]
 
 
 def tree_cpu(server):
@@ -85,78 +145,112 @@ def wait_idle(server, timeout):
     wait_for(lambda: server.alive() and idle(), timeout, "%s to be idle" % server.name, 0)
 
 
-def window(server, args):
-    """One measured window -> loadgen figures + the workers booted meanwhile."""
+def window(server, load, args):
+    """One measured window -> loadgen figures, the same during recycles, the recycles."""
     wait_idle(server, args.timeout)
-    since = len(server.log())
-    result = loadgen.run_python(server.port, "/", 0, args.workers, args.seconds)
+    paced = load == "paced"
+    clients = args.workers * (2 if paced else 1)
+    run = loadgen.PythonLoad(server.port, "/", 0, clients, max_seconds=args.seconds,
+                             rate=args.rate if paced else 0.0).start()
+    started = time.monotonic()
+    time.sleep(args.seconds)
+    samples = run.stop(early=not paced)  # paced clients finish their schedule
     server.alive()
-    result["booted"] = server.log()[since:].count("Booting worker")
+    result = loadgen.summarize(samples, started, started + args.seconds)
+    spans = recycles(server, started, started + args.seconds)
+    inside = during([s for s in samples if started <= s[0] < started + args.seconds], spans)
+    result["recycles"] = len(spans)
+    result["during"] = loadgen.summarize(inside) if inside else None
+    result["during_share"] = len(inside) / max(1, result["requests"] + result["errors"])
     return result
 
 
 def run(args, workdir):
     servers = make_servers(args, workdir)
-    runs = {key: [] for key in servers}
+    runs = {(load, *key): [] for load in LOADS for key in servers}
     with Servers() as started:
         started.start(*servers.values(), timeout=args.timeout)
         for server in servers.values():
             loadgen.run_python(server.port, "/", 0, args.workers, 2)  # warm-up
         for round_no in range(args.rounds):
-            order = list(servers) if round_no % 2 == 0 else list(servers)[::-1]
-            for key in order:
-                result = window(servers[key], args)
-                runs[key].append(result)
-                print("round %d %-22s %6.0f req/s  p50 %6.2f  p99 %7.2f  max %7.1f ms  "
-                      "failed %d  booted %d" % (round_no + 1, servers[key].name,
-                                                result["rps"], result["p50"], result["p99"],
-                                                result["max"], result["errors"],
-                                                result["booted"]), flush=True)
+            for load in LOADS:
+                order = list(servers) if round_no % 2 == 0 else list(servers)[::-1]
+                for key in order:
+                    result = window(servers[key], load, args)
+                    runs[(load, *key)].append(result)
+                    inside = result["during"]
+                    print("round %d %-9s %-22s %6.0f req/s  p99 %7.2f  during recycles %s  "
+                          "max %7.1f ms  failed %d  recycles %d" % (
+                              round_no + 1, load, servers[key].name, result["rps"],
+                              result["p99"], "%7.2f" % inside["p99"] if inside else "    -",
+                              result["max"], result["errors"], result["recycles"]),
+                          flush=True)
     if started.killed:
         raise BenchError("processes outlived their server: %s" % started.killed)
     return {"benchmark": "recycle_latency", "args": vars(args),
             "revision": product_source()["git"],
-            "runs": {"%s %s" % key: value for key, value in runs.items()}}
+            "runs": {"%s %s %s" % key: value for key, value in runs.items()}}
+
+
+def medians(steady, recycling):
+    """One kind under one load: medians over rounds and the per-round ratios."""
+    pairs = list(zip(steady, recycling, strict=True))
+    timed = [(s, r) for s, r in pairs if r["during"]]
+    return {
+        **{"%s_%s" % (w, k): statistics.median(r[k] for r in rs)
+           for w, rs in (("steady", steady), ("recycling", recycling))
+           for k in ("p99", "p999", "max", "rps")},
+        "p99_ratio": statistics.median(r["p99"] / s["p99"] for s, r in pairs),
+        "during_p99": statistics.median(r["during"]["p99"] for _, r in timed) if timed else None,
+        "during_ratio": statistics.median(r["during"]["p99"] / s["p99"] for s, r in timed)
+        if timed else None,
+        "during_share": statistics.median(r["during_share"] for r in recycling),
+        "recycles": statistics.median(r["recycles"] for r in recycling),
+        "failed": sum(r["errors"] for r in steady + recycling)}
 
 
 def summarize(result):
-    """Per kind: medians, the ratio, failures; prints the table. -> missed targets."""
-    runs, summary = result["runs"], {}
-    for kind in KINDS:
-        steady, recycling = runs[kind + " steady"], runs[kind + " recycling"]
-        summary[kind] = {
-            **{"%s_%s" % (w, k): statistics.median(r[k] for r in rs)
-               for w, rs in (("steady", steady), ("recycling", recycling))
-               for k in ("p99", "p999", "max", "rps", "booted")},
-            "p99_ratio": statistics.median(r["p99"] / s["p99"]
-                                           for s, r in zip(steady, recycling, strict=True)),
-            "failed": sum(r["errors"] for r in steady + recycling)}
-    args = result["args"]
-    print("\n%d workers, concurrency %d, GET / of heavy_import (%.1f s import), "
-          "max_requests %d + jitter %d; %d round(s) of %d s windows; medians; "
-          "gunicorn_smartspawn %s\n" % (args["workers"], args["workers"], args["import_seconds"],
-                                        args["max_requests"], args["jitter"], args["rounds"],
-                                        args["seconds"], result["revision"]))
-    print("| server | steady p99 ms | recycling p99 ms | recycling / steady | p99.9 steady / "
-          "recycling | max steady / recycling | req/s steady / recycling | workers booted "
-          "per window | failed |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for kind, s in summary.items():
-        print("| %s | %.2f | %.2f | %.2f | %.1f / %.1f | %.0f / %.0f | %.0f / %.0f | %.0f | %d |"
-              % (kind, s["steady_p99"], s["recycling_p99"], s["p99_ratio"], s["steady_p999"],
-                 s["recycling_p999"], s["steady_max"], s["recycling_max"], s["steady_rps"],
-                 s["recycling_rps"], s["recycling_booted"], s["failed"]))
-    smart = summary["smartspawn"]
-    targets = {"smartspawn recycling p99 <= %.1f x steady" % TARGET_RATIO:
-               (smart["p99_ratio"], smart["p99_ratio"] <= TARGET_RATIO),
-               "smartspawn failed requests = 0": (smart["failed"], smart["failed"] == 0)}
+    """Per load and kind: medians, ratios, failures; prints the tables. -> missed targets."""
+    runs, args = result["runs"], result["args"]
+    summary = {"%s %s" % (load, kind): medians(runs["%s %s steady" % (load, kind)],
+                                               runs["%s %s recycling" % (load, kind)])
+               for load in LOADS for kind in KINDS}
+    print("\n%d workers, GET / of heavy_import (%.1f s import), max_requests %d + jitter %d; "
+          "saturated: %d clients back to back; paced: %d clients, %d req/s in all; %d round(s) "
+          "of %d s windows; medians; gunicorn_smartspawn %s\n" % (
+              args["workers"], args["import_seconds"], args["max_requests"], args["jitter"],
+              args["workers"], 2 * args["workers"], args["rate"], args["rounds"],
+              args["seconds"], result["revision"]))
+    print("| load | server | steady p99 ms | recycling p99 ms | × steady | p99 during recycles "
+          "ms | × steady | requests during recycles | max recycling ms | req/s steady / "
+          "recycling | recycles per window | failed |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, m in summary.items():
+        print("| %s | %.2f | %.2f | %.2f | %s | %s | %.0f %% | %.0f | %.0f / %.0f | %.0f | %d |"
+              % (" | ".join(name.split()), m["steady_p99"], m["recycling_p99"], m["p99_ratio"],
+                 fmt(m["during_p99"]), fmt(m["during_ratio"]), 100 * m["during_share"],
+                 m["recycling_max"], m["steady_rps"], m["recycling_rps"], m["recycles"],
+                 m["failed"]))
+    targets = {}
+    for load in LOADS:
+        ratio = summary["%s smartspawn" % load]["during_ratio"]
+        targets["smartspawn p99 during recycles <= %.1f x steady, %s" % (TARGET_RATIO, load)] = (
+            ratio if ratio is not None else float("nan"),
+            ratio is not None and ratio <= TARGET_RATIO)
+    failed = sum(summary["%s smartspawn" % load]["failed"] for load in LOADS)
+    targets["smartspawn failed requests = 0"] = (failed, failed == 0)
     print("\n| target | value | |\n|---|---:|---|")
     for label, (value, met) in targets.items():
         print("| %s | %.2f | %s |" % (label, value, "met" if met else "MISSED"))
-    print("(plain gunicorn: recycling / steady p99 = %.2f, not a target)"
-          % summary["plain"]["p99_ratio"])
+    print("(plain gunicorn, p99 during recycles / steady: %s)" % ", ".join(
+        "%s %s" % (load, fmt(summary["%s plain" % load]["during_ratio"])) for load in LOADS))
     result.update(summary=summary, targets={
         label: {"value": value, "met": met} for label, (value, met) in targets.items()})
     return [label for label, (_, met) in targets.items() if not met]
+
+
+def fmt(value):
+    return "-" if value is None else "%.2f" % value
 
 
 def main(argv=None):
@@ -165,8 +259,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, help="rounds of the four windows (3)")
     parser.add_argument("--seconds", type=int, help="seconds per window (8)")
     parser.add_argument("--workers", type=int, default=4, help="workers = clients (4)")
-    parser.add_argument("--max-requests", type=int, default=200, help="recycling (200)")
-    parser.add_argument("--jitter", type=int, default=50, help="max_requests_jitter (50)")
+    parser.add_argument("--rate", type=float, default=2000.0,
+                        help="requests/s of the paced load, in all (2000)")
+    parser.add_argument("--max-requests", type=int, default=1000, help="recycling (1000)")
+    parser.add_argument("--jitter", type=int, default=200, help="max_requests_jitter (200)")
     parser.add_argument("--import-seconds", type=float, default=0.7,
                         help="CPU time of the app's import, s (0.7)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of waits (60)")

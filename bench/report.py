@@ -341,20 +341,28 @@ def recycle_section(results):
     if recycle is None:
         return lines + [step_note(results, "recycle"), ""]
     a = recycle["args"]
-    lines += ["`--workers %d`, %d Python client processes on `GET /` of "
-              "`bench/apps/heavy_import.py` (%.1f s import); a steady server "
-              "(`max_requests = 0`) and a recycling one (`max_requests = %d`, jitter %d) per "
-              "kind, %d rounds of %d s windows, alternating; medians." % (
-                  a["workers"], a["workers"], a["import_seconds"], a["max_requests"],
-                  a["jitter"], a["rounds"], a["seconds"]), "",
-              "| server | steady p99 ms | recycling p99 ms | × steady | max recycling ms "
-              "| req/s steady | req/s recycling | workers booted per window | failed |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for kind, s in recycle["summary"].items():
-        lines.append("| %s | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f | %.0f | %d |" % (
-            kind, s["steady_p99"], s["recycling_p99"], s["p99_ratio"], s["recycling_max"],
-            s["steady_rps"], s["recycling_rps"], s["recycling_booted"], s["failed"]))
-    return lines + ["", "Target: smartspawn's recycling p99 ≤ 1.2× its steady p99.", ""]
+    lines += ["`--workers %d` on `GET /` of `bench/apps/heavy_import.py` (%.1f s import); a "
+              "steady server (`max_requests = 0`) and a recycling one (`max_requests = %d`, "
+              "jitter %d) per kind; two loads of Python clients: *saturated* (%d clients back "
+              "to back) and *paced* (%d clients, %.0f requests/s in all, open loop); %d rounds "
+              "of %d s windows, alternating; medians. *During recycles*: the requests in "
+              "flight while a worker was being replaced (from the first to the last of the "
+              "replacement's fork and readiness and the old worker's exit, from gunicorn's "
+              "hooks)." % (a["workers"], a["import_seconds"], a["max_requests"], a["jitter"],
+                           a["workers"], 2 * a["workers"], a["rate"], a["rounds"],
+                           a["seconds"]), "",
+              "| load | server | steady p99 ms | recycling p99 ms | × steady | p99 during "
+              "recycles ms | × steady | requests during recycles | max recycling ms | req/s "
+              "steady | req/s recycling | recycles per window | failed |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in recycle["summary"].items():
+        lines.append("| %s | %.2f | %.2f | %.2f | %s | %s | %.0f %% | %.0f | %.0f | %.0f | %.0f "
+                     "| %d |" % (" | ".join(name.split()), s["steady_p99"], s["recycling_p99"],
+                                 s["p99_ratio"], fmt(s["during_p99"], "%.2f"),
+                                 fmt(s["during_ratio"], "%.2f"), 100 * s["during_share"],
+                                 s["recycling_max"], s["steady_rps"], s["recycling_rps"],
+                                 s["recycles"], s["failed"]))
+    return lines + ["", "Target: smartspawn's p99 during recycles ≤ 1.2× its steady p99.", ""]
 
 
 def steps_section(results):
