@@ -9,7 +9,8 @@ once, and nothing else:
 - ``BaseApplication.wsgi``: returns None in the master when smart spawning is on, so
   ``--preload`` never imports the app there (the preloader does);
 - the control socket's ``CommandHandlers.show_workers`` and ``show_stats`` (they add
-  smartspawn's fields) and ``ControlSocketServer._execute_command`` (adds ``refork``).
+  smartspawn's fields), ``CommandHandlers.help`` and
+  ``ControlSocketServer._execute_command`` (add ``refork``).
 
 SmartArbiter overrides, each extending the gunicorn method of the same name: start,
 init_signals, wakeup, wait_for_signals (also reads the spawners' channels),
@@ -51,6 +52,7 @@ GUNICORN_RUN = Arbiter.run
 GUNICORN_WSGI = BaseApplication.wsgi
 GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
 GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
+GUNICORN_HELP = ctl_handlers.CommandHandlers.help
 GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
 
 # How long a spawn request may go unanswered before its spawner is deemed stuck.
@@ -91,6 +93,12 @@ def install():
             result.update(self.arbiter.smartspawn_stats())
         return result
 
+    def help_(self):
+        result = GUNICORN_HELP(self)
+        if isinstance(self.arbiter, SmartArbiter):
+            result["commands"]["refork"] = "Re-fork every worker from a warmed one (URG)"
+        return result
+
     def execute_command(self, parts):
         if parts and parts[0].lower() == "refork" and isinstance(self.arbiter, SmartArbiter):
             return self.arbiter.queue_refork()
@@ -100,6 +108,7 @@ def install():
     BaseApplication.wsgi = wsgi
     ctl_handlers.CommandHandlers.show_workers = show_workers
     ctl_handlers.CommandHandlers.show_stats = show_stats
+    ctl_handlers.CommandHandlers.help = help_
     ctl_server.ControlSocketServer._execute_command = execute_command
 
 

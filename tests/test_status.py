@@ -89,6 +89,7 @@ def test_control_socket_shows_smartspawn_fields_and_reforks(make_server):
         assert {w["spawned_from"] for w in workers} == {"preloader"}
         stats = client.send_command("show", ["stats"])
         assert stats["generation"] == 1 and stats["preloader_pid"] == server.preloader_pid()
+        assert "refork" in client.send_command("help")["commands"]
         assert client.send_command("refork") == {"status": "refork requested"}
     server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
 
