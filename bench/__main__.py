@@ -11,7 +11,8 @@ Runs each benchmark as a subprocess with --json (one after the other, never two 
   lifecycle bench/memory_lifecycle.py  total PSS over a long run: no refork, fork_worker,
                                      refork_on_memory (full mode only: ~8 min)
   recycle   bench/recycle_latency.py p99 during max_requests recycling vs steady, plain
-                                     gunicorn beside smartspawn (full mode only: ~2 min)
+                                     gunicorn beside smartspawn, saturated and paced (full
+                                     mode only: ~4 min)
 
 then writes OUT/index.md, the PNGs and OUT/results.json (bench/report.py, bench/plots.py).
 A step that fails is reported as failed, its output kept as OUT/<step>.log, and the
