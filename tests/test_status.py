@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from gunicorn.ctl.client import ControlClient
 
@@ -81,10 +82,15 @@ def test_control_socket_shows_smartspawn_fields_and_reforks(make_server):
     with ControlClient(str(server.root / "gunicorn.ctl")) as client:
         def served():
             return sum(w["requests"] for w in client.send_command("show", ["workers"])["workers"])
-        before = served()  # readiness probes
+        def settled():  # the readiness probes, once a worker has counted the last one
+            first = served()
+            time.sleep(0.2)
+            return (first,) if served() == first else None
+        (before,) = wait_for(settled, what="a settled request count")
         for _ in range(4):
             server.request()
-        assert served() == before + 4
+        # A worker counts a request once its response is sent: the count may trail.
+        wait_for(lambda: served() == before + 4, what="4 more requests counted")
         workers = client.send_command("show", ["workers"])["workers"]
         assert {w["spawned_from"] for w in workers} == {"preloader"}
         stats = client.send_command("show", ["stats"])

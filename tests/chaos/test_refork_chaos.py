@@ -102,7 +102,9 @@ def test_template_killed_during_a_refork(chaos_server, phase):
         r"Spawner \(pid: %d\) was sent SIGKILL" % template,
         r"Worker \(pid:%d\) was sent SIGKILL" % template,
         r"template \(pid: %d, gen=2\) exited; spawning from the preloader" % template,
-        r"Worker \d+ was not spawned: template \(pid: %d" % template])
+        r"Worker \d+ was not spawned: template \(pid: %d" % template,
+        # a spawn request the master sent as the kill landed
+        r"Spawn request to template \(pid: %d, gen=2\) failed" % template])
     finish(server)
 
 
