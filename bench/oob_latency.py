@@ -46,7 +46,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 
 if not __package__:  # run as `python bench/oob_latency.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -75,23 +74,6 @@ end
 def make_server(label, root, smartspawn, oob_gc, workers, env):
     return Server(label, root, "oob_app:app", SMARTSPAWN if smartspawn else [],
                   "oob_gc = True\n" if oob_gc else "", workers, env, timeout=120)
-
-
-def cpu_seconds(server):
-    """CPU time (user + system) used so far by the master and its live descendants."""
-    try:
-        master = psutil.Process(server.proc.pid)
-        processes = [master, *master.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 # -- load generators ---------------------------------------------------------------------
@@ -222,7 +204,7 @@ def main():
 
 def measure(servers, args, script):
     def one_run(server, path, seconds):
-        cpu = cpu_seconds(server)
+        cpu = server.cpu_seconds()
         if args.client == "wrk":
             result = run_wrk(server.port, path, args.workers, seconds, script)
         else:
@@ -230,7 +212,7 @@ def measure(servers, args, script):
         server.alive()
         # The server's own CPU per request: what the server costs, whatever else runs on
         # the machine (throughput and latency also depend on that).
-        result["cpu_us"] = (cpu_seconds(server) - cpu) / result["requests"] * 1e6
+        result["cpu_us"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e6
         return result
 
     results = {"client": args.client, "workers": args.workers, "seconds": args.seconds,

@@ -52,7 +52,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 
 if not __package__:  # run as `python bench/recycle_latency.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -123,24 +122,12 @@ def during(samples, spans):
     return [s for s in samples if any(s[0] <= b and s[1] >= a for a, b in spans)]
 
 
-def tree_cpu(server):
-    """CPU seconds used so far by the live processes of the server's session."""
-    total = 0.0
-    for proc in server.session():
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def wait_idle(server, timeout):
     """Wait until the server's processes use < 5 % of a CPU over 0.5 s."""
     def idle():
-        before = tree_cpu(server)
+        before = server.cpu_seconds()
         time.sleep(0.5)
-        return tree_cpu(server) - before < 0.025
+        return server.cpu_seconds() - before < 0.025
 
     wait_for(lambda: server.alive() and idle(), timeout, "%s to be idle" % server.name, 0)
 

@@ -147,6 +147,17 @@ class Server:
                 pass
         return out
 
+    def cpu_seconds(self):
+        """CPU time (user + system) used so far by the live processes of the session."""
+        total = 0.0
+        for proc in self.session():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
     def stop(self):
         """SIGINT, SIGKILL after 10 s; SIGKILL to its session 5 s later. -> pids killed."""
         if self.proc is None:
