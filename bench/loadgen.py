@@ -97,7 +97,8 @@ def client_loop(port, path, ids, seed, deadline, stop, pipe, rate=0.0):
     samples = []
     due = time.monotonic() + (rng.random() / rate if rate else 0.0)  # clients out of step
     while not stop.is_set():
-        due = due if rate else time.monotonic()
+        if not rate:
+            due = time.monotonic()
         if due >= deadline:
             break
         target = prefix + str(rng.randint(1, ids)) if random_ids else prefix
