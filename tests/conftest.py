@@ -37,13 +37,15 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
 
 
 class Server:
-    def __init__(self, root, app="app:app", config="", workers=2, args=(), env=None):
+    def __init__(self, root, app="app:app", config="", workers=2, args=(), env=None,
+                 worker_class="smartspawn.Worker"):
         self.root = root
         self.log_path = root / "server.log"
         self.pidfile = root / "gunicorn.pid"
         self.app = app
         (root / "gunicorn.conf.py").write_text(textwrap.dedent(config))
-        self.cmd = [GUNICORN, "-k", "smartspawn.Worker", "-c", str(root / "gunicorn.conf.py"),
+        self.worker_class = worker_class
+        self.cmd = [GUNICORN, "-k", worker_class, "-c", str(root / "gunicorn.conf.py"),
                     "--bind", "127.0.0.1:0", "--workers", str(workers),
                     "--chdir", str(root), "--pid", str(self.pidfile),
                     "--control-socket", str(root / "gunicorn.ctl"),
