@@ -45,7 +45,8 @@ from gunicorn_smartspawn.lifecycle import LifecycleMixin
 from gunicorn_smartspawn.preloader import start_preloader
 from gunicorn_smartspawn.refork import ReforkMixin, refork_enabled
 from gunicorn_smartspawn.worker import (
-    APP_LOAD_ERROR, WORKER_BOOT_ERROR, SmartWorkerMixin, become_worker, worker_class_for,
+    APP_LOAD_ERROR, WORKER_BOOT_ERROR, SmartWorkerMixin, become_worker, per_worker_sockets,
+    worker_class_for,
 )
 
 GUNICORN_RUN = Arbiter.run
@@ -145,7 +146,10 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         self.restart_at = None
         self.pending = {}             # age -> worker record awaiting WorkerSpawned
         self.records = {}             # pid -> worker record holding a slot or a channel
-        self.helper_pids = set()      # spawner processes not yet reaped
+        # Our children that are not workers, not yet reaped: pid -> "preloader",
+        # "template" or "standby". Only these (and gunicorn's WORKERS) are ever signalled:
+        # an unreaped child's pid cannot have been reused.
+        self.helpers = {}
         self.killed_on_purpose = set()  # spawner pids the master SIGKILLed itself
         self.stopping = False
         self.counters = Counters()    # inherited by every process forked from here on
@@ -154,6 +158,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         self.pss_sampled = None
         state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.register_at_fork(after_in_child=self.close_master_only)
         self.smart = self.choose_smart_spawning()
         self.init_refork()
         self.init_lifecycle()
@@ -167,8 +172,13 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 _linux.become_subreaper()
             except OSError as exc:
                 why = "prctl(PR_SET_CHILD_SUBREAPER) failed: %s" % exc
-        if why and refork_enabled(self.cfg):
-            self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s", why)
+        # With --reload, workers forked from a template would run the code it loaded: an
+        # edited file would stop taking effect after the first refork.
+        refork_off = why or (self.cfg.reload and "--reload needs every worker to import "
+                             "the code itself")
+        if refork_off and refork_enabled(self.cfg):
+            self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s",
+                             refork_off)
             self.cfg.settings["fork_worker"].set(False)
             self.cfg.settings["refork_on_memory"].set(False)
         if self.cfg.spawn_method == "direct":
@@ -292,8 +302,14 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             worker.channel, child_end = protocol.channel_pair()
             worker.channel.setblocking(False)
             fds.append(child_end.fileno())
+        # reuse_port: the worker's own sockets, bound here as gunicorn's worker binds them
+        # before it drops privileges (a port below 1024 with `user`).
+        listeners = []
+        if per_worker_sockets(self.cfg):
+            listeners = sock.create_sockets(self.cfg, self.log)
+            fds += [listener.fileno() for listener in listeners]
         try:
-            spawner.request_spawn(worker.age, worker.slot, fds)
+            spawner.request_spawn(worker.age, worker.slot, fds, len(listeners))
         except OSError as exc:
             # The spawner is gone; its EOF is handled by read_channels().
             self.log.error("Spawn request to %r failed: %s", spawner, exc)
@@ -301,13 +317,13 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         finally:
             if child_end is not None:
                 child_end.close()
+            sock.close_sockets(listeners, unlink=False)
         return None
 
     def spawn_direct(self, worker):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
         worker.spawner_pid = self.pid
         self.cfg.pre_fork(self, worker)
-        inherited = self.master_only_fds()
         child_end = None
         if refork_enabled(self.cfg):
             worker.channel, child_end = protocol.channel_pair()
@@ -320,12 +336,13 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 child_end.close()
                 worker.channel.setblocking(False)
             return pid
-        for fd in inherited:
-            os.close(fd)
-        if child_end is not None:
-            worker.channel.close()
-            worker.channel = child_end
-        become_worker(self, worker)
+        try:  # the child (close_master_only ran at the fork); never unwinds into the loop
+            if child_end is not None:
+                worker.channel.close()
+                worker.channel = child_end
+            become_worker(self, worker)
+        finally:
+            os._exit(1)
 
     def reap_workers(self):
         # A worker's WorkerSpawned is written before it can exit: read it first, so that
@@ -334,6 +351,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         self.reap_spawners()
         unbooted = self.unbooted_template_children()
         super().reap_workers()
+        self.reap_spawners()  # forget the helpers gunicorn's waitpid(-1) just reaped
         self.count_failed_template_children(unbooted)
         self.release_departed()
 
@@ -359,10 +377,8 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
 
     def handle_usr1(self):
         super().handle_usr1()
-        for spawner in self.spawners:
-            spawner.kill(signal.SIGUSR1)  # they write to the same log files
-            if spawner.standby_pid:
-                os.kill(spawner.standby_pid, signal.SIGUSR1)
+        for pid in list(self.helpers):  # they write to the same log files
+            self.signal_child(pid, signal.SIGUSR1)
 
     def setup(self, app):
         # Runs on HUP only: the first setup() ran before the switch to this class.
@@ -446,15 +462,29 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             worker.channel.close()
             worker.channel = None
 
-    def master_only_fds(self):
-        """File descriptors a forked child must not keep (its workers would inherit them)."""
-        fds = [self._wake_r, self._wake_w]
-        fds += [s.channel.fileno() for s in self.spawners]
-        for worker in (*self.WORKERS.values(), *self.pending.values()):
-            fds.append(worker.tmp.fileno())
+    def close_master_only(self):
+        """At every fork from the master, in the child: close what only the master holds.
+
+        Whoever forks: smartspawn (a preloader, a direct spawn), gunicorn (its workers, a
+        respawned dirty arbiter) or a hook's os.fork(). A kept copy of a spawner's channel
+        would hide its EOF; another worker's heartbeat or channel would leak into every
+        process forked from this child. Also the signal wakeup fd: its number may be
+        reused in the child, and a signal would write a byte into that file. Closed
+        through their objects, so that nothing closes the numbers again later.
+        """
+        if os.getppid() != getattr(self, "pid", None):
+            return  # a fork in some other process of the tree (at-fork hooks are inherited)
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for spawner in self.spawners:
+            spawner.channel.close()
+        workers = {id(w): w for w in (*self.records.values(), *self.WORKERS.values(),
+                                      *self.pending.values())}
+        for worker in workers.values():
+            worker.tmp.close()
             if worker.channel is not None:
-                fds.append(worker.channel.fileno())
-        return fds
+                worker.channel.close()
 
     # -- spawners: the preloader and templates --------------------------------------------
 
@@ -466,25 +496,37 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         return None
 
     def start_preloader(self, generation):
-        boot_timeout = self.cfg.preloader_boot_timeout or self.cfg.timeout or None
-        preloader = start_preloader(self, generation, self.master_only_fds(), boot_timeout)
+        preloader = start_preloader(self, generation, self.cfg.preloader_boot_timeout)
         self.spawners.append(preloader)
-        self.helper_pids.add(preloader.pid)
+        self.helpers[preloader.pid] = "preloader"
         self.log.info("Started %r", preloader)
         return preloader
 
     def retire(self, spawner):
-        """Stop using `spawner`; it exits once its channel is closed (see close_retired)."""
+        """Stop using `spawner`; it is stopped once no spawn waits on it (close_retired)."""
         spawner.retiring = True
         if spawner.ready:
             self.close_retired()
+        elif spawner.kind == "template":
+            # A refork's candidate: still a serving worker, finishing its requests. It
+            # stays in WORKERS, and gunicorn stops it like any worker.
+            pass
         else:
             self.kill_spawner(spawner)  # still loading the app: nothing in it to keep
 
     def kill_spawner(self, spawner):
         """SIGKILL on purpose: its exit is logged at info; the reason was logged already."""
         self.killed_on_purpose.add(spawner.pid)
-        spawner.kill(signal.SIGKILL)
+        self.signal_child(spawner.pid, signal.SIGKILL)
+
+    def signal_child(self, pid, sig):
+        """Signal `pid` only while it is a child we have not reaped: its pid cannot have
+        been reused by another process."""
+        if pid in self.helpers or pid in self.WORKERS:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # a zombie: reaped soon
 
     def close_retired(self):
         # Close only when no spawn is pending: a worker's check-in must not be lost.
@@ -493,6 +535,9 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             if spawner.retiring and spawner.ready and spawner.pid not in busy:
                 self.spawners.remove(spawner)
                 spawner.channel.close()
+                # Not only the EOF: a process forked from the master by gunicorn or a
+                # hook may still hold a copy of the channel.
+                self.signal_child(spawner.pid, signal.SIGTERM)
 
     def spawner_by_pid(self, pid):
         return next((s for s in self.spawners if s.pid == pid), None)
@@ -536,9 +581,20 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 except (EOFError, ConnectionError):
                     self.spawner_gone(spawner)
                     break
+                except (protocol.ProtocolError, OSError) as exc:
+                    self.broken_spawner(spawner, exc)
+                    break
                 for fd in fds:
                     os.close(fd)
                 self.handle_message(spawner, message)
+
+    def broken_spawner(self, spawner, exc):
+        """What came from `spawner` is no message: it is broken, never trusted again."""
+        self.log.error("%r sent what is not a message (%s); killing it", spawner, exc)
+        if spawner.failure is None:
+            spawner.failure = protocol.BootFailed(WORKER_BOOT_ERROR, "broken channel: %s" % exc)
+        self.kill_spawner(spawner)
+        self.spawner_gone(spawner)
 
     def handle_message(self, spawner, message):
         match message:
@@ -552,15 +608,17 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 spawner.failure = message
             case protocol.StandbyReady(pid=pid):
                 spawner.standby_pid = pid
+                self.helpers[pid] = "standby"
             case protocol.WorkerSpawned(age=age, pid=pid):
                 if pid == spawner.standby_pid:
                     spawner.standby_pid = None
+                self.helpers.pop(pid, None)  # a worker now: gunicorn's to reap
                 self.worker_spawned(age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
                 self.log.error("%r could not fork worker %s: %s", spawner, age, reason)
                 self.forget_pending(age)
             case _:
-                self.log.error("Unexpected message from %r: %r", spawner, message)
+                self.broken_spawner(spawner, "unexpected %r" % (message,))
 
     def preloader_ready(self, preloader, seconds):
         self.ever_ready = True
@@ -618,40 +676,46 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                        "in %ss", spawner, detail, delay)
 
     def reap_spawners(self):
-        for pid in list(self.helper_pids):
+        """Reap (and log) exited helpers: spawners and standbys."""
+        for pid in list(self.helpers):
             try:
                 wpid, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                self.helper_pids.discard(pid)  # gunicorn's waitpid(-1) reaped it first
-                continue
+                wpid, status = pid, None  # gunicorn's waitpid(-1) reaped it first
             if wpid:
-                self.helper_pids.discard(pid)
-                self.log_spawner_exit(pid, status)
+                self.helper_reaped(pid, self.helpers.pop(pid), status)
 
-    def log_spawner_exit(self, pid, status):
+    def helper_reaped(self, pid, role, status):
+        if role == "standby":
+            for spawner in self.spawners:
+                if spawner.standby_pid == pid:
+                    spawner.standby_pid = None
+        if status is None:
+            return
+        name = "Standby" if role == "standby" else "Spawner"
         if os.WIFSIGNALED(status):
             sig = signal.Signals(os.WTERMSIG(status))
             expected = sig == signal.SIGTERM or pid in self.killed_on_purpose
             self.killed_on_purpose.discard(pid)
             (self.log.info if expected else self.log.error)(
-                "Spawner (pid: %s) was sent %s", pid, sig.name)
+                "%s (pid: %s) was sent %s", name, pid, sig.name)
         elif os.WEXITSTATUS(status):
-            self.log.error("Spawner (pid: %s) exited with code %s",
-                           pid, os.WEXITSTATUS(status))
+            self.log.error("%s (pid: %s) exited with code %s",
+                           name, pid, os.WEXITSTATUS(status))
         else:
-            self.log.info("Spawner (pid: %s) exited", pid)
+            self.log.info("%s (pid: %s) exited", name, pid)
 
     def wait_for_spawners(self, deadline):
-        while self.helper_pids and time.monotonic() < deadline:
+        while self.helpers and time.monotonic() < deadline:
             self.reap_spawners()
             time.sleep(0.05)
-        for pid in list(self.helper_pids):
+        for pid in list(self.helpers):
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-            self.helper_pids.discard(pid)
+            del self.helpers[pid]
 
     # -- HUP --------------------------------------------------------------------------
 

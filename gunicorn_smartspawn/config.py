@@ -81,10 +81,11 @@ class PreloaderBootTimeout(Setting):
     desc = """\
         Seconds the preloader may take to import the application.
 
-        ``None`` (the default) uses gunicorn's ``timeout``, the time a worker would have to
-        import it without preloading; no limit when that is 0. A preloader that takes
-        longer is killed: at startup gunicorn stops with exit code 3, later (a restart or
-        a HUP) the running workers keep serving and the error is logged.
+        ``None`` (the default): no limit, as in gunicorn, whose ``timeout`` starts only
+        at a worker's first heartbeat, after the import (a model or a cold Django
+        project may take minutes). A preloader that takes longer is killed: at startup
+        gunicorn stops with exit code 3, later (a restart or a HUP) the running workers
+        keep serving and the error is logged.
         """
 
 

@@ -41,19 +41,13 @@ class SpawnerHandle:
     def __repr__(self):
         return "%s (pid: %s, gen=%s)" % (self.kind, self.pid, self.generation)
 
-    def request_spawn(self, age, slot, fds):
+    def request_spawn(self, age, slot, fds, listeners=0):
         self.last_used = time.monotonic()
-        protocol.send(self.channel, protocol.SpawnWorker(age, slot), fds)
-
-    def kill(self, sig):
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
+        protocol.send(self.channel, protocol.SpawnWorker(age, slot, listeners), fds)
 
 
-def start_preloader(arbiter, generation, master_fds, boot_timeout):
-    """Fork a preloader for `generation`; `master_fds` are closed in it."""
+def start_preloader(arbiter, generation, boot_timeout):
+    """Fork a preloader for `generation` (the master's own fds are closed at the fork)."""
     master_end, child_end = protocol.channel_pair()
     pid = os.fork()
     if pid:
@@ -64,11 +58,6 @@ def start_preloader(arbiter, generation, master_fds, boot_timeout):
     code = 1
     try:
         master_end.close()
-        for fd in master_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
         code = Preloader(arbiter, child_end, generation).run()
     finally:
         sys.stdout.flush()
@@ -96,10 +85,25 @@ class Preloader(Spawner):
         return code
 
     def drop_privileges(self):
-        """Become gunicorn's `user`/`group` before any application code runs."""
-        util.set_owner_process(self.cfg.uid, self.cfg.gid, initgroups=self.cfg.initgroups)
-        # Workers inherit this identity; os.initgroups() would fail in them with EPERM.
-        self.cfg.settings["initgroups"].set(False)
+        """Become gunicorn's `user`/`group` before any application code runs.
+
+        In the order that works: the group and the supplementary groups while we may
+        still change them, the user last. (gunicorn's set_owner_process skips setgid
+        with `initgroups`; its workers keep the master's group.) Workers inherit this
+        identity, so gunicorn's own drop in each worker finds nothing left to do.
+        """
+        cfg = self.cfg
+        if cfg.gid != os.getgid():
+            os.setgid(cfg.gid)
+        if cfg.initgroups and cfg.uid != os.getuid():
+            try:
+                os.initgroups(util.get_username(cfg.uid), cfg.gid)
+            except KeyError:
+                pass  # a uid with no name: gunicorn skips initgroups too
+        if cfg.uid != os.getuid():
+            os.setuid(cfg.uid)
+        # os.initgroups() would fail in the workers with EPERM.
+        cfg.settings["initgroups"].set(False)
         return _linux.die_with_parent(self.master_pid)  # setuid() cleared it
 
     def load_app(self):

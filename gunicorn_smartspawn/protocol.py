@@ -6,23 +6,45 @@ file) travels alongside as SCM_RIGHTS ancillary data. SEQPACKET keeps message
 boundaries and makes each send atomic, so a grandchild may write on the preloader's end
 while the preloader itself waits for the next request. An empty read is EOF: the peer
 (and every process holding its end) has gone.
+
+A message is at most MAX_MESSAGE bytes (UTF-8 JSON, non-ASCII unescaped); the texts in it
+are cut to MAX_TEXT characters by the sender (the whole traceback stays in the log). A
+datagram that is truncated, undecodable, of an unknown type or with the wrong fields
+raises ProtocolError: its sender is broken.
 """
 import dataclasses
 import json
+import os
 import socket
 
-MAX_MESSAGE = 4096
-MAX_FDS = 3  # SpawnWorker to a standby: heartbeat, worker channel, master channel
+MAX_MESSAGE = 64 * 1024
+MAX_TEXT = 4000  # characters: at most 16 000 bytes of UTF-8
+# SpawnWorker to a standby: heartbeat, worker channel, master channel, and with
+# reuse_port the worker's own listening sockets.
+MAX_FDS = 64
+
+
+class ProtocolError(Exception):
+    """A message that no healthy peer sends."""
+
+
+def brief(text):
+    """`text` cut to MAX_TEXT characters, saying so."""
+    if len(text) <= MAX_TEXT:
+        return text
+    return text[:MAX_TEXT] + " [... %d more characters, see the log]" % (len(text) - MAX_TEXT)
 
 
 @dataclasses.dataclass(frozen=True)
 class SpawnWorker:
     """master -> spawner: fork worker `age` using counter `slot` (None: no slot free).
 
-    fds: its heartbeat file, then (with fork_worker) its own channel to the master.
+    fds: its heartbeat file, then (with fork_worker) its own channel to the master, then
+    (with reuse_port) its `listeners` listening sockets, bound by the master.
     """
     age: int
     slot: int | None
+    listeners: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +67,9 @@ class BootFailed:
     exit_code: int
     reason: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "reason", brief(self.reason))
+
 
 @dataclasses.dataclass(frozen=True)
 class StandbyReady:
@@ -65,6 +90,9 @@ class SpawnFailed:
     age: int
     reason: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "reason", brief(self.reason))
+
 
 MESSAGES = {cls.__name__: cls for cls in (SpawnWorker, SpawnerReady, BecomeTemplate,
                                           BootFailed, StandbyReady, WorkerSpawned,
@@ -77,18 +105,38 @@ def channel_pair():
 
 
 def send(sock, message, fds=()):
-    payload = json.dumps({"type": type(message).__name__, **dataclasses.asdict(message)})
-    socket.send_fds(sock, [payload.encode()], list(fds))
+    payload = json.dumps({"type": type(message).__name__, **dataclasses.asdict(message)},
+                         ensure_ascii=False).encode()
+    if len(payload) > MAX_MESSAGE:
+        raise ProtocolError("%s of %d bytes: larger than %d" % (
+            type(message).__name__, len(payload), MAX_MESSAGE))
+    socket.send_fds(sock, [payload], list(fds))
 
 
 def recv(sock):
-    """One message and the fds that came with it; raises EOFError when the peer is gone."""
-    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
-    if not data or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+    """One message and the fds that came with it.
+
+    Raises EOFError when the peer is gone, ProtocolError when what came is no message.
+    """
+    # Received fds must not pass into programs the app runs (PEP 446).
+    data, fds, flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS,
+                                              socket.MSG_CMSG_CLOEXEC)
+    try:
+        if not data and not fds:
+            raise EOFError("channel closed")
+        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+            raise ProtocolError("message or file descriptors truncated")
+        return decode(data), fds
+    except BaseException:
         for fd in fds:
-            socket.close(fd)
-        if data:
-            raise OSError("message or file descriptors truncated: a protocol bug")
-        raise EOFError("channel closed")
-    fields = json.loads(data)
-    return MESSAGES[fields.pop("type")](**fields), fds
+            os.close(fd)
+        raise
+
+
+def decode(data):
+    try:
+        fields = json.loads(data.decode())
+        return MESSAGES[fields.pop("type")](**fields)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProtocolError("undecodable message %r: %s: %s" % (
+            data[:200], type(exc).__name__, exc)) from None

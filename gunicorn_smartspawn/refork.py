@@ -163,7 +163,7 @@ class ReforkMixin:
         candidate = self.WORKERS.pop(handle.pid, None)
         if candidate is not None:  # no longer a worker: gunicorn must not time it out
             candidate.tmp.close()
-        self.helper_pids.add(handle.pid)  # reaped (and logged) as a spawner from now on
+        self.helpers[handle.pid] = "template"  # reaped (and logged) as a spawner from now on
         refork = self.refork
         if refork is None or refork.candidate.pid != handle.pid:
             self.retire(handle)  # its refork was abandoned meanwhile

@@ -15,10 +15,12 @@ import signal
 import socket
 import time
 
-from gunicorn import util
+from gunicorn import sock, util
 
 from gunicorn_smartspawn import _linux, protocol
-from gunicorn_smartspawn.worker import HeartbeatFile, become_worker
+from gunicorn_smartspawn.worker import (
+    WORKER_BOOT_ERROR, become_worker, build_worker, exit_process,
+)
 
 # A worker is normally re-parented within microseconds of the double fork.
 REPARENT_TIMEOUT = 2.0
@@ -76,6 +78,9 @@ class Spawner:
                 try:
                     message, fds = protocol.recv(self.channel)
                 except (EOFError, ConnectionError):
+                    return
+                except protocol.ProtocolError as exc:
+                    self.log.error("%s: the master sent no message (%s)", self.spawned_from, exc)
                     return
                 if isinstance(message, protocol.SpawnWorker) and fds:
                     self.hand_over(standby, message, fds)
@@ -165,9 +170,11 @@ class Spawner:
             if not self.wait_for_adoption():
                 os._exit(1)
             request, fds = protocol.recv(theirs)
-        except (EOFError, OSError):
+        except (EOFError, ConnectionError):
             os._exit(0)  # the spawner has gone: never a worker, nothing to clean up
         except BaseException:
+            self.log.exception("Standby (pid: %s) failed while waiting for its orders",
+                               os.getpid())
             os._exit(1)
         spawned = protocol.WorkerSpawned(request.age, os.getpid())
         with socket.socket(fileno=fds.pop()) as master:
@@ -181,7 +188,13 @@ class Spawner:
                 protocol.send(theirs, spawned)  # the acknowledgement
             except OSError:
                 pass  # the spawner has gone since; the master knows us: serve anyway
-        become_worker(self.server, self.new_worker(request, fds))
+        try:
+            worker = self.new_worker(request, fds)
+        except BaseException:
+            # gunicorn's master would have failed to build it too: a boot error.
+            self.log.exception("Worker (pid: %s) could not be built", os.getpid())
+            exit_process(WORKER_BOOT_ERROR)
+        become_worker(self.server, worker)
 
     def wait_for_adoption(self):
         """Wait until the master is our parent, then die with it (SIGTERM: graceful)."""
@@ -197,12 +210,14 @@ class Spawner:
 
     def new_worker(self, request, fds):
         server = self.server
-        worker = server.worker_class(request.age, self.master_pid, server.LISTENERS,
-                                     self.app, server.timeout / 2.0, self.cfg, self.log)
-        worker.tmp.close()  # a new file nobody watches; the master watches the one it sent
-        worker.tmp = HeartbeatFile(fds[0])
-        if len(fds) > 1:
+        worker = build_worker(server.worker_class, fds[0], request.age, self.master_pid,
+                              server.LISTENERS, self.app, server.timeout / 2.0, self.cfg,
+                              self.log)
+        listeners = fds[len(fds) - request.listeners:] if request.listeners else []
+        if len(fds) - len(listeners) > 1:
             worker.channel = socket.socket(fileno=fds[1])
+        if listeners:  # reuse_port: the sockets the master bound for this worker
+            worker.sockets = sock.create_sockets(self.cfg, self.log, listeners)
         worker.slot = request.slot
         worker.spawned_from = self.spawned_from
         worker.spawner_pid = self.pid

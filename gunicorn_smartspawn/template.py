@@ -14,6 +14,7 @@ from gunicorn import util
 
 from gunicorn_smartspawn import forkgate, forksafety, protocol
 from gunicorn_smartspawn.spawner import Spawner
+from gunicorn_smartspawn.worker import per_worker_sockets
 
 # The master sends BecomeTemplate before the signal; it is there when we look.
 ORDERS_TIMEOUT = 5.0
@@ -96,6 +97,13 @@ class Template(Spawner):
             except OSError:
                 pass
         self.init_signals()
+        if per_worker_sockets(self.cfg):
+            # Our own SO_REUSEPORT sockets: kept open, the kernel would still hand them
+            # connections nobody accepts. Our workers get theirs from the master.
+            for listener in worker.sockets:
+                listener.close()
+            self.server.LISTENERS = []
+            return
         # gthread closed the listeners on its way out; rebuild them from our copies.
         listeners = []
         for old, fd in zip(self.server.LISTENERS, self.listener_fds, strict=True):

@@ -113,8 +113,10 @@ class SmartWorkerMixin:
             self.alive = False
 
     def run(self):
-        # gthread closes the listeners when it stops serving: a template needs copies.
-        listener_fds = [os.dup(s.fileno()) for s in self.sockets] if self.channel else []
+        # gthread closes the listeners when it stops serving: a template needs copies
+        # (of the shared ones; with reuse_port each worker gets its own from the master).
+        keep = self.channel is not None and not per_worker_sockets(self.cfg)
+        listener_fds = [os.dup(s.fileno()) for s in self.sockets] if keep else []
         super().run()
         if self.template_requested:
             from gunicorn_smartspawn.template import Template  # it builds on this module
@@ -172,6 +174,11 @@ class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
             self.oob.request_finished()
 
 
+def per_worker_sockets(cfg):
+    """reuse_port: each worker listens on sockets of its own (the master holds none)."""
+    return bool(cfg.reuse_port) and hasattr(socket, "SO_REUSEPORT")
+
+
 def worker_class_for(cfg):
     return ThreadWorker if cfg.threads > 1 else Worker
 
@@ -187,6 +194,23 @@ class HeartbeatFile(WorkerTmp):
         self._tmp = os.fdopen(fd, "w+b", 0)
 
 
+def build_worker(worker_class, heartbeat_fd, *args):
+    """`worker_class(*args)` with `heartbeat_fd` as its heartbeat file.
+
+    gunicorn's Worker.__init__ makes a new WorkerTmp in `worker_tmp_dir`. A spawner's
+    child must not: the master watches the file it made and sent, and with `user` set this
+    process may not even write there. So for this one call, base.WorkerTmp (the name
+    Worker.__init__ looks up) builds the HeartbeatFile instead. A forked child has only
+    this thread.
+    """
+    made = base.WorkerTmp
+    base.WorkerTmp = lambda cfg: HeartbeatFile(heartbeat_fd)
+    try:
+        return worker_class(*args)
+    finally:
+        base.WorkerTmp = made
+
+
 def run_worker_process(arbiter, worker):
     """Run `worker` in this freshly forked process; returns its exit code.
 
@@ -200,7 +224,8 @@ def run_worker_process(arbiter, worker):
         util._setproctitle("worker [%s] gen=%s" % (arbiter.proc_name, worker.generation))
         log.info("Booting worker with pid: %s (gen=%s from %s)",
                  worker.pid, worker.generation, worker.spawned_from)
-        if cfg.reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        if per_worker_sockets(cfg) and not worker.preloaded:
+            # As gunicorn does; a spawner's child got the sockets the master bound for it.
             worker.sockets = sock.create_sockets(cfg, log)
         cfg.post_fork(arbiter, worker)
         worker.init_process()
