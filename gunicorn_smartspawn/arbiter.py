@@ -155,10 +155,12 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         self.counters = Counters()    # inherited by every process forked from here on
         self.state_path = state.state_path(os.getpid())
         self.state_published = 0.0
+        self.state_unwritable = False
         self.pss_sampled = None
         state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        os.register_at_fork(after_in_child=self.close_master_only)
+        self.forking = False  # the master is forking (close_master_only)
+        os.register_at_fork(before=self.note_fork, after_in_child=self.close_master_only)
         self.smart = self.choose_smart_spawning()
         self.init_refork()
         self.init_lifecycle()
@@ -218,15 +220,20 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             timeout = min(timeout, 0.05)  # a refork or a replacement advances as workers boot
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)
-        channels = [s.channel for s in self.spawners]
-        readable, _, _ = select.select([self._wake_r, *channels], [], [], timeout)
+        # poll, not select: with fork_worker each worker has a channel, and select()
+        # fails once an fd passes FD_SETSIZE (1024).
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        for spawner in self.spawners:
+            poller.register(spawner.channel, select.POLLIN)
+        readable = {fd for fd, _event in poller.poll(timeout * 1000)}
         if self._wake_r in readable:
             while True:
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     break
-        self.read_channels([s for s in self.spawners if s.channel in readable])
+        self.read_channels([s for s in self.spawners if s.channel.fileno() in readable])
         signals = []
         while True:
             try:
@@ -239,9 +246,10 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
     def manage_workers(self):
         self.release_departed()
         self.manage_spawners()
+        self.dispatch_spawns()
         self.manage_lifecycle()
         self.manage_refork()
-        with self.outgoing_hidden():
+        with self.outgoing_not_counted():
             super().manage_workers()
         self.publish_state()
 
@@ -255,7 +263,10 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         try:
             state.write(self.state_path, snapshot)
         except OSError as exc:
-            self.log.debug("Could not write %s: %s", self.state_path, exc)
+            # Once at warning: `smartspawn status` cannot see this server.
+            (self.log.debug if self.state_unwritable else self.log.warning)(
+                "Could not write %s: %s", self.state_path, exc)
+            self.state_unwritable = True
         if self.pss_sampled is None or now - self.pss_sampled >= PSS_SAMPLE_INTERVAL:
             self.pss_sampled = now
             mib = state.total_pss(p["pid"] for p in snapshot["processes"]) / (1024 * 1024)
@@ -294,8 +305,30 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         worker.generation = spawner.generation
         self.cfg.pre_fork(self, worker)
         worker.spawn_requested = time.monotonic()
-        worker.spawn_deadline = worker.spawn_requested + SPAWN_TIMEOUT
+        worker.spawn_deadline = None  # queued: see dispatch_spawns
         self.pending[worker.age] = worker
+        self.dispatch_spawns()
+        return None
+
+    def dispatch_spawns(self):
+        """Send each spawner its next queued spawn request, one at a time.
+
+        A spawner forks one worker after another: with many requests in its queue (a
+        start, a HUP, on a big heap) the last would wait for all the others. One at a
+        time, each spawn is timed from when its spawner takes it (SPAWN_TIMEOUT).
+        """
+        in_flight = {w.spawner_pid for w in self.pending.values() if w.spawn_deadline}
+        for _age, worker in sorted(self.pending.items()):
+            if worker.spawn_deadline is None and worker.spawner_pid not in in_flight:
+                in_flight.add(worker.spawner_pid)
+                self.send_spawn_request(self.spawner_by_pid(worker.spawner_pid), worker)
+
+    def send_spawn_request(self, spawner, worker):
+        if spawner is None:  # it exited while the request was queued
+            self.log.error("Worker %s was not spawned: its spawner exited", worker.age)
+            self.forget_pending(worker.age)
+            return
+        worker.spawn_deadline = time.monotonic() + SPAWN_TIMEOUT
         fds = [worker.tmp.fileno()]
         child_end = None
         if refork_enabled(self.cfg):
@@ -318,7 +351,6 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             if child_end is not None:
                 child_end.close()
             sock.close_sockets(listeners, unlink=False)
-        return None
 
     def spawn_direct(self, worker):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
@@ -437,6 +469,13 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         worker.pid = pid
         self.WORKERS[pid] = self.records[pid] = worker
         self._stats["workers_spawned"] += 1
+        if worker.spawned_from == "preloader":
+            self.restart_failures = 0  # a preloader that spawns is a healthy one
+        self.dispatch_spawns()
+        spawner = self.spawner_by_pid(worker.spawner_pid)
+        if spawner is not None and spawner.retiring and not self.stopping:
+            # Asked for before a HUP's switch: its generation is being replaced.
+            self.replace_worker(worker, "its %r retired" % spawner)
         latency_ms = (time.monotonic() - worker.spawn_requested) * 1000
         self.log.debug("Worker %s (pid: %s) checked in %.1f ms after its spawn request",
                        age, pid, latency_ms, extra={"metric": "smartspawn.spawn_latency",
@@ -462,6 +501,11 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             worker.channel.close()
             worker.channel = None
 
+    def note_fork(self):
+        # os.getppid() in the child cannot tell: a grandchild whose parent has exited
+        # already is re-parented to the master (a subreaper).
+        self.forking = os.getpid() == getattr(self, "pid", None)
+
     def close_master_only(self):
         """At every fork from the master, in the child: close what only the master holds.
 
@@ -472,8 +516,9 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         reused in the child, and a signal would write a byte into that file. Closed
         through their objects, so that nothing closes the numbers again later.
         """
-        if os.getppid() != getattr(self, "pid", None):
+        if not self.forking:
             return  # a fork in some other process of the tree (at-fork hooks are inherited)
+        self.forking = False
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -554,7 +599,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                     WORKER_BOOT_ERROR, "app import took longer than %.1fs" % limit)
                 self.kill_spawner(preloader)
         for age, worker in list(self.pending.items()):
-            if now > worker.spawn_deadline and age in self.pending:
+            if worker.spawn_deadline and now > worker.spawn_deadline and age in self.pending:
                 spawner = self.spawner_by_pid(worker.spawner_pid)
                 self.log.error("Spawn of worker %s got no answer within %.0fs from %r; "
                                "killing it", age, SPAWN_TIMEOUT, spawner)
@@ -621,8 +666,9 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 self.broken_spawner(spawner, "unexpected %r" % (message,))
 
     def preloader_ready(self, preloader, seconds):
+        # restart_failures is reset by its first worker (worker_spawned), not here: a
+        # preloader killed as stuck after every restart would restart without a pause.
         self.ever_ready = True
-        self.restart_failures = 0
         self.log.info("%r loaded the app in %.3fs", preloader, seconds)
         if preloader is self.next_preloader:
             self.switch_generation()
@@ -630,8 +676,9 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
     def switch_generation(self):
         """A HUP's new preloader is ready: its workers replace the old generation's.
 
-        manage_workers() stops the oldest worker each time a new one registers, so the
-        old generation is replaced one worker at a time.
+        Spawn before retire, as for max_requests (lifecycle.py): every old worker is
+        outgoing, so manage_workers() spawns its replacement from the new preloader, and
+        the old ones are stopped once `workers` new ones serve.
         """
         old, self.preloader = self.preloader, self.next_preloader
         self.next_preloader = None
@@ -639,10 +686,11 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         if old is not None:
             self.retire(old)
         self.end_template_generation()
-        self.log.info("Generation %s is serving; replacing the workers of the previous "
+        self.log.info("Generation %s is ready; replacing the workers of the previous "
                       "generation", self.generation)
-        for _ in range(self.num_workers):
-            self.spawn_worker()
+        for worker in list(self.WORKERS.values()):
+            if worker.generation < self.generation and worker.pid not in self.outgoing:
+                self.replace_worker(worker, "HUP: generation %s" % self.generation)
 
     def spawner_gone(self, spawner):
         """The spawner's channel hit EOF: it has exited (its status is reaped apart)."""

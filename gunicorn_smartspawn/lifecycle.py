@@ -84,13 +84,20 @@ class LifecycleMixin:
         self.watch_template_children()
 
     @contextlib.contextmanager
-    def outgoing_hidden(self):
-        """Outgoing workers do not count toward `workers` in gunicorn's manage_workers."""
-        hidden = {pid: self.WORKERS.pop(pid) for pid in self.outgoing if pid in self.WORKERS}
+    def outgoing_not_counted(self):
+        """Outgoing workers do not count toward `workers` in gunicorn's manage_workers.
+
+        Its target is raised by their number for the call, through the attribute behind
+        `num_workers` (its setter would fire the nworkers_changed hook). WORKERS itself
+        is never touched: the control socket's thread reads it, and every fd of every
+        worker in it is closed in the children the master forks.
+        """
+        extra = sum(pid in self.WORKERS for pid in self.outgoing)
+        self._num_workers += extra
         try:
             yield
         finally:
-            self.WORKERS.update(hidden)
+            self._num_workers -= extra
 
     # -- spawn before retire --------------------------------------------------------------
 

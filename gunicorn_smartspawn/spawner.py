@@ -28,6 +28,10 @@ REPARENT_TIMEOUT = 2.0
 ACK_TIMEOUT = 2.0
 
 
+def ignore_signal(_signum, _frame):
+    pass
+
+
 class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
@@ -46,7 +50,9 @@ class Spawner:
     def init_signals(self):
         signal.set_wakeup_fd(-1)  # the master's or the worker's pipe, closed here
         for sig in self.server.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+            # A handler that does nothing, not SIG_IGN: SIG_IGN would pass into every
+            # program the app runs (it survives exec) and into the workers.
+            signal.signal(sig, ignore_signal)
         # The master retires a spawner by closing the channel (it exits on EOF) and the
         # kernel kills it with the master (PDEATHSIG). INT and QUIT are ignored: a terminal
         # sends them to the whole process group, and the master decides. TERM stops it (an
@@ -96,7 +102,7 @@ class Spawner:
         """Give the spawn request to the standby (or a new one); it becomes the worker."""
         try:
             for _attempt in range(2):
-                standby = standby or self.start_standby()
+                standby = standby or self.start_standby(inherited=fds)
                 if standby is None:
                     break
                 taken = self.give_orders(standby, request, fds)
@@ -127,8 +133,11 @@ class Spawner:
         for fd in fds:
             os.close(fd)
 
-    def start_standby(self):
-        """Double-fork a standby worker; returns our end of its socket, or None."""
+    def start_standby(self, inherited=()):
+        """Double-fork a standby worker; returns our end of its socket, or None.
+
+        `inherited`: fds of ours that it must not keep (a spawn request's, in hand).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             middle = os.fork()
@@ -138,7 +147,7 @@ class Spawner:
             theirs.close()
             return None
         if middle == 0:
-            self.run_middle(ours, theirs)
+            self.run_middle(ours, theirs, inherited)
         theirs.close()
         _, status = os.waitpid(middle, 0)
         if status != 0:
@@ -147,10 +156,11 @@ class Spawner:
             return None
         return ours
 
-    def run_middle(self, ours, theirs):
+    def run_middle(self, ours, theirs, inherited):
         """The middle of the double fork: exits at once so the standby is re-parented."""
         code = 1
         try:
+            self.close_fds(inherited)
             if os.fork() == 0:
                 self.run_standby(ours, theirs)
             code = 0

@@ -7,6 +7,7 @@ server itself, never from guessing at the process tree.
 """
 import json
 import os
+import stat
 import tempfile
 import time
 
@@ -23,8 +24,26 @@ def state_path(master_pid, directory=None):
     return os.path.join(directory or state_dir(), "%d.json" % master_pid)
 
 
+def private_dir(directory, create=False):
+    """`directory` if it is a real directory of ours that nobody else may write to.
+
+    /tmp is shared: another user may have put a file, a symlink or a directory of theirs
+    at our path. Such a path is never followed, written or cleaned (OSError).
+    """
+    if create:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError("%s is not a directory of uid %d that only it can write to"
+                      % (directory, os.geteuid()))
+    return directory
+
+
 def write(path, state):
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    private_dir(os.path.dirname(path), create=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state-")
     with os.fdopen(fd, "w") as f:
         json.dump(state, f)
@@ -51,9 +70,9 @@ def remove_stale(directory=None):
     """Remove the state files of masters that died without cleaning up (SIGKILL)."""
     directory = directory or state_dir()
     try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
+        names = os.listdir(private_dir(directory))
+    except OSError:
+        return  # none yet, or not ours: nothing of ours to clean
     for name in names:
         stem = name[:-len(".json")]
         if name.endswith(".json") and stem.isdigit() and not pid_alive(int(stem)):
