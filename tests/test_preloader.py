@@ -54,7 +54,7 @@ def test_hup_serves_new_code_with_zero_failed_requests(make_server):
     assert not psutil.pid_exists(old_preloader) or \
         psutil.Process(old_preloader).status() == psutil.STATUS_ZOMBIE
     assert server.lines("imports.txt") == [str(old_preloader), str(new_preloader)]
-    server.wait_log(r"Generation 2 is serving")
+    server.wait_log(r"Generation 2 is ready")
 
 
 def test_killed_preloader_is_restarted_while_workers_serve(make_server):

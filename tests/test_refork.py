@@ -150,7 +150,7 @@ def test_hup_after_refork_starts_over_from_a_new_preloader(make_server):
     server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
     template = server.single("smartspawn template")
     server.signal(signal.SIGHUP)
-    server.wait_log(r"Generation 3 is serving")
+    server.wait_log(r"Generation 3 is ready")
     wait_for(lambda: generations(server) == [3, 3] and not template_pids(server),
              timeout=20, what="generation 3 from the new preloader")
     assert server.alive([template]) == []

@@ -142,7 +142,7 @@ def test_hup_during_a_refork_serves_the_new_code(chaos_server, phase):
             server.wait_log(r"template \(pid: \d+, gen=2\) ready", timeout=15)
         app_py.write_text(app_py.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
         server.signal(signal.SIGHUP)
-        server.wait_log(r"Generation \d+ is serving", timeout=20)
+        server.wait_log(r"Generation \d+ is ready", timeout=20)
         wait_for(lambda: {server.get_json()["version"] for _ in range(12)} == {"v2"},
                  timeout=20, what="only v2 to be served\n" + server.log())
         settle(server, 3, what="after the HUP")
