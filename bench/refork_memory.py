@@ -10,7 +10,7 @@ requests per worker, each reading random records (refcount writes un-share pages
 measure ("more"). Memory: PSS from /proc/PID/smaps_rollup summed over the master and all
 its descendants, and each worker's USS. Configurations alternate; medians are reported.
 
-    /work/venv/bin/python bench/refork_memory.py [--quick] [--repeats R] [--json PATH]
+    python bench/refork_memory.py [--quick] [--repeats R] [--json PATH]
 
 See bench/README.md.
 """

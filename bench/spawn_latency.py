@@ -21,7 +21,7 @@ Both servers stay up for the whole run; every wait has a deadline, and every pro
 stopped by pid (SIGINT, then SIGKILL after a deadline) on the way out, exceptions and
 SIGTERM included.
 
-    /work/venv/bin/python bench/spawn_latency.py [--quick] [--repeats N] [--json PATH]
+    python bench/spawn_latency.py [--quick] [--repeats N] [--json PATH]
                                                  [--breakdown] [--check]
 
 --breakdown adds gunicorn hooks (pre_fork, post_fork, post_worker_init) that timestamp

@@ -1,24 +1,20 @@
 """The master: gunicorn's Arbiter, extended to spawn workers from a preloader or a template.
 
-gunicorn has no supported way to replace its Arbiter. It imports the worker class inside
-Arbiter.setup(), so `install()` (run from Worker.setup()) patches these gunicorn methods,
-once, and nothing else:
+SmartArbiter is gunicorn's main loop plus calls into the parts that own the master's state:
 
-- ``Arbiter.run``: switches the live arbiter to SmartArbiter when the worker class is
-  smartspawn's, then runs gunicorn's own main loop;
-- ``BaseApplication.wsgi``: returns None in the master when smart spawning is on, so
-  ``--preload`` never imports the app there (the preloader does);
-- the control socket's ``CommandHandlers.show_workers`` and ``show_stats`` (they add
-  smartspawn's fields), ``CommandHandlers.help`` and
-  ``ControlSocketServer._execute_command`` (add ``refork``).
+- ``pool`` (spawnerpool.py): the preloader, a HUP's next preloader and the template,
+  their channels and messages, and the helpers to reap (spawners and their standbys);
+- ``table`` (workertable.py): the workers asked for and not checked in (a queue per
+  spawner), every worker's counter slot and channel;
+- ``reforker`` (refork.py): reforks (fork_worker, URG, the control socket's `refork`);
+- ``lifecycle`` (lifecycle.py): spawn before retire, memory samples, the idle preloader,
+  a failing template.
 
-SmartArbiter overrides, each extending the gunicorn method of the same name: start,
-init_signals, wakeup, wait_for_signals (also reads the spawners' channels),
-manage_workers, spawn_workers, spawn_worker, reap_workers, handle_hup, handle_usr1,
-setup, stop; and adds handle_urg (refork.py). manage_workers() also runs the worker
-lifecycle (lifecycle.py) and hides outgoing workers from gunicorn's count. The test
-suite checks that these gunicorn methods keep the signatures assumed here
-(tests/test_gunicorn_contract.py).
+The arbiter itself keeps what gunicorn's has: signals, HUP, shutdown, and the dispatch of
+the spawners' messages (handle_message). It overrides, each extending the gunicorn method
+of the same name: run, start, init_signals, wakeup, wait_for_signals, manage_workers,
+spawn_workers, spawn_worker, reap_workers, handle_hup, handle_usr1, setup, stop; and adds
+handle_urg. How it gets to run is in patches.py.
 
 Signals (master): gunicorn's HUP QUIT INT TERM TTIN TTOU USR1 USR2 WINCH, plus URG:
 refork now (with fork_worker).
@@ -31,98 +27,29 @@ import sys
 import time
 
 from gunicorn import sock, util
-from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.ctl import handlers as ctl_handlers
-from gunicorn.ctl import server as ctl_server
 from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import _linux, protocol, state
+from gunicorn_smartspawn import _linux, patches, protocol, state
 from gunicorn_smartspawn.config import install_settings
-from gunicorn_smartspawn.counters import Counters
-from gunicorn_smartspawn.lifecycle import LifecycleMixin
+from gunicorn_smartspawn.lifecycle import Lifecycle
 from gunicorn_smartspawn.preloader import start_preloader
-from gunicorn_smartspawn.refork import ReforkMixin, refork_enabled
+from gunicorn_smartspawn.refork import Reforker, refork_enabled
+from gunicorn_smartspawn.spawnerpool import ChannelBroken, ChannelClosed, SpawnerPool
+from gunicorn_smartspawn.template import Template
 from gunicorn_smartspawn.worker import (
-    APP_LOAD_ERROR, WORKER_BOOT_ERROR, SmartWorkerMixin, become_worker, per_worker_sockets,
-    worker_class_for,
+    APP_LOAD_ERROR, WORKER_BOOT_ERROR, become_worker, per_worker_sockets, worker_class_for,
 )
+from gunicorn_smartspawn.workertable import SPAWN_TIMEOUT, WorkerTable
 
-GUNICORN_RUN = Arbiter.run
-GUNICORN_WSGI = BaseApplication.wsgi
-GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
-GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
-GUNICORN_HELP = ctl_handlers.CommandHandlers.help
-GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
-
-# How long a spawn request may go unanswered before its spawner is deemed stuck.
-SPAWN_TIMEOUT = 5.0
 # How often the master samples the total PSS of its processes for statsd (seconds).
 PSS_SAMPLE_INTERVAL = 30.0
 # Restart delays for a preloader that keeps failing after the first boot (seconds).
 RESTART_BACKOFF = (0, 1, 2, 5, 10, 30)
 
 
-def install():
-    """Patch gunicorn once; safe to call again (gunicorn calls Worker.setup() often)."""
-    if Arbiter.run is not GUNICORN_RUN:
-        return
-    master_pid = os.getpid()
-
-    def run(self):
-        if issubclass(self.worker_class, SmartWorkerMixin):
-            self.__class__ = SmartArbiter
-        return self.run() if isinstance(self, SmartArbiter) else GUNICORN_RUN(self)
-
-    def wsgi(self):
-        if os.getpid() == master_pid and smart_spawning_requested(self.cfg):
-            return None  # the preloader imports the app, never the master
-        return GUNICORN_WSGI(self)
-
-    # The control socket's thread calls these; they read master state, as gunicorn's do.
-    def show_workers(self):
-        result = GUNICORN_SHOW_WORKERS(self)
-        if isinstance(self.arbiter, SmartArbiter):
-            for entry in result["workers"]:
-                entry.update(self.arbiter.worker_fields(entry["pid"]))
-        return result
-
-    def show_stats(self):
-        result = GUNICORN_SHOW_STATS(self)
-        if isinstance(self.arbiter, SmartArbiter):
-            result.update(self.arbiter.smartspawn_stats())
-        return result
-
-    def help_(self):
-        result = GUNICORN_HELP(self)
-        if isinstance(self.arbiter, SmartArbiter):
-            result["commands"]["refork"] = "Re-fork every worker from a warmed one (URG)"
-        return result
-
-    def execute_command(self, parts):
-        if parts and parts[0].lower() == "refork" and isinstance(self.arbiter, SmartArbiter):
-            return self.arbiter.queue_refork()
-        return GUNICORN_EXECUTE(self, parts)
-
-    Arbiter.run = run
-    BaseApplication.wsgi = wsgi
-    ctl_handlers.CommandHandlers.show_workers = show_workers
-    ctl_handlers.CommandHandlers.show_stats = show_stats
-    ctl_handlers.CommandHandlers.help = help_
-    ctl_server.ControlSocketServer._execute_command = execute_command
-
-
-def smart_spawning_requested(cfg):
-    try:
-        install_settings(cfg)
-    except ConfigError:
-        return True  # SmartArbiter.run() reports it before anything starts
-    return (cfg.spawn_method == "smart" and not cfg.reload
-            and _linux.smart_spawn_unsupported() is None)
-
-
-class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
+class SmartArbiter(Arbiter):
     """gunicorn's Arbiter with smart spawning. See the module docstring."""
 
     SIGNALS = [*Arbiter.SIGNALS, signal.SIGURG]
@@ -138,21 +65,12 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
             self.log.warning(warning)
         self.worker_class = worker_class_for(self.cfg)
         self.generation = 1
-        self.spawners = []            # every spawner whose channel is open
-        self.preloader = None         # the preloader serving spawn requests
-        self.next_preloader = None    # booting after a HUP, for generation + 1
-        self.ever_ready = False
-        self.restart_failures = 0
-        self.restart_at = None
-        self.pending = {}             # age -> worker record awaiting WorkerSpawned
-        self.records = {}             # pid -> worker record holding a slot or a channel
-        # Our children that are not workers, not yet reaped: pid -> "preloader",
-        # "template" or "standby". Only these (and gunicorn's WORKERS) are ever signalled:
-        # an unreaped child's pid cannot have been reused.
-        self.helpers = {}
-        self.killed_on_purpose = set()  # spawner pids the master SIGKILLed itself
         self.stopping = False
-        self.counters = Counters()    # inherited by every process forked from here on
+        self.ever_ready = False       # a preloader has loaded the app once
+        self.restart_failures = 0     # preloader restarts since one last spawned a worker
+        self.restart_at = None
+        self.table = WorkerTable(self.WORKERS)
+        self.pool = SpawnerPool(self.log, self.WORKERS)
         self.state_path = state.state_path(os.getpid())
         self.state_published = 0.0
         self.state_unwritable = False
@@ -162,9 +80,9 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         self.forking = False  # the master is forking (close_master_only)
         os.register_at_fork(before=self.note_fork, after_in_child=self.close_master_only)
         self.smart = self.choose_smart_spawning()
-        self.init_refork()
-        self.init_lifecycle()
-        return GUNICORN_RUN(self)
+        self.reforker = Reforker(self)
+        self.lifecycle = Lifecycle(self)
+        return patches.GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):
         # Any fork from a preloader or a template (fork_worker) needs the subreaper.
@@ -200,11 +118,11 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
     def start(self):
         super().start()
         if self.smart:
-            self.preloader = self.start_preloader(self.generation)
+            self.pool.preloader = self.start_preloader(self.generation)
 
     def init_signals(self):
         super().init_signals()
-        # Wakes the select() in wait_for_signals(); gunicorn's handlers only queue.
+        # Wakes the poll() in wait_for_signals(); gunicorn's handlers only queue.
         signal.set_wakeup_fd(self._wake_w)
 
     def wakeup(self):
@@ -216,16 +134,15 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
 
     def wait_for_signals(self, timeout=1.0):
         """Wait for a signal or a spawner message; returns the signals."""
-        if self.refork is not None or self.outgoing:
+        if self.reforker.current is not None or self.lifecycle.outgoing:
             timeout = min(timeout, 0.05)  # a refork or a replacement advances as workers boot
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)
         # poll, not select: with fork_worker each worker has a channel, and select()
         # fails once an fd passes FD_SETSIZE (1024).
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        for spawner in self.spawners:
-            poller.register(spawner.channel, select.POLLIN)
+        for fd in (self._wake_r, *self.pool.channels()):
+            poller.register(fd, select.POLLIN)
         readable = {fd for fd, _event in poller.poll(timeout * 1000)}
         if self._wake_r in readable:
             while True:
@@ -233,7 +150,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     break
-        self.read_channels([s for s in self.spawners if s.channel.fileno() in readable])
+        self.read_channels([s for s in self.pool.handles if s.channel.fileno() in readable])
         signals = []
         while True:
             try:
@@ -244,12 +161,12 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 signals.append(sig)
 
     def manage_workers(self):
-        self.release_departed()
+        self.table.release_departed()
         self.manage_spawners()
         self.dispatch_spawns()
-        self.manage_lifecycle()
-        self.manage_refork()
-        with self.outgoing_not_counted():
+        self.lifecycle.manage()
+        self.reforker.manage()
+        with self.lifecycle.outgoing_not_counted():
             super().manage_workers()
         self.publish_state()
 
@@ -274,19 +191,22 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                 "metric": "smartspawn.pss_total_mib", "value": round(mib, 1),
                 "mtype": "gauge"})
 
+    # -- spawning -------------------------------------------------------------------------
+
     def spawn_workers(self):
-        spawner = self.current_spawner()
+        spawner = self.pool.current()
         if spawner is None:
             if not self.smart:
                 return super().spawn_workers()
-            if (self.preloader is None and self.next_preloader is None
+            pool = self.pool
+            if (pool.preloader is None and pool.next_preloader is None
                     and self.restart_at is None and not self.stopping):
                 # preloader_idle_timeout stopped the last one, and no template is alive.
                 self.log.info("Starting a preloader on demand")
-                self.preloader = self.start_preloader(self.generation)
+                pool.preloader = self.start_preloader(self.generation + 1)
             return None  # spawning starts when the preloader is ready
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
-        for _ in range(self.num_workers - len(self.WORKERS) - len(self.pending)):
+        for _ in range(self.num_workers - len(self.WORKERS) - len(self.table.pending)):
             self.spawn_worker()
         return None
 
@@ -295,40 +215,30 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
                                    self.timeout / 2.0, self.cfg, self.log)
         worker.generation = self.generation
-        worker.slot = self.counters.allocate()
+        worker.slot = self.table.counters.allocate()
         worker.spawned_mtime = worker.tmp.last_update()
-        spawner = self.current_spawner()
+        spawner = self.pool.current()
         if spawner is None:
             return self.spawn_direct(worker)
         worker.spawned_from = spawner.kind
         worker.spawner_pid = spawner.pid
         worker.generation = spawner.generation
         self.cfg.pre_fork(self, worker)
-        worker.spawn_requested = time.monotonic()
-        worker.spawn_deadline = None  # queued: see dispatch_spawns
-        self.pending[worker.age] = worker
+        self.table.queue(worker)
         self.dispatch_spawns()
         return None
 
     def dispatch_spawns(self):
-        """Send each spawner its next queued spawn request, one at a time.
-
-        A spawner forks one worker after another: with many requests in its queue (a
-        start, a HUP, on a big heap) the last would wait for all the others. One at a
-        time, each spawn is timed from when its spawner takes it (SPAWN_TIMEOUT).
-        """
-        in_flight = {w.spawner_pid for w in self.pending.values() if w.spawn_deadline}
-        for _age, worker in sorted(self.pending.items()):
-            if worker.spawn_deadline is None and worker.spawner_pid not in in_flight:
-                in_flight.add(worker.spawner_pid)
-                self.send_spawn_request(self.spawner_by_pid(worker.spawner_pid), worker)
+        """Send each spawner its next queued spawn request (workertable.py)."""
+        for worker in self.table.to_send():
+            self.send_spawn_request(self.pool.by_pid(worker.spawner_pid), worker)
 
     def send_spawn_request(self, spawner, worker):
         if spawner is None:  # it exited while the request was queued
             self.log.error("Worker %s was not spawned: its spawner exited", worker.age)
-            self.forget_pending(worker.age)
+            self.table.forget_pending(worker.age)
             return
-        worker.spawn_deadline = time.monotonic() + SPAWN_TIMEOUT
+        self.table.sent(worker)
         fds = [worker.tmp.fileno()]
         child_end = None
         if refork_enabled(self.cfg):
@@ -346,7 +256,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         except OSError as exc:
             # The spawner is gone; its EOF is handled by read_channels().
             self.log.error("Spawn request to %r failed: %s", spawner, exc)
-            self.forget_pending(worker.age)
+            self.table.forget_pending(worker.age)
         finally:
             if child_end is not None:
                 child_end.close()
@@ -355,14 +265,14 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
     def spawn_direct(self, worker):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
         worker.spawner_pid = self.pid
+        worker.template_class = Template
         self.cfg.pre_fork(self, worker)
         child_end = None
         if refork_enabled(self.cfg):
             worker.channel, child_end = protocol.channel_pair()
         pid = os.fork()
         if pid:
-            worker.pid = pid
-            self.WORKERS[pid] = self.records[pid] = worker
+            self.table.add(worker, pid)
             self._stats["workers_spawned"] += 1
             if child_end is not None:
                 child_end.close()
@@ -376,130 +286,29 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         finally:
             os._exit(1)
 
-    def reap_workers(self):
-        # A worker's WorkerSpawned is written before it can exit: read it first, so that
-        # gunicorn's reaper knows the pid.
-        self.read_channels(list(self.spawners))
-        self.reap_spawners()
-        unbooted = self.unbooted_template_children()
-        super().reap_workers()
-        self.reap_spawners()  # forget the helpers gunicorn's waitpid(-1) just reaped
-        self.count_failed_template_children(unbooted)
-        self.release_departed()
-
-    def handle_hup(self):
-        if not self.smart:
-            # gunicorn's reload spawns from the master, which loads the new code: the
-            # template (old code) must not serve those spawns.
-            self.end_template_generation()
-            return super().handle_hup()
-        self.log.info("Hang up: %s", self.master_name)
-        if not self.reload_config():
-            return None
-        if self.refork is not None:
-            self.abort_refork("HUP")
-        if self.next_preloader is not None:
-            self.log.info("HUP supersedes the reload already booting in %r",
-                          self.next_preloader)
-            self.retire(self.next_preloader)
-        self.next_preloader = self.start_preloader(self.generation + 1)
-        if self.dirty_arbiter_pid:
-            self.kill_dirty_arbiter(signal.SIGHUP)
-        return None
-
-    def handle_usr1(self):
-        super().handle_usr1()
-        for pid in list(self.helpers):  # they write to the same log files
-            self.signal_child(pid, signal.SIGUSR1)
-
-    def setup(self, app):
-        # Runs on HUP only: the first setup() ran before the switch to this class.
-        super().setup(app)
-        for warning in install_settings(self.cfg):
-            self.log.warning(warning)
-        self.worker_class = worker_class_for(self.cfg)
-
-    def stop(self, graceful=True):
-        self.stopping = True
-        self.read_channels(list(self.spawners))  # workers forked just now stop too
-        for spawner in list(self.spawners):
-            self.retire(spawner)
-        super().stop(graceful)
-        for spawner in self.spawners:
-            spawner.channel.close()
-        self.spawners = []
-        self.wait_for_spawners(deadline=time.monotonic() + 2.0)
-        state.remove(self.state_path)
-
-    # -- the control socket (called from its thread: only reads, or queues a signal) ----
-
-    def worker_fields(self, pid):
-        worker = self.WORKERS.get(pid)
-        if worker is None:
-            return {}
-        return {"generation": worker.generation, "spawned_from": worker.spawned_from,
-                "uss": worker.uss, "outgoing": self.outgoing.get(pid),
-                **self.counters.snapshot(worker.slot)}
-
-    def smartspawn_stats(self):
-        return {"generation": self.generation,
-                "spawn_method": "smart" if self.smart else "direct",
-                "preloader_pid": self.preloader.pid if self.preloader else None,
-                "template_pid": self.template.pid if self.template else None,
-                "reforks": self.reforks_done,
-                "refork_in_progress": self.refork is not None,
-                **self.lifecycle_stats}
-
-    def queue_refork(self):
-        """The control socket's `refork`: the same as `kill -URG <master>`."""
-        self.SIG_QUEUE.put_nowait(signal.SIGURG)
-        self.wakeup()
-        return {"status": "refork requested" if refork_enabled(self.cfg)
-                else "ignored: fork_worker is off"}
-
-    # -- worker records -----------------------------------------------------------------
-
-    def worker_spawned(self, age, pid):
-        worker = self.pending.pop(age, None)
+    def worker_spawned(self, spawner, age, pid):
+        self.pool.standby_taken(spawner, pid)
+        worker = self.table.checked_in(age, pid)
         if worker is None:
             self.log.warning("Worker (pid: %s) checked in after its spawn request was "
                              "given up; stopping it", pid)
             os.kill(pid, signal.SIGKILL)
             return
-        worker.pid = pid
-        self.WORKERS[pid] = self.records[pid] = worker
         self._stats["workers_spawned"] += 1
         if worker.spawned_from == "preloader":
             self.restart_failures = 0  # a preloader that spawns is a healthy one
         self.dispatch_spawns()
-        spawner = self.spawner_by_pid(worker.spawner_pid)
-        if spawner is not None and spawner.retiring and not self.stopping:
-            # Asked for before a HUP's switch: its generation is being replaced.
-            self.replace_worker(worker, "its %r retired" % spawner)
         latency_ms = (time.monotonic() - worker.spawn_requested) * 1000
         self.log.debug("Worker %s (pid: %s) checked in %.1f ms after its spawn request",
                        age, pid, latency_ms, extra={"metric": "smartspawn.spawn_latency",
                                                     "value": latency_ms, "mtype": "histogram"})
         if self.stopping:
             self.kill_worker(pid, signal.SIGTERM)
+        elif spawner.retiring:
+            # Asked for before a HUP's switch: its generation is being replaced.
+            self.lifecycle.replace(worker, "its %r retired" % spawner)
 
-    def forget_pending(self, age):
-        worker = self.pending.pop(age, None)
-        if worker is not None:
-            worker.tmp.close()
-            self.release_resources(worker)
-
-    def release_departed(self):
-        """Free the slot and channel of every worker gunicorn has forgotten."""
-        for pid in [pid for pid in self.records if pid not in self.WORKERS]:
-            self.release_resources(self.records.pop(pid))
-
-    def release_resources(self, worker):
-        self.counters.release(worker.slot)
-        worker.slot = None
-        if worker.channel is not None:
-            worker.channel.close()
-            worker.channel = None
+    # -- forks from the master --------------------------------------------------------------
 
     def note_fork(self):
         # os.getppid() in the child cannot tell: a grandchild whose parent has exited
@@ -513,8 +322,7 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         respawned dirty arbiter) or a hook's os.fork(). A kept copy of a spawner's channel
         would hide its EOF; another worker's heartbeat or channel would leak into every
         process forked from this child. Also the signal wakeup fd: its number may be
-        reused in the child, and a signal would write a byte into that file. Closed
-        through their objects, so that nothing closes the numbers again later.
+        reused in the child, and a signal would write a byte into that file.
         """
         if not self.forking:
             return  # a fork in some other process of the tree (at-fork hooks are inherited)
@@ -522,74 +330,117 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
-        for spawner in self.spawners:
-            spawner.channel.close()
-        workers = {id(w): w for w in (*self.records.values(), *self.WORKERS.values(),
-                                      *self.pending.values())}
-        for worker in workers.values():
-            worker.tmp.close()
-            if worker.channel is not None:
-                worker.channel.close()
+        self.pool.close_in_child()
+        self.table.close_in_child()
+
+    # -- reaping ---------------------------------------------------------------------------
+
+    def reap_workers(self):
+        # A worker's WorkerSpawned is written before it can exit: read it first, so that
+        # gunicorn's reaper knows the pid.
+        self.read_channels(list(self.pool.handles))
+        self.pool.reap()
+        unbooted = self.lifecycle.unbooted_template_children()
+        super().reap_workers()
+        self.pool.reap()  # forget the helpers gunicorn's waitpid(-1) just reaped
+        self.lifecycle.count_failed_template_children(unbooted)
+        self.table.release_departed()
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def handle_hup(self):
+        if not self.smart:
+            # gunicorn's reload spawns from the master, which loads the new code: the
+            # template (old code) must not serve those spawns.
+            self.reforker.end_generation()
+            return super().handle_hup()
+        self.log.info("Hang up: %s", self.master_name)
+        if not self.reload_config():
+            return None
+        if self.reforker.current is not None:
+            self.reforker.abort("HUP")
+        if self.pool.next_preloader is not None:
+            self.log.info("HUP supersedes the reload already booting in %r",
+                          self.pool.next_preloader)
+            self.retire(self.pool.next_preloader)
+        self.pool.next_preloader = self.start_preloader(self.generation + 1)
+        if self.dirty_arbiter_pid:
+            self.kill_dirty_arbiter(signal.SIGHUP)
+        return None
+
+    def handle_usr1(self):
+        super().handle_usr1()
+        self.pool.signal_helpers(signal.SIGUSR1)  # they write to the same log files
+
+    def handle_urg(self):
+        if not self.reforker.enabled:
+            self.log.info("URG ignored: fork_worker is off")
+            return
+        self.reforker.request("URG")
+
+    def setup(self, app):
+        # Runs on HUP only: the first setup() ran before the switch to this class.
+        super().setup(app)
+        for warning in install_settings(self.cfg):
+            self.log.warning(warning)
+        self.worker_class = worker_class_for(self.cfg)
+
+    def stop(self, graceful=True):
+        self.stopping = True
+        self.read_channels(list(self.pool.handles))  # workers forked just now stop too
+        for spawner in list(self.pool.handles):
+            self.retire(spawner)
+        super().stop(graceful)
+        self.pool.close_all()
+        self.pool.wait_all(deadline=time.monotonic() + 2.0)
+        state.remove(self.state_path)
+
+    # -- the control socket (called from its thread: only reads, or queues a signal) ----
+
+    def worker_fields(self, pid):
+        worker = self.WORKERS.get(pid)
+        if worker is None:
+            return {}
+        return {"generation": worker.generation, "spawned_from": worker.spawned_from,
+                "uss": worker.uss, "outgoing": self.lifecycle.outgoing.get(pid),
+                **self.table.counters.snapshot(worker.slot)}
+
+    def smartspawn_stats(self):
+        pool = self.pool
+        return {"generation": self.generation,
+                "spawn_method": "smart" if self.smart else "direct",
+                "preloader_pid": pool.preloader.pid if pool.preloader else None,
+                "template_pid": pool.template.pid if pool.template else None,
+                **self.reforker.stats(), **self.lifecycle.stats}
+
+    def queue_refork(self):
+        """The control socket's `refork`: the same as `kill -URG <master>`."""
+        self.SIG_QUEUE.put_nowait(signal.SIGURG)
+        self.wakeup()
+        return {"status": "refork requested" if refork_enabled(self.cfg)
+                else "ignored: fork_worker is off"}
 
     # -- spawners: the preloader and templates --------------------------------------------
 
-    def current_spawner(self):
-        """The template if one is ready, else the preloader if ready, else None."""
-        for spawner in (self.template, self.preloader):
-            if spawner is not None and spawner.ready and not (spawner.retiring or spawner.stuck):
-                return spawner
-        return None
-
     def start_preloader(self, generation):
         preloader = start_preloader(self, generation, self.cfg.preloader_boot_timeout)
-        self.spawners.append(preloader)
-        self.helpers[preloader.pid] = "preloader"
+        self.pool.add(preloader)
         self.log.info("Started %r", preloader)
         return preloader
 
     def retire(self, spawner):
-        """Stop using `spawner`; it is stopped once no spawn waits on it (close_retired)."""
-        spawner.retiring = True
-        if spawner.ready:
-            self.close_retired()
-        elif spawner.kind == "template":
-            # A refork's candidate: still a serving worker, finishing its requests. It
-            # stays in WORKERS, and gunicorn stops it like any worker.
-            pass
-        else:
-            self.kill_spawner(spawner)  # still loading the app: nothing in it to keep
+        self.pool.retire(spawner, self.table.busy_spawners())
 
-    def kill_spawner(self, spawner):
-        """SIGKILL on purpose: its exit is logged at info; the reason was logged already."""
-        self.killed_on_purpose.add(spawner.pid)
-        self.signal_child(spawner.pid, signal.SIGKILL)
-
-    def signal_child(self, pid, sig):
-        """Signal `pid` only while it is a child we have not reaped: its pid cannot have
-        been reused by another process."""
-        if pid in self.helpers or pid in self.WORKERS:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass  # a zombie: reaped soon
-
-    def close_retired(self):
-        # Close only when no spawn is pending: a worker's check-in must not be lost.
-        busy = {worker.spawner_pid for worker in self.pending.values()}
-        for spawner in list(self.spawners):
-            if spawner.retiring and spawner.ready and spawner.pid not in busy:
-                self.spawners.remove(spawner)
-                spawner.channel.close()
-                # Not only the EOF: a process forked from the master by gunicorn or a
-                # hook may still hold a copy of the channel.
-                self.signal_child(spawner.pid, signal.SIGTERM)
-
-    def spawner_by_pid(self, pid):
-        return next((s for s in self.spawners if s.pid == pid), None)
+    def preloader_starting(self):
+        """True while no preloader is ready because one is (re)starting."""
+        preloader = self.pool.preloader
+        return self.smart and (self.restart_at is not None
+                               or (preloader is not None and not preloader.ready))
 
     def manage_spawners(self):
         now = time.monotonic()
-        for preloader in (self.preloader, self.next_preloader):
+        pool = self.pool
+        for preloader in (pool.preloader, pool.next_preloader):
             if (preloader and not preloader.ready and preloader.boot_deadline
                     and now > preloader.boot_deadline and preloader.failure is None):
                 limit = preloader.boot_deadline - preloader.started_at
@@ -597,81 +448,69 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
                                "(preloader_boot_timeout); killing it", preloader, limit)
                 preloader.failure = protocol.BootFailed(
                     WORKER_BOOT_ERROR, "app import took longer than %.1fs" % limit)
-                self.kill_spawner(preloader)
-        for age, worker in list(self.pending.items()):
-            if worker.spawn_deadline and now > worker.spawn_deadline and age in self.pending:
-                spawner = self.spawner_by_pid(worker.spawner_pid)
-                self.log.error("Spawn of worker %s got no answer within %.0fs from %r; "
-                               "killing it", age, SPAWN_TIMEOUT, spawner)
-                self.forget_pending(age)
-                if spawner is not None:
-                    spawner.stuck = True
-                    self.kill_spawner(spawner)
-                    for other, pending in list(self.pending.items()):
-                        if pending.spawner_pid == spawner.pid:
-                            self.forget_pending(other)
-        self.close_retired()
-        if self.smart and self.preloader is None and self.next_preloader is None \
+                pool.kill(preloader)
+        for worker in self.table.overdue(now):
+            if worker.age in self.table.pending:
+                self.spawn_overdue(worker)
+        pool.close_retired(self.table.busy_spawners())
+        if self.smart and pool.preloader is None and pool.next_preloader is None \
                 and self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
-            self.preloader = self.start_preloader(self.generation)
+            # It imports the code on disk now, maybe not the running generation's.
+            pool.preloader = self.start_preloader(self.generation + 1)
+
+    def spawn_overdue(self, worker):
+        spawner = self.pool.by_pid(worker.spawner_pid)
+        self.log.error("Spawn of worker %s got no answer within %.0fs from %r; "
+                       "killing it", worker.age, SPAWN_TIMEOUT, spawner)
+        self.table.forget_pending(worker.age)
+        if spawner is not None:
+            spawner.stuck = True
+            self.pool.kill(spawner)
+            for other in self.table.pending_of(spawner.pid):
+                self.table.forget_pending(other.age)
 
     def read_channels(self, spawners):
-        for spawner in spawners:
-            while spawner in self.spawners:
-                try:
-                    message, fds = protocol.recv(spawner.channel)
-                except BlockingIOError:
-                    break
-                except (EOFError, ConnectionError):
-                    self.spawner_gone(spawner)
-                    break
-                except (protocol.ProtocolError, OSError) as exc:
-                    self.broken_spawner(spawner, exc)
-                    break
-                for fd in fds:
-                    os.close(fd)
-                self.handle_message(spawner, message)
-
-    def broken_spawner(self, spawner, exc):
-        """What came from `spawner` is no message: it is broken, never trusted again."""
-        self.log.error("%r sent what is not a message (%s); killing it", spawner, exc)
-        if spawner.failure is None:
-            spawner.failure = protocol.BootFailed(WORKER_BOOT_ERROR, "broken channel: %s" % exc)
-        self.kill_spawner(spawner)
-        self.spawner_gone(spawner)
+        for spawner, message in self.pool.read(spawners):
+            self.handle_message(spawner, message)
 
     def handle_message(self, spawner, message):
         match message:
             case protocol.SpawnerReady(boot_seconds=seconds):
                 spawner.ready = True
                 if spawner.kind == "template":
-                    self.template_ready(spawner, seconds)
+                    self.reforker.template_ready(spawner, seconds)
                 else:
                     self.preloader_ready(spawner, seconds)
             case protocol.BootFailed():
                 spawner.failure = message
             case protocol.StandbyReady(pid=pid):
-                spawner.standby_pid = pid
-                self.helpers[pid] = "standby"
+                self.pool.standby_ready(spawner, pid)
             case protocol.WorkerSpawned(age=age, pid=pid):
-                if pid == spawner.standby_pid:
-                    spawner.standby_pid = None
-                self.helpers.pop(pid, None)  # a worker now: gunicorn's to reap
-                self.worker_spawned(age, pid)
+                self.worker_spawned(spawner, age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
                 self.log.error("%r could not fork worker %s: %s", spawner, age, reason)
-                self.forget_pending(age)
+                self.table.forget_pending(age)
+            case ChannelClosed():
+                self.spawner_gone(spawner)
+            case ChannelBroken(error=error):
+                if spawner.failure is None:
+                    spawner.failure = protocol.BootFailed(WORKER_BOOT_ERROR,
+                                                          "broken channel: %s" % error)
+                self.spawner_gone(spawner)
             case _:
-                self.broken_spawner(spawner, "unexpected %r" % (message,))
+                self.handle_message(spawner, self.pool.broken(
+                    spawner, "unexpected %r" % (message,)))
 
     def preloader_ready(self, preloader, seconds):
         # restart_failures is reset by its first worker (worker_spawned), not here: a
         # preloader killed as stuck after every restart would restart without a pause.
         self.ever_ready = True
         self.log.info("%r loaded the app in %.3fs", preloader, seconds)
-        if preloader is self.next_preloader:
+        if preloader is self.pool.next_preloader:
             self.switch_generation()
+        elif preloader is self.pool.preloader:
+            self.generation = max(self.generation, preloader.generation)
 
     def switch_generation(self):
         """A HUP's new preloader is ready: its workers replace the old generation's.
@@ -680,39 +519,37 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         outgoing, so manage_workers() spawns its replacement from the new preloader, and
         the old ones are stopped once `workers` new ones serve.
         """
-        old, self.preloader = self.preloader, self.next_preloader
-        self.next_preloader = None
-        self.generation = self.preloader.generation
+        pool = self.pool
+        old, pool.preloader, pool.next_preloader = pool.preloader, pool.next_preloader, None
+        self.generation = pool.preloader.generation
         if old is not None:
             self.retire(old)
-        self.end_template_generation()
+        self.reforker.end_generation()
         self.log.info("Generation %s is ready; replacing the workers of the previous "
                       "generation", self.generation)
         for worker in list(self.WORKERS.values()):
-            if worker.generation < self.generation and worker.pid not in self.outgoing:
-                self.replace_worker(worker, "HUP: generation %s" % self.generation)
+            if worker.generation < self.generation and worker.pid not in self.lifecycle.outgoing:
+                self.lifecycle.replace(worker, "HUP: generation %s" % self.generation)
 
     def spawner_gone(self, spawner):
-        """The spawner's channel hit EOF: it has exited (its status is reaped apart)."""
-        spawner.channel.close()
-        self.spawners.remove(spawner)
-        for age, worker in list(self.pending.items()):
-            if worker.spawner_pid == spawner.pid:
-                self.log.error("Worker %s was not spawned: %r exited", age, spawner)
-                self.forget_pending(age)
+        """The spawner's channel is closed: it has exited (its status is reaped apart)."""
+        pool = self.pool
+        for worker in self.table.pending_of(spawner.pid):
+            self.log.error("Worker %s was not spawned: %r exited", worker.age, spawner)
+            self.table.forget_pending(worker.age)
         if spawner.retiring or self.stopping:
             return
         if spawner.kind == "template":
-            self.template_gone(spawner)
+            self.reforker.template_gone(spawner)
             return
         detail = ": %s" % spawner.failure.reason if spawner.failure else ""
-        if spawner is self.next_preloader:
-            self.next_preloader = None
+        if spawner is pool.next_preloader:
+            pool.next_preloader = None
             self.log.error("Reload failed: %r exited before it loaded the app%s; "
                            "generation %s keeps serving", spawner, detail, self.generation)
             return
-        self.preloader = None
-        if not self.ever_ready and self.next_preloader is None:
+        pool.preloader = None
+        if not self.ever_ready and pool.next_preloader is None:
             code = spawner.failure.exit_code if spawner.failure else WORKER_BOOT_ERROR
             reason = ("App failed to load." if code == APP_LOAD_ERROR
                       else "Worker failed to boot.")
@@ -723,55 +560,16 @@ class SmartArbiter(LifecycleMixin, ReforkMixin, Arbiter):
         self.log.error("%r exited%s; the workers keep serving; a new preloader starts "
                        "in %ss", spawner, detail, delay)
 
-    def reap_spawners(self):
-        """Reap (and log) exited helpers: spawners and standbys."""
-        for pid in list(self.helpers):
-            try:
-                wpid, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                wpid, status = pid, None  # gunicorn's waitpid(-1) reaped it first
-            if wpid:
-                self.helper_reaped(pid, self.helpers.pop(pid), status)
-
-    def helper_reaped(self, pid, role, status):
-        if role == "standby":
-            for spawner in self.spawners:
-                if spawner.standby_pid == pid:
-                    spawner.standby_pid = None
-        if status is None:
-            return
-        name = "Standby" if role == "standby" else "Spawner"
-        if os.WIFSIGNALED(status):
-            sig = signal.Signals(os.WTERMSIG(status))
-            expected = sig == signal.SIGTERM or pid in self.killed_on_purpose
-            self.killed_on_purpose.discard(pid)
-            (self.log.info if expected else self.log.error)(
-                "%s (pid: %s) was sent %s", name, pid, sig.name)
-        elif os.WEXITSTATUS(status):
-            self.log.error("%s (pid: %s) exited with code %s",
-                           name, pid, os.WEXITSTATUS(status))
-        else:
-            self.log.info("%s (pid: %s) exited", name, pid)
-
-    def wait_for_spawners(self, deadline):
-        while self.helpers and time.monotonic() < deadline:
-            self.reap_spawners()
-            time.sleep(0.05)
-        for pid in list(self.helpers):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            del self.helpers[pid]
-
     # -- HUP --------------------------------------------------------------------------
 
     def reload_config(self):
         """gunicorn's Arbiter.reload() up to its spawn loop; spawning is the preloader's.
 
-        Unlike gunicorn, a configuration that fails to load keeps the running one (and
-        its workers) instead of stopping the master. Returns whether it loaded.
+        A copy, not a wrapper: after its spawn loop, Arbiter.reload() waits (up to
+        graceful_timeout) for every old worker to exit, which would block the master
+        while the new preloader imports. Unlike gunicorn, a configuration that fails to
+        load keeps the running one (and its workers) instead of stopping the master.
+        Returns whether it loaded.
         """
         self._stats["reloads"] += 1
         old_cfg, old_address = self.cfg, self.cfg.address

@@ -13,6 +13,10 @@
   started on demand (arbiter.py, spawn_workers).
 - **Failing template.** A template whose workers exit before they ever serve, several in
   a row, is abandoned: spawns go back to the preloader.
+
+The Lifecycle owns the outgoing workers, the memory samples and these counts; it works
+through the master's worker table and spawner pool, and asks the Reforker (refork.py) to
+refork.
 """
 import contextlib
 import signal
@@ -20,7 +24,7 @@ import time
 
 import psutil
 
-from gunicorn_smartspawn.refork import booted, choose_candidate
+from gunicorn_smartspawn.refork import booted
 
 MIB = 1024 * 1024
 # Samples in a row a condition must hold before the master acts on it (a noisy figure
@@ -59,24 +63,28 @@ class MemoryGrowth:
         return self.in_a_row >= SAMPLES_IN_A_ROW
 
 
-class LifecycleMixin:
-    """The master's lifecycle methods (mixed into SmartArbiter)."""
+class Lifecycle:
+    """The master's worker lifecycle. `master` is the SmartArbiter (arbiter.py)."""
 
-    def init_lifecycle(self):
+    def __init__(self, master):
+        self.master = master
+        self.cfg, self.log = master.cfg, master.log
+        self.table, self.pool = master.table, master.pool
         self.outgoing = {}             # pid -> why it is being replaced
         self.sent_term = set()         # outgoing pids already told to stop
         self.next_sample = time.monotonic()
         self.memory_growth = None      # MemoryGrowth of the current generation
         self.template_child_failures = 0
-        self.lifecycle_stats = {"memory_samples": 0, "replaced_max_requests": 0,
-                                "replaced_max_worker_memory": 0, "memory_reforks": 0,
-                                "preloader_idle_exits": 0, "templates_abandoned": 0}
+        self.stats = {"memory_samples": 0, "replaced_max_requests": 0,
+                      "replaced_max_worker_memory": 0, "memory_reforks": 0,
+                      "preloader_idle_exits": 0, "templates_abandoned": 0}
 
-    def manage_lifecycle(self):
-        for pid in [pid for pid in self.outgoing if pid not in self.WORKERS]:
+    def manage(self):
+        workers = self.table.workers
+        for pid in [pid for pid in self.outgoing if pid not in workers]:
             del self.outgoing[pid]
             self.sent_term.discard(pid)
-        if self.refork is None:
+        if self.master.reforker.current is None:
             self.collect_retire_requests()
         self.sample_memory()
         self.stop_replaced_workers()
@@ -92,42 +100,44 @@ class LifecycleMixin:
         is never touched: the control socket's thread reads it, and every fd of every
         worker in it is closed in the children the master forks.
         """
-        extra = sum(pid in self.WORKERS for pid in self.outgoing)
-        self._num_workers += extra
+        master = self.master
+        extra = sum(pid in self.table.workers for pid in self.outgoing)
+        master._num_workers += extra
         try:
             yield
         finally:
-            self._num_workers -= extra
+            master._num_workers -= extra
 
     # -- spawn before retire --------------------------------------------------------------
 
-    def replace_worker(self, worker, why, stat=None):
-        """Make `worker` outgoing; `stat`: the lifecycle_stats (and statsd) count to add to."""
+    def replace(self, worker, why, stat=None):
+        """Make `worker` outgoing; `stat`: the stats (and statsd) count to add to."""
         self.outgoing[worker.pid] = why
         extra = {}
         if stat is not None:
-            self.lifecycle_stats[stat] += 1
+            self.stats[stat] += 1
             extra = {"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"}
         self.log.info("Replacing worker (pid: %s): %s; it serves until its replacement "
                       "does", worker.pid, why, extra=extra)
 
     def collect_retire_requests(self):
-        for worker in list(self.WORKERS.values()):
-            if worker.pid not in self.outgoing and self.counters.get(worker.slot, "retire"):
-                self.replace_worker(worker, "it served %s requests (max_requests)"
-                                    % self.counters.requests(worker.slot),
-                                    "replaced_max_requests")
+        counters = self.table.counters
+        for worker in list(self.table.workers.values()):
+            if worker.pid not in self.outgoing and counters.get(worker.slot, "retire"):
+                self.replace(worker, "it served %s requests (max_requests)"
+                             % counters.requests(worker.slot), "replaced_max_requests")
 
     def stop_replaced_workers(self):
         waiting = [pid for pid in self.outgoing if pid not in self.sent_term]
         if not waiting:
             return
-        serving = [w for pid, w in self.WORKERS.items() if pid not in self.outgoing and booted(w)]
-        if len(serving) < self.num_workers:
+        serving = [w for pid, w in self.table.workers.items()
+                   if pid not in self.outgoing and booted(w)]
+        if len(serving) < self.master.num_workers:
             return
         for pid in waiting:
             self.sent_term.add(pid)
-            self.kill_worker(pid, signal.SIGTERM)
+            self.master.kill_worker(pid, signal.SIGTERM)
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -138,7 +148,7 @@ class LifecycleMixin:
             return
         self.next_sample = now + cfg.memory_sample_interval
         sampled = []
-        for pid, worker in list(self.WORKERS.items()):
+        for pid, worker in list(self.table.workers.items()):
             if pid in self.outgoing or not booted(worker):
                 continue
             try:
@@ -149,7 +159,7 @@ class LifecycleMixin:
             sampled.append(worker)
         if not sampled:
             return
-        self.lifecycle_stats["memory_samples"] += 1
+        self.stats["memory_samples"] += 1
         mean_mib = sum(w.uss for w in sampled) / len(sampled) / MIB
         self.log.debug("Workers' mean USS: %.1f MiB", mean_mib, extra={
             "metric": "smartspawn.worker_uss_mean_mib", "value": round(mean_mib, 1),
@@ -163,8 +173,8 @@ class LifecycleMixin:
         for worker in sampled:
             over = worker.uss > limit
             worker.over_limit = worker.over_limit + 1 if over else 0
-            if worker.over_limit >= SAMPLES_IN_A_ROW and self.refork is None:
-                self.replace_worker(
+            if worker.over_limit >= SAMPLES_IN_A_ROW and self.master.reforker.current is None:
+                self.replace(
                     worker, "its private memory (USS) %.1f MiB stayed above "
                     "max_worker_memory %.1f MiB for %s samples"
                     % (worker.uss / MIB, limit / MIB, worker.over_limit),
@@ -173,48 +183,52 @@ class LifecycleMixin:
     def refork_if_memory_grew(self, sampled, now):
         if len(sampled) < 2:
             return
+        reforker, generation = self.master.reforker, self.master.generation
         # A refork or a HUP starts a new generation, and a new baseline. Workers of an
         # older generation (respawned from the preloader after a template died) count.
-        if self.memory_growth is None or self.memory_growth.generation != self.generation:
-            self.memory_growth = MemoryGrowth(self.generation)
+        if self.memory_growth is None or self.memory_growth.generation != generation:
+            self.memory_growth = MemoryGrowth(generation)
         rule = self.memory_growth
         fired = rule.observe([w.uss for w in sampled], [w.rss for w in sampled],
                              self.cfg.refork_memory_growth)
-        if (not fired or now - self.last_refork_at < self.cfg.refork_min_interval
-                or self.refork_busy()
-                or choose_candidate(self.WORKERS.values(), self.counters) is None):
+        if (not fired or now - reforker.last_refork_at < self.cfg.refork_min_interval
+                or reforker.busy() or reforker.candidate() is None):
             return
-        self.lifecycle_stats["memory_reforks"] += 1
+        self.stats["memory_reforks"] += 1
         self.log.debug("memory refork", extra={"metric": "smartspawn.memory_reforks",
                                                "value": 1, "mtype": "counter"})
-        self.start_refork("memory: the workers' mean USS grew by %.1f MiB, more than %s "
-                          "of the %.1f MiB they share" % (
-                              rule.growth / MIB, self.cfg.refork_memory_growth,
-                              rule.shared / MIB), None)
+        reforker.start("memory: the workers' mean USS grew by %.1f MiB, more than %s "
+                       "of the %.1f MiB they share" % (
+                           rule.growth / MIB, self.cfg.refork_memory_growth,
+                           rule.shared / MIB), None)
 
     # -- spawners ----------------------------------------------------------------------
 
     def stop_idle_preloader(self):
-        idle_timeout, preloader = self.cfg.preloader_idle_timeout, self.preloader
+        idle_timeout, pool = self.cfg.preloader_idle_timeout, self.pool
+        preloader = pool.preloader
         if (not idle_timeout or preloader is None or not preloader.ready or preloader.retiring
-                or self.next_preloader is not None or self.refork is not None
+                or pool.next_preloader is not None or self.master.reforker.current is not None
                 or time.monotonic() - preloader.last_used < idle_timeout
-                or any(w.spawner_pid == preloader.pid for w in self.pending.values())):
+                or self.table.pending_of(preloader.pid)):
             return
         self.log.info("%r spawned nothing for %ss (preloader_idle_timeout): stopping it to "
                       "free its memory; the next spawn comes from %s", preloader,
-                      idle_timeout, "the template" if self.template
+                      idle_timeout, "the template" if pool.template
                       else "a preloader started on demand")
-        self.lifecycle_stats["preloader_idle_exits"] += 1
-        self.retire(preloader)
-        self.preloader = None
+        self.stats["preloader_idle_exits"] += 1
+        self.master.retire(preloader)
+        pool.preloader = None
+
+    def new_template(self):
+        self.template_child_failures = 0
 
     def watch_template_children(self):
         """Count the template's workers that exited before serving; abandon it after a few."""
-        template = self.template
+        template = self.pool.template
         if template is None:
             return
-        for worker in self.WORKERS.values():
+        for worker in self.table.workers.values():
             if worker.spawner_pid == template.pid and not worker.served and booted(worker):
                 worker.served = True
                 self.template_child_failures = 0  # a success breaks the row
@@ -222,20 +236,21 @@ class LifecycleMixin:
             return
         self.log.error("%r abandoned: %s workers forked from it in a row exited before "
                        "serving; spawning from the %s", template, self.template_child_failures,
-                       "preloader" if self.smart else "master")
-        self.lifecycle_stats["templates_abandoned"] += 1
+                       "preloader" if self.master.smart else "master")
+        self.stats["templates_abandoned"] += 1
         self.template_child_failures = 0
-        if self.refork is not None:
-            self.abort_refork("its template's workers fail to boot")
-        self.retire(template)
-        self.template = None
+        if self.master.reforker.current is not None:
+            self.master.reforker.abort("its template's workers fail to boot")
+        self.master.retire(template)
+        self.pool.template = None
 
     def unbooted_template_children(self):
-        template = self.template
-        return [pid for pid, w in self.WORKERS.items()
+        template = self.pool.template
+        return [pid for pid, w in self.table.workers.items()
                 if template is not None and w.spawner_pid == template.pid and not booted(w)]
 
     def count_failed_template_children(self, unbooted):
         """`unbooted`: template children that had not served before this reap."""
-        if not self.stopping:
-            self.template_child_failures += sum(pid not in self.WORKERS for pid in unbooted)
+        if not self.master.stopping:
+            self.template_child_failures += sum(pid not in self.table.workers
+                                                for pid in unbooted)

@@ -236,8 +236,8 @@ class OutOfBand:
         """Our figures in the master's counters table (smartspawn status, gunicornc)."""
         worker = self.worker
         if worker.slot is not None:
-            worker.server.counters.set(worker.slot, "oob_collections", self.collections)
-            worker.server.counters.set(worker.slot, "oob_microseconds",
+            worker.counters.set(worker.slot, "oob_collections", self.collections)
+            worker.counters.set(worker.slot, "oob_microseconds",
                                        int(self.collect_seconds * 1e6))
 
     def collect(self):

@@ -5,7 +5,7 @@
      └─ worker 1..N      double-forked by the preloader, re-parented to the master
 
 Both sides live here, as in CPython's forkserver: `start_preloader()` runs in the master
-and returns a `SpawnerHandle`; `Preloader.run()` is the child.
+and returns a `SpawnerHandle` (spawnerpool.py); `Preloader.run()` is the child.
 """
 import gc
 import os
@@ -18,32 +18,9 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_smartspawn import _linux, forksafety, protocol
 from gunicorn_smartspawn.spawner import Spawner
+from gunicorn_smartspawn.spawnerpool import SpawnerHandle
+from gunicorn_smartspawn.template import Template
 from gunicorn_smartspawn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR
-
-
-class SpawnerHandle:
-    """The master's view of a process that forks workers: the preloader or a template."""
-
-    def __init__(self, kind, pid, channel, generation, boot_timeout=None):
-        self.kind = kind  # "preloader" | "template"
-        self.pid = pid
-        self.channel = channel
-        self.generation = generation
-        self.started_at = time.monotonic()
-        self.boot_deadline = self.started_at + boot_timeout if boot_timeout else None
-        self.ready = False
-        self.retiring = False
-        self.stuck = False  # killed for not answering: never asked again
-        self.standby_pid = None  # its worker forked ahead of need
-        self.failure = None  # the BootFailed message, or why the master killed it
-        self.last_used = self.started_at  # the last spawn request (preloader_idle_timeout)
-
-    def __repr__(self):
-        return "%s (pid: %s, gen=%s)" % (self.kind, self.pid, self.generation)
-
-    def request_spawn(self, age, slot, fds, listeners=0):
-        self.last_used = time.monotonic()
-        protocol.send(self.channel, protocol.SpawnWorker(age, slot, listeners), fds)
 
 
 def start_preloader(arbiter, generation, boot_timeout):
@@ -69,6 +46,7 @@ class Preloader(Spawner):
     """The preloader process. The `on_preload` hook receives it as `preloader`."""
 
     spawned_from = "preloader"
+    template_class = Template
 
     def run(self):
         """Load the app, then fork workers until the master goes; returns the exit code."""

@@ -6,12 +6,17 @@ reports ready as a template; the master then replaces every older worker, one at
 spawn before retire (lifecycle.py): an old worker is stopped only once its replacement
 and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
 control socket's `refork`, and `refork_on_memory` (lifecycle.py).
+
+The Reforker owns the refork in progress, the one requested meanwhile, the thresholds
+and the gate retries. It works through the master's parts: the worker table, the spawner
+pool (which holds the template) and the lifecycle (which replaces workers).
 """
 import os
 import signal
 import time
 
 from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn.spawnerpool import SpawnerHandle
 from gunicorn_smartspawn.template import GATE_CLOSED
 
 # Delays before a refork refused by a prevent_fork() block is tried again (seconds).
@@ -59,185 +64,190 @@ class Refork:
         return "refork to generation %s (%s)" % (self.generation, self.reason)
 
 
-class ReforkMixin:
-    """The master's refork methods (mixed into SmartArbiter)."""
+class Reforker:
+    """The master's reforks. `master` is the SmartArbiter (arbiter.py)."""
 
-    def init_refork(self):
-        self.template = None          # the current template's SpawnerHandle
-        self.refork = None            # the Refork in progress
-        self.refork_requested = None  # a trigger that arrived while busy (coalesced)
+    def __init__(self, master):
+        self.master = master
+        self.cfg, self.log = master.cfg, master.log
+        self.table, self.pool = master.table, master.pool
+        self.current = None           # the Refork in progress
+        self.requested = None         # a trigger that arrived while busy (coalesced)
         self.threshold_index = 0      # the next fork_worker threshold to wait for
-        self.reforks_done = 0
+        self.done = 0
         self.last_refork_at = time.monotonic()  # or the start (refork_min_interval)
         self.gate_refusals = 0        # reforks refused in a row by a prevent_fork() block
-        self.retry_refork_at = 0.0
-        if refork_enabled(self.cfg) and self.num_workers < 2:
+        self.retry_at = 0.0
+        if refork_enabled(self.cfg) and master.num_workers < 2:
             self.log.warning("fork_worker/refork_on_memory: a refork needs two or more workers; "
-                             "with workers = %s none will happen", self.num_workers)
+                             "with workers = %s none will happen", master.num_workers)
 
-    def handle_urg(self):
-        if not refork_enabled(self.cfg):
-            self.log.info("URG ignored: fork_worker is off")
-            return
-        self.request_refork("URG")
+    @property
+    def enabled(self):
+        return refork_enabled(self.cfg)
 
-    def request_refork(self, reason, threshold=None):
-        busy = self.refork_busy()
+    def request(self, reason, threshold=None):
+        busy = self.busy()
         if busy:
-            if self.refork_requested is None:
+            if self.requested is None:
                 self.log.info("Refork (%s) deferred: %s", reason, busy)
-            self.refork_requested = (reason, threshold)
+            self.requested = (reason, threshold)
             return
-        self.start_refork(reason, threshold)
+        self.start(reason, threshold)
 
-    def refork_busy(self):
+    def busy(self):
         """Why a refork cannot start now, or None."""
-        if self.num_workers < 2:
+        master = self.master
+        if master.num_workers < 2:
             return "needs two or more workers"
-        if self.stopping:
+        if master.stopping:
             return "shutting down"
-        if self.refork is not None:
-            return "%r in progress" % self.refork
-        if self.next_preloader is not None:
+        if self.current is not None:
+            return "%r in progress" % self.current
+        if self.pool.next_preloader is not None:
             return "a HUP is loading new code"
-        if self.smart and (self.restart_at is not None
-                           or (self.preloader is not None and not self.preloader.ready)):
+        if master.preloader_starting():
             return "the preloader is (re)starting"
-        if self.pending or len(self.WORKERS) < self.num_workers:
+        if self.table.pending or len(self.table.workers) < master.num_workers:
             return "workers are being spawned"
-        if self.outgoing:
+        if master.lifecycle.outgoing:
             return "workers are being replaced"
-        if time.monotonic() < self.retry_refork_at:
+        if time.monotonic() < self.retry_at:
             return "waiting to retry after a prevent_fork() block"
         return None
 
-    def manage_refork(self):
-        if not refork_enabled(self.cfg):
+    def manage(self):
+        if not self.enabled:
             return
-        if self.refork is not None:
-            self.advance_refork()
-        elif self.refork_requested is not None and not self.refork_busy():
-            reason, threshold = self.refork_requested
-            self.refork_requested = None
-            self.start_refork(reason, threshold)
+        if self.current is not None:
+            self.advance()
+        elif self.requested is not None and not self.busy():
+            reason, threshold = self.requested
+            self.requested = None
+            self.start(reason, threshold)
         else:
             self.check_threshold()
 
+    def candidate(self):
+        return choose_candidate(self.table.workers.values(), self.table.counters)
+
     def check_threshold(self):
         thresholds = self.cfg.fork_worker
-        if self.threshold_index >= len(thresholds) or self.refork_busy():
+        if self.threshold_index >= len(thresholds) or self.busy():
             return
-        candidate = choose_candidate(self.WORKERS.values(), self.counters)
+        candidate = self.candidate()
         threshold = thresholds[self.threshold_index]
-        if candidate is not None and self.counters.requests(candidate.slot) >= threshold:
-            self.start_refork("worker-0 served %s requests" % threshold, threshold)
+        if candidate is not None and self.table.counters.requests(candidate.slot) >= threshold:
+            self.start("worker-0 served %s requests" % threshold, threshold)
 
-    def start_refork(self, reason, threshold):
-        from gunicorn_smartspawn.preloader import SpawnerHandle  # preloader.py imports us
-        candidate = choose_candidate(self.WORKERS.values(), self.counters)
+    def start(self, reason, threshold):
+        candidate = self.candidate()
         if candidate is None:
             self.log.warning("Refork (%s) skipped: no serving worker can become the "
                              "template", reason)
             return
-        generation = self.generation + 1
+        generation = self.master.generation + 1
         self.last_refork_at = time.monotonic()
-        self.cfg.on_refork(self)
+        self.cfg.on_refork(self.master)
         handle = SpawnerHandle("template", candidate.pid, candidate.channel, generation)
         candidate.channel = None  # the handle owns it now
-        self.spawners.append(handle)
-        self.refork = Refork(candidate, generation, reason, threshold,
-                             promote_timeout=self.cfg.graceful_timeout + 10)
+        self.pool.add(handle)
+        self.current = Refork(candidate, generation, reason, threshold,
+                              promote_timeout=self.cfg.graceful_timeout + 10)
         self.log.info("Refork to generation %s (%s): worker (pid: %s, %s requests) "
                       "becomes the template", generation, reason, candidate.pid,
-                      self.counters.requests(candidate.slot))
+                      self.table.counters.requests(candidate.slot))
         self.log.debug("refork started", extra={"metric": "smartspawn.reforks", "value": 1,
                                                 "mtype": "counter"})
         try:
             protocol.send(handle.channel, protocol.BecomeTemplate(generation))
             os.kill(candidate.pid, signal.SIGURG)
         except OSError as exc:
-            self.abort_refork("the candidate is gone (%s)" % exc)
+            self.abort("the candidate is gone (%s)" % exc)
 
     def template_ready(self, handle, seconds):
         """The candidate finished its requests and froze its heap: it is a template now."""
-        candidate = self.WORKERS.pop(handle.pid, None)
+        candidate = self.table.workers.pop(handle.pid, None)
         if candidate is not None:  # no longer a worker: gunicorn must not time it out
             candidate.tmp.close()
-        self.helpers[handle.pid] = "template"  # reaped (and logged) as a spawner from now on
-        refork = self.refork
+        self.pool.template_ready(handle)  # reaped (and logged) as a spawner from now on
+        refork = self.current
         if refork is None or refork.candidate.pid != handle.pid:
-            self.retire(handle)  # its refork was abandoned meanwhile
+            self.master.retire(handle)  # its refork was abandoned meanwhile
             return
-        if self.template is not None:
-            self.retire(self.template)
-        self.template = refork.template = handle
-        self.template_child_failures = 0
-        self.generation = refork.generation
-        refork.old = sorted(worker.age for worker in self.WORKERS.values())
+        if self.pool.template is not None:
+            self.master.retire(self.pool.template)
+        self.pool.template = refork.template = handle
+        self.master.lifecycle.new_template()
+        self.master.generation = refork.generation
+        refork.old = sorted(worker.age for worker in self.table.workers.values())
         self.log.info("%r ready in %.3fs; replacing %s workers one at a time",
                       handle, seconds, len(refork.old))
 
-    def advance_refork(self):
-        refork = self.refork
+    def advance(self):
+        refork, workers = self.current, self.table.workers
         if refork.promoting:
             if time.monotonic() > refork.promote_deadline:
                 self.log.error("%r: the candidate (pid: %s) did not become the template "
                                "in time; killing it", refork, refork.candidate.pid)
-                self.abort_refork("promotion timed out")
-                self.kill_worker(refork.candidate.pid, signal.SIGKILL)
+                self.abort("promotion timed out")
+                self.master.kill_worker(refork.candidate.pid, signal.SIGKILL)
             return
-        ages = {worker.age: pid for pid, worker in self.WORKERS.items()}
-        new = [w for w in self.WORKERS.values() if w.age not in refork.old]
-        if (refork.stopping in ages or self.pending or len(self.WORKERS) < self.num_workers
-                or not all(booted(w) for w in new)):
+        ages = {worker.age: pid for pid, worker in workers.items()}
+        new = [w for w in workers.values() if w.age not in refork.old]
+        if (refork.stopping in ages or self.table.pending
+                or len(workers) < self.master.num_workers or not all(booted(w) for w in new)):
             return  # the last swap is not complete yet
         remaining = [age for age in refork.old if age in ages]
         if not remaining:
-            self.finish_refork()
+            self.finish()
             return
         refork.stopping = remaining[0]
         refork.old.remove(remaining[0])
-        self.replace_worker(self.WORKERS[ages[remaining[0]]], repr(refork))
+        self.master.lifecycle.replace(workers[ages[remaining[0]]], repr(refork))
 
-    def finish_refork(self):
-        refork, self.refork = self.refork, None
-        self.reforks_done += 1
+    def finish(self):
+        refork, self.current = self.current, None
+        self.done += 1
         self.gate_refusals = 0
         if refork.threshold is not None:
             self.threshold_index += 1
         self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)
 
-    def end_template_generation(self):
+    def end_generation(self):
         """A HUP: abandon any refork, retire the template; thresholds start again."""
-        if self.refork is not None:
-            self.abort_refork("HUP")
-        if self.template is not None:
-            self.retire(self.template)
-            self.template = None
+        if self.current is not None:
+            self.abort("HUP")
+        if self.pool.template is not None:
+            self.master.retire(self.pool.template)
+            self.pool.template = None
         self.threshold_index = 0
 
-    def abort_refork(self, why):
-        refork, self.refork = self.refork, None
+    def abort(self, why):
+        refork, self.current = self.current, None
         self.log.warning("%r abandoned: %s", refork, why)
 
     def retry_after_gate(self, refork):
         delay = GATE_RETRY_BACKOFF[min(self.gate_refusals, len(GATE_RETRY_BACKOFF) - 1)]
         self.gate_refusals += 1
-        self.retry_refork_at = time.monotonic() + delay
-        self.refork_requested = (refork.reason, refork.threshold)
+        self.retry_at = time.monotonic() + delay
+        self.requested = (refork.reason, refork.threshold)
         self.log.info("Refork (%s) will be tried again in %ss", refork.reason, delay)
 
     def template_gone(self, handle):
-        refork = self.refork
+        refork = self.current
         if refork is not None and refork.candidate.pid == handle.pid:
             why = handle.failure.reason if handle.failure else "it exited"
-            self.abort_refork("the template (pid: %s) gave up: %s" % (handle.pid, why))
+            self.abort("the template (pid: %s) gave up: %s" % (handle.pid, why))
             if handle.failure and handle.failure.exit_code == GATE_CLOSED:
                 self.retry_after_gate(refork)
             elif refork.threshold is not None:
                 # Else the next worker to reach it would be sacrificed the same way.
                 self.threshold_index += 1
-        if handle is self.template:
-            self.template = None
+        if handle is self.pool.template:
+            self.pool.template = None
             self.log.error("%r exited; spawning from the %s", handle,
-                           "preloader" if self.smart else "master")
+                           "preloader" if self.master.smart else "master")
+
+    def stats(self):
+        return {"reforks": self.done, "refork_in_progress": self.current is not None}

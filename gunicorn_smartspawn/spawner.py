@@ -17,9 +17,9 @@ import time
 
 from gunicorn import sock, util
 
-from gunicorn_smartspawn import _linux, protocol
+from gunicorn_smartspawn import _linux, patches, protocol
 from gunicorn_smartspawn.worker import (
-    WORKER_BOOT_ERROR, become_worker, build_worker, exit_process,
+    WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
 
 # A worker is normally re-parented within microseconds of the double fork.
@@ -36,6 +36,7 @@ class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
     spawned_from: str = ""  # "preloader" | "template"
+    template_class = None   # what its workers become on SIGURG (template.Template)
 
     def __init__(self, server, channel, generation):
         self.server = server  # the arbiter, as copied into this process by fork
@@ -220,9 +221,9 @@ class Spawner:
 
     def new_worker(self, request, fds):
         server = self.server
-        worker = build_worker(server.worker_class, fds[0], request.age, self.master_pid,
-                              server.LISTENERS, self.app, server.timeout / 2.0, self.cfg,
-                              self.log)
+        with patches.building_worker(HeartbeatFile(fds[0])):
+            worker = server.worker_class(request.age, self.master_pid, server.LISTENERS,
+                                         self.app, server.timeout / 2.0, self.cfg, self.log)
         listeners = fds[len(fds) - request.listeners:] if request.listeners else []
         if len(fds) - len(listeners) > 1:
             worker.channel = socket.socket(fileno=fds[1])
@@ -232,4 +233,5 @@ class Spawner:
         worker.spawned_from = self.spawned_from
         worker.spawner_pid = self.pid
         worker.generation = self.generation
+        worker.template_class = self.template_class
         return worker

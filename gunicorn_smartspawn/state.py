@@ -102,31 +102,32 @@ def total_pss(pids):
 
 def snapshot(arbiter):
     """The state of `arbiter` (a SmartArbiter) as a JSON-able dict."""
+    pool, table, lifecycle = arbiter.pool, arbiter.table, arbiter.lifecycle
     processes = [{"pid": arbiter.pid, "role": "master"}]
-    for spawner in arbiter.spawners:
+    for spawner in pool.handles:
         role = spawner.kind if spawner.ready else spawner.kind + " (booting)"
         processes.append({"pid": spawner.pid, "role": role,
                           "generation": spawner.generation})
         if spawner.standby_pid:
             processes.append({"pid": spawner.standby_pid, "role": "standby",
                               "generation": spawner.generation})
-    counters = arbiter.counters
-    spawner_pids = {spawner.pid for spawner in arbiter.spawners}
+    spawner_pids = {spawner.pid for spawner in pool.handles}
     for pid, worker in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age):
         if pid in spawner_pids:
             continue  # a refork's candidate, listed as "template (booting)"
-        role = "worker (outgoing)" if pid in arbiter.outgoing else "worker"
+        role = "worker (outgoing)" if pid in lifecycle.outgoing else "worker"
         processes.append({
             "pid": pid, "role": role, "generation": worker.generation,
             "age": worker.age, "spawned_from": worker.spawned_from,
-            **counters.snapshot(worker.slot)})
+            **table.counters.snapshot(worker.slot)})
     return {
         "version": VERSION, "updated": time.time(), "master": arbiter.pid,
         "proc_name": arbiter.proc_name, "generation": arbiter.generation,
         "spawn_method": "smart" if arbiter.smart else "direct",
         "workers_target": arbiter.num_workers, "fork_worker": list(arbiter.cfg.fork_worker),
-        "reforks": arbiter.reforks_done, "refork_in_progress": arbiter.refork is not None,
-        "preloader_running": arbiter.preloader is not None,
-        "lifecycle": dict(arbiter.lifecycle_stats),
+        "reforks": arbiter.reforker.done,
+        "refork_in_progress": arbiter.reforker.current is not None,
+        "preloader_running": pool.preloader is not None,
+        "lifecycle": dict(lifecycle.stats),
         "processes": processes,
     }

@@ -44,9 +44,10 @@ class SmartWorkerMixin:
     spawner_pid = None
     generation = 1
     server = None             # the arbiter, as copied into this process
-    slot = None               # this worker's slot in server.counters
+    slot = None               # this worker's slot in the counters
     channel = None            # to the master, with fork_worker only
     template_requested = False
+    template_class = None     # what it becomes on SIGURG (template.Template), with a channel
     retire_after = sys.maxsize  # max_requests (+ jitter), when the master replaces us
     retire_asked = None       # when we asked the master for a replacement
     # The master's record of this worker (lifecycle.py): its last memory sample, the
@@ -55,11 +56,10 @@ class SmartWorkerMixin:
     over_limit = 0
     served = False
 
-    @classmethod
-    def setup(cls):
-        # gunicorn calls this each time it reads cfg.worker_class (start, every HUP).
-        from gunicorn_smartspawn import arbiter
-        arbiter.install()
+    @property
+    def counters(self):
+        """The master's per-worker counters (counters.py), shared with this process."""
+        return self.server.table.counters
 
     @property
     def preloaded(self):
@@ -81,7 +81,7 @@ class SmartWorkerMixin:
 
     def init_process(self):
         if self.slot is not None:
-            forkgate.on_unsafe(lambda: self.server.counters.set(self.slot, "fork_unsafe", 1))
+            forkgate.on_unsafe(lambda: self.counters.set(self.slot, "fork_unsafe", 1))
             # Spawn before retire: past max_requests this worker keeps serving until the
             # master has a replacement serving, then is stopped (lifecycle.py).
             self.retire_after, self.max_requests = self.max_requests, sys.maxsize
@@ -92,14 +92,14 @@ class SmartWorkerMixin:
             return super().handle_request(*args)
         finally:
             if self.slot is not None:
-                self.server.counters.set(self.slot, "requests", self.nr)
+                self.counters.set(self.slot, "requests", self.nr)
             if self.nr >= self.retire_after:
                 self.ask_for_replacement()
 
     def ask_for_replacement(self):
         if self.retire_asked is None:
             self.retire_asked = time.monotonic()
-            self.server.counters.set(self.slot, "retire", 1)
+            self.counters.set(self.slot, "retire", 1)
             try:
                 # Wakes the master's loop now (a no-op reap) instead of at its next turn.
                 os.kill(self.ppid, signal.SIGCHLD)
@@ -119,8 +119,7 @@ class SmartWorkerMixin:
         listener_fds = [os.dup(s.fileno()) for s in self.sockets] if keep else []
         super().run()
         if self.template_requested:
-            from gunicorn_smartspawn.template import Template  # it builds on this module
-            Template(self, listener_fds).run()
+            self.template_class(self, listener_fds).run()
         else:
             for fd in listener_fds:
                 os.close(fd)
@@ -193,22 +192,6 @@ class HeartbeatFile(WorkerTmp):
     def __init__(self, fd):  # pylint: disable=super-init-not-called
         self._tmp = os.fdopen(fd, "w+b", 0)
 
-
-def build_worker(worker_class, heartbeat_fd, *args):
-    """`worker_class(*args)` with `heartbeat_fd` as its heartbeat file.
-
-    gunicorn's Worker.__init__ makes a new WorkerTmp in `worker_tmp_dir`. A spawner's
-    child must not: the master watches the file it made and sent, and with `user` set this
-    process may not even write there. So for this one call, base.WorkerTmp (the name
-    Worker.__init__ looks up) builds the HeartbeatFile instead. A forked child has only
-    this thread.
-    """
-    made = base.WorkerTmp
-    base.WorkerTmp = lambda cfg: HeartbeatFile(heartbeat_fd)
-    try:
-        return worker_class(*args)
-    finally:
-        base.WorkerTmp = made
 
 
 def run_worker_process(arbiter, worker):

@@ -17,11 +17,10 @@ from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
 import smartspawn
-from gunicorn_smartspawn import arbiter
-from gunicorn_smartspawn.lifecycle import LifecycleMixin
-from gunicorn_smartspawn.refork import ReforkMixin
+from gunicorn_smartspawn import patches
+from gunicorn_smartspawn.arbiter import SmartArbiter
 
-# Every Arbiter method SmartArbiter (and its mixins) overrides, with gunicorn's parameters.
+# Every Arbiter method SmartArbiter overrides, with gunicorn's parameters.
 OVERRIDDEN = {
     "run": ["self"], "start": ["self"], "init_signals": ["self"], "wakeup": ["self"],
     "wait_for_signals": ["self", "timeout"], "manage_workers": ["self"],
@@ -45,8 +44,7 @@ def test_gunicorn_major_version_is_27():
 
 
 def test_every_overridden_arbiter_method_is_pinned():
-    overriding = {name for cls in (arbiter.SmartArbiter, LifecycleMixin, ReforkMixin)
-                  for name, value in vars(cls).items() if callable(value)}
+    overriding = {name for name, value in vars(SmartArbiter).items() if callable(value)}
     assert overriding & set(dir(Arbiter)) == set(OVERRIDDEN)
 
 
@@ -71,8 +69,8 @@ def test_arbiter_state_smartspawn_relies_on():
 def test_run_and_wsgi_are_patched_once():
     smartspawn.Worker.setup()  # gunicorn calls it at every read of cfg.worker_class
     first_run, first_wsgi = Arbiter.run, BaseApplication.wsgi
-    assert first_run is not arbiter.GUNICORN_RUN
-    assert first_wsgi is not arbiter.GUNICORN_WSGI
+    assert first_run is not patches.GUNICORN_RUN
+    assert first_wsgi is not patches.GUNICORN_WSGI
     smartspawn.Worker.setup()
     assert (Arbiter.run, BaseApplication.wsgi) == (first_run, first_wsgi)
 
@@ -83,11 +81,11 @@ def test_control_socket_methods_patched():
                  ctl_handlers.CommandHandlers.show_stats, ctl_handlers.CommandHandlers.help):
         assert params(func) == ["self"]
     assert params(ctl_server.ControlSocketServer._execute_command) == ["self", "parts"]
-    assert '"pid": pid' in inspect.getsource(arbiter.GUNICORN_SHOW_WORKERS)
+    assert '"pid": pid' in inspect.getsource(patches.GUNICORN_SHOW_WORKERS)
 
 
 def test_worker_construction_and_heartbeat():
-    # worker.build_worker swaps the name base.WorkerTmp during Worker.__init__.
+    # patches.building_worker swaps the name base.WorkerTmp during Worker.__init__.
     assert params(base.Worker.__init__) == ["self", "age", "ppid", "sockets", "app",
                                             "timeout", "cfg", "log"]
     assert "self.tmp = WorkerTmp(cfg)" in inspect.getsource(base.Worker.__init__)

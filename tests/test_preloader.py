@@ -62,14 +62,15 @@ def test_killed_preloader_is_restarted_while_workers_serve(make_server):
     old = server.preloader_pid()
     with LoadLoop(server) as load:
         os.kill(old, signal.SIGKILL)
-        new = int(server.wait_log(r"Started preloader \(pid: (?!%d\b)(\d+), gen=1\)"
+        # A new generation number: it imports the code on disk now (issue 13, item 19).
+        new = int(server.wait_log(r"Started preloader \(pid: (?!%d\b)(\d+), gen=2\)"
                                   % old).group(1))
-        server.wait_log(r"preloader \(pid: %d, gen=1\) loaded the app" % new)
+        server.wait_log(r"preloader \(pid: %d, gen=2\) loaded the app" % new)
     assert load.failures == []
     # Spawns now come from the new preloader.
     server.signal(signal.SIGTTIN)
     wait_for(lambda: len(server.worker_pids()) == 3, what="a third worker")
-    server.wait_log(r"Booting worker with pid: \d+ \(gen=1 from preloader\)")
+    server.wait_log(r"Booting worker with pid: \d+ \(gen=2 from preloader\)")
     assert server.lines("imports.txt") == [str(old), str(new)]
 
 

@@ -59,13 +59,14 @@ def test_repeated_sigkill_of_the_preloader_while_workers_come_and_go(chaos_serve
             os.kill(server.worker_pids()[0], signal.SIGTERM)
             new = wait_for(lambda old=old: [p for p in server.preloader_pids() if p != old],
                            what="preloader number %d" % (round_ + 2))[0]
-            server.wait_log(r"preloader \(pid: %d, gen=1\) loaded the app" % new)
+            # Each restart is a new generation: it imports the code on disk now.
+            server.wait_log(r"preloader \(pid: %d, gen=%d\) loaded the app" % (new, round_ + 2))
             settle(server, 3, what="after preloader kill %d" % (round_ + 1))
             load.wait_ok(10)
     assert load.failures == [], load.summary()
     assert len(server.lines("imports.txt")) == 4  # one import per preloader
     check_log(server, allowed=[r"Spawner \(pid: \d+\) was sent SIGKILL",
-                               r"preloader \(pid: \d+, gen=1\) exited; the workers keep serving",
+                               r"preloader \(pid: \d+, gen=\d+\) exited; the workers keep serving",
                                r"Worker \d+ was not spawned: preloader .* exited"])
     finish(server)
 
@@ -93,7 +94,7 @@ def test_preloader_and_workers_killed_at_random(chaos_server, request):
     assert len(load.failures) <= len(kills.events), load.summary()
     assert load.unexplained(kills.times) == [], load.summary()
     check_log(server, allowed=[KILLED, r"Spawner \(pid: \d+\) was sent SIGKILL",
-                               r"preloader \(pid: \d+, gen=1\) exited",
+                               r"preloader \(pid: \d+, gen=\d+\) exited",
                                r"Worker \d+ was not spawned: preloader .* exited",
                                r"could not fork worker \d+: no standby"])
     finish(server)

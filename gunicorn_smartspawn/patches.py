@@ -1,0 +1,120 @@
+"""Every change smartspawn makes to gunicorn, in one place.
+
+gunicorn has no supported way to replace its Arbiter. It imports the worker class inside
+Arbiter.setup(), and calls the class's setup(), which calls `install()` (see the package's
+``__init__``); that patches these gunicorn methods, once, and nothing else:
+
+- ``Arbiter.run``: switches the live arbiter to SmartArbiter when the worker class is
+  smartspawn's, then runs gunicorn's own main loop;
+- ``BaseApplication.wsgi``: returns None in the master when smart spawning is on, so
+  ``--preload`` never imports the app there (the preloader does);
+- the control socket's ``CommandHandlers.show_workers`` and ``show_stats`` (they add
+  smartspawn's fields), ``CommandHandlers.help`` and
+  ``ControlSocketServer._execute_command`` (add ``refork``).
+
+And for the length of one call, in a process forked from a spawner (`building_worker`):
+
+- ``gunicorn.workers.base.WorkerTmp``, the name ``Worker.__init__`` looks up to make a
+  worker's heartbeat file.
+
+tests/test_gunicorn_contract.py pins each of these, and what smartspawn relies on.
+"""
+import contextlib
+import os
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.ctl import handlers as ctl_handlers
+from gunicorn.ctl import server as ctl_server
+from gunicorn.errors import ConfigError
+from gunicorn.workers import base
+
+from gunicorn_smartspawn import _linux
+from gunicorn_smartspawn.config import install_settings
+from gunicorn_smartspawn.worker import SmartWorkerMixin
+
+GUNICORN_RUN = Arbiter.run
+GUNICORN_WSGI = BaseApplication.wsgi
+GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
+GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
+GUNICORN_HELP = ctl_handlers.CommandHandlers.help
+GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
+
+
+def install(smart_arbiter):
+    """Patch gunicorn once; safe to call again (gunicorn calls Worker.setup() often).
+
+    `smart_arbiter`: the Arbiter subclass a smartspawn server's arbiter becomes.
+    """
+    if Arbiter.run is not GUNICORN_RUN:
+        return
+    master_pid = os.getpid()
+
+    def run(self):
+        if issubclass(self.worker_class, SmartWorkerMixin):
+            self.__class__ = smart_arbiter
+            return self.run()
+        return GUNICORN_RUN(self)
+
+    def wsgi(self):
+        if os.getpid() == master_pid and smart_spawning_requested(self.cfg):
+            return None  # the preloader imports the app, never the master
+        return GUNICORN_WSGI(self)
+
+    # The control socket's thread calls these; they read master state, as gunicorn's do.
+    def show_workers(self):
+        result = GUNICORN_SHOW_WORKERS(self)
+        if isinstance(self.arbiter, smart_arbiter):
+            for entry in result["workers"]:
+                entry.update(self.arbiter.worker_fields(entry["pid"]))
+        return result
+
+    def show_stats(self):
+        result = GUNICORN_SHOW_STATS(self)
+        if isinstance(self.arbiter, smart_arbiter):
+            result.update(self.arbiter.smartspawn_stats())
+        return result
+
+    def help_(self):
+        result = GUNICORN_HELP(self)
+        if isinstance(self.arbiter, smart_arbiter):
+            result["commands"]["refork"] = "Re-fork every worker from a warmed one (URG)"
+        return result
+
+    def execute_command(self, parts):
+        if parts and parts[0].lower() == "refork" and isinstance(self.arbiter, smart_arbiter):
+            return self.arbiter.queue_refork()
+        return GUNICORN_EXECUTE(self, parts)
+
+    Arbiter.run = run
+    BaseApplication.wsgi = wsgi
+    ctl_handlers.CommandHandlers.show_workers = show_workers
+    ctl_handlers.CommandHandlers.show_stats = show_stats
+    ctl_handlers.CommandHandlers.help = help_
+    ctl_server.ControlSocketServer._execute_command = execute_command
+
+
+def smart_spawning_requested(cfg):
+    try:
+        install_settings(cfg)
+    except ConfigError:
+        return True  # SmartArbiter.run() reports it before anything starts
+    return (cfg.spawn_method == "smart" and not cfg.reload
+            and _linux.smart_spawn_unsupported() is None)
+
+
+@contextlib.contextmanager
+def building_worker(heartbeat):
+    """Within: gunicorn's Worker.__init__ takes `heartbeat` as the worker's heartbeat file
+    instead of making a WorkerTmp in `worker_tmp_dir`.
+
+    A spawner's child must not make one: the master watches the file it made and sent,
+    and with `user` set this process may not even write there. Used in a process just
+    forked from a spawner, which has only this thread.
+    """
+    made = base.WorkerTmp
+    base.WorkerTmp = lambda cfg: heartbeat
+    try:
+        yield
+    finally:
+        base.WorkerTmp = made

@@ -1,0 +1,97 @@
+"""The master's table of workers: what gunicorn's WORKERS does not hold.
+
+gunicorn's ``WORKERS`` (pid -> worker) stays the one list of live workers: its reaper,
+its timeouts and its signals work on it unchanged. The table holds the rest:
+
+- ``pending``: workers asked of a spawner that have not checked in (age -> worker). A
+  spawner forks one worker after another, so each gets one request at a time: the others
+  wait queued here, and each spawn is timed (SPAWN_TIMEOUT) from when it was sent;
+- ``records``: every worker that holds a counter slot or a channel, until gunicorn has
+  forgotten it (its slot is then freed and its channel closed);
+- ``counters``: the per-worker counters shared with the workers (counters.py).
+"""
+import time
+
+from gunicorn_smartspawn.counters import Counters
+
+# How long a spawn request may go unanswered before its spawner is deemed stuck.
+SPAWN_TIMEOUT = 5.0
+
+
+class WorkerTable:
+    def __init__(self, workers):
+        self.workers = workers  # gunicorn's WORKERS
+        self.pending = {}
+        self.records = {}
+        self.counters = Counters()  # inherited by every process forked from here on
+
+    # -- spawns ---------------------------------------------------------------------------
+
+    def queue(self, worker):
+        worker.spawn_requested = time.monotonic()
+        worker.spawn_deadline = None  # not sent yet
+        self.pending[worker.age] = worker
+
+    def to_send(self):
+        """The queued workers to send now: each spawner's oldest, when it has none in flight."""
+        in_flight = {w.spawner_pid for w in self.pending.values() if w.spawn_deadline}
+        out = []
+        for _age, worker in sorted(self.pending.items()):
+            if worker.spawn_deadline is None and worker.spawner_pid not in in_flight:
+                in_flight.add(worker.spawner_pid)
+                out.append(worker)
+        return out
+
+    @staticmethod
+    def sent(worker):
+        worker.spawn_deadline = time.monotonic() + SPAWN_TIMEOUT
+
+    def overdue(self, now):
+        return [w for w in self.pending.values() if w.spawn_deadline and now > w.spawn_deadline]
+
+    def pending_of(self, spawner_pid):
+        return [w for w in self.pending.values() if w.spawner_pid == spawner_pid]
+
+    def busy_spawners(self):
+        return {w.spawner_pid for w in self.pending.values()}
+
+    def checked_in(self, age, pid):
+        """Pending worker `age` is process `pid`: it is live now. None if it was given up."""
+        worker = self.pending.pop(age, None)
+        if worker is not None:
+            self.add(worker, pid)
+        return worker
+
+    def add(self, worker, pid):
+        worker.pid = pid
+        self.workers[pid] = self.records[pid] = worker
+
+    def forget_pending(self, age):
+        worker = self.pending.pop(age, None)
+        if worker is not None:
+            worker.tmp.close()
+            self.release(worker)
+
+    # -- slots and channels ---------------------------------------------------------------
+
+    def release_departed(self):
+        """Free the slot and channel of every worker gunicorn has forgotten."""
+        for pid in [pid for pid in self.records if pid not in self.workers]:
+            self.release(self.records.pop(pid))
+
+    def release(self, worker):
+        self.counters.release(worker.slot)
+        worker.slot = None
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
+
+    def close_in_child(self):
+        """In a child forked from the master: close every worker's heartbeat and channel,
+        through their objects (so that nothing closes the numbers again later)."""
+        every = {id(w): w for w in (*self.records.values(), *self.workers.values(),
+                                    *self.pending.values())}
+        for worker in every.values():
+            worker.tmp.close()
+            if worker.channel is not None:
+                worker.channel.close()
