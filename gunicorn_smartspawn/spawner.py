@@ -36,7 +36,7 @@ class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
     spawned_from: str = ""  # "preloader" | "template"
-    template_class = None   # what its workers become on SIGURG (template.Template)
+    template_class: type | None = None  # what its workers become on SIGURG (a Template)
 
     def __init__(self, server, channel, generation):
         self.server = server  # the arbiter, as copied into this process by fork

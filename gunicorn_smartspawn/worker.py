@@ -47,7 +47,7 @@ class SmartWorkerMixin:
     slot = None               # this worker's slot in the counters
     channel = None            # to the master, with fork_worker only
     template_requested = False
-    template_class = None     # what it becomes on SIGURG (template.Template), with a channel
+    template_class: type | None = None  # what it becomes on SIGURG (a Template)
     retire_after = sys.maxsize  # max_requests (+ jitter), when the master replaces us
     retire_asked = None       # when we asked the master for a replacement
     # The master's record of this worker (lifecycle.py): its last memory sample, the
