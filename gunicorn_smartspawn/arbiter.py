@@ -168,6 +168,7 @@ class SmartArbiter(Arbiter):
         self.reforker.manage()
         with self.lifecycle.outgoing_not_counted():
             super().manage_workers()
+        self.table.close_unused_seats(self.num_workers)
         self.publish_state()
 
     def publish_state(self):
@@ -245,11 +246,12 @@ class SmartArbiter(Arbiter):
             worker.channel, child_end = protocol.channel_pair()
             worker.channel.setblocking(False)
             fds.append(child_end.fileno())
-        # reuse_port: the worker's own sockets, bound here as gunicorn's worker binds them
-        # before it drops privileges (a port below 1024 with `user`).
         listeners = []
         if per_worker_sockets(self.cfg):
-            listeners = sock.create_sockets(self.cfg, self.log)
+            # The worker's own sockets, bound here, as root, as gunicorn's worker binds them
+            # before it drops privileges (a port below 1024 with `user`); see workertable.
+            listeners = self.table.seat_for(worker, self.lifecycle.outgoing,
+                                            lambda: sock.create_sockets(self.cfg, self.log))
             fds += [listener.fileno() for listener in listeners]
         try:
             spawner.request_spawn(worker.age, worker.slot, fds, len(listeners))
@@ -260,7 +262,6 @@ class SmartArbiter(Arbiter):
         finally:
             if child_end is not None:
                 child_end.close()
-            sock.close_sockets(listeners, unlink=False)
 
     def spawn_direct(self, worker):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
@@ -390,6 +391,7 @@ class SmartArbiter(Arbiter):
         self.read_channels(list(self.pool.handles))  # workers forked just now stop too
         for spawner in list(self.pool.handles):
             self.retire(spawner)
+        self.table.close_seats()
         super().stop(graceful)
         self.pool.close_all()
         self.pool.wait_all(deadline=time.monotonic() + 2.0)

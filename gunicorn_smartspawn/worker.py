@@ -45,6 +45,7 @@ class SmartWorkerMixin:
     generation = 1
     server = None             # the arbiter, as copied into this process
     slot = None               # this worker's slot in the counters
+    seat = None               # with reuse_port: its sockets in the master's table
     channel = None            # to the master, with fork_worker only
     template_requested = False
     template_class: type | None = None  # what it becomes on SIGURG (a Template)

@@ -8,7 +8,12 @@ its timeouts and its signals work on it unchanged. The table holds the rest:
   wait queued here, and each spawn is timed (SPAWN_TIMEOUT) from when it was sent;
 - ``records``: every worker that holds a counter slot or a channel, until gunicorn has
   forgotten it (its slot is then freed and its channel closed);
-- ``counters``: the per-worker counters shared with the workers (counters.py).
+- ``counters``: the per-worker counters shared with the workers (counters.py);
+- ``seats``: with reuse_port, the listening sockets of each worker, bound by the master.
+  The master keeps its copy: when a worker leaves (replaced, recycled, turned into the
+  template) its replacement takes the same sockets, so the connections queued on them
+  wait for it instead of being reset by the kernel, as they would be if the last copy
+  were closed (plain gunicorn's reuse_port loses them at every HUP).
 """
 import time
 
@@ -24,6 +29,7 @@ class WorkerTable:
         self.pending = {}
         self.records = {}
         self.counters = Counters()  # inherited by every process forked from here on
+        self.seats = []             # reuse_port: lists of listening sockets
 
     # -- spawns ---------------------------------------------------------------------------
 
@@ -72,6 +78,36 @@ class WorkerTable:
             worker.tmp.close()
             self.release(worker)
 
+    # -- reuse_port seats ---------------------------------------------------------------
+
+    def seat_for(self, worker, outgoing, make):
+        """Give `worker` a seat no serving worker keeps: one an outgoing or departed worker
+        leaves, else a new one, `make()` (its listening sockets)."""
+        kept = {w.seat for w in (*self.workers.values(), *self.pending.values())
+                if w is not worker and w.pid not in outgoing}
+        free = [i for i in range(len(self.seats)) if i not in kept]
+        if free:
+            worker.seat = free[0]
+        else:
+            self.seats.append(make())
+            worker.seat = len(self.seats) - 1
+        return self.seats[worker.seat]
+
+    def close_seats(self):
+        """At shutdown (and in a child of the master): the port is released as the
+        workers exit, as in gunicorn."""
+        for seat in self.seats:
+            for listener in seat:
+                listener.close()
+        self.seats = []
+
+    def close_unused_seats(self, keep):
+        """Close the seats beyond `keep` (workers) that no worker holds any more."""
+        held = {w.seat for w in (*self.workers.values(), *self.pending.values())}
+        while len(self.seats) > keep and len(self.seats) - 1 not in held:
+            for listener in self.seats.pop():
+                listener.close()
+
     # -- slots and channels ---------------------------------------------------------------
 
     def release_departed(self):
@@ -95,3 +131,4 @@ class WorkerTable:
             worker.tmp.close()
             if worker.channel is not None:
                 worker.channel.close()
+        self.close_seats()
