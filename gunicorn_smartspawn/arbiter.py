@@ -92,15 +92,8 @@ class SmartArbiter(Arbiter):
                 _linux.become_subreaper()
             except OSError as exc:
                 why = "prctl(PR_SET_CHILD_SUBREAPER) failed: %s" % exc
-        # With --reload, workers forked from a template would run the code it loaded: an
-        # edited file would stop taking effect after the first refork.
-        refork_off = why or (self.cfg.reload and "--reload needs every worker to import "
-                             "the code itself")
-        if refork_off and refork_enabled(self.cfg):
-            self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s",
-                             refork_off)
-            self.cfg.settings["fork_worker"].set(False)
-            self.cfg.settings["refork_on_memory"].set(False)
+        self.unsupported = why
+        self.turn_refork_off_if_impossible()
         if self.cfg.spawn_method == "direct":
             return False
         if why is None and self.cfg.reload:
@@ -112,6 +105,17 @@ class SmartArbiter(Arbiter):
             self.log.warning("smartspawn: --preload is not needed with spawn_method = "
                              "'smart': the preloader process loads the app, not the master")
         return True
+
+    def turn_refork_off_if_impossible(self):
+        """At start and at every HUP (a new config has fork_worker again): no refork
+        without the subreaper, nor with --reload, where workers forked from a template
+        would run the code it loaded, and an edited file would stop taking effect."""
+        why = self.unsupported or (self.cfg.reload and "--reload needs every worker to "
+                                   "import the code itself")
+        if why and refork_enabled(self.cfg):
+            self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s", why)
+            self.cfg.settings["fork_worker"].set(False)
+            self.cfg.settings["refork_on_memory"].set(False)
 
     # -- gunicorn's main loop, extended ------------------------------------------------
 
@@ -195,6 +199,8 @@ class SmartArbiter(Arbiter):
     # -- spawning -------------------------------------------------------------------------
 
     def spawn_workers(self):
+        if not self.lifecycle.may_spawn():
+            return None  # workers keep failing to boot (lifecycle.py)
         spawner = self.pool.current()
         if spawner is None:
             if not self.smart:
@@ -207,8 +213,10 @@ class SmartArbiter(Arbiter):
                 pool.preloader = self.start_preloader(self.generation + 1)
             return None  # spawning starts when the preloader is ready
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
-        for _ in range(self.num_workers - len(self.WORKERS) - len(self.table.pending)):
-            self.spawn_worker()
+        missing = self.num_workers - len(self.WORKERS) - len(self.table.pending)
+        with self.lifecycle.target_as_configured():  # as the pre_fork hook should see it
+            for _ in range(missing):
+                self.spawn_worker()
         return None
 
     def spawn_worker(self):
@@ -250,7 +258,8 @@ class SmartArbiter(Arbiter):
         if per_worker_sockets(self.cfg):
             # The worker's own sockets, bound here, as root, as gunicorn's worker binds them
             # before it drops privileges (a port below 1024 with `user`); see workertable.
-            listeners = self.table.seat_for(worker, self.lifecycle.outgoing,
+            leaving = {*self.lifecycle.outgoing, self.reforker.leaving()}
+            listeners = self.table.seat_for(worker, leaving,
                                             lambda: sock.create_sockets(self.cfg, self.log))
             fds += [listener.fileno() for listener in listeners]
         try:
@@ -288,17 +297,19 @@ class SmartArbiter(Arbiter):
             os._exit(1)
 
     def worker_spawned(self, spawner, age, pid):
-        self.pool.standby_taken(spawner, pid)
-        worker = self.table.checked_in(age, pid)
-        if worker is None:
+        """`spawner`'s standby `pid` took the request for worker `age`."""
+        if age not in self.table.pending:
             self.log.warning("Worker (pid: %s) checked in after its spawn request was "
                              "given up; stopping it", pid)
-            os.kill(pid, signal.SIGKILL)
+            self.pool.kill_standby(spawner, pid)
             return
+        self.pool.standby_taken(spawner, pid)
+        worker = self.table.checked_in(age, pid)
         self._stats["workers_spawned"] += 1
         if worker.spawned_from == "preloader":
             self.restart_failures = 0  # a preloader that spawns is a healthy one
-        self.dispatch_spawns()
+        if not self.stopping:
+            self.dispatch_spawns()
         latency_ms = (time.monotonic() - worker.spawn_requested) * 1000
         self.log.debug("Worker %s (pid: %s) checked in %.1f ms after its spawn request",
                        age, pid, latency_ms, extra={"metric": "smartspawn.spawn_latency",
@@ -341,10 +352,10 @@ class SmartArbiter(Arbiter):
         # gunicorn's reaper knows the pid.
         self.read_channels(list(self.pool.handles))
         self.pool.reap()
-        unbooted = self.lifecycle.unbooted_template_children()
+        unbooted = self.lifecycle.unbooted_workers()
         super().reap_workers()
         self.pool.reap()  # forget the helpers gunicorn's waitpid(-1) just reaped
-        self.lifecycle.count_failed_template_children(unbooted)
+        self.lifecycle.count_boot_failures(unbooted)
         self.table.release_departed()
 
     # -- signals -----------------------------------------------------------------------------
@@ -358,6 +369,9 @@ class SmartArbiter(Arbiter):
         self.log.info("Hang up: %s", self.master_name)
         if not self.reload_config():
             return None
+        if self.cfg.reload:
+            self.fall_back_to_direct_spawning()
+            return None
         if self.reforker.current is not None:
             self.reforker.abort("HUP")
         if self.pool.next_preloader is not None:
@@ -368,6 +382,25 @@ class SmartArbiter(Arbiter):
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGHUP)
         return None
+
+    def fall_back_to_direct_spawning(self):
+        """A HUP turned --reload on: every worker must import the code itself, as with
+        gunicorn's reload; the preloader and the template retire with their workers."""
+        self.log.warning("smartspawn: falling back to direct spawning: this HUP turned "
+                         "--reload on (it restarts workers that import the app themselves)")
+        self.smart = False
+        pool = self.pool
+        for spawner in (pool.preloader, pool.next_preloader):
+            if spawner is not None:
+                self.retire(spawner)
+        pool.preloader = pool.next_preloader = None
+        self.reforker.end_generation()
+        self.generation += 1
+        for worker in list(self.WORKERS.values()):
+            if worker.pid not in self.lifecycle.outgoing:
+                self.lifecycle.replace(worker, "HUP: --reload, spawning directly")
+        if self.dirty_arbiter_pid:
+            self.kill_dirty_arbiter(signal.SIGHUP)
 
     def handle_usr1(self):
         super().handle_usr1()
@@ -384,10 +417,12 @@ class SmartArbiter(Arbiter):
         super().setup(app)
         for warning in install_settings(self.cfg):
             self.log.warning(warning)
+        self.turn_refork_off_if_impossible()
         self.worker_class = worker_class_for(self.cfg)
 
     def stop(self, graceful=True):
         self.stopping = True
+        self.table.drop_all_queued()  # gunicorn spawns nothing once it stops; nor do we
         self.read_channels(list(self.pool.handles))  # workers forked just now stop too
         for spawner in list(self.pool.handles):
             self.retire(spawner)
@@ -431,6 +466,7 @@ class SmartArbiter(Arbiter):
         return preloader
 
     def retire(self, spawner):
+        self.table.drop_queued(spawner.pid)
         self.pool.retire(spawner, self.table.busy_spawners())
 
     def preloader_starting(self):
@@ -486,13 +522,14 @@ class SmartArbiter(Arbiter):
                     self.preloader_ready(spawner, seconds)
             case protocol.BootFailed():
                 spawner.failure = message
-            case protocol.StandbyReady(pid=pid):
+            case protocol.StandbyReady(pid=pid) if self.is_new_child(pid):
                 self.pool.standby_ready(spawner, pid)
-            case protocol.WorkerSpawned(age=age, pid=pid):
+            case protocol.WorkerSpawned(age=age, pid=pid) if pid == spawner.standby_pid:
                 self.worker_spawned(spawner, age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
                 self.log.error("%r could not fork worker %s: %s", spawner, age, reason)
                 self.table.forget_pending(age)
+                self.dispatch_spawns()
             case ChannelClosed():
                 self.spawner_gone(spawner)
             case ChannelBroken(error=error):
@@ -500,9 +537,22 @@ class SmartArbiter(Arbiter):
                     spawner.failure = protocol.BootFailed(WORKER_BOOT_ERROR,
                                                           "broken channel: %s" % error)
                 self.spawner_gone(spawner)
-            case _:
+            case _:  # including a pid that is no child of ours, or not the standby's
                 self.handle_message(spawner, self.pool.broken(
                     spawner, "unexpected %r" % (message,)))
+
+    def is_new_child(self, pid):
+        """True if `pid`, named by a spawner, is a child of ours we know nothing of yet:
+        the only pid a spawner's message may make the master track (and later signal)."""
+        if (pid in self.WORKERS or pid in self.pool.helpers
+                or pid in (self.pid, self.dirty_arbiter_pid, self.reexec_pid)):
+            return False
+        try:
+            # WNOWAIT: a child that has exited already is left for the reaper.
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except OSError:  # ChildProcessError: not our child
+            return False
+        return True
 
     def preloader_ready(self, preloader, seconds):
         # restart_failures is reset by its first worker (worker_spawned), not here: a

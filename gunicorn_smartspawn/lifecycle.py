@@ -13,6 +13,8 @@
   started on demand (arbiter.py, spawn_workers).
 - **Failing template.** A template whose workers exit before they ever serve, several in
   a row, is abandoned: spawns go back to the preloader.
+- **Failing workers.** When workers keep exiting before they serve, wherever they come
+  from, the master waits longer and longer between spawns (up to 10 s).
 
 The Lifecycle owns the outgoing workers, the memory samples and these counts; it works
 through the master's worker table and spawner pool, and asks the Reforker (refork.py) to
@@ -33,6 +35,11 @@ SAMPLES_IN_A_ROW = 3
 # Workers forked from one template that exit before serving, in a row, before the
 # template is abandoned.
 TEMPLATE_CHILD_FAILURES = 3
+# Workers that exit before they ever serve, in a row (from anywhere), before the master
+# waits between spawns, and the longest wait (seconds): a worker that cannot start must
+# not be respawned hundreds of times a second.
+BOOT_FAILURES_BEFORE_BACKOFF = 5
+RESPAWN_BACKOFF_MAX = 10.0
 
 
 class MemoryGrowth:
@@ -71,10 +78,13 @@ class Lifecycle:
         self.cfg, self.log = master.cfg, master.log
         self.table, self.pool = master.table, master.pool
         self.outgoing = {}             # pid -> why it is being replaced
+        self.target_raised = 0         # workers added to num_workers (outgoing_not_counted)
         self.sent_term = set()         # outgoing pids already told to stop
         self.next_sample = time.monotonic()
         self.memory_growth = None      # MemoryGrowth of the current generation
         self.template_child_failures = 0
+        self.boot_failures = 0         # workers in a row that exited before serving
+        self.respawn_at = 0.0          # no spawn before (monotonic time)
         self.stats = {"memory_samples": 0, "replaced_max_requests": 0,
                       "replaced_max_worker_memory": 0, "memory_reforks": 0,
                       "preloader_idle_exits": 0, "templates_abandoned": 0}
@@ -93,7 +103,8 @@ class Lifecycle:
 
     @contextlib.contextmanager
     def outgoing_not_counted(self):
-        """Outgoing workers do not count toward `workers` in gunicorn's manage_workers.
+        """Outgoing workers, and a refork's candidate until it leaves for the template, do
+        not count toward `workers` in gunicorn's manage_workers.
 
         Its target is raised by their number for the call, through the attribute behind
         `num_workers` (its setter would fire the nworkers_changed hook). WORKERS itself
@@ -102,11 +113,24 @@ class Lifecycle:
         """
         master = self.master
         extra = sum(pid in self.table.workers for pid in self.outgoing)
+        extra += master.reforker.extra_workers()
         master._num_workers += extra
+        self.target_raised = extra
         try:
             yield
         finally:
             master._num_workers -= extra
+            self.target_raised = 0
+
+    @contextlib.contextmanager
+    def target_as_configured(self):
+        """Within outgoing_not_counted: `num_workers` as configured, for user hooks."""
+        raised = self.target_raised
+        self.master._num_workers -= raised
+        try:
+            yield
+        finally:
+            self.master._num_workers += raised
 
     # -- spawn before retire --------------------------------------------------------------
 
@@ -226,13 +250,13 @@ class Lifecycle:
     def watch_template_children(self):
         """Count the template's workers that exited before serving; abandon it after a few."""
         template = self.pool.template
-        if template is None:
-            return
         for worker in self.table.workers.values():
-            if worker.spawner_pid == template.pid and not worker.served and booted(worker):
+            if not worker.served and booted(worker):
                 worker.served = True
-                self.template_child_failures = 0  # a success breaks the row
-        if self.template_child_failures < TEMPLATE_CHILD_FAILURES:
+                self.boot_failures = 0  # a success breaks the row
+                if template is not None and worker.spawner_pid == template.pid:
+                    self.template_child_failures = 0
+        if template is None or self.template_child_failures < TEMPLATE_CHILD_FAILURES:
             return
         self.log.error("%r abandoned: %s workers forked from it in a row exited before "
                        "serving; spawning from the %s", template, self.template_child_failures,
@@ -244,13 +268,25 @@ class Lifecycle:
         self.master.retire(template)
         self.pool.template = None
 
-    def unbooted_template_children(self):
-        template = self.pool.template
-        return [pid for pid, w in self.table.workers.items()
-                if template is not None and w.spawner_pid == template.pid and not booted(w)]
+    def unbooted_workers(self):
+        return [(pid, w.spawner_pid) for pid, w in self.table.workers.items() if not booted(w)]
 
-    def count_failed_template_children(self, unbooted):
-        """`unbooted`: template children that had not served before this reap."""
-        if not self.master.stopping:
-            self.template_child_failures += sum(pid not in self.table.workers
-                                                for pid in unbooted)
+    def count_boot_failures(self, unbooted):
+        """`unbooted`: (pid, spawner pid) of the workers that had not served before this
+        reap; those gone now exited before they served."""
+        failed = [spawner for pid, spawner in unbooted if pid not in self.table.workers]
+        if not failed or self.master.stopping:
+            return
+        template = self.pool.template
+        if template is not None:
+            self.template_child_failures += failed.count(template.pid)
+        self.boot_failures += len(failed)
+        if self.boot_failures >= BOOT_FAILURES_BEFORE_BACKOFF:
+            delay = min(RESPAWN_BACKOFF_MAX,
+                        2.0 ** (self.boot_failures - BOOT_FAILURES_BEFORE_BACKOFF))
+            self.respawn_at = time.monotonic() + delay
+            self.log.warning("%s workers in a row exited before they served; the next "
+                             "spawn waits %.0fs", self.boot_failures, delay)
+
+    def may_spawn(self):
+        return time.monotonic() >= self.respawn_at

@@ -136,7 +136,15 @@ def recv(sock):
 def decode(data):
     try:
         fields = json.loads(data.decode())
-        return MESSAGES[fields.pop("type")](**fields)
+        message = MESSAGES[fields.pop("type")](**fields)
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError("undecodable message %r: %s: %s" % (
             data[:200], type(exc).__name__, exc)) from None
+    for field in dataclasses.fields(message):
+        value, expected = getattr(message, field.name), field.type
+        if expected is float:
+            expected = (int, float)  # JSON writes 2.0 as 2
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ProtocolError("%s.%s=%r: not a %s" % (
+                type(message).__name__, field.name, value, field.type))
+    return message

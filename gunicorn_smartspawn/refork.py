@@ -1,10 +1,12 @@
 """Refork policy and sequence, as the master sees them (fork_worker).
 
 A refork: the oldest booted worker (the candidate) that the application did not mark
-with no_longer_fork_safe() gets BecomeTemplate + SIGURG, finishes its requests and
-reports ready as a template; the master then replaces every older worker, one at a time,
-spawn before retire (lifecycle.py): an old worker is stopped only once its replacement
-and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
+with no_longer_fork_safe() is to become the template. Spawn before retire: first a
+stand-in is spawned, one worker over `workers`, so that capacity does not drop while the
+candidate leaves service; once it serves, the candidate gets BecomeTemplate + SIGURG,
+finishes its requests and reports ready as a template; the master then replaces every
+older worker, one at a time (lifecycle.py): an old worker is stopped only once its
+replacement and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
 control socket's `refork`, and `refork_on_memory` (lifecycle.py).
 
 The Reforker owns the refork in progress, the one requested meanwhile, the thresholds
@@ -52,6 +54,7 @@ class Refork:
         self.threshold = threshold          # the request count that triggered it, or None
         self.started = time.monotonic()
         self.promote_deadline = self.started + promote_timeout
+        self.signalled = False              # the candidate got BecomeTemplate + URG
         self.template = None                # its SpawnerHandle once the candidate is ready
         self.old = []                       # ages of the workers still to replace
         self.stopping = None                # the age of the old worker being replaced
@@ -155,13 +158,30 @@ class Reforker:
         self.current = Refork(candidate, generation, reason, threshold,
                               promote_timeout=self.cfg.graceful_timeout + 10)
         self.log.info("Refork to generation %s (%s): worker (pid: %s, %s requests) "
-                      "becomes the template", generation, reason, candidate.pid,
-                      self.table.counters.requests(candidate.slot))
+                      "becomes the template once a stand-in serves", generation, reason,
+                      candidate.pid, self.table.counters.requests(candidate.slot))
         self.log.debug("refork started", extra={"metric": "smartspawn.reforks", "value": 1,
                                                 "mtype": "counter"})
+
+    def extra_workers(self):
+        """Workers over `workers` the refork needs now: its stand-in, until the candidate
+        is a template (it leaves WORKERS then)."""
+        return 1 if self.current is not None and self.current.promoting else 0
+
+    def leaving(self):
+        """The pid of the worker leaving service for the template (its reuse_port sockets
+        go to the stand-in), or None."""
+        return self.current.candidate.pid if self.current is not None else None
+
+    def signal_candidate(self, refork):
+        """The stand-in serves: the candidate may leave service now."""
+        refork.signalled = True
+        handle = self.pool.by_pid(refork.candidate.pid)
         try:
-            protocol.send(handle.channel, protocol.BecomeTemplate(generation))
-            os.kill(candidate.pid, signal.SIGURG)
+            if handle is None:
+                raise ProcessLookupError("its channel is closed")
+            protocol.send(handle.channel, protocol.BecomeTemplate(refork.generation))
+            os.kill(refork.candidate.pid, signal.SIGURG)
         except OSError as exc:
             self.abort("the candidate is gone (%s)" % exc)
 
@@ -188,10 +208,9 @@ class Reforker:
         refork, workers = self.current, self.table.workers
         if refork.promoting:
             if time.monotonic() > refork.promote_deadline:
-                self.log.error("%r: the candidate (pid: %s) did not become the template "
-                               "in time; killing it", refork, refork.candidate.pid)
-                self.abort("promotion timed out")
-                self.master.kill_worker(refork.candidate.pid, signal.SIGKILL)
+                self.promotion_timed_out(refork)
+            elif not refork.signalled and self.stand_in_serves(refork):
+                self.signal_candidate(refork)
             return
         ages = {worker.age: pid for pid, worker in workers.items()}
         new = [w for w in workers.values() if w.age not in refork.old]
@@ -205,6 +224,22 @@ class Reforker:
         refork.stopping = remaining[0]
         refork.old.remove(remaining[0])
         self.master.lifecycle.replace(workers[ages[remaining[0]]], repr(refork))
+
+    def stand_in_serves(self, refork):
+        outgoing = self.master.lifecycle.outgoing
+        serving = [w for pid, w in self.table.workers.items()
+                   if pid != refork.candidate.pid and pid not in outgoing and booted(w)]
+        return not self.table.pending and len(serving) >= self.master.num_workers
+
+    def promotion_timed_out(self, refork):
+        if not refork.signalled:
+            self.abort("no stand-in served within %.0fs" % (
+                refork.promote_deadline - refork.started))
+            return
+        self.log.error("%r: the candidate (pid: %s) did not become the template "
+                       "in time; killing it", refork, refork.candidate.pid)
+        self.abort("promotion timed out")
+        self.master.kill_worker(refork.candidate.pid, signal.SIGKILL)
 
     def finish(self):
         refork, self.current = self.current, None
@@ -226,6 +261,11 @@ class Reforker:
     def abort(self, why):
         refork, self.current = self.current, None
         self.log.warning("%r abandoned: %s", refork, why)
+        if not refork.signalled:
+            # The candidate never heard of it: it stays a worker, with its channel back.
+            handle = self.pool.by_pid(refork.candidate.pid)
+            if handle is not None:
+                refork.candidate.channel = self.pool.give_back(handle)
 
     def retry_after_gate(self, refork):
         delay = GATE_RETRY_BACKOFF[min(self.gate_refusals, len(GATE_RETRY_BACKOFF) - 1)]

@@ -172,14 +172,15 @@ class Spawner:
         """A worker forked ahead of need: adopted by the master, it waits for its orders."""
         try:
             ours.close()
+            if not self.wait_for_adoption():
+                os._exit(1)
+            # Once adopted: the master checks that the pid it is told of is its child.
             protocol.send(self.channel, protocol.StandbyReady(os.getpid()))
             # Without our copy, the master sees EOF when the spawner exits; the orders
             # bring a fresh one.
             self.channel.close()
             util._setproctitle("smartspawn standby [%s] gen=%s"
                                % (self.server.proc_name, self.generation))
-            if not self.wait_for_adoption():
-                os._exit(1)
             request, fds = protocol.recv(theirs)
         except (EOFError, ConnectionError):
             os._exit(0)  # the spawner has gone: never a worker, nothing to clean up

@@ -13,6 +13,13 @@ import time
 from gunicorn_smartspawn import protocol
 
 
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return "signal %d" % number
+
+
 class SpawnerHandle:
     """The master's view of a process that forks workers: the preloader or a template."""
 
@@ -112,6 +119,11 @@ class SpawnerPool:
         self.remove(spawner)
         return ChannelBroken(str(exc))
 
+    def give_back(self, handle):
+        """Stop tracking a refork candidate that was never told: returns its channel."""
+        self.handles.remove(handle)
+        return handle.channel
+
     def remove(self, spawner):
         spawner.channel.close()
         self.handles.remove(spawner)
@@ -153,6 +165,14 @@ class SpawnerPool:
                 # Not only the EOF: a process forked from the master by gunicorn or a
                 # hook may still hold a copy of the channel.
                 self.signal(spawner.pid, signal.SIGTERM)
+
+    def kill_standby(self, spawner, pid):
+        """Kill `spawner`'s standby `pid` (it took a request given up meanwhile); it is
+        still a helper, reaped and logged as one."""
+        if spawner.standby_pid == pid:
+            spawner.standby_pid = None
+        self.killed_on_purpose.add(pid)
+        self.signal(pid, signal.SIGKILL)
 
     def kill(self, spawner):
         """SIGKILL on purpose: its exit is logged at info; the reason was logged already."""
@@ -202,11 +222,11 @@ class SpawnerPool:
             return
         name = "Standby" if role == "standby" else "Spawner"
         if os.WIFSIGNALED(status):
-            sig = signal.Signals(os.WTERMSIG(status))
-            expected = sig == signal.SIGTERM or pid in self.killed_on_purpose
+            number = os.WTERMSIG(status)
+            expected = number == signal.SIGTERM or pid in self.killed_on_purpose
             self.killed_on_purpose.discard(pid)
             (self.log.info if expected else self.log.error)(
-                "%s (pid: %s) was sent %s", name, pid, sig.name)
+                "%s (pid: %s) was sent %s", name, pid, signal_name(number))
         elif os.WEXITSTATUS(status):
             self.log.error("%s (pid: %s) exited with code %s",
                            name, pid, os.WEXITSTATUS(status))

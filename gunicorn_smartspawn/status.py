@@ -44,18 +44,32 @@ def find_master(pid=None, pidfile=None, directory=None):
 
 def live_masters(directory):
     try:
-        names = os.listdir(directory)
+        names = os.listdir(trusted_dir(directory))
     except FileNotFoundError:
         return []
     pids = [int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit()]
     return sorted(pid for pid in pids if psutil.pid_exists(pid))
 
 
+def trusted_dir(directory):
+    """`directory` if only we can have written it (state.private_dir); FileNotFoundError
+    when it does not exist."""
+    try:
+        return state.private_dir(directory)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StatusError("%s; not reading it (the server does not write there either)"
+                          % exc) from None
+
+
 def load_state(master_pid, directory=None):
     if not psutil.pid_exists(master_pid):
         raise StatusError("no process %d" % master_pid)
+    directory = directory or state.state_dir()
     path = state.state_path(master_pid, directory)
     try:
+        trusted_dir(directory)
         return state.read(path)
     except FileNotFoundError:
         raise StatusError("process %d is not a smartspawn master: no state file at %s"

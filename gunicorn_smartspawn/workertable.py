@@ -55,6 +55,18 @@ class WorkerTable:
     def overdue(self, now):
         return [w for w in self.pending.values() if w.spawn_deadline and now > w.spawn_deadline]
 
+    def drop_queued(self, spawner_pid):
+        """Forget the requests queued for `spawner_pid` and not sent: it is retired, and
+        manage_workers asks the next spawner instead."""
+        for worker in self.pending_of(spawner_pid):
+            if worker.spawn_deadline is None:
+                self.forget_pending(worker.age)
+
+    def drop_all_queued(self):
+        for worker in list(self.pending.values()):
+            if worker.spawn_deadline is None:
+                self.forget_pending(worker.age)
+
     def pending_of(self, spawner_pid):
         return [w for w in self.pending.values() if w.spawner_pid == spawner_pid]
 

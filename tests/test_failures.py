@@ -1,5 +1,7 @@
 """Bad settings, apps that fail to load, reloads that fail: clear errors, nothing lost."""
+import re
 import signal
+import time
 
 import pytest
 
@@ -103,3 +105,17 @@ def test_hup_with_bad_config_keeps_running(make_server):
     assert server.exited() is None
     assert server.preloader_pid() == preloader
     assert server.get_ok()
+
+
+def test_workers_that_exit_before_they_serve_are_respawned_ever_more_slowly(make_server):
+    """A worker that exits before it serves (here: in post_fork, with a code that is no
+    boot error) is respawned, but after five in a row the master waits between spawns,
+    longer each time: no spawn loop (plain gunicorn respawns such workers at once)."""
+    server = make_server(config="import os\n"
+                                "def post_fork(server, worker):\n"
+                                "    os._exit(1)\n").start(wait=False)
+    server.wait_log(r"5 workers in a row exited before they served; the next spawn waits 1s")
+    time.sleep(4)  # the length of the observation, not a wait for readiness
+    booted = len(re.findall(r"Booting worker with pid", server.log()))
+    assert 5 <= booted <= 14, booted  # without the waits: hundreds
+    assert server.exited() is None  # still up, as gunicorn stays up

@@ -1,0 +1,114 @@
+"""What a hostile review of the master found (issue 13): each case a real server.
+
+- a spawner that names a pid which is no child of the master (app code in the preloader
+  can write on its channel) never makes the master signal it, nor crash;
+- a helper killed by a real-time signal does not crash the master;
+- a HUP does not turn refork back on under --reload, and a HUP that turns --reload on
+  falls back to direct spawning, so edited code takes effect (as in gunicorn);
+- TERM while the workers are being spawned spawns no more of them;
+- `smartspawn status` does not read a state directory that is not the user's own.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import wait_for
+
+SEND_FROM_ON_PRELOAD = """\
+def on_preload(preloader):
+    from gunicorn_smartspawn import protocol  # not at module level: gunicorn has a setting
+    protocol.send(preloader.channel, protocol.{message})  # named `protocol`
+"""
+
+
+@pytest.fixture
+def bystander():
+    """A process that is no child of the server: it must survive whatever a spawner says."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait(5)
+
+
+@pytest.mark.parametrize("message", ["WorkerSpawned(1, {pid})", "StandbyReady({pid})",
+                                     "WorkerSpawned(1, 2**22 + 7)"])
+def test_a_pid_named_by_a_spawner_that_is_no_child_is_never_signalled(
+        make_server, bystander, message):
+    config = SEND_FROM_ON_PRELOAD.format(message=message.format(pid=bystander.pid))
+    server = make_server(config=config).start(wait=False)
+    # The preloader is broken, before it ever loaded the app: a boot error, as gunicorn's.
+    assert server.wait_exit() == 3, server.log()
+    assert "killing it" in server.log()
+    assert "Traceback" not in server.log()
+    assert bystander.poll() is None
+
+
+def test_a_standby_killed_by_a_real_time_signal(make_server):
+    server = make_server(workers=2).start()
+    standby = server.single("smartspawn standby")
+    os.kill(standby, signal.SIGRTMIN + 6)
+    server.wait_log(r"Standby \(pid: %d\) was sent signal %d" % (standby, signal.SIGRTMIN + 6))
+    server.signal(signal.SIGTTIN)  # the spawner finds its standby gone and makes another
+    wait_for(lambda: len(server.worker_pids()) == 3, what="a third worker")
+    assert server.get_ok()
+    assert server.stop() == 0
+
+
+def test_hup_keeps_refork_off_under_reload(make_server):
+    server = make_server(config="fork_worker = 10**9\n", args=("--reload",)).start()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: len(re.findall(r"fork_worker and refork_on_memory are off: --reload",
+                                    server.log())) == 2, what="the warning again after HUP")
+    server.signal(signal.SIGURG)
+    server.wait_log(r"URG ignored: fork_worker is off")
+    assert server.stop() == 0
+
+
+def test_hup_that_turns_reload_on_falls_back_to_direct_spawning(make_server):
+    server = make_server(workers=2).start()
+    (server.root / "gunicorn.conf.py").write_text("reload = True\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"falling back to direct spawning: this HUP turned --reload on")
+    wait_for(lambda: {server.get_json()["ppid"] for _ in range(6)} == {server.pid}
+             and len(server.worker_pids()) == 2, timeout=20, what="direct-spawned workers")
+    app_py = server.root / "app.py"
+    app_py.write_text(app_py.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+    wait_for(lambda: {server.get_json()["version"] for _ in range(6)} == {"v2"},
+             timeout=20, what="the edited code, as gunicorn's --reload serves it")
+    assert server.stop() == 0
+
+
+def test_term_during_startup_spawns_no_more_workers(make_server):
+    server = make_server(workers=12, config="""\
+import time
+def post_fork(server, worker):
+    time.sleep(0.2)  # a slow boot: the master queues the other spawns meanwhile
+""").start(wait=False)
+    server.wait_log(r"Booting worker with pid")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    log = server.log()
+    after_term = log[log.index("Handling signal: term"):]
+    # At most the spawn in flight when TERM came.
+    assert len(re.findall(r"Booting worker with pid", after_term)) <= 1, log
+
+
+def test_status_refuses_a_state_directory_that_is_not_ours(tmp_path, make_server):
+    server = make_server().start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ("%d.json" % server.pid)).write_text('{"version": 2, "planted": true}')
+    fake_tmp = tmp_path / "tmp"
+    fake_tmp.mkdir()
+    (fake_tmp / ("smartspawn-%d" % os.getuid())).symlink_to(elsewhere)
+    result = subprocess.run([sys.executable, "-m", "smartspawn", "status", "--pid",
+                             str(server.pid)], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "TMPDIR": str(fake_tmp)})
+    assert result.returncode != 0
+    assert "not reading it" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "planted" not in result.stdout
