@@ -17,7 +17,7 @@ from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
 import smartspawn
-from gunicorn_smartspawn import patches
+from gunicorn_smartspawn import patches, worker
 from gunicorn_smartspawn.arbiter import SmartArbiter
 
 # Every Arbiter method SmartArbiter overrides, with gunicorn's parameters.
@@ -121,3 +121,28 @@ def test_sockets_from_fds():
     assert params(sock.close_sockets) == ["listeners", "unlink"]
     # protocol.recv asks for close-on-exec fds.
     assert "flags" in params(socket.recv_fds)
+
+
+# Every gunicorn worker method smartspawn's worker classes override, with its parameters.
+COMMON = {"init_signals": ["self"], "handle_exit": ["self", "sig", "frame"],
+          "init_process": ["self"], "run": ["self"], "load_wsgi": ["self"]}
+WORKER_OVERRIDES = {
+    sync.SyncWorker: {**COMMON, "handle": ["self", "listener", "client", "addr"],
+                      "handle_request": ["self", "listener", "req", "client", "addr"]},
+    gthread.ThreadWorker: {**COMMON, "handle_request": ["self", "req", "conn"],
+                           "handle_quit": ["self", "sig", "frame"],
+                           "set_accept_enabled": ["self", "enabled"],
+                           "enqueue_req": ["self", "conn"],
+                           "finish_request": ["self", "conn", "fs"]},
+}
+
+
+def test_every_overridden_worker_method_is_pinned():
+    for ours, theirs in ((worker.Worker, sync.SyncWorker),
+                         (worker.ThreadWorker, gthread.ThreadWorker)):
+        overriding = {name for cls in ours.__mro__[:ours.__mro__.index(theirs)]
+                      for name, value in vars(cls).items() if callable(value)}
+        pinned = WORKER_OVERRIDES[theirs]
+        assert overriding & set(dir(theirs)) == set(pinned), theirs
+        for name, expected in pinned.items():
+            assert params(getattr(theirs, name)) == expected, (theirs, name)
