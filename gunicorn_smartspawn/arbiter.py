@@ -66,6 +66,7 @@ class SmartArbiter(Arbiter):
         self.worker_class = worker_class_for(self.cfg)
         self.generation = 1
         self.stopping = False
+        self.reloading = False        # in gunicorn's own HUP (direct spawning)
         self.ever_ready = False       # a preloader has loaded the app once
         self.restart_failures = 0     # preloader restarts since one last spawned a worker
         self.restart_at = None
@@ -365,7 +366,11 @@ class SmartArbiter(Arbiter):
             # gunicorn's reload spawns from the master, which loads the new code: the
             # template (old code) must not serve those spawns.
             self.reforker.end_generation()
-            return super().handle_hup()
+            self.reloading = True  # its manage_workers() must start no refork
+            try:
+                return super().handle_hup()
+            finally:
+                self.reloading = False
         self.log.info("Hang up: %s", self.master_name)
         if not self.reload_config():
             return None

@@ -90,6 +90,9 @@ class Reforker:
         return refork_enabled(self.cfg)
 
     def request(self, reason, threshold=None):
+        if self.master.num_workers < 2:
+            self.log.info("Refork (%s) skipped: needs two or more workers", reason)
+            return  # not kept for later: it would fire at the next TTIN
         busy = self.busy()
         if busy:
             if self.requested is None:
@@ -105,6 +108,8 @@ class Reforker:
             return "needs two or more workers"
         if master.stopping:
             return "shutting down"
+        if master.reloading:
+            return "a HUP is replacing the workers"
         if self.current is not None:
             return "%r in progress" % self.current
         if self.pool.next_preloader is not None:
@@ -277,6 +282,10 @@ class Reforker:
     def template_gone(self, handle):
         refork = self.current
         if refork is not None and refork.candidate.pid == handle.pid:
+            if not refork.signalled:
+                self.abort("the candidate (pid: %s) exited before it was told (TTOU, "
+                           "a crash)" % handle.pid)
+                return
             why = handle.failure.reason if handle.failure else "it exited"
             self.abort("the template (pid: %s) gave up: %s" % (handle.pid, why))
             if handle.failure and handle.failure.exit_code == GATE_CLOSED:

@@ -15,6 +15,7 @@ its timeouts and its signals work on it unchanged. The table holds the rest:
   wait for it instead of being reset by the kernel, as they would be if the last copy
   were closed (plain gunicorn's reuse_port loses them at every HUP).
 """
+import itertools
 import time
 
 from gunicorn_smartspawn.counters import Counters
@@ -29,7 +30,8 @@ class WorkerTable:
         self.pending = {}
         self.records = {}
         self.counters = Counters()  # inherited by every process forked from here on
-        self.seats = []             # reuse_port: lists of listening sockets
+        self.seats = {}             # reuse_port: seat number -> its listening sockets
+        self.seat_numbers = itertools.count()
 
     # -- spawns ---------------------------------------------------------------------------
 
@@ -97,27 +99,29 @@ class WorkerTable:
         leaves, else a new one, `make()` (its listening sockets)."""
         kept = {w.seat for w in (*self.workers.values(), *self.pending.values())
                 if w is not worker and w.pid not in outgoing}
-        free = [i for i in range(len(self.seats)) if i not in kept]
+        free = [number for number in self.seats if number not in kept]
         if free:
             worker.seat = free[0]
         else:
-            self.seats.append(make())
-            worker.seat = len(self.seats) - 1
+            worker.seat = next(self.seat_numbers)
+            self.seats[worker.seat] = make()
         return self.seats[worker.seat]
 
     def close_seats(self):
         """At shutdown (and in a child of the master): the port is released as the
         workers exit, as in gunicorn."""
-        for seat in self.seats:
+        for seat in self.seats.values():
             for listener in seat:
                 listener.close()
-        self.seats = []
+        self.seats = {}
 
     def close_unused_seats(self, keep):
-        """Close the seats beyond `keep` (workers) that no worker holds any more."""
+        """Close seats no worker holds any more, beyond `keep` (workers): else the kernel
+        would go on queueing connections on them that nobody accepts (TTOU)."""
         held = {w.seat for w in (*self.workers.values(), *self.pending.values())}
-        while len(self.seats) > keep and len(self.seats) - 1 not in held:
-            for listener in self.seats.pop():
+        unheld = [number for number in self.seats if number not in held]
+        while len(self.seats) > keep and unheld:
+            for listener in self.seats.pop(unheld.pop()):
                 listener.close()
 
     # -- slots and channels ---------------------------------------------------------------

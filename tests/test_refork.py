@@ -1,4 +1,5 @@
 """fork_worker: refork every worker from a warmed worker (the template)."""
+import collections
 import concurrent.futures
 import json
 import os
@@ -180,6 +181,30 @@ def test_direct_spawning_reforks_from_a_worker_that_imported_the_app(make_server
     assert {p["from"] for p in post_forks(server) if p["gen"] == 2} == {"template"}
     # Each direct worker imported it once: the two first, and the refork's stand-in.
     assert len(server.lines("imports.txt")) == 3
+
+
+def test_direct_spawning_hup_starts_no_refork_from_the_old_workers(make_server):
+    """gunicorn's HUP (direct spawning) calls manage_workers while the old workers still
+    run, past a threshold that starts over: no refork may start from one of them (it would
+    be an old-code template, and gunicorn's reload would wait graceful_timeout for it)."""
+    server = make_server(workers=2, config='spawn_method = "direct"\nfork_worker = 30\n')
+    server.start()
+    hammer(server, "/", lambda: refork_done(server, 2), "the first refork")
+    wait_for(lambda: len(server.worker_pids()) == 2, what="the new generation")
+    old = set(server.worker_pids())
+    served = collections.Counter()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        while min(served[pid] for pid in old) < 40 and sum(served.values()) < 3000:
+            for body in pool.map(lambda _: server.get_json(), range(8)):
+                served[body["pid"]] += 1  # past the threshold (30), which starts over
+    hup_at = len(server.log())
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: not old & set(server.worker_pids()) and len(server.worker_pids()) == 2,
+             timeout=10, what="the new workers alone (not graceful_timeout later)")
+    server.signal(signal.SIGTTIN)  # the master's loop is free again
+    wait_for(lambda: len(server.worker_pids()) == 3, timeout=10, what="a third worker")
+    assert "Refork to generation" not in server.log()[hup_at:], server.log()[hup_at:]
+    assert server.stop() == 0
 
 
 def test_direct_spawning_hup_after_refork_loads_new_code(make_server):

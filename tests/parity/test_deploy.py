@@ -146,6 +146,40 @@ def test_reuse_port_refork_under_load(run_both):
     assert smart == plain
 
 
+def test_reuse_port_ttou_leaves_no_socket_nobody_accepts_on(run_both):
+    """`--reuse-port`, 4 workers, TTOU twice: every later connection is served. (The
+    master keeps each worker's sockets to hand them on: a socket of a worker stopped for
+    good must be closed, or the kernel goes on queueing connections on it.)"""
+    def scenario(server):
+        reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind(("127.0.0.1", 0))
+        server.port = reserve.getsockname()[1]
+        set_arg(server, "--bind", "127.0.0.1:%d" % server.port)
+        try:
+            server.start(wait=False)
+            wait_for(lambda: server.exited() is None and len(server.worker_pids()) == 4
+                     and server.get_ok(), timeout=20, what="serving\n" + server.log())
+            for count in (3, 2):
+                server.signal(signal.SIGTTOU)
+                wait_for(lambda count=count: len(server.worker_pids()) == count,
+                         what="%d workers" % count)
+            time.sleep(0.5)  # let the master close what it closes: then count the failures
+            failed = 0
+            for _ in range(40):
+                try:
+                    failed += server.request("/", timeout=2.0)[0] != 200
+                except OSError:
+                    failed += 1
+            return {"failed": failed, "exit": server.stop()}
+        finally:
+            reserve.close()
+
+    plain, smart = run_both(scenario, workers=4, args=("--reuse-port",))
+    assert plain == {"failed": 0, "exit": 0}
+    assert smart == plain
+
+
 # -- 2. dirty workers ---------------------------------------------------------------------
 
 
