@@ -300,8 +300,8 @@ class SmartArbiter(Arbiter):
     def worker_spawned(self, spawner, age, pid):
         """`spawner`'s standby `pid` took the request for worker `age`."""
         if age not in self.table.pending:
-            self.log.warning("Worker (pid: %s) checked in after its spawn request was "
-                             "given up; stopping it", pid)
+            self.log.warning("Worker %s (pid: %s) checked in after its spawn request was "
+                             "given up; stopping it", age, pid)
             self.pool.kill_standby(spawner, pid)
             return
         self.pool.standby_taken(spawner, pid)

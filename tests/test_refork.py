@@ -165,7 +165,7 @@ def test_one_worker_warns_and_never_reforks(make_server):
     for _ in range(20):
         assert server.request()[0] == 200
     server.signal(signal.SIGURG)
-    server.wait_log(r"Refork \(URG\) deferred: needs two or more workers")
+    server.wait_log(r"Refork \(URG\) skipped: needs two or more workers")
     assert "Refork to generation" not in server.log()
 
 

@@ -10,9 +10,10 @@
 import re
 import signal
 import subprocess
-import time
 
 import pytest
+
+from parity.helpers import boot
 
 # gunicorn runs --check-config and --print-config (Application.run) before it first reads
 # cfg.worker_class, the first moment a -k plugin's code runs: no smartspawn code runs at
@@ -103,29 +104,6 @@ def test_print_config_lists_smartspawn_settings(run_both):
     assert smart["settings"]["gc_freeze"] == "False"
     assert smart["settings"]["fork_safety"] == "off"
     assert smart["settings"]["spawn_method"] == "smart"
-
-
-def boot(server, timeout=25.0):
-    """Start `server`; True once all its workers are up and it answers, False if the
-    master exits first or it does not serve within `timeout` seconds."""
-    server.start(wait=False)
-
-    def ready():
-        if server.exited() is not None:
-            return True
-        if server.port is None:
-            match = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", server.log())
-            if not match:
-                return False
-            server.port = int(match.group(1))
-        return len(server.worker_pids()) >= server.expected_workers() and server.get_ok()
-
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return server.exited() is None
 
 
 def test_slow_import_longer_than_timeout(run_both):

@@ -14,7 +14,6 @@ A refork is `kill -URG <master>` with `fork_worker = 10**9`; plain gunicorn igno
 import concurrent.futures
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -26,26 +25,12 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
 
 
-def _tests_conftest():
-    """tests/conftest.py (its helpers). `import conftest` here may find tests/parity's."""
-    import conftest
-    if hasattr(conftest, "LoadLoop"):
-        return conftest
-    path = Path(__file__).parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_tests_conftest_for_deploy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GUNICORN, LoadLoop, wait_for = (getattr(_tests_conftest(), name)
-                                for name in ("GUNICORN", "LoadLoop", "wait_for"))
+from conftest import GUNICORN, LoadLoop, wait_for
 
 URG_ONLY = "fork_worker = 10**9\n"
 
@@ -93,24 +78,29 @@ def tree(pid):
         return set()
 
 
-def running(pids, grace=5.0):
-    """Of `pids`, those still running (not zombies) after up to `grace` seconds."""
-    def alive():
-        out = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    out.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return sorted(out)
-    deadline = time.monotonic() + grace
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive()
-
-
 # -- 1. reuse_port ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def on_reserved_port(server, workers):
+    """Start `server` with --reuse-port on a fixed port and wait until `workers` serve.
+
+    With reuse_port gunicorn 27's master binds nothing: each worker binds its own socket,
+    so the port must be fixed. It is reserved by a socket bound with SO_REUSEPORT, never
+    listening (connections only reach listening sockets), closed on exit.
+    """
+    reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind(("127.0.0.1", 0))
+    server.port = reserve.getsockname()[1]
+    set_arg(server, "--bind", "127.0.0.1:%d" % server.port)
+    try:
+        server.start(wait=False)
+        wait_for(lambda: server.exited() is None and len(server.worker_pids()) == workers
+                 and server.get_ok(), timeout=20, what="serving\n" + server.log())
+        yield server
+    finally:
+        reserve.close()
 
 
 def test_reuse_port_refork_under_load(run_both):
@@ -120,26 +110,11 @@ def test_reuse_port_refork_under_load(run_both):
     has its own listening socket: connections queued on the socket of a worker that stops
     serving would be reset if its replacement did not take that socket over.)"""
     def scenario(server):
-        # With reuse_port gunicorn 27's master binds nothing: each worker binds its own
-        # socket, so the port must be fixed. Reserve one: bound with SO_REUSEPORT, never
-        # listening (connections only reach listening sockets).
-        reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserve.bind(("127.0.0.1", 0))
-        server.port = reserve.getsockname()[1]
-        set_arg(server, "--bind", "127.0.0.1:%d" % server.port)
-        try:
-            server.start(wait=False)
-            wait_for(lambda: server.exited() is None and len(server.worker_pids()) == 2
-                     and server.get_ok(), timeout=20, what="serving\n" + server.log())
-            with LoadLoop(server, max_seconds=30) as load:
-                refork(server)
-                before = load.ok
-                wait_for(lambda: load.ok > before + 20, what="traffic after the refork")
-            return {"failed": load.failures, "serves": server.get_ok(),
-                    "exit": server.stop()}
-        finally:
-            reserve.close()
+        with on_reserved_port(server, 2), LoadLoop(server, max_seconds=30) as load:
+            refork(server)
+            before = load.ok
+            wait_for(lambda: load.ok > before + 20, what="traffic after the refork")
+        return {"failed": load.failures, "serves": server.get_ok(), "exit": server.stop()}
 
     plain, smart = run_both(scenario, config=URG_ONLY, args=("--reuse-port",))
     assert plain == {"failed": [], "serves": True, "exit": 0}
@@ -151,15 +126,7 @@ def test_reuse_port_ttou_leaves_no_socket_nobody_accepts_on(run_both):
     master keeps each worker's sockets to hand them on: a socket of a worker stopped for
     good must be closed, or the kernel goes on queueing connections on it.)"""
     def scenario(server):
-        reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserve.bind(("127.0.0.1", 0))
-        server.port = reserve.getsockname()[1]
-        set_arg(server, "--bind", "127.0.0.1:%d" % server.port)
-        try:
-            server.start(wait=False)
-            wait_for(lambda: server.exited() is None and len(server.worker_pids()) == 4
-                     and server.get_ok(), timeout=20, what="serving\n" + server.log())
+        with on_reserved_port(server, 4):
             for count in (3, 2):
                 server.signal(signal.SIGTTOU)
                 wait_for(lambda count=count: len(server.worker_pids()) == count,
@@ -171,9 +138,7 @@ def test_reuse_port_ttou_leaves_no_socket_nobody_accepts_on(run_both):
                     failed += server.request("/", timeout=2.0)[0] != 200
                 except OSError:
                     failed += 1
-            return {"failed": failed, "exit": server.stop()}
-        finally:
-            reserve.close()
+        return {"failed": failed, "exit": server.stop()}
 
     plain, smart = run_both(scenario, workers=4, args=("--reuse-port",))
     assert plain == {"failed": 0, "exit": 0}
@@ -263,7 +228,7 @@ def test_dirty_workers_with_a_hup(run_both, respawned):
         errors = [line for line in server.log().splitlines()
                   if "[ERROR]" in line and "Error handling request" not in line]
         return {"served_at_start": served_at_start, "extra_spawners": extra,
-                "serves": serves, "exit": code, "survivors": running(pids), "errors": errors}
+                "serves": serves, "exit": code, "survivors": server.alive(pids), "errors": errors}
 
     # A unique proc_name: gunicorn keeps the dirty arbiter's pidfile at
     # /tmp/gunicorn-dirty-<proc_name>.pid and kills the process an older one names.
@@ -452,9 +417,9 @@ def test_daemon_serves_across_a_hup_and_stops(run_both):
             seen.update(tree(master))
             os.kill(master, signal.SIGTERM)
             return {"launcher_exit": launcher, "served": served,
-                    "survivors": running(seen, grace=15)}
+                    "survivors": server.alive(seen, grace=15)}
         finally:
-            for pid in running(seen | {master}, grace=0):
+            for pid in server.alive(seen | {master}, grace=0):
                 os.kill(pid, signal.SIGKILL)
 
     plain, smart = run_both(scenario)

@@ -20,21 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
+
 BROKEN = Path(__file__).parent.parent / "apps" / "parity_sig_longerror.py"
 # The start of the exception's message, as the log shows it.
 MESSAGE_START = {"mixed": "RuntimeError: LONG IMPORT ERROR " + ("é日本" + "." * 97) * 2,
                  "non-ascii": "RuntimeError: LONG IMPORT ERROR " + "é日本 " * 50}
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds.
-    (tests/conftest.py has the same; `conftest` may resolve to the parity one.)"""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(0.02)
-    return value
 
 
 class Load:

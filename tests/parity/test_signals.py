@@ -23,22 +23,13 @@ import time
 
 import psutil
 import pytest
+
+from conftest import wait_for
 from gunicorn.ctl.client import ControlClient, ControlClientError
 
 # fork_worker on, with a threshold no test reaches: reforks happen on URG only.
 URG_ONLY = "fork_worker = 10**9\n"
 LOGS = ["--error-logfile", "error.log", "--access-logfile", "access.log"]
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds.
-    (tests/conftest.py has the same; `conftest` may resolve to the parity one.)"""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(0.02)
-    return value
 
 
 def smart(server):
