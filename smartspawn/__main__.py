@@ -1,6 +1,6 @@
-"""`python -m smartspawn status`: the same as the `smartspawn` console script."""
+"""`python -m smartspawn ...`: the same as the `smartspawn` console script (cli.py)."""
 import sys
 
-from gunicorn_smartspawn.status import main
+from gunicorn_smartspawn.cli import main
 
 sys.exit(main())

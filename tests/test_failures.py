@@ -1,11 +1,15 @@
 """Bad settings, apps that fail to load, reloads that fail: clear errors, nothing lost."""
+import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import LoadLoop, wait_for
+from conftest import APPS, LoadLoop, wait_for
 
 
 @pytest.mark.parametrize("line, named", [
@@ -119,3 +123,28 @@ def test_workers_that_exit_before_they_serve_are_respawned_ever_more_slowly(make
     booted = len(re.findall(r"Booting worker with pid", server.log()))
     assert 5 <= booted <= 14, booted  # without the waits: hundreds
     assert server.exited() is None  # still up, as gunicorn stays up
+
+
+def smartspawn_cli(root, *args):
+    return subprocess.run([sys.executable, "-m", "smartspawn", *args], cwd=root,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TEST_DIR": str(root)})
+
+
+def test_smartspawn_check_config_reports_a_bad_value(tmp_path):
+    """gunicorn's --check-config runs before any worker class is loaded, so it cannot
+    see smartspawn's settings; `smartspawn check-config` takes the same arguments and
+    reports a bad value as gunicorn reports its own (exit 1, setting and value named)."""
+    shutil.copy(APPS / "counting.py", tmp_path / "app.py")
+    (tmp_path / "bad.py").write_text('fork_worker = "often"\n')
+    (tmp_path / "good.py").write_text("fork_worker = 500\nworkers = 3\n")
+    bad = smartspawn_cli(tmp_path, "check-config", "-c", "bad.py", "app:app")
+    assert bad.returncode == 1, bad
+    assert "fork_worker" in bad.stderr and "often" in bad.stderr, bad.stderr
+    good = smartspawn_cli(tmp_path, "check-config", "-c", "good.py", "app:app")
+    assert good.returncode == 0, good
+    printed = smartspawn_cli(tmp_path, "print-config", "-c", "good.py", "app:app")
+    assert printed.returncode == 0, printed
+    assert re.search(r"^fork_worker += \(500,\)$", printed.stdout, re.M), printed.stdout
+    assert re.search(r"^spawn_method += smart$", printed.stdout, re.M)
+    assert re.search(r"^workers += 3$", printed.stdout, re.M)
