@@ -60,10 +60,13 @@ def read(path):
 
 
 def remove(path):
+    """Remove a state file, only from a directory private_dir accepts: never through
+    another user's link or directory."""
     try:
+        private_dir(os.path.dirname(path))
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # gone already, or not ours to touch
 
 
 def remove_stale(directory=None):

@@ -6,7 +6,9 @@
 - a HUP does not turn refork back on under --reload, and a HUP that turns --reload on
   falls back to direct spawning, so edited code takes effect (as in gunicorn);
 - TERM while the workers are being spawned spawns no more of them;
-- `smartspawn status` does not read a state directory that is not the user's own.
+- `smartspawn status` does not read a state directory that is not the user's own, and
+  a file in its place does not stop the server;
+- a direct-spawned worker keeps no copy of the master's signal wakeup fd.
 """
 import os
 import re
@@ -114,3 +116,36 @@ def test_status_refuses_a_state_directory_that_is_not_ours(tmp_path, make_server
     assert "not reading it" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert "planted" not in result.stdout
+
+
+def test_a_file_where_the_state_directory_goes(tmp_path, make_server):
+    """Another user's file (or link) at /tmp/smartspawn-<uid> must not stop the server."""
+    fake_tmp = tmp_path / "tmp"
+    fake_tmp.mkdir()
+    (fake_tmp / ("smartspawn-%d" % os.getuid())).write_text("not a directory")
+    server = make_server(env={"TMPDIR": str(fake_tmp)}).start()
+    server.wait_log(r"Could not write .*smartspawn-%d/%d\.json" % (os.getuid(), server.pid))
+    assert server.get_ok()
+    assert server.stop() == 0
+
+
+def test_direct_spawning_a_signal_during_post_fork_writes_into_no_file(make_server):
+    """The master's signal wakeup fd is not kept by a direct-spawned worker: its number,
+    closed there, is soon some file of the app's, and a signal would write a byte in it."""
+    server = make_server(config='''\
+import json, os, signal, time
+spawn_method = "direct"
+def post_fork(server, worker):
+    files = [open(os.path.join(os.environ["TEST_DIR"], "f%d-%d" % (os.getpid(), i)), "wb")
+             for i in range(8)]
+    os.kill(os.getpid(), signal.SIGWINCH)  # the master's handler is still the one set
+    time.sleep(0.05)
+    sizes = [os.fstat(f.fileno()).st_size for f in files]
+    with open(os.path.join(os.environ["TEST_DIR"], "sizes-%d" % os.getpid()), "w") as out:
+        json.dump(sizes, out)
+''').start()
+    sizes = wait_for(lambda: [p.read_text() for p in server.root.glob("sizes-*")]
+                     if len(list(server.root.glob("sizes-*"))) == 2 else None,
+                     what="both workers' post_fork")
+    assert sizes == ["[0, 0, 0, 0, 0, 0, 0, 0]"] * 2
+    assert server.stop() == 0
