@@ -266,8 +266,9 @@ class SmartArbiter(Arbiter):
         try:
             spawner.request_spawn(worker.age, worker.slot, fds, len(listeners))
         except OSError as exc:
-            # The spawner is gone; its EOF is handled by read_channels().
-            self.log.error("Spawn request to %r failed: %s", spawner, exc)
+            # The spawner has just exited: its exit is logged (and handled) with its EOF
+            # in read_channels(); the worker is asked of the next spawner.
+            self.log.info("Spawn request to %r failed: %s", spawner, exc)
             self.table.forget_pending(worker.age)
         finally:
             if child_end is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from gunicorn.ctl.client import ControlClient, ControlClientError
 
 APPS = Path(__file__).parent / "apps"
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -177,6 +178,26 @@ class Server:
             [pid for pid, t in self.children() if title in t]),
             what="exactly one %r process\n%s" % (title, self.log()))
         return pids[0]
+
+    # -- the control socket ---------------------------------------------------------------
+
+    def control(self, command):
+        """gunicorn's control socket: `command`'s answer.
+
+        gunicorn stops its control socket's server around every fork the master makes (a
+        new preloader on each HUP) and drops the connections it had: a dropped one is
+        retried.
+        """
+        for attempt in range(5):
+            client = ControlClient(str(self.root / "gunicorn.ctl"), timeout=5.0)
+            try:
+                return client.send_command(command)
+            except ControlClientError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
+            finally:
+                client.close()
 
     # -- HTTP ---------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ import time
 import psutil
 
 from conftest import wait_for
-from gunicorn.ctl.client import ControlClient, ControlClientError
 
 # fork_worker on, with a threshold the load never reaches: reforks happen on URG only.
 URG_ONLY = "fork_worker = 10**9\n"
@@ -260,21 +259,8 @@ class TreeWatch:
 # -- checks ------------------------------------------------------------------------------
 
 def ctl_stats(server):
-    """The master's own view (gunicorn's control socket): workers_current, workers_target.
-
-    gunicorn stops its control socket's server around every fork the master makes (a new
-    preloader on each HUP) and drops the connections it had: a dropped one is retried.
-    """
-    for attempt in range(5):
-        client = ControlClient(str(server.root / "gunicorn.ctl"), timeout=5.0)
-        try:
-            return client.send_command("show stats")
-        except ControlClientError:
-            if attempt == 4:
-                raise
-            time.sleep(0.1)
-        finally:
-            client.close()
+    """The master's own view (gunicorn's control socket): workers_current, workers_target."""
+    return server.control("show stats")
 
 
 def settle(server, workers, timeout=20.0, what=""):

@@ -19,13 +19,11 @@ import re
 import signal
 import socket
 import threading
-import time
 
 import psutil
 import pytest
 
 from conftest import wait_for
-from gunicorn.ctl.client import ControlClient, ControlClientError
 
 # fork_worker on, with a threshold no test reaches: reforks happen on URG only.
 URG_ONLY = "fork_worker = 10**9\n"
@@ -89,18 +87,7 @@ class Slow:
 
 
 def show_workers(server):
-    """gunicorn's control socket `show workers` (a connection dropped around a master
-    fork is retried)."""
-    for attempt in range(5):
-        client = ControlClient(str(server.root / "gunicorn.ctl"), timeout=5.0)
-        try:
-            return client.send_command("show workers")["workers"]
-        except ControlClientError:
-            if attempt == 4:
-                raise
-            time.sleep(0.1)
-        finally:
-            client.close()
+    return server.control("show workers")["workers"]
 
 
 def oldest_worker(server):
