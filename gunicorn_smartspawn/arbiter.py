@@ -173,7 +173,7 @@ class SmartArbiter(Arbiter):
         self.reforker.manage()
         with self.lifecycle.outgoing_not_counted():
             super().manage_workers()
-        self.table.close_unused_seats(self.num_workers)
+        self.table.close_unused_seats()
         self.publish_state()
 
     def publish_state(self):
@@ -346,6 +346,12 @@ class SmartArbiter(Arbiter):
         os.close(self._wake_w)
         self.pool.close_in_child()
         self.table.close_in_child()
+
+    def kill_worker(self, pid, sig):
+        # A worker stopped on purpose (a HUP, TTOU, a replacement) before it served did
+        # not fail to boot (lifecycle.count_boot_failures).
+        self.lifecycle.stopped_on_purpose.add(pid)
+        super().kill_worker(pid, sig)
 
     # -- reaping ---------------------------------------------------------------------------
 

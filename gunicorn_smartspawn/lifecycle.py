@@ -84,6 +84,7 @@ class Lifecycle:
         self.memory_growth = None      # MemoryGrowth of the current generation
         self.template_child_failures = 0
         self.boot_failures = 0         # workers in a row that exited before serving
+        self.stopped_on_purpose = set()  # pids the master signalled to stop
         self.respawn_at = 0.0          # no spawn before (monotonic time)
         self.stats = {"memory_samples": 0, "replaced_max_requests": 0,
                       "replaced_max_worker_memory": 0, "memory_reforks": 0,
@@ -274,7 +275,9 @@ class Lifecycle:
     def count_boot_failures(self, unbooted):
         """`unbooted`: (pid, spawner pid) of the workers that had not served before this
         reap; those gone now exited before they served."""
-        failed = [spawner for pid, spawner in unbooted if pid not in self.table.workers]
+        gone = [(pid, spawner) for pid, spawner in unbooted if pid not in self.table.workers]
+        failed = [spawner for pid, spawner in gone if pid not in self.stopped_on_purpose]
+        self.stopped_on_purpose.intersection_update(self.table.workers)  # the rest are gone
         if not failed or self.master.stopping:
             return
         template = self.pool.template

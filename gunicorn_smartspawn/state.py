@@ -45,9 +45,13 @@ def private_dir(directory, create=False):
 def write(path, state):
     private_dir(os.path.dirname(path), create=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)  # a full disk: leave nothing behind to pile up every second
+        raise
 
 
 def read(path):

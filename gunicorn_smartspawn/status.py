@@ -72,8 +72,9 @@ def load_state(master_pid, directory=None):
         trusted_dir(directory)
         return state.read(path)
     except FileNotFoundError:
-        raise StatusError("process %d is not a smartspawn master: no state file at %s"
-                          % (master_pid, path)) from None
+        raise StatusError("no state file at %s: process %d is not a smartspawn master, or "
+                          "it was started with another TMPDIR (give --state-dir)"
+                          % (path, master_pid)) from None
     except PermissionError:
         raise StatusError("cannot read %s: run as the server's user (or root)"
                           % path) from None

@@ -10,10 +10,11 @@ its timeouts and its signals work on it unchanged. The table holds the rest:
   forgotten it (its slot is then freed and its channel closed);
 - ``counters``: the per-worker counters shared with the workers (counters.py);
 - ``seats``: with reuse_port, the listening sockets of each worker, bound by the master.
-  The master keeps its copy: when a worker leaves (replaced, recycled, turned into the
-  template) its replacement takes the same sockets, so the connections queued on them
-  wait for it instead of being reset by the kernel, as they would be if the last copy
-  were closed (plain gunicorn's reuse_port loses them at every HUP).
+  The master keeps its copy: when a worker is replaced (a HUP, a recycle, a refork) its
+  replacement is given the same sockets while the old one still serves, so the
+  connections queued on them are served instead of being reset by the kernel when the
+  last copy is closed (plain gunicorn's reuse_port loses them at every HUP). A seat no
+  worker holds is closed at once: nobody would accept what the kernel queues there.
 """
 import itertools
 import time
@@ -115,13 +116,13 @@ class WorkerTable:
                 listener.close()
         self.seats = {}
 
-    def close_unused_seats(self, keep):
-        """Close seats no worker holds any more, beyond `keep` (workers): else the kernel
-        would go on queueing connections on them that nobody accepts (TTOU)."""
+    def close_unused_seats(self):
+        """Close the seats no worker holds (or is being given): else the kernel would go
+        on queueing connections there that nobody accepts (TTOU, a worker that died while
+        no spawner can replace it)."""
         held = {w.seat for w in (*self.workers.values(), *self.pending.values())}
-        unheld = [number for number in self.seats if number not in held]
-        while len(self.seats) > keep and unheld:
-            for listener in self.seats.pop(unheld.pop()):
+        for number in [number for number in self.seats if number not in held]:
+            for listener in self.seats.pop(number):
                 listener.close()
 
     # -- slots and channels ---------------------------------------------------------------

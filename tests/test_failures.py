@@ -148,3 +148,13 @@ def test_smartspawn_check_config_reports_a_bad_value(tmp_path):
     assert re.search(r"^fork_worker += \(500,\)$", printed.stdout, re.M), printed.stdout
     assert re.search(r"^spawn_method += smart$", printed.stdout, re.M)
     assert re.search(r"^workers += 3$", printed.stdout, re.M)
+
+
+def test_smartspawn_check_config_with_a_double_dash_checks_and_exits(tmp_path):
+    """`--` before the app (argparse's end of options) must not make the check a server."""
+    shutil.copy(APPS / "counting.py", tmp_path / "app.py")
+    (tmp_path / "good.py").write_text("fork_worker = 500\n")
+    done = smartspawn_cli(tmp_path, "check-config", "-c", "good.py", "--bind", "127.0.0.1:0",
+                          "--no-control-socket", "--", "app:app")
+    assert done.returncode == 0, done
+    assert "Listening at" not in done.stderr

@@ -25,13 +25,10 @@ OVERRIDDEN = {
     "wait_for_signals": ["self", "timeout"], "manage_workers": ["self"],
     "spawn_workers": ["self"], "spawn_worker": ["self"], "reap_workers": ["self"],
     "handle_hup": ["self"], "handle_usr1": ["self"], "setup": ["self", "app"],
-    "stop": ["self", "graceful"],
+    "stop": ["self", "graceful"], "kill_worker": ["self", "pid", "sig"],
 }
 # Arbiter methods smartspawn calls without overriding them.
-CALLED = {
-    "reload": ["self"], "kill_worker": ["self", "pid", "sig"], "murder_workers": ["self"],
-    "kill_dirty_arbiter": ["self", "sig"],
-}
+CALLED = {"reload": ["self"], "murder_workers": ["self"], "kill_dirty_arbiter": ["self", "sig"]}
 
 
 def params(func):

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,4 +149,19 @@ def post_fork(server, worker):
                      if len(list(server.root.glob("sizes-*"))) == 2 else None,
                      what="both workers' post_fork")
     assert sizes == ["[0, 0, 0, 0, 0, 0, 0, 0]"] * 2
+    assert server.stop() == 0
+
+
+def test_direct_spawning_quick_hups_do_not_delay_spawns(make_server):
+    """gunicorn's own HUP stops the previous workers, booted or not: those were stopped on
+    purpose, not workers failing to boot, and must not slow the spawns down."""
+    server = make_server(app_file="slow_import.py", workers=6, env={"IMPORT_SECONDS": "1"},
+                         config='spawn_method = "direct"\n').start(wait=False)
+    server.wait_log(r"Booting worker with pid")
+    for _ in range(4):
+        server.signal(signal.SIGHUP)
+        time.sleep(0.4)  # HUPs while the workers still import: the scenario itself
+    wait_for(lambda: len(server.worker_pids()) == 6 and server.exited() is None
+             and "Listening at" in server.log(), timeout=30, what="6 workers")
+    assert "exited before they served" not in server.log(), server.log()
     assert server.stop() == 0

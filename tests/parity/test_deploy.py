@@ -145,6 +145,36 @@ def test_reuse_port_ttou_leaves_no_socket_nobody_accepts_on(run_both):
     assert smart == plain
 
 
+def test_reuse_port_a_worker_that_cannot_be_replaced_yet_leaves_no_socket(run_both):
+    """`--reuse-port`: a worker dies while no replacement can serve for seconds (the code
+    on disk now imports slowly, and under smartspawn the preloader is gone too): under
+    smartspawn every connection meanwhile is served by the other worker, none waits on the
+    dead one's socket. Plain gunicorn does worse here, and that is recorded, not required:
+    its replacement binds its own socket before it imports the app, and the connections
+    the kernel hands that socket wait for the import."""
+    def scenario(server):
+        with on_reserved_port(server, 2):
+            app_py = server.root / "app.py"
+            app_py.write_text("import time\ntime.sleep(6)\n" + app_py.read_text())
+            if is_smart(server):
+                os.kill(server.preloader_pid(), signal.SIGKILL)
+            victim = server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: victim not in server.worker_pids(), what="the worker gone")
+            time.sleep(0.5)  # the master's next turn: then count the failures
+            failed = 0
+            for _ in range(20):
+                try:
+                    failed += server.request("/", timeout=2.0)[0] != 200
+                except OSError:
+                    failed += 1
+        return {"failed": failed, "exit": server.stop()}
+
+    plain, smart = run_both(scenario, args=("--reuse-port",))
+    assert plain["exit"] == 0
+    assert smart == {"failed": 0, "exit": 0}
+
+
 # -- 2. dirty workers ---------------------------------------------------------------------
 
 
