@@ -103,6 +103,17 @@ def on_reserved_port(server, workers):
         reserve.close()
 
 
+def failed_requests(server, count):
+    """Of `count` requests, each on a new connection, those that failed or took over 2 s."""
+    failed = 0
+    for _ in range(count):
+        try:
+            failed += server.request("/", timeout=2.0)[0] != 200
+        except OSError:
+            failed += 1
+    return failed
+
+
 def test_reuse_port_refork_under_load(run_both):
     """`--reuse-port`, 2 workers, a refork (URG) under load: zero failed requests, and the
     server serves after. Defect 7: smartspawn's template zips the master's (empty) listener
@@ -132,12 +143,7 @@ def test_reuse_port_ttou_leaves_no_socket_nobody_accepts_on(run_both):
                 wait_for(lambda count=count: len(server.worker_pids()) == count,
                          what="%d workers" % count)
             time.sleep(0.5)  # let the master close what it closes: then count the failures
-            failed = 0
-            for _ in range(40):
-                try:
-                    failed += server.request("/", timeout=2.0)[0] != 200
-                except OSError:
-                    failed += 1
+            failed = failed_requests(server, 40)
         return {"failed": failed, "exit": server.stop()}
 
     plain, smart = run_both(scenario, workers=4, args=("--reuse-port",))
@@ -162,12 +168,7 @@ def test_reuse_port_a_worker_that_cannot_be_replaced_yet_leaves_no_socket(run_bo
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: victim not in server.worker_pids(), what="the worker gone")
             time.sleep(0.5)  # the master's next turn: then count the failures
-            failed = 0
-            for _ in range(20):
-                try:
-                    failed += server.request("/", timeout=2.0)[0] != 200
-                except OSError:
-                    failed += 1
+            failed = failed_requests(server, 20)
         return {"failed": failed, "exit": server.stop()}
 
     plain, smart = run_both(scenario, args=("--reuse-port",))
