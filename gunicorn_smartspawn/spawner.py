@@ -19,7 +19,7 @@ from gunicorn import sock, util
 
 from gunicorn_smartspawn import _linux, patches, protocol
 from gunicorn_smartspawn.worker import (
-    WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
+    TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
 
 # A worker is normally re-parented within microseconds of the double fork.
@@ -205,7 +205,8 @@ class Spawner:
         except BaseException:
             # gunicorn's master would have failed to build it too: a boot error.
             self.log.exception("Worker (pid: %s) could not be built", os.getpid())
-            exit_process(WORKER_BOOT_ERROR)
+            exit_process(TEMPLATE_CHILD_BOOT_ERROR if self.spawned_from == "template"
+                         else WORKER_BOOT_ERROR)
         become_worker(self.server, worker)
 
     def wait_for_adoption(self):

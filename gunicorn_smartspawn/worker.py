@@ -45,6 +45,7 @@ class SmartWorkerMixin:
     generation = 1
     server = None             # the arbiter, as copied into this process
     slot = None               # this worker's slot in the counters
+    counters = None           # the master's per-worker counters (counters.py), shared
     seat = None               # with reuse_port: its sockets in the master's table
     channel = None            # to the master, with fork_worker only
     template_requested = False
@@ -56,11 +57,6 @@ class SmartWorkerMixin:
     uss = rss = None
     over_limit = 0
     served = False
-
-    @property
-    def counters(self):
-        """The master's per-worker counters (counters.py), shared with this process."""
-        return self.server.table.counters
 
     @property
     def preloaded(self):
@@ -81,6 +77,8 @@ class SmartWorkerMixin:
         super().handle_exit(sig, frame)
 
     def init_process(self):
+        # Looked up once, not at every request.
+        self.counters = self.server.table.counters
         if self.slot is not None:
             forkgate.on_unsafe(lambda: self.counters.set(self.slot, "fork_unsafe", 1))
             # Spawn before retire: past max_requests this worker keeps serving until the
@@ -225,7 +223,7 @@ def run_worker_process(arbiter, worker):
         print("%s" % exc, file=sys.stderr)
         if worker.booted:
             return 255
-        return TEMPLATE_CHILD_BOOT_ERROR if worker.spawned_from == "template" else WORKER_BOOT_ERROR
+        return boot_error_code(worker)
     finally:
         log.info("Worker exiting (pid: %s)", worker.pid)
         try:
@@ -233,6 +231,12 @@ def run_worker_process(arbiter, worker):
             cfg.worker_exit(arbiter, worker)
         except Exception:
             log.warning("Exception during worker exit", exc_info=True)
+
+
+def boot_error_code(worker):
+    """The exit code of a worker that could not boot: a template's child must not halt
+    the server (the master abandons a template whose workers keep failing)."""
+    return TEMPLATE_CHILD_BOOT_ERROR if worker.spawned_from == "template" else WORKER_BOOT_ERROR
 
 
 def become_worker(arbiter, worker):
