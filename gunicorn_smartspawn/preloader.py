@@ -46,6 +46,7 @@ class Preloader(Spawner):
     """The preloader process. The `on_preload` hook receives it as `preloader`."""
 
     spawned_from = "preloader"
+    hook = "on_preload"
     template_class = Template
 
     def run(self):

@@ -17,7 +17,7 @@ import time
 
 from gunicorn import sock, util
 
-from gunicorn_smartspawn import _linux, patches, protocol
+from gunicorn_smartspawn import _linux, forksafety, patches, protocol
 from gunicorn_smartspawn.worker import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
@@ -36,6 +36,7 @@ class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
     spawned_from: str = ""  # "preloader" | "template"
+    hook: str = ""  # where the application prepares it for forking: for fork-safety advice
     template_class: type | None = None  # what its workers become on SIGURG (a Template)
 
     def __init__(self, server, channel, generation):
@@ -141,8 +142,8 @@ class Spawner:
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            middle = os.fork()
-        except OSError as exc:
+            middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
+        except (OSError, forksafety.ForkUnsafe) as exc:
             self.log.error("%s: fork failed: %s", self.spawned_from, exc)
             ours.close()
             theirs.close()

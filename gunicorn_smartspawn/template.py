@@ -25,6 +25,7 @@ GATE_CLOSED = 75
 
 class Template(Spawner):
     spawned_from = "template"
+    hook = "pre_template_fork"
 
     def __init__(self, worker, listener_fds):
         super().__init__(worker.server, worker.channel, worker.generation)

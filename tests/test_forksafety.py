@@ -1,7 +1,11 @@
 """fork_safety: what the preloader would share with every worker, reported before it forks."""
+import re
+import signal
 import socket
 
 import pytest
+
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -28,7 +32,40 @@ def test_closing_it_in_on_preload_silences_the_warning(make_server, peer):
 def test_thread_started_at_import_is_reported(make_server):
     server = make_server(app_file="forkunsafe.py", env={"START_THREAD": "1"}).start()
     server.wait_log(r"fork safety \(preloader\): 1 other thread\(s\) running "
-                    r"\(cache-refresher\): threads do not survive fork")
+                    r"\('cache-refresher'\): a thread does not survive fork, .* stop it in "
+                    r"the on_preload hook \(and start one per worker in post_fork\)")
+
+
+def test_a_thread_threading_does_not_know_is_named_by_the_kernel(make_server):
+    server = make_server(app_file="forkunsafe.py", env={"NATIVE_THREAD": "1"}).start()
+    server.wait_log(r"fork safety \(preloader\): 1 other thread\(s\) running \(native '.+'\)")
+
+
+# From Python 3.12, os.fork() with threads running warns (DeprecationWarning), naming none.
+PYTHON_WARNING = "is multi-threaded, use of fork() may lead to deadlocks"
+
+
+@pytest.mark.parametrize("fork_safety", ["warn", "strict"])
+def test_a_thread_started_after_the_check_is_reported_at_the_next_fork(make_server,
+                                                                       fork_safety):
+    config = ('fork_safety = "%s"\n' % fork_safety
+              + "def on_preload(preloader):\n    import app\n    app.start_after_first_fork()\n")
+    server = make_server(app_file="forkunsafe.py", workers=1, config=config,
+                         env={"PYTHONWARNINGS": "always"}).start()
+    # The standby forked at start became worker 1; the next standby's fork is the next fork.
+    preloader = server.preloader_pid()
+    thread = r"1 other thread\(s\) running \('late-poller'\): a thread does not survive fork"
+    if fork_safety == "warn":
+        server.wait_log(r"WARNING\] fork safety \(preloader\): " + thread)
+        server.signal(signal.SIGTTIN)
+        wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
+    else:
+        server.wait_log(r"preloader: fork failed: fork_safety = 'strict': the preloader "
+                        r"refuses to fork: " + thread)
+        assert server.get_ok()  # worker 1 serves; the master will ask for the next one
+    assert len(re.findall(thread, server.log())) == 1, server.log()  # one report
+    # Python's nameless DeprecationWarning (3.12+) is not printed for the preloader's forks.
+    assert "This process (pid=%d) is multi-threaded" % preloader not in server.log()
 
 
 def test_strict_refuses_to_start(make_server, peer):

@@ -1,4 +1,11 @@
-"""Test app that, at import, connects to PEER_PORT on loopback and/or starts a thread."""
+"""Test app that, at import, connects to PEER_PORT on loopback and/or starts threads.
+
+START_THREAD: a threading.Thread named cache-refresher. NATIVE_THREAD: a thread that
+`threading` does not know (as a C library's would be). `start_after_first_fork()` (for
+on_preload): a thread started once the preloader has forked, as a library's at-fork
+handler might.
+"""
+import _thread
 import os
 import socket
 import threading
@@ -11,6 +18,21 @@ if os.environ.get("PEER_PORT"):
 if os.environ.get("START_THREAD"):
     threading.Thread(target=time.sleep, args=(3600,), name="cache-refresher",
                      daemon=True).start()
+
+if os.environ.get("NATIVE_THREAD"):
+    _thread.start_new_thread(time.sleep, (3600,))
+
+
+
+def start_after_first_fork():
+    started = []
+
+    def start_once():
+        if not started:
+            started.append(threading.Thread(target=time.sleep, args=(3600,),
+                                            name="late-poller", daemon=True))
+            started[0].start()
+    os.register_at_fork(after_in_parent=start_once)
 
 
 def app(environ, start_response):
