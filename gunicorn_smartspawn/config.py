@@ -245,7 +245,7 @@ class OobGc(Setting):
         Run the cyclic garbage collector between requests instead of inside them.
 
         ``True``: adaptive. While it serves, a worker raises the collector's gen0
-        threshold 100 times; after each response has been sent and its connection
+        threshold to 70,000 (or twice the application's own, if higher); after each response has been sent and its connection
         closed, it compares ``gc.get_count()`` with the application's thresholds
         (``gc.get_threshold()``) and, when a collection is due, runs the one CPython
         would have run inside the next request (the oldest generation whose count
@@ -253,8 +253,8 @@ class OobGc(Setting):
         allows it). ``N`` (an int >= 1): collect after every N requests. ``False`` or 0
         (the default): off.
 
-        A request that allocates more than 100 times the gen0 threshold is still
-        collected inside the request (the safety net that keeps memory bounded). While
+        A request that allocates more than that (70,000 tracked objects, on every
+        CPython version) is still collected inside the request (the safety net that keeps memory bounded). While
         a worker collects it does not accept; with ``--threads`` it stops accepting,
         lets its requests finish, collects, then accepts again. With ``workers = 1`` it
         collects only when no client is waiting, else lets the collection run inside

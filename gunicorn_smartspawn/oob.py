@@ -2,7 +2,7 @@
 
 CPython's cyclic collector runs whenever an allocation takes the youngest generation's
 count past its threshold: in the middle of some unlucky request. With ``oob_gc`` on, a
-worker raises that threshold while it serves (SAFETY_NET_FACTOR times: the safety net)
+worker raises that threshold while it serves (to SAFETY_NET allocations: the safety net)
 and, after each response has been sent and its connection closed, compares
 ``gc.get_count()`` with the application's own thresholds to run the collection that is
 due (``oob_gc = True``), or collects every N requests (``oob_gc = N``). An application
@@ -18,10 +18,12 @@ import gc
 import select
 import time
 
-# While serving, automatic collection waits for this many times the application's gen0
-# threshold: normal requests never reach it, but one that allocates without bound still
-# gets collected inside the request instead of growing memory without limit.
-SAFETY_NET_FACTOR = 100
+# While serving, automatic collection waits for this many allocations (of objects the
+# collector tracks): normal requests never reach it, but one that allocates without bound
+# still gets collected inside the request instead of growing memory without limit. An
+# absolute number, 100 times CPython 3.11's default threshold (700), so that a huge request
+# is bounded alike on 3.13+, whose default is 2000; never below twice the application's own.
+SAFETY_NET = 70_000
 
 # Header values that ask for work; others are ignored (logged at debug level).
 WORK_VALUES = ("true", "1", "yes")
@@ -38,7 +40,7 @@ class _Allocation:
 
 def serving_thresholds():
     t0, t1, t2 = _app_thresholds
-    return t0 * SAFETY_NET_FACTOR, t1, t2
+    return max(SAFETY_NET, 2 * t0), t1, t2
 
 
 def automatic_gc_on():
