@@ -7,6 +7,7 @@ import ctypes.util
 import os
 import signal
 import sys
+import sysconfig
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -33,6 +34,11 @@ def smart_spawn_unsupported():
         return "smart spawning needs Linux's PR_SET_CHILD_SUBREAPER; this is %s" % sys.platform
     if not hasattr(os, "fork") or not hasattr(__import__("socket"), "send_fds"):
         return "smart spawning needs os.fork and socket.send_fds"
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        # Its object headers and collector differ: gc.freeze() and copy-on-write sharing
+        # as smart spawning uses them are untested there.
+        return ("this CPython is a free-threaded build (Py_GIL_DISABLED), on which smart "
+                "spawning is not supported")
     return None
 
 
