@@ -9,6 +9,9 @@ import signal
 import sys
 import sysconfig
 
+# A free-threaded CPython (3.13t, 3.14t): other object headers, another collector.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -34,7 +37,7 @@ def smart_spawn_unsupported():
         return "smart spawning needs Linux's PR_SET_CHILD_SUBREAPER; this is %s" % sys.platform
     if not hasattr(os, "fork") or not hasattr(__import__("socket"), "send_fds"):
         return "smart spawning needs os.fork and socket.send_fds"
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    if FREE_THREADED:
         # Its object headers and collector differ: gc.freeze() and copy-on-write sharing
         # as smart spawning uses them are untested there.
         return ("this CPython is a free-threaded build (Py_GIL_DISABLED), on which smart "

@@ -94,7 +94,7 @@ class SmartArbiter(Arbiter):
             except OSError as exc:
                 why = "prctl(PR_SET_CHILD_SUBREAPER) failed: %s" % exc
         self.unsupported = why
-        self.turn_refork_off_if_impossible()
+        self.turn_off_what_cannot_work()
         if self.cfg.spawn_method == "direct":
             return False
         if why is None and self.cfg.reload:
@@ -107,16 +107,21 @@ class SmartArbiter(Arbiter):
                              "'smart': the preloader process loads the app, not the master")
         return True
 
-    def turn_refork_off_if_impossible(self):
-        """At start and at every HUP (a new config has fork_worker again): no refork
-        without the subreaper, nor with --reload, where workers forked from a template
-        would run the code it loaded, and an edited file would stop taking effect."""
+    def turn_off_what_cannot_work(self):
+        """At start and at every HUP (a new config may ask again): no refork without
+        the subreaper, nor with --reload, where workers forked from a template would run
+        the code it loaded, and an edited file would stop taking effect; no oob_gc on a
+        free-threaded build, whose collector has no generations to move."""
         why = self.unsupported or (self.cfg.reload and "--reload needs every worker to "
                                    "import the code itself")
         if why and refork_enabled(self.cfg):
             self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s", why)
             self.cfg.settings["fork_worker"].set(False)
             self.cfg.settings["refork_on_memory"].set(False)
+        if _linux.FREE_THREADED and self.cfg.oob_gc:
+            self.log.warning("smartspawn: oob_gc is off: the collector of a free-threaded "
+                             "CPython build has no generation thresholds to move")
+            self.cfg.settings["oob_gc"].set(False)
 
     # -- gunicorn's main loop, extended ------------------------------------------------
 
@@ -429,7 +434,7 @@ class SmartArbiter(Arbiter):
         super().setup(app)
         for warning in install_settings(self.cfg):
             self.log.warning(warning)
-        self.turn_refork_off_if_impossible()
+        self.turn_off_what_cannot_work()
         self.worker_class = worker_class_for(self.cfg)
 
     def stop(self, graceful=True):
