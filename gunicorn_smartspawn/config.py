@@ -65,7 +65,7 @@ class GcFreeze(Setting):
     default = True
     desc = """\
         Run ``gc.collect()`` then ``gc.freeze()`` in the preloader, and in a template,
-        before it forks.
+        right before every fork (the same order on every CPython: docs/pythons.md).
 
         Frozen objects are left alone by the cyclic garbage collector of the workers, so
         collections there do not write to (and un-share) the pages the application (or

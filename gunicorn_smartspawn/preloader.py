@@ -7,7 +7,6 @@
 Both sides live here, as in CPython's forkserver: `start_preloader()` runs in the master
 and returns a `SpawnerHandle` (spawnerpool.py); `Preloader.run()` is the child.
 """
-import gc
 import os
 import sys
 import tempfile
@@ -104,9 +103,6 @@ class Preloader(Spawner):
         # gunicorn's WorkerTmp finds the temp dir on first use by writing a test file:
         # do it once here rather than in every new worker.
         tempfile.gettempdir()
-        if self.cfg.gc_freeze:
-            gc.collect()
-            gc.freeze()
         self.announce_ready(time.monotonic() - started)
         return 0
 

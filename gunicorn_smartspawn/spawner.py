@@ -10,6 +10,7 @@ adopted by the master, blocked on a socket. A spawn request is handed to it; its
 act is to tell the master its pid (so the master knows it before it could ever reap it),
 then it becomes the worker, and the spawner forks the next standby.
 """
+import gc
 import os
 import signal
 import socket
@@ -141,6 +142,8 @@ class Spawner:
         `inherited`: fds of ours that it must not keep (a spawn request's, in hand).
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self.cfg.gc_freeze:
+            self.freeze_heap()
         try:
             middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
         except (OSError, forksafety.ForkUnsafe) as exc:
@@ -157,6 +160,19 @@ class Spawner:
             ours.close()
             return None
         return ours
+
+    @staticmethod
+    def freeze_heap():
+        """Collect, then freeze what survives, right before every fork.
+
+        The collection first: frozen garbage is never freed, and on 3.14.0-3.14.4 the
+        incremental collector leaves much more of it uncollected at any moment. The freeze
+        at every fork, not once: what this process allocated since the last one would
+        otherwise be walked (and un-shared) by every worker's full collections. Once the
+        heap is frozen, the collection walks only those new objects.
+        """
+        gc.collect()
+        gc.freeze()
 
     def run_middle(self, ours, theirs, inherited):
         """The middle of the double fork: exits at once so the standby is re-parented."""

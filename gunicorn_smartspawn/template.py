@@ -6,7 +6,6 @@ in-flight requests, leaves gunicorn's serving loop and lands here: it runs the
 filled while serving are shared by every worker forked from it), then serves spawn
 requests exactly like the preloader (see spawner.py).
 """
-import gc
 import os
 import time
 
@@ -66,9 +65,6 @@ class Template(Spawner):
             self.log.error("%s", exc)
             protocol.send(self.channel, protocol.BootFailed(1, str(exc)))
             return
-        if self.cfg.gc_freeze:
-            gc.collect()
-            gc.freeze()
         self.announce_ready(time.monotonic() - started)
         worker.tmp.close()  # no longer a worker: the master stopped watching it
         self.serve()

@@ -192,3 +192,19 @@ def test_killed_standby_is_replaced_and_spawns_still_work(make_server):
              what="a new standby")
     assert len(server.lines("imports.txt")) == 1
     assert "Traceback" not in server.log()
+
+
+def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_workers(
+        make_server):
+    # gc.freeze() right before every fork, not only once: else each later worker's
+    # collector walks (and un-shares) what the preloader allocated since.
+    server = make_server(app_file="late_objects.py", workers=1).start()
+    for workers in (2, 3):  # one at a time: two signals at once may arrive as one
+        server.signal(signal.SIGTTIN)
+        wait_for(lambda: len(server.worker_pids()) == workers, what="%d workers" % workers)
+    seen = {}
+    wait_for(lambda: seen.update({b["pid"]: b for b in [server.get_json()]}) or len(seen) == 3,
+             what="an answer from each worker")
+    later = [body for body in seen.values() if body["inherited"]]
+    assert later, seen  # the second and third workers were forked after an allocation
+    assert all(body["frozen"] == body["inherited"] for body in later), seen
