@@ -245,18 +245,20 @@ class OobGc(Setting):
         Run the cyclic garbage collector between requests instead of inside them.
 
         ``True``: adaptive. While it serves, a worker raises the collector's gen0
-        threshold to 70,000 (or twice the application's own, if higher); after each response has been sent and its connection
-        closed, it compares ``gc.get_count()`` with the application's thresholds
-        (``gc.get_threshold()``) and, when a collection is due, runs the one CPython
-        would have run inside the next request (the oldest generation whose count
-        exceeds its threshold, a full collection only when CPython's long-lived ratio
-        allows it). ``N`` (an int >= 1): collect after every N requests. ``False`` or 0
-        (the default): off.
+        threshold to 70,000 (or twice the application's own, if higher); after each
+        response has been sent and its connection closed, it compares
+        ``gc.get_count()`` with the application's thresholds (``gc.get_threshold()``)
+        and, when a collection is due, runs the one CPython would have run inside the
+        next request (the oldest generation whose count exceeds its threshold, a full
+        collection only when CPython's long-lived ratio allows it; on 3.14.0 to 3.14.4,
+        one increment of the incremental collector). ``N`` (an int >= 1): collect after
+        every N requests. ``False`` or 0 (the default): off.
 
-        A request that allocates more than that (70,000 tracked objects, on every
-        CPython version) is still collected inside the request (the safety net that keeps memory bounded). While
-        a worker collects it does not accept; with ``--threads`` it stops accepting,
-        lets its requests finish, collects, then accepts again. With ``workers = 1`` it
+        A request that allocates more than that (35,000 on the incremental collector)
+        is still collected inside the request: the safety net that keeps its memory
+        bounded alike on every CPython. While a worker collects it does not accept; with
+        ``--threads`` it stops accepting, lets its requests finish, collects, then
+        accepts again. With ``workers = 1`` it
         collects only when no client is waiting, else lets the collection run inside
         the next request as without ``oob_gc``. See docs/out-of-band.md.
         """

@@ -201,7 +201,7 @@ def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_wo
     server = make_server(app_file="late_objects.py", workers=1).start()
     for workers in (2, 3):  # one at a time: two signals at once may arrive as one
         server.signal(signal.SIGTTIN)
-        wait_for(lambda: len(server.worker_pids()) == workers, what="%d workers" % workers)
+        wait_for(lambda n=workers: len(server.worker_pids()) == n, what="%d workers" % workers)
     seen = {}
     wait_for(lambda: seen.update({b["pid"]: b for b in [server.get_json()]}) or len(seen) == 3,
              what="an answer from each worker")
