@@ -198,7 +198,7 @@ def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_wo
         make_server):
     # gc.freeze() right before every fork, not only once: else each later worker's
     # collector walks (and un-shares) what the preloader allocated since.
-    server = make_server(app_file="late_objects.py", workers=1).start()
+    server = make_server(app_file="freezing.py", workers=1).start()
     for workers in (2, 3):  # one at a time: two signals at once may arrive as one
         server.signal(signal.SIGTTIN)
         wait_for(lambda n=workers: len(server.worker_pids()) == n, what="%d workers" % workers)
@@ -208,3 +208,9 @@ def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_wo
     later = [body for body in seen.values() if body["inherited"]]
     assert later, seen  # the second and third workers were forked after an allocation
     assert all(body["frozen"] == body["inherited"] for body in later), seen
+
+
+def test_garbage_is_collected_before_the_heap_is_frozen(make_server):
+    # A frozen object is never collected: freezing first would keep it for good.
+    server = make_server(app_file="freezing.py", workers=1).start()
+    assert server.get_json()["garbage_freed"]
