@@ -129,11 +129,16 @@ class Reforker:
             return
         if self.current is not None:
             self.advance()
-        elif self.requested is not None and not self.busy():
+            if self.current is not None:
+                return
+        # A refork that just finished lets a coalesced one start in the same turn: the
+        # master's next turn can be a second away (its sleep), a gap that made the end
+        # of a URG storm look settled while one more refork was still to come.
+        if self.requested is not None and not self.busy():
             reason, threshold = self.requested
             self.requested = None
             self.start(reason, threshold)
-        else:
+        elif self.requested is None:
             self.check_threshold()
 
     def candidate(self):
@@ -299,4 +304,5 @@ class Reforker:
                            "preloader" if self.master.smart else "master")
 
     def stats(self):
-        return {"reforks": self.done, "refork_in_progress": self.current is not None}
+        return {"reforks": self.done, "refork_in_progress": self.current is not None,
+                "refork_pending": self.requested is not None}

@@ -121,6 +121,25 @@ def test_urg_storm_runs_one_refork_at_a_time(make_server):
     assert server.get_ok()
 
 
+def test_a_coalesced_refork_starts_in_the_turn_the_previous_one_ends(make_server):
+    # The control socket answers from its own thread: sampled every few ms, the master
+    # must never be seen idle with a refork still pending (it used to wait for its next
+    # turn, up to a second later, which a test or an operator took for "settled").
+    server = make_server(workers=3, config="fork_worker = True\n").start()
+    server.signal(signal.SIGURG)
+    wait_for(lambda: server.control("show stats")["refork_in_progress"], what="a refork")
+    server.signal(signal.SIGURG)
+    wait_for(lambda: server.control("show stats")["refork_pending"], what="one pending")
+    samples = []
+    while not samples or samples[-1]["reforks"] < 2:
+        stats = server.control("show stats")
+        samples.append(stats)
+        assert len(samples) < 4000, samples[-1]
+    idle_while_pending = [s for s in samples
+                          if s["refork_pending"] and not s["refork_in_progress"]]
+    assert idle_while_pending == [], idle_while_pending[:3]
+
+
 def test_template_killed_mid_refork_recovers(make_server):
     server = make_server(workers=3, config="fork_worker = True\n").start()
     server.signal(signal.SIGURG)

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from chaos.helpers import URG_ONLY, Injector, Load, check_log, finish, rng_for, settle
+from chaos.helpers import (
+    URG_ONLY, Injector, Load, check_log, ctl_stats, finish, rng_for, settle,
+)
 from conftest import wait_for
 
 pytestmark = pytest.mark.chaos
@@ -48,18 +50,18 @@ def assert_one_refork_at_a_time(server):
 
 
 def reforks_settled(server):
-    """Every refork that started has ended, twice in a row 0.5 s apart (none pending)."""
+    """No refork runs and none is pending, in the master's own view (show stats), twice
+    0.5 s apart (a URG sent last may still be waiting for the master's next turn), and
+    every refork the log says started has ended."""
     def idle():
-        seq = refork_sequence(server)
-        return seq and seq[-1][0] == "end"
+        stats = ctl_stats(server)
+        return not stats["refork_in_progress"] and not stats["refork_pending"]
+    for _ in range(2):
+        wait_for(idle, timeout=30, what="reforks to end\n" + server.log())
+        time.sleep(0.5)
     wait_for(idle, timeout=30, what="reforks to end\n" + server.log())
-    count = len(refork_sequence(server))
-    time.sleep(0.5)  # a coalesced trigger starts right after the previous refork ends
-    wait_for(lambda: idle() and len(refork_sequence(server)) >= count, timeout=30,
-             what="reforks to end\n" + server.log())
-    if len(refork_sequence(server)) != count:
-        return reforks_settled(server)
-    return None
+    sequence = refork_sequence(server)
+    assert not sequence or sequence[-1][0] == "end", sequence
 
 
 def template_pids(server):
