@@ -62,8 +62,10 @@ def table(runs):
             cell = "%s%s" % (measured, {True: " ✓", False: " ✗", None: ""}[met])
             rows.setdefault((issue, target), {})[version] = cell
     lines = ["| issue | target | %s |" % " | ".join(versions),
-             "|---|---|%s" % "---:|" * len(versions)]
+             "|---|---|%s" % ("---:|" * len(versions))]
     for (issue, target), cells in rows.items():
+        if all(value.startswith(report.NOT_MEASURED) for value in cells.values()):
+            continue  # a full-mode step: quick runs leave it out
         lines.append("| %s | %s | %s |" % (issue, target, " | ".join(
             cells.get(v, "failed" if runs[v] is None else "–") for v in versions)))
     return "\n".join(lines)
@@ -95,12 +97,19 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--versions", nargs="*", default=list(OTHER_VERSIONS),
                         help="besides this interpreter (default: %s)" % " ".join(OTHER_VERSIONS))
+    parser.add_argument("--page-only", action="store_true",
+                        help="run nothing: rewrite pythons.md from the reports in OUT")
     args = parser.parse_args(argv)
     out = (ROOT / args.out).resolve()
-    runs = {platform.python_version(): run(sys.executable, platform.python_version(), out,
-                                           args.quick)}
-    for version in args.versions:
-        runs[version] = run(interpreter(version), version, out, args.quick)
+    versions = [platform.python_version(), *args.versions]
+    if args.page_only:
+        runs = {v: json.loads((out / ("python-%s" % v) / "results.json").read_text())
+                for v in versions}
+        args.quick = all(r["meta"]["mode"] == "quick" for r in runs.values())
+    else:
+        runs = {versions[0]: run(sys.executable, versions[0], out, args.quick)}
+        for version in args.versions:
+            runs[version] = run(interpreter(version), version, out, args.quick)
     write_page(out, runs, args.quick)
     print("wrote %s" % (out / "pythons.md"))
     return 0 if all(runs.values()) else 2
