@@ -26,7 +26,11 @@ class ForkUnsafe(Exception):
 _reported_threads: list[str] = []
 
 # Python's own warning (3.12+) at a fork with threads: we report those threads ourselves.
-PYTHON_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may"
+# Ignored only when raised by this module's os.fork() (a filter for the process's life,
+# set once: warnings.catch_warnings() around the fork would swap the filters under the
+# threads running), so the application's own forks still get it.
+warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, use of "
+                        r"fork\(\) may", DeprecationWarning, module=__name__.replace(".", r"\."))
 
 
 def other_threads():
@@ -41,7 +45,7 @@ def other_threads():
         if thread.id in python_names:
             names.append(repr(python_names[thread.id]))
         else:
-            names.append("native %r" % native_thread_name(thread.id))
+            names.append("native %r (tid %d)" % (native_thread_name(thread.id), thread.id))
     return sorted(names)
 
 
@@ -50,7 +54,7 @@ def native_thread_name(tid):
         with open("/proc/self/task/%d/comm" % tid) as comm:
             return comm.read().strip()
     except OSError:
-        return "thread %d" % tid  # exited meanwhile
+        return "?"  # exited meanwhile
 
 
 def threads_warning(names, hook):
@@ -129,8 +133,12 @@ def check(cfg, log, role, hook, known_fds):
 def fork(cfg, log, role, hook):
     """os.fork() for a spawner: threads started since the check are reported (strict:
     ForkUnsafe, no fork), in place of Python's nameless DeprecationWarning."""
-    if cfg.fork_safety == "off":
-        return os.fork()
+    if cfg.fork_safety != "off":
+        check_threads(cfg, log, role, hook)
+    return os.fork()
+
+
+def check_threads(cfg, log, role, hook):
     threads = other_threads()
     if threads and threads != _reported_threads:
         warning = threads_warning(threads, hook)
@@ -139,6 +147,3 @@ def fork(cfg, log, role, hook):
                              % (role, warning))
         log.warning("fork safety (%s): %s", role, warning)
     _reported_threads[:] = threads
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", PYTHON_FORK_WARNING, DeprecationWarning)
-        return os.fork()

@@ -50,6 +50,8 @@ class _Allocation:
 
 def serving_thresholds():
     t0, t1, t2 = _app_thresholds
+    if t0 == 0:
+        return 0, t1, t2  # the application turned automatic collection off: keep it off
     return max(SAFETY_NET, 2 * t0), t1, t2
 
 

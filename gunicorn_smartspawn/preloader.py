@@ -105,10 +105,3 @@ class Preloader(Spawner):
         tempfile.gettempdir()
         self.announce_ready(time.monotonic() - started)
         return 0
-
-    def boot_failed(self, exit_code, reason):
-        try:
-            protocol.send(self.channel, protocol.BootFailed(exit_code, reason))
-        except OSError:
-            pass  # the master has gone; nobody to tell
-        return exit_code

@@ -74,6 +74,14 @@ class Spawner:
             known.add(statsd.fileno())
         return known
 
+    def boot_failed(self, exit_code, reason):
+        """Tell the master why this spawner cannot go on; returns `exit_code`."""
+        try:
+            protocol.send(self.channel, protocol.BootFailed(exit_code, reason))
+        except OSError:
+            pass  # the master has gone; nobody to tell
+        return exit_code
+
     def announce_ready(self, boot_seconds):
         protocol.send(self.channel, protocol.SpawnerReady(self.pid, boot_seconds))
 
@@ -97,6 +105,12 @@ class Spawner:
                 else:
                     self.close_fds(fds)
                     self.log.error("%s: unexpected message %r", self.spawned_from, message)
+        except forksafety.ForkUnsafe as exc:
+            # fork_safety = "strict" and a thread started since the check: this process
+            # will not fork again. It exits; the master starts another (with its backoff)
+            # or, for a template, spawns from the preloader.
+            self.log.error("%s", exc)
+            self.boot_failed(WORKER_BOOT_ERROR, str(exc))
         finally:
             if standby is not None:
                 standby.close()  # EOF: the standby exits
@@ -146,7 +160,11 @@ class Spawner:
             self.freeze_heap()
         try:
             middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
-        except (OSError, forksafety.ForkUnsafe) as exc:
+        except forksafety.ForkUnsafe:
+            ours.close()
+            theirs.close()
+            raise  # serve() ends this spawner: it will not fork again
+        except OSError as exc:
             self.log.error("%s: fork failed: %s", self.spawned_from, exc)
             ours.close()
             theirs.close()

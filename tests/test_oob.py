@@ -113,6 +113,17 @@ def test_collections_run_between_requests_only(make_server, threads, oob_gc):
     assert_clean_log(server)
 
 
+def test_an_application_threshold_of_zero_keeps_automatic_collection_off(make_server):
+    # gc.set_threshold(0) at import: adaptive oob_gc has nothing to move, and must not
+    # turn automatic collection back on (while serving, nor between requests).
+    config = "oob_gc = True\ndef on_preload(preloader):\n    import gc\n    gc.set_threshold(0)\n"
+    server = make_server(app_file="oob.py", workers=1, config=config).start()
+    for _ in range(10):
+        server.get_json("/garbage?30000")
+    body = server.get_json("/gc")
+    assert body["in_request"] == [] and body["between"] == [], body
+
+
 def test_oob_gc_n_collects_every_n_requests(make_server):
     server = make_server(app_file="oob.py", workers=1, config="oob_gc = 4\n").start()
 
