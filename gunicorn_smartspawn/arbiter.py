@@ -111,7 +111,8 @@ class SmartArbiter(Arbiter):
         """At start and at every HUP (a new config may ask again): no refork without
         the subreaper, nor with --reload, where workers forked from a template would run
         the code it loaded, and an edited file would stop taking effect; no oob_gc on a
-        free-threaded build, whose collector has no generations to move."""
+        free-threaded build (untested: one generation, a count that can go negative, a
+        collection only once the heap has also grown)."""
         why = self.unsupported or (self.cfg.reload and "--reload needs every worker to "
                                    "import the code itself")
         if why and refork_enabled(self.cfg):
@@ -119,8 +120,9 @@ class SmartArbiter(Arbiter):
             self.cfg.settings["fork_worker"].set(False)
             self.cfg.settings["refork_on_memory"].set(False)
         if _linux.FREE_THREADED and self.cfg.oob_gc:
-            self.log.warning("smartspawn: oob_gc is off: the collector of a free-threaded "
-                             "CPython build has no generation thresholds to move")
+            self.log.warning("smartspawn: oob_gc is off: not supported on a free-threaded "
+                             "CPython build, whose collector has one generation and "
+                             "rules of its own for when to run")
             self.cfg.settings["oob_gc"].set(False)
 
     # -- gunicorn's main loop, extended ------------------------------------------------

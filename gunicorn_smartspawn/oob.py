@@ -28,8 +28,9 @@ SAFETY_NET = 70_000
 
 # CPython 3.14.0 to 3.14.4 ship an incremental collector: a young and an old generation;
 # every automatic collection is one increment (the young generation and a slice of the
-# old one), what gc.collect(1) runs, and young garbage is freed by the increment after the
-# one that found it. Half the safety net keeps a huge request to the same memory there.
+# old one), what gc.collect(1) runs, and the young garbage it finds is not freed at once
+# but moved to the old generation for later increments. Measured: half the safety net
+# keeps a huge request to the same memory there.
 # 3.14.5 went back to 3.13's generational collector.
 INCREMENTAL_GC = (3, 14) <= sys.version_info[:3] < (3, 14, 5)
 if INCREMENTAL_GC:
