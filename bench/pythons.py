@@ -9,6 +9,7 @@ interpreter in the same run: versions are compared by their ratios, not their ti
 """
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -40,8 +41,10 @@ def run(python, version, out, quick):
     """One `python -m bench` into out/python-<version>/; its results, or None if it failed."""
     target = out / ("python-%s" % version)
     print("== python -m bench on CPython %s -> %s" % (version, target), flush=True)
+    # Relative to the project: the report records its command, read on other machines.
     code = subprocess.run([python, "-m", "bench", *(["--quick"] if quick else []),
-                           "--out", str(target)], cwd=ROOT, check=False).returncode
+                           "--out", os.path.relpath(target, ROOT)], cwd=ROOT,
+                          check=False).returncode
     path = target / "results.json"
     if code not in (0, 2) or not path.exists():
         return None
