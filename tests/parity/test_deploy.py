@@ -263,8 +263,15 @@ def test_dirty_workers_with_a_hup(run_both, respawned):
         code = server.stop()
         # Errors the server logged (e.g. a standby that failed), but not failed requests:
         # those come from the dirty reload above, on both servers.
-        errors = [line for line in server.log().splitlines()
+        log = server.log()
+        errors = [line for line in log.splitlines()
                   if "[ERROR]" in line and "Error handling request" not in line]
+        if sys.version_info[:2] == (3, 13) and "RuntimeError: Event loop is closed" in log:
+            # gunicorn 27's dirty arbiter on 3.13, either server: the SIGCHLD of the worker
+            # its stop() SIGKILLed (the one above, still running) lands after its event
+            # loop closed, and it exits 255 as it stops. Not smartspawn's; anything else is.
+            errors = [line for line in errors if "Exception in dirty arbiter process" not in line
+                      and not re.search(r"Dirty arbiter \(pid:\d+\) exited with code 255", line)]
         return {"served_at_start": served_at_start, "extra_spawners": extra,
                 "serves": serves, "exit": code, "survivors": server.alive(pids), "errors": errors}
 
