@@ -126,8 +126,11 @@ def check(cfg, log, role, hook, known_fds):
     for warning in unsafe:
         log.warning("fork safety (%s): %s", role, warning)
     if unsafe and cfg.fork_safety == "strict":
-        raise ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s"
-                         % (role, "; ".join(unsafe)))
+        raise refusal(role, "; ".join(unsafe))
+
+
+def refusal(role, what):
+    return ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s" % (role, what))
 
 
 def fork(cfg, log, role, hook):
@@ -143,7 +146,6 @@ def check_threads(cfg, log, role, hook):
     if threads and threads != _reported_threads:
         warning = threads_warning(threads, hook)
         if cfg.fork_safety == "strict":
-            raise ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s"
-                             % (role, warning))
+            raise refusal(role, warning)
         log.warning("fork safety (%s): %s", role, warning)
     _reported_threads[:] = threads

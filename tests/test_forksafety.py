@@ -68,15 +68,17 @@ def test_strict_ends_a_preloader_that_would_fork_with_a_thread_started_since_the
         make_server):
     server = make_server(app_file="forkunsafe.py", workers=2,
                          config='fork_safety = "strict"\n' + LATE_THREAD).start()
-    server.wait_log(r"ERROR\] fork_safety = 'strict': the preloader refuses to fork: " + THREAD)
+    server.wait_log(r"ERROR\] fork_safety = 'strict': the preloader refuses to fork: " + THREAD,
+                    timeout=30)
     # It exits (no fork with the thread, and no spawn loop); another preloader takes over.
-    server.wait_log(r"preloader \(pid: \d+, gen=1\) exited: fork_safety = 'strict'")
-    server.wait_log(r"Started preloader \(pid: \d+, gen=2\)")
-    wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+    server.wait_log(r"Started preloader \(pid: \d+, gen=2\)", timeout=30)
+    wait_for(lambda: len(server.worker_pids()) == 2, timeout=30, what="two workers")
     assert server.get_ok()
     time.sleep(2)
     refusals = len(re.findall("refuses to fork", server.log()))
-    assert refusals <= 4, server.log()  # one per preloader that had to fork twice
+    # Two lines (the preloader's, the master's) per preloader that had to fork twice: a
+    # few, where the spawn loop this guards against made thousands.
+    assert refusals <= 8, server.log()
 
 
 def test_strict_refuses_to_start(make_server, peer):
