@@ -358,6 +358,7 @@ class SmartArbiter(Arbiter):
         # A worker stopped on purpose (a HUP, TTOU, a replacement) before it served did
         # not fail to boot (lifecycle.count_boot_failures).
         self.lifecycle.stopped_on_purpose.add(pid)
+        self.reforker.worker_stopping(pid, sig)
         super().kill_worker(pid, sig)
 
     # -- reaping ---------------------------------------------------------------------------

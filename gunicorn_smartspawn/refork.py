@@ -23,6 +23,7 @@ from gunicorn_smartspawn.template import GATE_CLOSED
 
 # Delays before a refork refused by a prevent_fork() block is tried again (seconds).
 GATE_RETRY_BACKOFF = (1, 2, 5, 10, 30)
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGKILL, signal.SIGABRT}
 
 
 def refork_enabled(cfg):
@@ -81,6 +82,7 @@ class Reforker:
         self.last_refork_at = time.monotonic()  # or the start (refork_min_interval)
         self.gate_refusals = 0        # reforks refused in a row by a prevent_fork() block
         self.retry_at = 0.0
+        self.published = self.snapshot()
         if refork_enabled(self.cfg) and master.num_workers < 2:
             self.log.warning("fork_worker/refork_on_memory: a refork needs two or more workers; "
                              "with workers = %s none will happen", master.num_workers)
@@ -90,6 +92,12 @@ class Reforker:
         return refork_enabled(self.cfg)
 
     def request(self, reason, threshold=None):
+        try:
+            self.take_request(reason, threshold)
+        finally:
+            self.publish()
+
+    def take_request(self, reason, threshold):
         if self.master.num_workers < 2:
             self.log.info("Refork (%s) skipped: needs two or more workers", reason)
             return  # not kept for later: it would fire at the next TTIN
@@ -127,6 +135,12 @@ class Reforker:
     def manage(self):
         if not self.enabled:
             return
+        try:
+            self.advance_or_start()
+        finally:
+            self.publish()
+
+    def advance_or_start(self):
         if self.current is not None:
             self.advance()
             if self.current is not None:
@@ -241,6 +255,16 @@ class Reforker:
                    if pid != refork.candidate.pid and pid not in outgoing and booted(w)]
         return not self.table.pending and len(serving) >= self.master.num_workers
 
+    def worker_stopping(self, pid, sig):
+        """The master is stopping worker `pid` (TTOU, a timeout, a replacement, a HUP).
+
+        The candidate among them gives up the refork: told to become the template and to
+        stop at once, it could get ready and then exit, taking the spawns sent to it."""
+        refork = self.current
+        if refork is not None and refork.candidate.pid == pid and sig in STOP_SIGNALS:
+            self.abort("its candidate (pid: %s) is being stopped (%s)"
+                       % (pid, signal.Signals(sig).name))
+
     def promotion_timed_out(self, refork):
         if not refork.signalled:
             self.abort("no stand-in served within %.0fs" % (
@@ -303,6 +327,15 @@ class Reforker:
             self.log.error("%r exited; spawning from the %s", handle,
                            "preloader" if self.master.smart else "master")
 
-    def stats(self):
+    def snapshot(self):
         return {"reforks": self.done, "refork_in_progress": self.current is not None,
                 "refork_pending": self.requested is not None}
+
+    def publish(self):
+        # The control socket's thread reads stats() at any moment; a turn that ends one
+        # refork and starts the coalesced one passes through "none in progress, one
+        # pending", which must not be seen (it looks settled). One assignment: atomic.
+        self.published = self.snapshot()
+
+    def stats(self):
+        return self.published

@@ -110,6 +110,35 @@ def test_template_killed_during_a_refork(chaos_server, phase):
     finish(server)
 
 
+# The candidate makes the master TTOU it: the master stops its oldest worker, which the
+# candidate still is until it reports ready as the template. The TERM is ignored for the
+# hook's length, as if it had landed just after the worker checked for one.
+TTOU_FROM_THE_CANDIDATE = URG_ONLY + '''
+import os, signal, time
+def pre_template_fork(worker):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.kill(os.getppid(), signal.SIGTTOU)
+    time.sleep(0.5)
+'''
+
+
+def test_ttou_of_the_candidate_during_its_promotion_abandons_the_refork(chaos_server):
+    # The master used to take it as the template all the same; a TERM that lands late
+    # makes it exit then, taking the spawns sent to it, with two errors in the log.
+    server = chaos_server(workers=3, config=TTOU_FROM_THE_CANDIDATE).start()
+    with Load(server, clients=2) as load:
+        load.wait_ok(10)
+        server.signal(signal.SIGURG)
+        server.wait_log(r"refork to generation 2 \(URG\) abandoned: its candidate "
+                        r"\(pid: \d+\) is being stopped \(SIGTERM\)", timeout=15)
+        settle(server, 2, what="after the TTOU")
+        wait_for(lambda: not template_pids(server), what="the candidate to exit")
+        load.wait_ok(20)
+    assert load.failures == [], load.summary()
+    check_log(server)
+    finish(server)
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_urg_storm_runs_one_refork_at_a_time(chaos_server, threads):
     server = chaos_server(workers=3, config=URG_ONLY, args=["--threads", str(threads)]).start()
