@@ -31,7 +31,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import _linux, patches, protocol, state
+from gunicorn_smartspawn import _linux, immortal, patches, protocol, state
 from gunicorn_smartspawn.config import install_settings
 from gunicorn_smartspawn.lifecycle import Lifecycle
 from gunicorn_smartspawn.preloader import start_preloader
@@ -76,6 +76,7 @@ class SmartArbiter(Arbiter):
         self.state_published = 0.0
         self.state_unwritable = False
         self.pss_sampled = None
+        self.warned_immortal = False
         state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.forking = False  # the master is forking (close_master_only)
@@ -112,7 +113,8 @@ class SmartArbiter(Arbiter):
         the subreaper, nor with --reload, where workers forked from a template would run
         the code it loaded, and an edited file would stop taking effect; no oob_gc on a
         free-threaded build (untested: one generation, a count that can go negative, a
-        collection only once the heap has also grown)."""
+        collection only once the heap has also grown); gc_freeze = "immortal" only where
+        the object header is known (immortal.py)."""
         why = self.unsupported or (self.cfg.reload and "--reload needs every worker to "
                                    "import the code itself")
         if why and refork_enabled(self.cfg):
@@ -124,6 +126,12 @@ class SmartArbiter(Arbiter):
                              "CPython build, whose collector has one generation and "
                              "rules of its own for when to run")
             self.cfg.settings["oob_gc"].set(False)
+        why = self.cfg.gc_freeze == "immortal" and immortal.unsupported()
+        if why:
+            if not self.warned_immortal:  # once: a HUP reloads the same config
+                self.log.warning('smartspawn: gc_freeze = "immortal" acts as True: %s', why)
+                self.warned_immortal = True
+            self.cfg.settings["gc_freeze"].set(True)
 
     # -- gunicorn's main loop, extended ------------------------------------------------
 
@@ -536,6 +544,8 @@ class SmartArbiter(Arbiter):
         match message:
             case protocol.SpawnerReady(boot_seconds=seconds):
                 spawner.ready = True
+                if message.immortal_objects is not None:
+                    self.heap_made_immortal(spawner, message)
                 if spawner.kind == "template":
                     self.reforker.template_ready(spawner, seconds)
                 else:
@@ -560,6 +570,16 @@ class SmartArbiter(Arbiter):
             case _:  # including a pid that is no child of ours, or not the standby's
                 self.handle_message(spawner, self.pool.broken(
                     spawner, "unexpected %r" % (message,)))
+
+    def heap_made_immortal(self, spawner, message):
+        objects, seconds = message.immortal_objects, message.immortal_seconds
+        spawner.immortal = {"objects": objects, "seconds": round(seconds, 3)}
+        self.log.info("%r made %d objects immortal in %.3fs (%.2fs per million)", spawner,
+                      objects, seconds, seconds * 1e6 / max(objects, 1),
+                      extra={"metric": "smartspawn.immortal_objects", "value": objects,
+                             "mtype": "gauge"})
+        self.log.debug("immortal pass", extra={"metric": "smartspawn.immortal_pass.duration",
+                                               "value": seconds * 1e3, "mtype": "timer"})
 
     def is_new_child(self, pid):
         """True if `pid`, named by a spawner, is a child of ours we know nothing of yet:

@@ -58,18 +58,35 @@ class SpawnMethod(Setting):
         """
 
 
+def validate_gc_freeze(val):
+    if isinstance(val, str) and val.strip().lower() == "immortal":
+        return "immortal"
+    try:
+        return validate_bool(val)
+    except (TypeError, ValueError):
+        raise ValueError('must be true, false or "immortal"') from None
+
+
 class GcFreeze(Setting):
     name = "gc_freeze"
     section = SECTION
-    validator = validate_bool
+    validator = validate_gc_freeze
     default = True
     desc = """\
-        Run ``gc.collect()`` then ``gc.freeze()`` in the preloader, and in a template,
-        right before every fork (the same order on every CPython: docs/pythons.md).
+        ``True``, ``False`` or ``"immortal"``.
 
-        Frozen objects are left alone by the cyclic garbage collector of the workers, so
-        collections there do not write to (and un-share) the pages the application (or
-        the template's warmed caches) were loaded into.
+        ``True``: run ``gc.collect()`` then ``gc.freeze()`` in the preloader, and in a
+        template, right before every fork (the same order on every CPython:
+        docs/pythons.md). Frozen objects are left alone by the cyclic garbage collector
+        of the workers, so collections there do not write to (and un-share) the pages
+        the application (or the template's warmed caches) were loaded into.
+
+        ``"immortal"`` (CPython 3.12 to 3.14): also, once the preloader has loaded the
+        app and once a template is ready, every object the collector tracks, and every
+        object they reach, is made immortal: a worker that reads them no longer writes
+        their reference counts, so the pages stay shared. Immortal objects are never
+        freed: read docs/immortal.md before turning it on. Elsewhere it warns once and
+        acts as ``True``.
         """
 
 

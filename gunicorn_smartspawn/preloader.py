@@ -103,5 +103,5 @@ class Preloader(Spawner):
         # gunicorn's WorkerTmp finds the temp dir on first use by writing a test file:
         # do it once here rather than in every new worker.
         tempfile.gettempdir()
-        self.announce_ready(time.monotonic() - started)
+        self.announce_ready(started)
         return 0

@@ -52,6 +52,8 @@ class SpawnerReady:
     """spawner -> master: the app is loaded and frozen; spawn requests are welcome."""
     pid: int
     boot_seconds: float
+    immortal_objects: int | None = None    # gc_freeze = "immortal": what the pass made so
+    immortal_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

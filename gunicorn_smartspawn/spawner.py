@@ -18,7 +18,7 @@ import time
 
 from gunicorn import sock, util
 
-from gunicorn_smartspawn import _linux, forksafety, patches, protocol
+from gunicorn_smartspawn import _linux, forksafety, immortal, patches, protocol
 from gunicorn_smartspawn.worker import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
@@ -82,8 +82,17 @@ class Spawner:
             pass  # the master has gone; nobody to tell
         return exit_code
 
-    def announce_ready(self, boot_seconds):
-        protocol.send(self.channel, protocol.SpawnerReady(self.pid, boot_seconds))
+    def announce_ready(self, started):
+        """Tell the master we take spawn requests; `started`: when we began (monotonic).
+        With gc_freeze = "immortal", the heap is made immortal first, once: before every
+        later fork, freeze_heap() only collects and freezes what is new."""
+        objects = seconds = None
+        if self.cfg.gc_freeze == "immortal":
+            gc.collect()  # garbage made immortal would never be freed
+            objects, seconds = immortal.make_heap_immortal()
+            gc.freeze()
+        protocol.send(self.channel, protocol.SpawnerReady(
+            self.pid, time.monotonic() - started, objects, seconds))
 
     def serve(self):
         """Fork workers until the master closes the channel or goes."""

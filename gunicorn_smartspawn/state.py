@@ -114,7 +114,8 @@ def snapshot(arbiter):
     for spawner in pool.handles:
         role = spawner.kind if spawner.ready else spawner.kind + " (booting)"
         processes.append({"pid": spawner.pid, "role": role,
-                          "generation": spawner.generation})
+                          "generation": spawner.generation,
+                          **({"immortal": spawner.immortal} if spawner.immortal else {})})
         if spawner.standby_pid:
             processes.append({"pid": spawner.standby_pid, "role": "standby",
                               "generation": spawner.generation})
@@ -135,6 +136,7 @@ def snapshot(arbiter):
         "reforks": arbiter.reforker.done,
         "refork_in_progress": arbiter.reforker.current is not None,
         "preloader_running": pool.preloader is not None,
+        "gc_freeze": arbiter.cfg.gc_freeze,
         "lifecycle": dict(lifecycle.stats),
         "processes": processes,
     }

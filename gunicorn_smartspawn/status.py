@@ -110,6 +110,7 @@ def report(server_state, rows):
             "workers_target": server_state["workers_target"],
             "reforks": server_state["reforks"],
             "preloader_running": server_state["preloader_running"],
+            "gc_freeze": server_state.get("gc_freeze"),
             "lifecycle": server_state["lifecycle"], "processes": rows, "totals": totals}
 
 
@@ -118,6 +119,7 @@ def render(status):
              % (status["proc_name"], status["master"], status["generation"],
                 status["spawn_method"], status["reforks"]),
              lifecycle_line(status),
+             *immortal_lines(status),
              "%-20s %7s %4s %8s %8s %8s %8s %9s %9s %9s %9s" % (
                  "ROLE", "PID", "GEN", "AGE", "REQUESTS", "OOB GC", "OOB s",
                  "RSS MiB", "PSS MiB", "USS MiB", "SHARED")]
@@ -146,6 +148,13 @@ def lifecycle_line(status):
             "%d reforks on memory; preloader %s" % (
                 figures["replaced_max_requests"], figures["replaced_max_worker_memory"],
                 figures["memory_samples"], figures["memory_reforks"], preloader))
+
+
+def immortal_lines(status):
+    """gc_freeze = "immortal": what each spawner's pass made immortal, and how fast."""
+    return ["gc_freeze immortal: %s (pid %d) made %d objects immortal in %.3fs" % (
+        row["role"], row["pid"], row["immortal"]["objects"], row["immortal"]["seconds"])
+        for row in status["processes"] if "immortal" in row]
 
 
 def collect(args):

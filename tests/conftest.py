@@ -23,6 +23,9 @@ from gunicorn.ctl.client import ControlClient, ControlClientError
 
 APPS = Path(__file__).parent / "apps"
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+# Every server a test starts gets this gc_freeze unless its config sets one: .ci/run runs
+# the suites that fork the most with "immortal" (on the CPythons that support it).
+GC_FREEZE = os.environ.get("SMARTSPAWN_TEST_GC_FREEZE")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
@@ -44,7 +47,10 @@ class Server:
         self.log_path = root / "server.log"
         self.pidfile = root / "gunicorn.pid"
         self.app = app
-        (root / "gunicorn.conf.py").write_text(textwrap.dedent(config))
+        config = textwrap.dedent(config)
+        if GC_FREEZE and "gc_freeze" not in config:
+            config += "\ngc_freeze = %r\n" % GC_FREEZE
+        (root / "gunicorn.conf.py").write_text(config)
         self.worker_class = worker_class
         self.cmd = [GUNICORN, "-k", worker_class, "-c", str(root / "gunicorn.conf.py"),
                     "--bind", "127.0.0.1:0", "--workers", str(workers),

@@ -16,6 +16,7 @@ from conftest import APPS, LoadLoop, wait_for
     ('spawn_method = "bogus"', "spawn_method='bogus'"),
     ("spawn_method = 3", "spawn_method=3"),
     ("gc_freeze = 1", "gc_freeze=1"),
+    ('gc_freeze = "immortl"', "gc_freeze='immortl'"),
     ('preloader_boot_timeout = "10"', "preloader_boot_timeout='10'"),
     ("preloader_boot_timeout = -1", "preloader_boot_timeout=-1"),
     ('preloader_boot_timeout = float("nan")', "preloader_boot_timeout=nan"),

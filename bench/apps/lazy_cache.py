@@ -9,7 +9,8 @@ index, as a real request would: that touches their refcounts.
 
 Tunables (environment, read at import): LAZY_CACHE_RECORDS (default 105000, ~100 MB).
 
-GET /cache[?lookups=K] -> {"pid", "ppid", "built": true if this request built the cache,
+GET /cache[?lookups=K | ?all] (all: also read every record, every field)
+                       -> {"pid", "ppid", "built": true if this request built the cache,
                            "built_by": pid of the process that built it,
                            "build_seconds", "records", "checksum"}
 GET /                  -> {"pid", "cached": bool}
@@ -57,6 +58,10 @@ def app(environ, start_response):
         for _ in range(lookups):
             record = CACHE["index"]["item-%07d" % random.randrange(RECORDS)]
             checksum += record["price"] + len(record["tags"]) + record["stock"]["count"]
+        if query == "all":  # every record and every field, through the index
+            for name, record in CACHE["index"].items():
+                checksum += (record["price"] + len(name) + len(record["description"])
+                             + len(record["tags"][0]) + record["stock"]["count"])
         result = {"pid": os.getpid(), "ppid": os.getppid(), "built": built,
                   "built_by": CACHE["built_by"], "build_seconds": CACHE["build_seconds"],
                   "records": len(CACHE["records"]), "checksum": round(checksum, 2)}

@@ -26,6 +26,7 @@ BAD_SETTINGS = [
     ("gc_freeze = 1", "gc_freeze=1"),
     ("gc_freeze = 0.5", "gc_freeze=0.5"),
     ('gc_freeze = "maybe"', "gc_freeze='maybe'"),
+    ('gc_freeze = "immortl"', "gc_freeze='immortl'"),
     ("gc_freeze = []", "gc_freeze=[]"),
     ('preloader_boot_timeout = "10"', "preloader_boot_timeout='10'"),
     ("preloader_boot_timeout = -1", "preloader_boot_timeout=-1"),

@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""gc_freeze = True against "immortal", side by side, on the CPython running this script.
+
+Three measures, each alternating the two values (A B, then B A, ...; --rounds, 3):
+
+  full read  bench/apps/lazy_cache.py, 4 workers, fork_worker on: every worker builds its
+             ~100 MB cache, SIGURG refork (the new workers inherit the template's cache),
+             then every worker reads the whole cache once (GET /cache?all). Total PSS of
+             the tree against "one warmed process": plain `gunicorn -w 1` whose worker
+             built and read it. Target: <= 1.3x (aim 1.15x).
+  churn      bench/memory_lifecycle.py's "d refork_on_memory" run (the long churn run) with
+             each value, against its "e ideal". Target for "immortal": <= 1.3x.
+  hello      bench/apps/hello.py, 4 workers, smart spawning: requests/s under wrk (or the
+             Python client) for --seconds (5); then three TTINs, one at a time: the spawn
+             latency is TTIN to the new worker's post_worker_init. Target: immortal >= 0.98x.
+
+The pass's own figures (objects, seconds, seconds per million) come from the master's log
+line "... made N objects immortal in Ss". Where this CPython cannot make its heap immortal
+(3.11, a free-threaded build) the script says why and exits 2.
+
+    python bench/immortal.py [--quick] [--rounds R] [--json PATH]
+"""
+import argparse
+import re
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as `python bench/immortal.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import loadgen, memory_lifecycle
+from bench.refork_memory import drive, memory
+from bench.server import (SMARTSPAWN, Server, Servers, product_source, run_in_tmpdir,
+                          wait_for, write_json)
+from gunicorn_smartspawn import immortal
+
+VALUES = {"True": "gc_freeze = True\n", "immortal": 'gc_freeze = "immortal"\n'}
+PASS = re.compile(r"made (\d+) objects immortal in ([\d.]+)s")
+WORKERS = 4
+TARGET_READ, TARGET_CHURN, TARGET_RPS = 1.3, 1.3, 0.98
+
+
+def passes(log):
+    return [{"objects": int(n), "seconds": float(s)} for n, s in PASS.findall(log)]
+
+
+def full_read(value, root, args):
+    env = {"LAZY_CACHE_RECORDS": str(args.records)}
+    with Servers() as servers:
+        server = servers.start(Server("read " + value, root, "lazy_cache:app", SMARTSPAWN,
+                                      VALUES[value] + "fork_worker = 10**9\n", WORKERS, env),
+                               timeout=args.timeout)
+        drive(server, 1, 400, args.timeout)
+        server.signal(signal.SIGURG)
+        server.wait_log(r"refork to generation 2 .* done", args.timeout)
+        server.wait_workers(args.timeout)
+        drive(server, 1, 400, args.timeout, "/cache?all")
+        result = memory(server)
+        result["passes"] = passes(server.log())
+    return result
+
+
+def one_warmed_process(root, args):
+    env = {"LAZY_CACHE_RECORDS": str(args.records)}
+    with Servers() as servers:
+        server = servers.start(Server("one warmed process", root, "lazy_cache:app", [], "",
+                                      1, env), timeout=args.timeout)
+        server.get_json("/cache?all", timeout=args.timeout)
+        return memory(server)
+
+
+def churn(value, root, args):
+    name = "d refork_on_memory"
+    memory_lifecycle.CONFIGS[name + " " + value] = (
+        SMARTSPAWN, memory_lifecycle.CONFIGS[name][1] + VALUES[value])
+    return memory_lifecycle.run_config(name + " " + value, root, args)
+
+
+def hello(value, root, args):
+    root.mkdir(parents=True)
+    inits = root / "inits.txt"  # CLOCK_MONOTONIC of each worker's post_worker_init
+    hook = ("import time\ndef post_worker_init(worker):\n    with open(%r, 'a') as f:\n"
+            "        f.write('%%.6f\\n' %% time.monotonic())\n" % str(inits))
+    with Servers() as servers:
+        server = servers.start(Server("hello " + value, root / "server", "hello:app",
+                                      SMARTSPAWN, VALUES[value] + hook, WORKERS),
+                               timeout=args.timeout)
+        load = loadgen.run(server.port, "/", 0, 8, args.seconds, root)
+        latencies = []
+        for count in range(WORKERS + 1, WORKERS + 4):  # three spawns, one at a time
+            started = time.monotonic()
+            server.signal(signal.SIGTTIN)
+            wait_for(lambda: len(inits.read_text().split()) >= count,  # noqa: B023
+                     args.timeout, "worker %d" % count)
+            latencies.append((float(inits.read_text().split()[-1]) - started) * 1e3)
+    return {"rps": load["rps"], "p99": load["p99"], "spawn_ms": latencies}
+
+
+def run(args, workdir):
+    runs = {"read": {v: [] for v in VALUES}, "ideal": [], "churn": {v: [] for v in VALUES},
+            "churn_ideal": [], "hello": {v: [] for v in VALUES}}
+    for round_no in range(args.rounds):
+        order = list(VALUES) if round_no % 2 == 0 else list(VALUES)[::-1]
+        runs["ideal"].append(one_warmed_process(workdir / ("ideal-%d" % round_no), args))
+        runs["churn_ideal"].append(memory_lifecycle.run_ideal(
+            workdir / ("churn-ideal-%d" % round_no), args))
+        for measure, step in (("read", full_read), ("hello", hello), ("churn", churn)):
+            for value in order:
+                started = time.monotonic()
+                result = step(value, workdir / ("%s-%s-%d" % (measure, value, round_no)), args)
+                runs[measure][value].append(result)
+                print("round %d %-6s %-9s %5.0f s" % (round_no + 1, measure, value,
+                                                    time.monotonic() - started), flush=True)
+    return {"benchmark": "immortal", "python": sys.version.split()[0], "args": vars(args),
+            "revision": product_source()["git"], "runs": runs}
+
+
+def summarize(result):
+    runs, med = result["runs"], statistics.median
+    ideal = med(r["total_pss"] for r in runs["ideal"])
+    read = {v: med(r["total_pss"] for r in runs["read"][v]) for v in VALUES}
+    churn_ = {v: med(r["final"]["total_pss"] for r in runs["churn"][v]) for v in VALUES}
+    churn_ideal = med(r["final"]["total_pss"] for r in runs["churn_ideal"])
+    rps = {v: med(r["rps"] for r in runs["hello"][v]) for v in VALUES}
+    spawn = {v: med(ms for r in runs["hello"][v] for ms in r["spawn_ms"]) for v in VALUES}
+    all_passes = [p for r in runs["read"]["immortal"] for p in r["passes"]]
+    per_million = med(p["seconds"] / p["objects"] * 1e6 for p in all_passes)
+    print("\nCPython %s, %d round(s), %d workers; MiB; gunicorn_smartspawn %s\n"
+          % (result["python"], len(runs["ideal"]), WORKERS, result["revision"]))
+    print("| measure | gc_freeze = True | \"immortal\" | immortal / True |\n|---|---:|---:|---:|")
+    print("| full read: total PSS | %.1f | %.1f | %.2f |" % (
+        read["True"], read["immortal"], read["immortal"] / read["True"]))
+    print("| full read: x one warmed process (%.1f) | %.2f | %.2f | |" % (
+        ideal, read["True"] / ideal, read["immortal"] / ideal))
+    print("| churn (refork_on_memory): final total PSS | %.1f | %.1f | %.2f |" % (
+        churn_["True"], churn_["immortal"], churn_["immortal"] / churn_["True"]))
+    print("| churn: x its ideal (%.1f) | %.2f | %.2f | |" % (
+        churn_ideal, churn_["True"] / churn_ideal, churn_["immortal"] / churn_ideal))
+    print("| hello world: requests/s | %.0f | %.0f | %.3f |" % (
+        rps["True"], rps["immortal"], rps["immortal"] / rps["True"]))
+    print("| spawn latency, ms (median) | %.1f | %.1f | %.2f |" % (
+        spawn["True"], spawn["immortal"], spawn["immortal"] / spawn["True"]))
+    print("\nimmortal pass: %s objects, %.3f s per million objects (median of %d passes)"
+          % (sorted({p["objects"] for p in all_passes}), per_million, len(all_passes)))
+    targets = {"full read x one warmed process <= %.1f" % TARGET_READ:
+               (read["immortal"] / ideal, read["immortal"] / ideal <= TARGET_READ),
+               "churn x ideal <= %.1f" % TARGET_CHURN:
+               (churn_["immortal"] / churn_ideal,
+                churn_["immortal"] / churn_ideal <= TARGET_CHURN),
+               "hello requests/s immortal / True >= %.2f" % TARGET_RPS:
+               (rps["immortal"] / rps["True"], rps["immortal"] / rps["True"] >= TARGET_RPS),
+               "pass <= 0.5 s per million objects": (per_million, per_million <= 0.5)}
+    print("\n| target | value | |\n|---|---:|---|")
+    for label, (value, met) in targets.items():
+        print("| %s | %.3f | %s |" % (label, value, "met" if met else "MISSED"))
+    result.update(figures={"read": read, "ideal": ideal, "churn": churn_,
+                           "churn_ideal": churn_ideal, "rps": rps,
+                           "spawn_ms": spawn, "pass_seconds_per_million": per_million},
+                  targets={k: {"value": v, "met": m} for k, (v, m) in targets.items()})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round, 12 000 churn requests")
+    parser.add_argument("--rounds", type=int, help="rounds (3; --quick 1)")
+    parser.add_argument("--records", type=int, default=105000, help="cache records (105000)")
+    parser.add_argument("--requests", type=int, help="churn requests per run (30000)")
+    parser.add_argument("--seconds", type=int, default=5, help="hello-world load, s (5)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline of waits (60)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = parser.parse_args(argv)
+    why = immortal.unsupported()
+    if why:
+        print("gc_freeze = \"immortal\" cannot work here: %s" % why, file=sys.stderr)
+        return 2
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.requests = args.requests or (12000 if args.quick else 30000)
+    # What memory_lifecycle.run_config reads from its own arguments.
+    args.workers, args.chunk, args.idle_preloader = WORKERS, 1.0, None
+    args.sample_interval, args.min_interval = 1.0, 4.0 if args.quick else 10.0
+    result = run_in_tmpdir("ssbench-immortal-", run, args)
+    if result is None:
+        return 1
+    summarize(result)
+    write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

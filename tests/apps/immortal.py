@@ -1,0 +1,70 @@
+"""Test app for gc_freeze = "immortal".
+
+RECORDS: 200,000 small dicts loaded at import. CACHE: the same kind of records, filled by
+a worker's first /warm (after a refork, the template's own objects).
+
+GET /read   -> {"pid", "grew": USS bytes added by reading every record three times}
+GET /read?cache -> the same for CACHE
+GET /immortal -> {"pid", "records": fraction of sampled records (and their fields) that
+                  are immortal, "cache": the same for CACHE, or null if empty,
+                  "cache_from": the pid that filled CACHE}
+GET /warm   -> fills CACHE once -> {"pid", "cache_from"}
+"""
+import json
+import os
+import sys
+
+import psutil
+
+IMMORTAL = 1 << 31  # sys.getrefcount() of an immortal object, or more (3.12 to 3.14)
+
+
+def records(count, prefix):
+    return [{"id": i, "name": "%s %d" % (prefix, i), "price": i * 1.5,
+             "tags": ["t%d" % (i % 7), "x" * (i % 5)]} for i in range(count)]
+
+
+RECORDS = records(200_000, "item")
+CACHE = []
+CACHE_FROM = [None]
+
+
+def uss():
+    return psutil.Process().memory_full_info().uss
+
+
+def read(rows):
+    before = uss()
+    total = 0
+    for _ in range(3):
+        for row in rows:
+            total += row["id"] + len(row["name"]) + int(row["price"]) + len(row["tags"])
+    return uss() - before
+
+
+def immortal_fraction(rows):
+    if not rows:
+        return None
+    sample = []
+    for row in rows[::997]:
+        sample += [row, row["name"], row["price"], row["tags"], row["tags"][0]]
+    return sum(sys.getrefcount(obj) >= IMMORTAL for obj in sample) / len(sample)
+
+
+def app(environ, start_response):
+    path, query = environ["PATH_INFO"], environ.get("QUERY_STRING", "")
+    body = {"pid": os.getpid()}
+    if path == "/read":
+        body["grew"] = read(CACHE if query == "cache" else RECORDS)
+    elif path == "/immortal":
+        body.update(records=immortal_fraction(RECORDS), cache=immortal_fraction(CACHE),
+                    cache_from=CACHE_FROM[0])
+    elif path == "/warm":
+        if not CACHE:
+            CACHE.extend(records(50_000, "cached"))
+            CACHE_FROM[0] = os.getpid()
+        body["cache_from"] = CACHE_FROM[0]
+    data = json.dumps(body).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(data)))])
+    return [data]
