@@ -18,7 +18,8 @@ The pass's own figures (objects, seconds, seconds per million) come from the mas
 line "... made N objects immortal in Ss". Where this CPython cannot make its heap immortal
 (3.11, a free-threaded build) the script says why and exits 2.
 
-    python bench/immortal.py [--quick] [--rounds R] [--json PATH]
+    python bench/immortal.py [--quick] [--rounds R] [--measures read,hello,churn]
+                             [--json PATH]
 """
 import argparse
 import re
@@ -99,15 +100,19 @@ def hello(value, root, args):
     return {"rps": load["rps"], "p99": load["p99"], "spawn_ms": latencies}
 
 
+STEPS = {"read": (full_read, one_warmed_process), "churn": (churn, memory_lifecycle.run_ideal),
+         "hello": (hello, None)}  # measure -> (one run per value, its reference or None)
+
+
 def run(args, workdir):
-    runs = {"read": {v: [] for v in VALUES}, "ideal": [], "churn": {v: [] for v in VALUES},
-            "churn_ideal": [], "hello": {v: [] for v in VALUES}}
+    runs = {m: {"True": [], "immortal": [], "reference": []} for m in args.measures}
     for round_no in range(args.rounds):
         order = list(VALUES) if round_no % 2 == 0 else list(VALUES)[::-1]
-        runs["ideal"].append(one_warmed_process(workdir / ("ideal-%d" % round_no), args))
-        runs["churn_ideal"].append(memory_lifecycle.run_ideal(
-            workdir / ("churn-ideal-%d" % round_no), args))
-        for measure, step in (("read", full_read), ("hello", hello), ("churn", churn)):
+        for measure in args.measures:
+            step, reference = STEPS[measure]
+            if reference is not None:
+                runs[measure]["reference"].append(
+                    reference(workdir / ("%s-reference-%d" % (measure, round_no)), args))
             for value in order:
                 started = time.monotonic()
                 result = step(value, workdir / ("%s-%s-%d" % (measure, value, round_no)), args)
@@ -118,48 +123,59 @@ def run(args, workdir):
             "revision": product_source()["git"], "runs": runs}
 
 
+def total_pss(run):
+    return run["final"]["total_pss"] if "final" in run else run["total_pss"]
+
+
 def summarize(result):
-    runs, med = result["runs"], statistics.median
-    ideal = med(r["total_pss"] for r in runs["ideal"])
-    read = {v: med(r["total_pss"] for r in runs["read"][v]) for v in VALUES}
-    churn_ = {v: med(r["final"]["total_pss"] for r in runs["churn"][v]) for v in VALUES}
-    churn_ideal = med(r["final"]["total_pss"] for r in runs["churn_ideal"])
-    rps = {v: med(r["rps"] for r in runs["hello"][v]) for v in VALUES}
-    spawn = {v: med(ms for r in runs["hello"][v] for ms in r["spawn_ms"]) for v in VALUES}
-    all_passes = [p for r in runs["read"]["immortal"] for p in r["passes"]]
-    per_million = med(p["seconds"] / p["objects"] * 1e6 for p in all_passes)
-    print("\nCPython %s, %d round(s), %d workers; MiB; gunicorn_smartspawn %s\n"
-          % (result["python"], len(runs["ideal"]), WORKERS, result["revision"]))
-    print("| measure | gc_freeze = True | \"immortal\" | immortal / True |\n|---|---:|---:|---:|")
-    print("| full read: total PSS | %.1f | %.1f | %.2f |" % (
-        read["True"], read["immortal"], read["immortal"] / read["True"]))
-    print("| full read: x one warmed process (%.1f) | %.2f | %.2f | |" % (
-        ideal, read["True"] / ideal, read["immortal"] / ideal))
-    print("| churn (refork_on_memory): final total PSS | %.1f | %.1f | %.2f |" % (
-        churn_["True"], churn_["immortal"], churn_["immortal"] / churn_["True"]))
-    print("| churn: x its ideal (%.1f) | %.2f | %.2f | |" % (
-        churn_ideal, churn_["True"] / churn_ideal, churn_["immortal"] / churn_ideal))
-    print("| hello world: requests/s | %.0f | %.0f | %.3f |" % (
-        rps["True"], rps["immortal"], rps["immortal"] / rps["True"]))
-    print("| spawn latency, ms (median) | %.1f | %.1f | %.2f |" % (
-        spawn["True"], spawn["immortal"], spawn["immortal"] / spawn["True"]))
-    print("\nimmortal pass: %s objects, %.3f s per million objects (median of %d passes)"
-          % (sorted({p["objects"] for p in all_passes}), per_million, len(all_passes)))
-    targets = {"full read x one warmed process <= %.1f" % TARGET_READ:
-               (read["immortal"] / ideal, read["immortal"] / ideal <= TARGET_READ),
-               "churn x ideal <= %.1f" % TARGET_CHURN:
-               (churn_["immortal"] / churn_ideal,
-                churn_["immortal"] / churn_ideal <= TARGET_CHURN),
-               "hello requests/s immortal / True >= %.2f" % TARGET_RPS:
-               (rps["immortal"] / rps["True"], rps["immortal"] / rps["True"] >= TARGET_RPS),
-               "pass <= 0.5 s per million objects": (per_million, per_million <= 0.5)}
+    """Medians over rounds, and the median of each round's immortal / True ratio."""
+    runs, med, rows, targets = result["runs"], statistics.median, [], {}
+
+    def row(label, key, measure, fmt="%.1f"):
+        pairs = list(zip(map(key, runs[measure]["True"]), map(key, runs[measure]["immortal"]),
+                         strict=True))
+        ratio = med(b / a for a, b in pairs)
+        rows.append("| %s | %s | %s | %.3f |" % (label, fmt % med(a for a, _ in pairs),
+                                                  fmt % med(b for _, b in pairs), ratio))
+        return ratio
+
+    def against_reference(label, measure, target):
+        reference = med(map(total_pss, runs[measure]["reference"]))
+        values = {v: med(map(total_pss, runs[measure][v])) for v in VALUES}
+        rows.append("| %s (%.1f) | %.2f | %.2f | |" % (
+            label, reference, values["True"] / reference, values["immortal"] / reference))
+        targets["%s <= %.1f" % (label, target)] = values["immortal"] / reference
+
+    if "read" in runs:
+        row("full read: total PSS, MiB", total_pss, "read")
+        against_reference("full read: x one warmed process", "read", TARGET_READ)
+    if "churn" in runs:
+        row("churn (refork_on_memory): final total PSS, MiB", total_pss, "churn")
+        against_reference("churn: x its ideal", "churn", TARGET_CHURN)
+    if "hello" in runs:
+        targets["hello requests/s immortal / True >= %.2f" % TARGET_RPS] = row(
+            "hello world: requests/s", lambda r: r["rps"], "hello", "%.0f")
+        row("spawn latency (TTIN to post_worker_init), ms", lambda r: med(r["spawn_ms"]),
+            "hello")
+    print("\nCPython %s, %d round(s), %d workers; gunicorn_smartspawn %s\n"
+          % (result["python"], result["args"]["rounds"], WORKERS, result["revision"]))
+    print("| measure | gc_freeze = True | \"immortal\" | immortal / True (median of "
+          "rounds) |\n|---|---:|---:|---:|")
+    print("\n".join(rows))
+    all_passes = [p for m in runs.values() for r in m["immortal"] for p in r.get("passes", ())]
+    if all_passes:
+        per_million = (sum(p["seconds"] for p in all_passes) * 1e6
+                       / sum(p["objects"] for p in all_passes))
+        targets["pass: s per million objects <= 0.5"] = per_million
+        print("\nimmortal passes: %s objects; %.3f s per million objects in all"
+              % (sorted({p["objects"] for p in all_passes}), per_million))
     print("\n| target | value | |\n|---|---:|---|")
-    for label, (value, met) in targets.items():
-        print("| %s | %.3f | %s |" % (label, value, "met" if met else "MISSED"))
-    result.update(figures={"read": read, "ideal": ideal, "churn": churn_,
-                           "churn_ideal": churn_ideal, "rps": rps,
-                           "spawn_ms": spawn, "pass_seconds_per_million": per_million},
-                  targets={k: {"value": v, "met": m} for k, (v, m) in targets.items()})
+    met = {}
+    for label, value in targets.items():
+        limit = float(label.rsplit(" ", 1)[1])
+        met[label] = value >= limit if ">=" in label else value <= limit
+        print("| %s | %.3f | %s |" % (label, value, "met" if met[label] else "MISSED"))
+    result["targets"] = {k: {"value": v, "met": met[k]} for k, v in targets.items()}
 
 
 def main(argv=None):
@@ -170,8 +186,15 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, help="churn requests per run (30000)")
     parser.add_argument("--seconds", type=int, default=5, help="hello-world load, s (5)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of waits (60)")
+    parser.add_argument("--idle-preloader", type=float, metavar="S",
+                        help="churn: preloader_idle_timeout = S (memory_lifecycle's option)")
+    parser.add_argument("--measures", default="read,hello,churn",
+                        help="which of read, hello, churn (all)")
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
+    args.measures = args.measures.split(",")
+    if not set(args.measures) <= set(STEPS):
+        parser.error("--measures: %s is not one of read, hello, churn" % args.measures)
     why = immortal.unsupported()
     if why:
         print("gc_freeze = \"immortal\" cannot work here: %s" % why, file=sys.stderr)
@@ -179,7 +202,7 @@ def main(argv=None):
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.requests = args.requests or (12000 if args.quick else 30000)
     # What memory_lifecycle.run_config reads from its own arguments.
-    args.workers, args.chunk, args.idle_preloader = WORKERS, 1.0, None
+    args.workers, args.chunk = WORKERS, 1.0
     args.sample_interval, args.min_interval = 1.0, 4.0 if args.quick else 10.0
     result = run_in_tmpdir("ssbench-immortal-", run, args)
     if result is None:

@@ -44,7 +44,9 @@ load, and 0 failed requests for smartspawn. Plain gunicorn's ratios are shown be
 them, not checked.
 
     python bench/recycle_latency.py [--quick] [--rounds R] [--seconds S] [--rate R]
-                                    [--json PATH] [--check]
+                                    [--immortal] [--json PATH] [--check]
+
+--immortal adds a third server kind, smartspawn+immortal (gc_freeze = "immortal").
 """
 import argparse
 import statistics
@@ -60,7 +62,9 @@ from bench import loadgen
 from bench.server import (SMARTSPAWN, BenchError, Server, Servers, product_source,
                           run_in_tmpdir, wait_for, write_json)
 
-KINDS = {"plain": [], "smartspawn": SMARTSPAWN}  # name -> gunicorn args
+KINDS = {"plain": ([], ""), "smartspawn": (SMARTSPAWN, "")}  # name -> (gunicorn args, config)
+# --immortal: a third server, side by side (CPython 3.12 to 3.14).
+IMMORTAL = {"smartspawn+immortal": (SMARTSPAWN, 'gc_freeze = "immortal"\n')}
 WINDOWS = ("steady", "recycling")
 LOADS = ("saturated", "paced")
 RECYCLING = "max_requests = %(max_requests)d\nmax_requests_jitter = %(jitter)d\n"
@@ -89,10 +93,10 @@ def make_servers(args, workdir):
     env = {"HEAVY_IMPORT_SECONDS": str(args.import_seconds)}
     servers = {}
     for window in WINDOWS:
-        for kind, gunicorn_args in KINDS.items():
+        for kind, (gunicorn_args, kind_config) in KINDS.items():
             root = workdir / ("%s-%s" % (kind, window))
-            config = (RECYCLING % vars(args) if window == "recycling" else "") + HOOKS % {
-                "events": str(root / "events.log")}
+            config = (kind_config + (RECYCLING % vars(args) if window == "recycling" else "")
+                      + HOOKS % {"events": str(root / "events.log")})
             servers[kind, window] = Server("%s %s" % (kind, window), root, "heavy_import:app",
                                            gunicorn_args, config, args.workers, env)
     return servers
@@ -253,11 +257,15 @@ def main(argv=None):
     parser.add_argument("--import-seconds", type=float, default=0.7,
                         help="CPU time of the app's import, s (0.7)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of waits (60)")
+    parser.add_argument("--immortal", action="store_true",
+                        help='also smartspawn with gc_freeze = "immortal"')
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (4 if args.quick else 8)
+    if args.immortal:
+        KINDS.update(IMMORTAL)
     result = run_in_tmpdir("ssbench-recycle-", run, args)
     if result is None:
         return 2

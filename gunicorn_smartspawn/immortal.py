@@ -14,16 +14,17 @@ immortal, so this writes the object header itself, as the interpreter lays it ou
   read ``ob_flags & 1`` (``_Py_IMMORTAL_FLAGS``), not the count: without the flag, every
   read still writes.
 
-Objects that are immortal already (None, small ints, static types and strings, interned
-strings) are left as they are: that check is also how the walk knows where it has been.
+Objects that are immortal already (None, small ints, static types and strings, the
+interpreter's interned strings) are left as they are: their headers carry other flags.
 """
-import contextlib
 import ctypes
+import functools
 import gc
 import platform
 import sys
 import sysconfig
 import time
+import types
 
 IMMORTAL_BIT = 1 << 31            # (int32) ob_refcnt < 0, on 3.12 to 3.14
 if sys.version_info >= (3, 14):
@@ -32,11 +33,11 @@ if sys.version_info >= (3, 14):
 else:
     KEPT_BITS = 0
     SET_BITS = 0xFFFF_FFFF               # _Py_IMMORTAL_REFCNT
-# The whole user address space of x86-64 and arm64 (2**47 bytes) as 64-bit words: word
-# id(obj) >> 3 is the first of an object. Made here, at import: made during a walk, the
-# type would land in ctypes' cache, which the walk would then make immortal.
-ADDRESS_SPACE = ctypes.c_uint64 * (1 << 44)
 BATCH = 10_000                     # objects per gc.get_referents() call
+
+
+class WalkFailed(RuntimeError):
+    pass
 
 
 def unsupported():
@@ -54,65 +55,106 @@ def unsupported():
     if sys.maxsize < 2**32 or sys.byteorder != "little":
         return "%s is not a 64-bit little-endian build" % version
     if not header_as_expected():
-        return "%s does not lay out the object header as expected (a debug build?)" % version
+        return ("%s does not lay out the object header as expected (a --with-trace-refs "
+                "build?)" % version)
     return None
 
 
-@contextlib.contextmanager
+@functools.cache
+def address_space_type():
+    """The user address space of x86-64 and arm64 (2**48 bytes) as 64-bit words: word
+    id(obj) >> 3 is an object's first. Made (and cached) before any walk: made during
+    one, the type would be left in ctypes' cache, made immortal by the walk."""
+    return ctypes.c_uint64 * (1 << 45)
+
+
 def address_space():
-    words = memoryview(ADDRESS_SPACE.from_address(0)).cast("B").cast("Q")
-    try:
-        yield words
-    finally:
-        words.release()
+    return memoryview(address_space_type().from_address(0)).cast("B").cast("Q")
 
 
 def header_as_expected():
     """The reference count is the low 32 bits of an object's first word: three more
     references to a fresh object add 3 there and nothing else."""
-    probe = []
-    with address_space() as words:
+    probe, words = [], address_space()
+    try:
         before = words[id(probe) >> 3]
         references = [probe] * 3
         after = words[id(probe) >> 3]
+    finally:
+        words.release()
     del references
     return 0 < before < 1 << 16 and after == before + 3
 
 
-def make_immortal(objects, words):
-    """Make each mortal object of `objects` immortal; returns those it changed."""
+def make_immortal(objects, words, again):
+    """Make each mortal object of `objects` immortal. Returns those it changed, and adds
+    to `again` the untracked dicts that were immortal already (filled since, maybe)."""
     changed = []
-    remember = changed.append
+    remember, revisit = changed.append, again.append
     for obj in objects:
         index = id(obj) >> 3
         word = words[index]
         if word & IMMORTAL_BIT:
-            continue  # immortal already, or made so earlier in this walk
+            if type(obj) is dict and not gc.is_tracked(obj):
+                revisit(obj)
+            continue  # immortal already (static, or made so earlier)
         words[index] = (word & KEPT_BITS) | SET_BITS
         remember(obj)
     return changed
 
 
-def make_heap_immortal():
-    """Make every object the collector tracks, and everything they reach, immortal.
+def hidden_referents(objects):
+    """What gc.get_referents() leaves out: the keys of a dict whose keys are all strings
+    (its traversal visits the values only), and what a code object holds (it has none)."""
+    found = []
+    for obj in objects:
+        if isinstance(obj, dict):
+            found += dict.keys(obj)
+        elif type(obj) is types.CodeType:
+            found += (obj.co_consts, obj.co_names, obj.co_linetable, obj.co_exceptiontable,
+                      obj.co_filename, obj.co_name, obj.co_qualname)
+    return found
 
-    Call after gc.collect() (garbage made immortal is never freed) and follow with
-    gc.freeze(). Returns (objects made immortal, seconds). What the walk itself makes
-    (these lists, the view) is reachable from no object it walks: none of it is made
-    immortal, and all of it is freed on return.
+
+def make_heap_immortal():
+    """Make every object the collector tracks, and everything they reach, immortal; then
+    freeze the heap. Call after gc.collect(): garbage made immortal is never freed.
+
+    Returns (objects made immortal, seconds). The walk reaches past an object that was
+    immortal already only when the collector tracks it (all of them are walked) or it is
+    an untracked dict: a tuple of atoms cannot change, but a container immortal since an
+    earlier pass (the preloader's, in a template) may hold objects added since. The
+    snapshot is taken before the walk makes anything: nothing of the walk is in it, nor
+    reachable from it, so none of it is made immortal, and all of it is freed on return.
     """
     started = time.perf_counter()
+    address_space_type()
     gc.unfreeze()  # frozen objects are not in gc.get_objects()
-    count = 0
-    with address_space() as words:
-        found = make_immortal(gc.get_objects(), words)
-        while found:
-            count += len(found)
-            # What they refer to: strings, numbers and the containers the collector does
-            # not track (a tuple or dict of atoms) are reached only this way.
-            reached = []
-            for start in range(0, len(found), BATCH):
-                reached += make_immortal(gc.get_referents(*found[start:start + BATCH]),
-                                         words)
-            found = reached
+    try:
+        tracked = gc.get_objects()
+        words = address_space()
+        try:
+            count = len(make_immortal(tracked, words, []))
+            walk = tracked  # each round: what to take the referents of
+            while walk:
+                again = []
+                found = make_immortal(referents(walk), words, again)
+                count += len(found)
+                walk = found + again  # untracked: no cycle among them
+        except IndexError:
+            raise WalkFailed("an object lies above the 2**48 bytes of address space "
+                             "this walk covers") from None
+        finally:
+            words.release()
+    finally:
+        gc.freeze()
     return count, time.perf_counter() - started
+
+
+def referents(objects):
+    found = []
+    for start in range(0, len(objects), BATCH):
+        batch = objects[start:start + BATCH]
+        found += gc.get_referents(*batch)
+        found += hidden_referents(batch)
+    return found

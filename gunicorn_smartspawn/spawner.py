@@ -89,8 +89,11 @@ class Spawner:
         objects = seconds = None
         if self.cfg.gc_freeze == "immortal":
             gc.collect()  # garbage made immortal would never be freed
-            objects, seconds = immortal.make_heap_immortal()
-            gc.freeze()
+            try:
+                objects, seconds = immortal.make_heap_immortal()
+            except immortal.WalkFailed as exc:  # what it made immortal stays so; frozen
+                self.log.warning('%s: gc_freeze = "immortal": %s; the heap is only '
+                                 'partly immortal', self.spawned_from, exc)
         protocol.send(self.channel, protocol.SpawnerReady(
             self.pid, time.monotonic() - started, objects, seconds))
 

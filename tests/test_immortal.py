@@ -33,7 +33,8 @@ def test_a_worker_reads_the_preloaded_heap_without_copying_it(make_server):
     match = immortal_.wait_log(PASS_LINE % ("preloader", 1))
     assert int(match.group(2)) > 1_000_000  # 200,000 records of 5 objects, and the rest
     assert frozen.get_json("/immortal")["records"] == 0.0
-    assert immortal_.get_json("/immortal")["records"] == 1.0
+    answer = immortal_.get_json("/immortal")
+    assert answer["records"] == answer["keys"] == answer["code"] == 1.0, answer
     grew_frozen = frozen.get_json("/read")["grew"]
     grew_immortal = immortal_.get_json("/read")["grew"]
     assert grew_frozen > 20 * MIB, grew_frozen
@@ -55,7 +56,9 @@ def test_after_a_refork_the_templates_warmed_cache_is_immortal_in_new_workers(ma
     for _ in range(6):
         answer = server.get_json("/immortal")
         assert answer["cache_from"] == template, answer  # inherited, not filled again
-        assert answer["cache"] == 1.0 and answer["records"] == 1.0, answer
+        # The template's pass reached the strings it put in a dict the preloader had
+        # made immortal (empty) already.
+        assert answer["cache"] == answer["records"] == answer["atoms"] == 1.0, answer
     assert server.get_json("/read?cache")["grew"] <= 2 * MIB
 
 

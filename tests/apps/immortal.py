@@ -7,7 +7,9 @@ GET /read   -> {"pid", "grew": USS bytes added by reading every record three tim
 GET /read?cache -> the same for CACHE
 GET /immortal -> {"pid", "records": fraction of sampled records (and their fields) that
                   are immortal, "cache": the same for CACHE, or null if empty,
-                  "cache_from": the pid that filled CACHE}
+                  "cache_from": the pid that filled CACHE, "keys": the same for KEYED's
+                  keys, "atoms": for ATOMS's keys and values (null if empty), "code":
+                  for a nested function's code object and its constants}
 GET /warm   -> fills CACHE once -> {"pid", "cache_from"}
 """
 import json
@@ -25,8 +27,16 @@ def records(count, prefix):
 
 
 RECORDS = records(200_000, "item")
+KEYED = {"key-%d" % i: i * 3 for i in range(2000)}  # str keys: not in gc.get_referents()
 CACHE = []
 CACHE_FROM = [None]
+ATOMS = {}  # preloaded empty; /warm fills it with strings, which the collector never sees
+
+
+def outer():
+    def inner():  # its code object: in outer's co_consts, not in gc.get_referents()
+        return 1
+    return inner
 
 
 def uss():
@@ -42,13 +52,17 @@ def read(rows):
     return uss() - before
 
 
+def fraction(objects):
+    return sum(sys.getrefcount(obj) >= IMMORTAL for obj in objects) / len(objects)
+
+
 def immortal_fraction(rows):
     if not rows:
         return None
     sample = []
     for row in rows[::997]:
         sample += [row, row["name"], row["price"], row["tags"], row["tags"][0]]
-    return sum(sys.getrefcount(obj) >= IMMORTAL for obj in sample) / len(sample)
+    return fraction(sample)
 
 
 def app(environ, start_response):
@@ -57,12 +71,16 @@ def app(environ, start_response):
     if path == "/read":
         body["grew"] = read(CACHE if query == "cache" else RECORDS)
     elif path == "/immortal":
+        inner_code = next(c for c in outer.__code__.co_consts if hasattr(c, "co_code"))
         body.update(records=immortal_fraction(RECORDS), cache=immortal_fraction(CACHE),
-                    cache_from=CACHE_FROM[0])
+                    cache_from=CACHE_FROM[0], keys=fraction(list(KEYED)),
+                    atoms=fraction([*ATOMS, *ATOMS.values()]) if ATOMS else None,
+                    code=fraction([inner_code, inner_code.co_consts]))
     elif path == "/warm":
         if not CACHE:
             CACHE.extend(records(50_000, "cached"))
             CACHE_FROM[0] = os.getpid()
+            ATOMS.update(("atom-%d" % i, "value %d" % i) for i in range(2000))
         body["cache_from"] = CACHE_FROM[0]
     data = json.dumps(body).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
