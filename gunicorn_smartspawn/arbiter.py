@@ -572,10 +572,12 @@ class SmartArbiter(Arbiter):
                     spawner, "unexpected %r" % (message,)))
 
     def heap_made_immortal(self, spawner, message):
-        objects, seconds = message.immortal_objects, message.immortal_seconds
-        spawner.immortal = {"objects": objects, "seconds": round(seconds, 3)}
-        self.log.info("%r made %d objects immortal in %.3fs (%.2fs per million)", spawner,
-                      objects, seconds, seconds * 1e6 / max(objects, 1),
+        objects, walked = message.immortal_objects, message.immortal_walked
+        seconds = message.immortal_seconds
+        spawner.immortal = {"objects": objects, "walked": walked, "seconds": round(seconds, 3)}
+        self.log.info("%r made %d objects immortal in %.3fs (it went through %d: %.2fs "
+                      "per million)", spawner, objects, seconds, walked,
+                      seconds * 1e6 / max(walked, 1),
                       extra={"metric": "smartspawn.immortal_objects", "value": objects,
                              "mtype": "gauge"})
         self.log.debug("immortal pass", extra={"metric": "smartspawn.immortal_pass.duration",

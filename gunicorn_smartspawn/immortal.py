@@ -120,12 +120,13 @@ def make_heap_immortal():
     """Make every object the collector tracks, and everything they reach, immortal; then
     freeze the heap. Call after gc.collect(): garbage made immortal is never freed.
 
-    Returns (objects made immortal, seconds). The walk reaches past an object that was
-    immortal already only when the collector tracks it (all of them are walked) or it is
-    an untracked dict: a tuple of atoms cannot change, but a container immortal since an
-    earlier pass (the preloader's, in a template) may hold objects added since. The
-    snapshot is taken before the walk makes anything: nothing of the walk is in it, nor
-    reachable from it, so none of it is made immortal, and all of it is freed on return.
+    Returns (objects made immortal, objects walked, seconds). The walk goes past an
+    object that was immortal already only when the collector tracks it (each is walked
+    once) or it is an untracked dict: a tuple of atoms cannot change, but a container
+    immortal since an earlier pass (the preloader's, in a template) may hold objects
+    added since. The snapshot is taken before the walk makes anything: nothing of the
+    walk is in it, nor reachable from it, so none of it is made immortal, and all of it
+    is freed on return.
     """
     started = time.perf_counter()
     address_space_type()
@@ -134,13 +135,8 @@ def make_heap_immortal():
         tracked = gc.get_objects()
         words = address_space()
         try:
-            count = len(make_immortal(tracked, words, []))
-            walk = tracked  # each round: what to take the referents of
-            while walk:
-                again = []
-                found = make_immortal(referents(walk), words, again)
-                count += len(found)
-                walk = found + again  # untracked: no cycle among them
+            made = len(make_immortal(tracked, words, []))
+            untracked = walk_from(tracked, words)
         except IndexError:
             raise WalkFailed("an object lies above the 2**48 bytes of address space "
                              "this walk covers") from None
@@ -148,13 +144,20 @@ def make_heap_immortal():
             words.release()
     finally:
         gc.freeze()
-    return count, time.perf_counter() - started
+    return made + untracked, len(tracked) + untracked, time.perf_counter() - started
 
 
-def referents(objects):
-    found = []
-    for start in range(0, len(objects), BATCH):
-        batch = objects[start:start + BATCH]
-        found += gc.get_referents(*batch)
-        found += hidden_referents(batch)
-    return found
+def walk_from(objects, words):
+    """Make immortal what `objects` refer to, and on down, a batch at a time (so that the
+    walk holds no list of every reference in the heap); returns how many it made so."""
+    made = 0
+    while objects:
+        following = []
+        for start in range(0, len(objects), BATCH):
+            batch = objects[start:start + BATCH]
+            found = make_immortal(gc.get_referents(*batch) + hidden_referents(batch),
+                                  words, following)
+            made += len(found)
+            following += found  # untracked (all tracked ones were made so first): no cycle
+        objects = following
+    return made

@@ -52,8 +52,9 @@ class SpawnerReady:
     """spawner -> master: the app is loaded and frozen; spawn requests are welcome."""
     pid: int
     boot_seconds: float
-    immortal_objects: int | None = None    # gc_freeze = "immortal": what the pass made so
-    immortal_seconds: float | None = None
+    immortal_objects: int | None = None    # gc_freeze = "immortal": what the pass made so,
+    immortal_walked: int | None = None     # the objects it went through,
+    immortal_seconds: float | None = None  # and its time
 
 
 @dataclasses.dataclass(frozen=True)

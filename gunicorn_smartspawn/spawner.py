@@ -86,16 +86,16 @@ class Spawner:
         """Tell the master we take spawn requests; `started`: when we began (monotonic).
         With gc_freeze = "immortal", the heap is made immortal first, once: before every
         later fork, freeze_heap() only collects and freezes what is new."""
-        objects = seconds = None
+        objects = walked = seconds = None
         if self.cfg.gc_freeze == "immortal":
             gc.collect()  # garbage made immortal would never be freed
             try:
-                objects, seconds = immortal.make_heap_immortal()
+                objects, walked, seconds = immortal.make_heap_immortal()
             except immortal.WalkFailed as exc:  # what it made immortal stays so; frozen
                 self.log.warning('%s: gc_freeze = "immortal": %s; the heap is only '
                                  'partly immortal', self.spawned_from, exc)
         protocol.send(self.channel, protocol.SpawnerReady(
-            self.pid, time.monotonic() - started, objects, seconds))
+            self.pid, time.monotonic() - started, objects, walked, seconds))
 
     def serve(self):
         """Fork workers until the master closes the channel or goes."""
