@@ -86,11 +86,16 @@ def header_as_expected():
     return 0 < before < 1 << 16 and after == before + 3
 
 
+# Objects that refer to no other: made immortal, never walked through.
+ATOMS = frozenset({str, int, float, bytes, bool, complex})
+
+
 def make_immortal(objects, words, again):
-    """Make each mortal object of `objects` immortal. Returns those it changed, and adds
-    to `again` the untracked dicts that were immortal already (filled since, maybe)."""
-    changed = []
-    remember, revisit = changed.append, again.append
+    """Make each mortal object of `objects` immortal; returns how many it changed. Adds
+    to `again` those of them that may refer to others, and the untracked dicts that were
+    immortal already (filled since, maybe)."""
+    made = 0
+    revisit = again.append
     for obj in objects:
         index = id(obj) >> 3
         word = words[index]
@@ -99,20 +104,26 @@ def make_immortal(objects, words, again):
                 revisit(obj)
             continue  # immortal already (static, or made so earlier)
         words[index] = (word & KEPT_BITS) | SET_BITS
-        remember(obj)
-    return changed
+        made += 1
+        if type(obj) not in ATOMS:
+            revisit(obj)
+    return made
 
 
 def hidden_referents(objects):
     """What gc.get_referents() leaves out: the keys of a dict whose keys are all strings
     (its traversal visits the values only), and what a code object holds (it has none)."""
     found = []
+    code, keys = types.CodeType, dict.keys
     for obj in objects:
-        if isinstance(obj, dict):
-            found += dict.keys(obj)
-        elif type(obj) is types.CodeType:
+        kind = type(obj)
+        if kind is dict:
+            found += obj  # its keys
+        elif kind is code:
             found += (obj.co_consts, obj.co_names, obj.co_linetable, obj.co_exceptiontable,
                       obj.co_filename, obj.co_name, obj.co_qualname)
+        elif isinstance(obj, dict):
+            found += keys(obj)
     return found
 
 
@@ -135,7 +146,7 @@ def make_heap_immortal():
         tracked = gc.get_objects()
         words = address_space()
         try:
-            made = len(make_immortal(tracked, words, []))
+            made = make_immortal(tracked, words, [])
             untracked = walk_from(tracked, words)
         except IndexError:
             raise WalkFailed("an object lies above the 2**48 bytes of address space "
@@ -155,9 +166,8 @@ def walk_from(objects, words):
         following = []
         for start in range(0, len(objects), BATCH):
             batch = objects[start:start + BATCH]
-            found = make_immortal(gc.get_referents(*batch) + hidden_referents(batch),
+            # Untracked, all of them (the tracked ones were made immortal first): no cycle.
+            made += make_immortal(gc.get_referents(*batch) + hidden_referents(batch),
                                   words, following)
-            made += len(found)
-            following += found  # untracked (all tracked ones were made so first): no cycle
         objects = following
     return made
