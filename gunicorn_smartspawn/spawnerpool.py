@@ -36,7 +36,7 @@ class SpawnerHandle:
         self.standby_pid = None  # its worker forked ahead of need
         self.failure = None  # the BootFailed message, or why the master killed it
         self.last_used = self.started_at  # the last spawn request (preloader_idle_timeout)
-        self.immortal = None  # gc_freeze = "immortal": {"objects", "seconds"} of its pass
+        self.immortal = None  # gc_freeze = "immortal": {"objects", "walked", "seconds"}
 
     def __repr__(self):
         return "%s (pid: %s, gen=%s)" % (self.kind, self.pid, self.generation)

@@ -136,7 +136,6 @@ def snapshot(arbiter):
         "reforks": arbiter.reforker.done,
         "refork_in_progress": arbiter.reforker.current is not None,
         "preloader_running": pool.preloader is not None,
-        "gc_freeze": arbiter.cfg.gc_freeze,
         "lifecycle": dict(lifecycle.stats),
         "processes": processes,
     }

@@ -110,7 +110,6 @@ def report(server_state, rows):
             "workers_target": server_state["workers_target"],
             "reforks": server_state["reforks"],
             "preloader_running": server_state["preloader_running"],
-            "gc_freeze": server_state.get("gc_freeze"),
             "lifecycle": server_state["lifecycle"], "processes": rows, "totals": totals}
 
 
