@@ -208,12 +208,34 @@ class ForkSafety(Setting):
         unsafe to share: ``"warn"`` (the default), ``"strict"`` or ``"off"``.
 
         Checked just before the first fork (after ``on_preload``, or after
-        ``pre_template_fork``): other threads (they do not survive fork), sockets
-        connected to a peer (a database, a cache: every worker would share the
-        connection) and pipes. ``warn`` logs one line per finding, naming the peer and the
-        hook to close it in; ``strict`` refuses to fork: at startup gunicorn exits with
-        code 3, a template gives up its refork. Regular files such as logs are fine to
-        share (logged at debug level).
+        ``pre_template_fork``): other threads (they do not survive fork), objects unsafe
+        to share (an open sqlite3 or DB-API connection, an SQLAlchemy pool holding
+        connections, a urllib3 connection, a grpc channel, an asyncio loop), and sockets
+        connected to a peer and pipes that the application opened. ``warn`` logs one line
+        per finding, naming the library, the object and its fix; ``strict`` refuses to
+        fork: at startup gunicorn exits with code 3, a template gives up its refork.
+
+        Not blamed, noted at info level once: the threads that their library starts again
+        after fork (OpenTelemetry, Sentry, OpenBLAS and OpenMP pools, grpc with
+        ``GRPC_ENABLE_FORK_SUPPORT``), and the fds that were open before the application was
+        imported (inherited from the master or from what started gunicorn). Regular files
+        such as logs are fine to share (logged at debug level). See docs/fork-safety.md.
+        """
+
+
+class ForkRecipes(Setting):
+    name = "fork_recipes"
+    section = SECTION
+    validator = validate_bool
+    default = False
+    desc = """\
+        Apply the fork recipes that libraries document before the preloader or a template
+        forks (after ``on_preload`` or ``pre_template_fork``, before the ``fork_safety``
+        check).
+
+        Django: ``django.db.connections.close_all()``; SQLAlchemy: ``engine.dispose()`` on
+        every engine, which closes the connections in its pool (the workers open their
+        own). Off by default: it closes what the application opened.
         """
 
 

@@ -1,29 +1,56 @@
 """Fork-safety checks: what a spawner is about to share with every worker it forks.
 
 Run in the preloader (after `on_preload`) and in a template (after `pre_template_fork`),
-just before the first fork. Threads do not survive fork, and a lock one of them holds
-stays locked in every worker; a socket connected to a peer (a database, a cache) would be
-shared by every worker, whose replies then interleave; a pipe likewise. Regular files
-(logs) are harmless when shared: debug only.
+just before the first fork. What it looks for, and how it tells what is the app's:
+
+- threads: they do not survive fork, and a lock one holds stays locked in every worker;
+  but some libraries start theirs again in the child (OpenTelemetry, Sentry, the native
+  pools of OpenBLAS and OpenMP): those are noted, not blamed (libraries.py knows them);
+- objects unsafe to share, by type: an open sqlite3 connection, a DB-API connection, an
+  SQLAlchemy pool holding connections, a grpc channel, an asyncio loop (libraries.py);
+- fds: a socket connected to a peer (every worker would share the connection) or a pipe
+  that the app opened. What the preloader had before it imported the app is not the
+  app's: the listeners, gunicorn's own, and whatever the master inherited from what
+  started it (plain gunicorn hands those to its workers too): noted once, at info.
+  Regular files (logs) are harmless when shared: debug only.
+
+A finding is logged once: not again by a later check in the same process, nor by a
+template forked from a spawner that said it (the record is inherited by fork).
 
 Every later fork goes through `fork()`: from Python 3.12, `os.fork()` in a process with
 other threads emits a DeprecationWarning that names no thread; we say which ones, once
 for each new set, and the strict mode refuses.
 """
+import collections
 import os
 import socket
+import sys
 import threading
 import warnings
+from dataclasses import dataclass
 
 import psutil
+
+from gunicorn_smartspawn import libraries
 
 
 class ForkUnsafe(Exception):
     """fork_safety = 'strict' and something unsafe would be shared."""
 
 
-# The threads last reported (by the check or by fork()): reported again only when they change.
-_reported_threads: list[str] = []
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "unsafe" (a warning; strict refuses), "info" or "debug"
+    text: str
+    key: str  # what it is about, without the advice (which names the hook)
+
+
+LOG_LEVELS = {"unsafe": "warning", "info": "info", "debug": "debug"}
+
+# The keys of what this process, or the spawner it was forked from, has reported.
+_reported: set[str] = set()
+# The preloader's fds before it imported the app ({fd: what it is}): not the app's.
+_inherited: dict[int, str] = {}
 
 # Python's own warning (3.12+) at a fork with threads: we report those threads ourselves.
 # Ignored only when raised by this module's os.fork() (a filter for the process's life,
@@ -33,20 +60,52 @@ warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, 
                         r"fork\(\) may", DeprecationWarning, module=__name__.replace(".", r"\."))
 
 
+def record_inherited_fds(known_fds):
+    """In the preloader, before the app is imported: what is open now is not the app's."""
+    _inherited.clear()
+    for fd in open_fds():
+        if fd not in known_fds:
+            target = fd_target(fd)
+            if target is not None:
+                _inherited[fd] = target
+
+
+# -- threads --------------------------------------------------------------------------------
+
 def other_threads():
-    """Names of this process's threads but the calling one: a Python thread by its name,
-    a thread started by C code (a library's pool) by the kernel's name for it."""
-    python_names = {t.native_id: t.name for t in threading.enumerate()}
+    """[(description, libraries.Owner or None, count)] for this process's threads but the
+    calling one: a Python thread by its name and what it runs, a thread that C code
+    started by the kernel's name for it (a library's by its name alone, counted)."""
+    python_threads = {t.native_id: t for t in threading.enumerate()}
     me = threading.get_native_id()
-    names = []
+    found, unnamed, named = [], [], collections.Counter()
     for thread in psutil.Process().threads():
         if thread.id == me:
             continue
-        if thread.id in python_names:
-            names.append(repr(python_names[thread.id]))
+        if thread.id in python_threads:
+            found.append((*python_thread(python_threads[thread.id]), 1))
+            continue
+        name = native_thread_name(thread.id)
+        if libraries.native_thread_owner(name) is not None:
+            named[name] += 1
+        elif is_unnamed(name):
+            unnamed.append("native %r (tid %d)" % (name, thread.id))
         else:
-            names.append("native %r (tid %d)" % (native_thread_name(thread.id), thread.id))
-    return sorted(names)
+            found.append(("native %r (tid %d)" % (name, thread.id), None, 1))
+    for name, count in named.items():
+        found.append(("native %r" % name, libraries.native_thread_owner(name), count))
+    if unnamed:
+        found.extend(unnamed_threads(unnamed))
+    return sorted(found, key=lambda item: item[0])
+
+
+def python_thread(thread):
+    target = getattr(thread, "_target", None) or getattr(thread, "function", None)  # a Timer
+    if target is None:  # a Thread subclass with its own run()
+        target = type(thread).run
+    module = getattr(target, "__module__", None) or type(target).__module__
+    qualname = getattr(target, "__qualname__", type(target).__qualname__)
+    return "%r (%s.%s)" % (thread.name, module, qualname), libraries.thread_owner(module)
 
 
 def native_thread_name(tid):
@@ -57,48 +116,132 @@ def native_thread_name(tid):
         return "?"  # exited meanwhile
 
 
-def threads_warning(names, hook):
-    return ("%d other thread(s) running (%s): a thread does not survive fork, and a lock it "
-            "holds stays locked in every worker; stop it in the %s hook (and start one per "
-            "worker in post_fork)" % (len(names), ", ".join(names), hook))
+def is_unnamed(name):
+    """A native thread that its library did not name carries the name of the thread that
+    started it: the process title (ours or gunicorn's) or the program's name."""
+    program = os.path.basename(sys.executable)[:15]
+    return (name == native_thread_name(threading.get_native_id()) or name == program
+            or name.startswith(("smartspawn", "gunicorn", "python")))
 
 
-def inspect_process(known_fds, hook):
-    """(unsafe, notes): what is unsafe to fork, and what is merely shared."""
-    unsafe, notes = [], []
+def unnamed_threads(descriptions):
+    """Threads that no one named: a native pool's when one is loaded, else unknown. Which
+    pool a thread is of cannot be told: all are unsafe if one of the pools loaded is."""
+    pools = libraries.pool_libraries(mapped_files())
+    if not pools:
+        return [(d, None, 1) for d in descriptions]
+    unsafe = [owner for owner in pools.values() if not owner.safe]
+    owner = unsafe[0] if unsafe else next(iter(pools.values()))
+    what = "unnamed native threads (%s loaded)" % " and ".join(
+        "%s: %s" % (o.library, name) for name, o in sorted(pools.items()))
+    return [(what, owner, len(descriptions))]
+
+
+_mapped: dict[int, set[str]] = {}  # pid -> files: libraries are rarely unloaded
+
+
+def mapped_files():
+    """The files mapped into this process. From /proc/self/maps itself: psutil's
+    memory_maps() reads smaps, whose page accounting costs ~100x more, at every fork."""
+    pid = os.getpid()
+    if pid not in _mapped:
+        with open("/proc/self/maps") as maps:
+            _mapped[pid] = {line.split(None, 5)[5].strip() for line in maps
+                            if len(line.split(None, 5)) == 6}
+    return _mapped[pid]
+
+
+def thread_findings(hook):
     threads = other_threads()
-    if threads:
-        unsafe.append(threads_warning(threads, hook))
-    _reported_threads[:] = threads
+    unsafe = [t for t in threads if t[1] is None or not t[1].safe]
+    findings = []
+    if unsafe:
+        key = "threads: " + ", ".join(description for description, _, _ in unsafe)
+        findings.append(Finding("unsafe", threads_warning(unsafe, hook), key))
+    for description, owner, count in threads:
+        if owner is not None and owner.safe:
+            findings.append(Finding("info", "%s: %s's; %s: nothing to do" % (
+                counted(description, count), owner.library, owner.after_fork), description))
+    return findings
+
+
+def counted(description, count):
+    return description if count == 1 else "%s x%d" % (description, count)
+
+
+def threads_warning(unsafe, hook):
+    owners = {owner.library: owner for _, owner, _ in unsafe if owner}
+    advice = ["%s: %s; %s" % (name, owner.after_fork, owner.fix.format(hook=hook))
+              for name, owner in sorted(owners.items())]
+    if any(owner is None for _, owner, _ in unsafe):
+        advice.append("stop %s in the %s hook (and start one per worker in post_fork)"
+                      % ("the others" if owners else "it", hook))
+    return ("%d other thread(s) running (%s): a thread does not survive fork, and a lock it "
+            "holds stays locked in every worker; %s" % (
+                sum(count for _, _, count in unsafe),
+                ", ".join(counted(d, count) for d, _, count in unsafe), "; ".join(advice)))
+
+
+# -- objects and fds ------------------------------------------------------------------------
+
+def object_findings(objects, hook):
+    findings = []
+    for shared in objects:
+        about = "%s: %s" % (shared.library, shared.what)
+        text = "%s: %s; %s" % (about, shared.after_fork, shared.fix.format(hook=hook))
+        findings.append(Finding("info" if shared.safe else "unsafe", text, about))
+    return findings
+
+
+def fd_findings(known_fds, claimed_fds, claimed_peers, hook):
+    findings = []
     for fd in open_fds():
-        if fd in known_fds:
+        if fd in known_fds or fd in claimed_fds:
             continue
-        try:
-            target = os.readlink("/proc/self/fd/%d" % fd)
-        except OSError:
+        target = fd_target(fd)
+        if target is None:
             continue  # closed meanwhile (the fd of the listing itself)
-        if target.startswith("socket:"):
+        if _inherited.get(fd) == target:
+            findings.append(inherited_finding(fd, target))
+        elif target.startswith("socket:"):
             peer = connected_peer(fd)
-            if peer:
-                unsafe.append(shared_warning("fd %d is a socket connected to %s"
-                                               % (fd, peer), hook))
+            if peer and peer[1:] not in claimed_peers:
+                findings.append(shared_finding("fd %d is a socket connected to %s"
+                                               % (fd, ":".join(map(str, peer))), hook))
         elif target.startswith("pipe:"):
-            unsafe.append(shared_warning("fd %d is a pipe (%s)" % (fd, target), hook))
+            findings.append(shared_finding("fd %d is a pipe (%s)" % (fd, target), hook))
         elif fd > 2:
-            notes.append("fd %d is %s" % (fd, target))
-    return unsafe, notes
+            what = "fd %d is %s" % (fd, target)
+            findings.append(Finding("debug", what + ", shared with every worker", what))
+    return findings
 
 
-def shared_warning(what, hook):
-    return "%s; it would be shared with every worker: close it in the %s hook" % (what, hook)
+def inherited_finding(fd, target):
+    level = "info" if target.startswith(("socket:", "pipe:")) else "debug"
+    what = "fd %d (%s) was open before the app was imported" % (fd, target)
+    return Finding(level, what + ": inherited from the master, or from what started "
+                   "gunicorn (plain gunicorn's workers have it too); not the app's", what)
+
+
+def shared_finding(what, hook):
+    return Finding("unsafe", "%s; it would be shared with every worker: close it in the %s "
+                   "hook" % (what, hook), what)
 
 
 def open_fds():
     return sorted(int(name) for name in os.listdir("/proc/self/fd"))
 
 
+def fd_target(fd):
+    try:
+        return os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        return None
+
+
 def connected_peer(fd):
-    """A description of the peer of socket `fd`, or None (listening, unconnected)."""
+    """(kind, host, port) of the peer of socket `fd`, or None (listening, unconnected);
+    a Unix socket's is ("unix", path, None)."""
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
@@ -111,41 +254,52 @@ def connected_peer(fd):
         except OSError:
             return None  # not connected
         if sock.family == socket.AF_UNIX:
-            return "unix:%s" % (peer or "<anonymous socketpair>")
+            return "unix", peer or "<anonymous socketpair>"
         kind = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
-        return "%s:%s:%s" % (kind, peer[0], peer[1])
+        return kind, peer[0].removeprefix("::ffff:"), peer[1]  # an IPv4-mapped address
+
+
+# -- the checks -----------------------------------------------------------------------------
+
+def inspect_process(known_fds, hook):
+    """Every Finding about this process, before it forks."""
+    objects = libraries.shared_objects()
+    fds = {fd for shared in objects for fd in shared.fds}
+    peers = {peer for shared in objects for peer in shared.peers}
+    return (thread_findings(hook) + object_findings(objects, hook)
+            + fd_findings(known_fds, fds, peers, hook))
 
 
 def check(cfg, log, role, hook, known_fds):
     """Apply `fork_safety` before `role` forks; raises ForkUnsafe when strict."""
+    if cfg.fork_recipes:
+        libraries.apply_recipes(log, role)
     if cfg.fork_safety == "off":
         return
-    unsafe, notes = inspect_process(known_fds, hook)
-    for note in notes:
-        log.debug("fork safety (%s): %s, shared with every worker", role, note)
-    for warning in unsafe:
-        log.warning("fork safety (%s): %s", role, warning)
+    report(cfg, log, role, inspect_process(known_fds, hook))
+
+
+def report(cfg, log, role, findings):
+    """Log what was not reported before; strict: raise for anything unsafe."""
+    for finding in findings:
+        if finding.key not in _reported:
+            _reported.add(finding.key)
+            getattr(log, LOG_LEVELS[finding.level])("fork safety (%s): %s", role, finding.text)
+    unsafe = [f.text for f in findings if f.level == "unsafe"]
     if unsafe and cfg.fork_safety == "strict":
-        raise refusal(role, "; ".join(unsafe))
-
-
-def refusal(role, what):
-    return ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s" % (role, what))
+        raise ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s"
+                         % (role, "; ".join(unsafe)))
 
 
 def fork(cfg, log, role, hook):
     """os.fork() for a spawner: threads started since the check are reported (strict:
     ForkUnsafe, no fork), in place of Python's nameless DeprecationWarning."""
     if cfg.fork_safety != "off":
-        check_threads(cfg, log, role, hook)
+        report(cfg, log, role, thread_findings(hook))
     return os.fork()
 
 
-def check_threads(cfg, log, role, hook):
-    threads = other_threads()
-    if threads and threads != _reported_threads:
-        warning = threads_warning(threads, hook)
-        if cfg.fork_safety == "strict":
-            raise refusal(role, warning)
-        log.warning("fork safety (%s): %s", role, warning)
-    _reported_threads[:] = threads
+def fork_again():
+    """os.fork() in the middle of a double fork: the threads that at-fork handlers start
+    in it (OpenTelemetry's) were reported by the spawner; Python's warning is not due."""
+    return os.fork()

@@ -57,6 +57,7 @@ class Preloader(Spawner):
             return 0
         util._setproctitle("smartspawn preloader [%s] gen=%s"
                            % (self.server.proc_name, self.generation))
+        forksafety.record_inherited_fds(self.known_fds())
         code = self.load_app()
         if code == 0:
             self.serve()

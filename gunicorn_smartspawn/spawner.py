@@ -209,7 +209,7 @@ class Spawner:
         code = 1
         try:
             self.close_fds(inherited)
-            if os.fork() == 0:
+            if forksafety.fork_again() == 0:
                 self.run_standby(ours, theirs)
             code = 0
         finally:

@@ -33,8 +33,8 @@ def test_closing_it_in_on_preload_silences_the_warning(make_server, peer):
 def test_thread_started_at_import_is_reported(make_server):
     server = make_server(app_file="forkunsafe.py", env={"START_THREAD": "1"}).start()
     server.wait_log(r"fork safety \(preloader\): 1 other thread\(s\) running "
-                    r"\('cache-refresher'\): a thread does not survive fork, .* stop it in "
-                    r"the on_preload hook \(and start one per worker in post_fork\)")
+                    r"\('cache-refresher' \(time\.sleep\)\): a thread does not survive fork, "
+                    r".* stop it in the on_preload hook \(and start one per worker in post_fork\)")
 
 
 def test_a_thread_threading_does_not_know_is_named_by_the_kernel(make_server):
@@ -48,7 +48,8 @@ PYTHON_WARNING = "is multi-threaded, use of fork() may lead to deadlocks"
 
 
 LATE_THREAD = "def on_preload(preloader):\n    import app\n    app.start_after_first_fork()\n"
-THREAD = r"1 other thread\(s\) running \('late-poller'\): a thread does not survive fork"
+THREAD = (r"1 other thread\(s\) running \('late-poller' \(time\.sleep\)\): a thread does not "
+          r"survive fork")
 
 
 def test_a_thread_started_after_the_check_is_reported_at_the_next_fork(make_server):

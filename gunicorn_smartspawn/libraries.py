@@ -1,0 +1,366 @@
+"""What fork safety knows of the libraries production apps load (forksafety.py asks).
+
+Three kinds of knowledge, each a table:
+
+- whose a thread is, and whether its library starts it again after fork
+  (`thread_owner`, `pool_libraries`): OpenTelemetry's export threads and Sentry's
+  transport come back by themselves in every worker; a ThreadPoolExecutor's threads do not;
+- which live objects are unsafe to share, found by type (`shared_objects`): an open
+  sqlite3 connection, a DB-API connection, an SQLAlchemy pool holding connections, a
+  urllib3 connection, a grpc channel, an asyncio loop; each with the library's own fix;
+- the fork recipes that libraries document (`apply_recipes`): Django's
+  `connections.close_all()` and SQLAlchemy's `engine.dispose()`, before a spawner forks.
+
+Nothing here imports a library: a module that the app did not load has nothing to find.
+"""
+import gc
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The library a thread belongs to, and what happens to the thread in a forked child."""
+
+    library: str
+    after_fork: str  # what the library does in the child
+    safe: bool  # it comes back by itself (or is not needed): nothing to fix
+    fix: str = ""  # for an unsafe one; "{hook}" is the spawner's hook
+
+
+def grpc_fork_support():
+    """grpc's fork support is on (its documented environment variable)."""
+    return os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "").strip().lower() in ("1", "true")
+
+
+def grpc_owner():
+    if grpc_fork_support():
+        return Owner("grpc", "grpc pauses it at fork and resumes it in each child "
+                     "(GRPC_ENABLE_FORK_SUPPORT is set)", True)
+    return Owner("grpc", "grpc's threads and polling engine do not survive fork: a channel "
+                 "used in a worker can hang", False,
+                 "set GRPC_ENABLE_FORK_SUPPORT=true in gunicorn's environment, or create "
+                 "the channel in each worker (post_fork)")
+
+
+UNSAFE_POOL = ("its threads are gone in every worker: work submitted there never runs, "
+               "and a lock one held stays locked")
+
+# Python threads, by the module of what they run (the longest matching prefix wins).
+PYTHON_THREADS = {
+    "opentelemetry.sdk": lambda: Owner(
+        "OpenTelemetry", "the SDK starts it again in each child (os.register_at_fork)", True),
+    "sentry_sdk": lambda: Owner(
+        "Sentry", "the SDK starts it again in a process whose pid changed", True),
+    "grpc": grpc_owner,
+    "concurrent.futures": lambda: Owner(
+        "concurrent.futures (a ThreadPoolExecutor)", UNSAFE_POOL, False,
+        "shut the executor down in the {hook} hook, and make one per worker"),
+    "psycopg_pool": lambda: Owner(
+        "psycopg_pool", UNSAFE_POOL, False,
+        "close the pool in the {hook} hook (pool.close()) and open one in each worker "
+        "(post_fork)"),
+}
+
+# Threads started by C code, by the name the library gives them (/proc/self/task/*/comm,
+# 15 characters at most).
+NATIVE_THREADS = {
+    "grpc_global_tim": grpc_owner, "event_engine": grpc_owner, "lifeguard": grpc_owner,
+    "default-executo": grpc_owner, "resolver-execut": grpc_owner, "timer_manager": grpc_owner,
+}
+
+# Native thread pools that name no thread (their threads carry the name of the thread that
+# started them), recognised by the library loaded (its file name).
+POOL_LIBRARIES = {
+    "openblas": lambda: Owner(
+        "OpenBLAS", "OpenBLAS stops its pool before fork and starts it again in the child",
+        True),
+    "libgomp": lambda: Owner(
+        "GNU OpenMP", "its pool does not survive fork: a worker's first parallel operation "
+        "hangs (torch's matrix product does)", False,
+        "set OMP_NUM_THREADS=1 in gunicorn's environment, or torch.set_num_threads(1) in "
+        "post_fork (torch), so that no worker starts a parallel region"),
+}
+
+def thread_owner(module):
+    """The Owner of a Python thread running code of `module`, or None (the app's)."""
+    while module:
+        if module in PYTHON_THREADS:
+            return PYTHON_THREADS[module]()
+        module = module.rpartition(".")[0]
+    return None
+
+
+def native_thread_owner(name):
+    owner = NATIVE_THREADS.get(name)
+    return owner() if owner else None
+
+
+def pool_libraries(mapped_paths):
+    """{file name: Owner} of the native thread pools among the mapped files."""
+    found = {}
+    for path in mapped_paths:
+        filename = os.path.basename(path)
+        for key, owner in POOL_LIBRARIES.items():
+            if key in filename:
+                found[filename] = owner()
+    return found
+
+
+# -- objects ------------------------------------------------------------------------------
+
+@dataclass
+class SharedObject:
+    """A live object that every worker forked now would inherit."""
+
+    library: str
+    what: str  # the object, as its owner would recognise it
+    after_fork: str
+    fix: str  # "{hook}" is the spawner's hook
+    safe: bool = False
+    fds: tuple = ()  # its sockets: reported as this object, not as bare fds
+    peers: tuple = ()  # (host, port) its sockets connect to, when its fds are not known
+    holds: tuple = ()  # ids of the objects it holds: reported with it, not alone
+    key: object = field(default=None, compare=False)  # id() of the object
+
+
+SHARED_CONNECTION = ("every worker would use the same connection: their queries and "
+                     "replies interleave on one socket")
+CLOSE_AND_RECONNECT = ("close it in the {hook} hook and connect again in each worker "
+                       "(post_fork, or on first use)")
+
+
+def fileno(sock):
+    try:
+        return (sock.fileno(),) if sock is not None and sock.fileno() >= 0 else ()
+    except (OSError, ValueError):
+        return ()
+
+
+def sqlite_connection(conn):
+    try:
+        conn.total_changes  # noqa: B018 (raises once the connection is closed)
+    except Exception:
+        return None
+    try:
+        name = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
+    except Exception:  # another thread's (check_same_thread) or busy
+        name = "?"
+    return SharedObject(
+        "sqlite3", "an open connection to %s" % name,
+        "SQLite forbids carrying an open connection across fork(): locks and journal state "
+        "would be shared by every worker", CLOSE_AND_RECONNECT)
+
+
+def psycopg_connection(conn):
+    if conn.closed:
+        return None
+    info = conn.info
+    return SharedObject(
+        "psycopg", "a connection to %s:%s/%s" % (info.host, info.port, info.dbname),
+        SHARED_CONNECTION, "close it in the {hook} hook (conn.close()) and connect again in "
+        "each worker; with a psycopg_pool pool, open the pool in post_fork",
+        fds=(conn.pgconn.socket,))
+
+
+def psycopg2_connection(conn):
+    if conn.closed:
+        return None
+    info = conn.info
+    return SharedObject(
+        "psycopg2", "a connection to %s:%s/%s" % (info.host, info.port, info.dbname),
+        SHARED_CONNECTION, "close it in the {hook} hook (conn.close()) and connect again "
+        "in each worker", fds=(conn.fileno(),))
+
+
+def mysql_connection(conn):
+    if not conn.open:
+        return None
+    library = type(conn).__module__.partition(".")[0]
+    host = getattr(conn, "host", None) or conn.get_host_info()
+    return SharedObject(library, "a connection to %s" % host, SHARED_CONNECTION,
+                        "close it in the {hook} hook (conn.close()) and connect again in "
+                        "each worker")
+
+
+def sqlalchemy_engine(engine):
+    pool = engine.pool
+    if not hasattr(pool, "checkedin"):
+        return None  # NullPool, StaticPool...: what they hold is found by its driver
+    count = pool.checkedin() + pool.checkedout()
+    if not count:
+        return None
+    records = list(getattr(getattr(pool, "_pool", None), "queue", ()))
+    held = [getattr(r, "dbapi_connection", None) or getattr(r, "connection", None)
+            for r in records]
+    return SharedObject(
+        "SQLAlchemy", "the pool of engine %s, holding %d connection(s)"
+        % (engine.url.render_as_string(hide_password=True), count), SHARED_CONNECTION,
+        "engine.dispose() in the {hook} hook, or engine.dispose(close=False) in post_fork "
+        "(fork_recipes = True does the first)", holds=tuple(id(c) for c in held if c))
+
+
+def django_connection(wrapper):
+    if wrapper.connection is None:
+        return None
+    settings = wrapper.settings_dict
+    return SharedObject(
+        "Django", "database connection %r (%s, %s)" % (
+            wrapper.alias, wrapper.vendor, settings.get("HOST") or settings.get("NAME")),
+        SHARED_CONNECTION, "django.db.connections.close_all() in the {hook} hook "
+        "(fork_recipes = True does it)", holds=(id(wrapper.connection),))
+
+
+def redis_connection(conn):
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return None
+    where = getattr(conn, "path", None) or "%s:%s" % (conn.host, conn.port)
+    return SharedObject(
+        "redis-py", "a connection to %s" % where,
+        "its pool sees the new pid in each worker and connects again; the inherited socket "
+        "is left unused", "nothing to do; client.connection_pool.disconnect() in the {hook} "
+        "hook keeps the socket out of the workers", safe=True, fds=fileno(sock))
+
+
+def urllib3_connection(conn):
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return None
+    return SharedObject(
+        "urllib3", "a connection to %s:%s (pooled by requests, boto3 and others)"
+        % (conn.host, conn.port), SHARED_CONNECTION,
+        "close the pool in the {hook} hook: session.close() for requests, client.close() "
+        "for boto3, PoolManager.clear() for urllib3", fds=fileno(sock))
+
+
+def grpc_channel(channel):
+    """grpc's core channel: what its multi-callables keep (the Python Channel may be gone)."""
+    owner = grpc_owner()
+    target = channel.target().decode(errors="replace")
+    host, _, port = target.rpartition("/")[2].rpartition(":")
+    return SharedObject("grpc", "a channel to %s" % target, owner.after_fork, owner.fix,
+                        safe=owner.safe, peers=addresses(host.strip("[]"), port))
+
+
+def addresses(host, port):
+    """((ip, port), ...) that `host` resolves to, without asking a DNS server: an IP
+    address or a name in /etc/hosts."""
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICSERV)
+    except (OSError, ValueError):
+        return ()
+    return tuple((info[4][0], info[4][1]) for info in infos)
+
+
+def asyncio_loop(loop):
+    if loop.is_closed():
+        return None
+    fds = fileno(getattr(loop, "_ssock", None)) + fileno(getattr(loop, "_csock", None))
+    selector = getattr(loop, "_selector", None)
+    if selector is not None:
+        fds += (selector.fileno(),)
+    return SharedObject(
+        "asyncio", "an event loop that is not closed (%s)" % type(loop).__name__,
+        "every worker would share its self-pipe and selector, and the objects bound to it "
+        "(locks, queues, clients) belong to a loop no worker runs",
+        "close it in the {hook} hook (loop.close()) and make the loop, and what is bound to "
+        "it, in each worker", fds=fds)
+
+
+# (module, class path within it, inspector): a class is looked up only once its module is
+# loaded; subclasses are found too.
+FINDERS = (
+    ("sqlite3", "Connection", sqlite_connection),
+    ("psycopg", "Connection", psycopg_connection),
+    ("psycopg2.extensions", "connection", psycopg2_connection),
+    ("pymysql.connections", "Connection", mysql_connection),
+    ("MySQLdb.connections", "Connection", mysql_connection),
+    ("sqlalchemy.engine", "Engine", sqlalchemy_engine),
+    ("django.db.backends.base.base", "BaseDatabaseWrapper", django_connection),
+    ("redis.connection", "AbstractConnection", redis_connection),
+    ("redis.connection", "Connection", redis_connection),  # redis-py < 5
+    ("urllib3.connection", "HTTPConnection", urllib3_connection),
+    ("grpc._cython.cygrpc", "Channel", grpc_channel),
+    ("asyncio.base_events", "BaseEventLoop", asyncio_loop),
+)
+
+
+def loaded_classes(finders):
+    """{class: inspector} for the finders whose module the process has loaded."""
+    classes = {}
+    for module_name, class_name, inspector in finders:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type) and cls not in classes:
+            classes[cls] = inspector
+    return classes
+
+
+def instances(classes):
+    """[(object, the class of `classes` it is an instance of)] for the live objects.
+
+    One pass over the collector's objects; frozen ones included (a template's heap is
+    mostly what the preloader froze): unfrozen for the pass, frozen again after.
+    """
+    if not classes:
+        return []
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        verdicts = {}  # type -> class or None: issubclass once per type, not per object
+        found = []
+        for obj in gc.get_objects():
+            kind = type(obj)
+            cls = verdicts.get(kind, False)
+            if cls is False:
+                cls = verdicts[kind] = next((c for c in classes if issubclass(kind, c)), None)
+            if cls is not None:
+                found.append((obj, cls))
+        return found
+    finally:
+        if frozen:
+            gc.freeze()
+
+
+def shared_objects():
+    """The SharedObjects of this process, each object once, held ones under their holder."""
+    classes = loaded_classes(FINDERS)
+    found = []
+    for obj, cls in instances(classes):
+        try:
+            shared = classes[cls](obj)
+        except Exception:  # noqa: BLE001 (a library's internals changed: nothing to say)
+            continue
+        if shared is not None:
+            shared.key = id(obj)
+            found.append(shared)
+    by_key = {shared.key: shared for shared in found}
+    held = set()
+    for shared in found:
+        for key in shared.holds:
+            if key in by_key:  # its socket is the holder's
+                shared.fds += by_key[key].fds
+                held.add(key)
+    return [shared for shared in found if shared.key not in held]
+
+
+# -- recipes --------------------------------------------------------------------------------
+
+def apply_recipes(log, role):
+    """fork_recipes = True: what Django's and SQLAlchemy's docs say to do before a fork."""
+    django_db = sys.modules.get("django.db")
+    # `configured`, not the settings' truth value: that would load unconfigured settings
+    # (Sentry imports django when it is installed).
+    settings = getattr(sys.modules.get("django.conf"), "settings", None)
+    if django_db is not None and settings is not None and settings.configured:
+        django_db.connections.close_all()
+        log.debug("fork recipes (%s): django.db.connections.close_all()", role)
+    for engine, _ in instances(loaded_classes((("sqlalchemy.engine", "Engine", None),))):
+        engine.dispose()  # closes the pool's connections; the workers start a new pool
+        log.debug("fork recipes (%s): %s.dispose()", role,
+                  engine.url.render_as_string(hide_password=True))
