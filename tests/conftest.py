@@ -65,10 +65,12 @@ class Server:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def start(self, wait=True):
+    def start(self, wait=True, pass_fds=()):
+        """`pass_fds`: fds of the test's that gunicorn inherits, as from what started it."""
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=self.root, start_new_session=True)
+                                     env=self.env, cwd=self.root, start_new_session=True,
+                                     pass_fds=pass_fds)
         if wait:
             self.wait_ready()
         return self

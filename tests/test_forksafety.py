@@ -1,4 +1,5 @@
 """fork_safety: what the preloader would share with every worker, reported before it forks."""
+import os
 import re
 import signal
 import socket
@@ -99,6 +100,37 @@ def test_off_checks_nothing(make_server, peer):
 
 
 def test_a_log_file_is_only_noted_at_debug_level(make_server):
-    server = make_server(args=["--access-logfile", "access.log"]).start()
-    server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ is .*/access\.log, shared")
+    server = make_server(app_file="forkunsafe.py", env={"OPEN_FILE": "1"}).start()
+    server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ is .*/app\.log, shared")
     assert "WARNING] fork safety" not in server.log()
+
+
+def test_a_pipe_the_app_opened_is_warned_about(make_server):
+    server = make_server(app_file="forkunsafe.py", env={"OPEN_PIPE": "1"}).start()
+    server.wait_log(r"WARNING\] fork safety \(preloader\): fd \d+ is a pipe \(pipe:\[\d+\]\); "
+                    r"it would be shared with every worker: close it in the on_preload hook")
+
+
+def test_what_gunicorn_inherited_is_noted_once_never_blamed(make_server):
+    """A pipe from what started gunicorn (a CI runner, a supervisor) and gunicorn's own
+    access log: open before the import, not the app's, even under strict."""
+    read_end, write_end = os.pipe()
+    try:
+        server = make_server(config='fork_safety = "strict"\nfork_worker = True\n',
+                             args=["--access-logfile", "access.log"])
+        server.start(pass_fds=(write_end,))
+        inherited = r"fd %d \(pipe:\[\d+\]\) was open before the app was imported: " \
+                    r"inherited from the master, or from what started gunicorn" % write_end
+        server.wait_log(r"INFO\] fork safety \(preloader\): " + inherited)
+        server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ \(/\S+/access\.log\) was "
+                        r"open before the app was imported")
+        server.signal(signal.SIGURG)  # the template has the pipe too: said once, by the preloader
+        server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+        assert len(re.findall(inherited, server.log())) == 1
+        assert "WARNING] fork safety" not in server.log()
+        # As under plain gunicorn, whose workers have it too: a worker has it.
+        worker = server.worker_pids()[0]
+        assert os.readlink("/proc/%d/fd/%d" % (worker, write_end)).startswith("pipe:")
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -1,6 +1,7 @@
 """Test app that, at import, connects to PEER_PORT on loopback and/or starts threads.
 
-START_THREAD: a threading.Thread named cache-refresher. NATIVE_THREAD: a thread that
+START_THREAD: a threading.Thread named cache-refresher. OPEN_PIPE: a pipe, kept. OPEN_FILE:
+a file in TEST_DIR, kept. NATIVE_THREAD: a thread that
 `threading` does not know (as a C library's would be). `start_after_first_fork()` (for
 on_preload): a thread started once the preloader has forked, as a library's at-fork
 handler might.
@@ -15,13 +16,16 @@ CONNECTION = None
 if os.environ.get("PEER_PORT"):
     CONNECTION = socket.create_connection(("127.0.0.1", int(os.environ["PEER_PORT"])))
 
+PIPE = os.pipe() if os.environ.get("OPEN_PIPE") else None
+FILE = open(os.path.join(os.environ["TEST_DIR"], "app.log"), "a") \
+    if os.environ.get("OPEN_FILE") else None
+
 if os.environ.get("START_THREAD"):
     threading.Thread(target=time.sleep, args=(3600,), name="cache-refresher",
                      daemon=True).start()
 
 if os.environ.get("NATIVE_THREAD"):
     _thread.start_new_thread(time.sleep, (3600,))
-
 
 
 def start_after_first_fork():
