@@ -22,6 +22,7 @@ other threads emits a DeprecationWarning that names no thread; we say which ones
 for each new set, and the strict mode refuses.
 """
 import collections
+import gc
 import os
 import socket
 import sys
@@ -47,8 +48,19 @@ class Finding:
 
 LOG_LEVELS = {"unsafe": "warning", "info": "info", "debug": "debug"}
 
-# The keys of what this process, or the spawner it was forked from, has reported.
+# The keys of what this process, or the spawner it was forked from, has reported: a
+# template does not repeat what the preloader said of the objects and fds it inherited,
+# nor of the threads a library starts again in every child. An unsafe thread is new in
+# every child (threads do not survive fork): forgotten at fork.
 _reported: set[str] = set()
+UNSAFE_THREADS = "threads: "
+
+
+def forget_unsafe_threads():
+    _reported.difference_update([key for key in _reported if key.startswith(UNSAFE_THREADS)])
+
+
+os.register_at_fork(after_in_child=forget_unsafe_threads)
 # The preloader's fds before it imported the app ({fd: what it is}): not the app's.
 _inherited: dict[int, str] = {}
 
@@ -103,6 +115,7 @@ def python_thread(thread):
     target = getattr(thread, "_target", None) or getattr(thread, "function", None)  # a Timer
     if target is None:  # a Thread subclass with its own run()
         target = type(thread).run
+    target = getattr(target, "func", target)  # a functools.partial
     module = getattr(target, "__module__", None) or type(target).__module__
     qualname = getattr(target, "__qualname__", type(target).__qualname__)
     return "%r (%s.%s)" % (thread.name, module, qualname), libraries.thread_owner(module)
@@ -125,16 +138,23 @@ def is_unnamed(name):
 
 
 def unnamed_threads(descriptions):
-    """Threads that no one named: a native pool's when one is loaded, else unknown. Which
-    pool a thread is of cannot be told: all are unsafe if one of the pools loaded is."""
+    """Threads that no one named. Which library's a thread is cannot be told: when a pool
+    that does not survive fork is loaded (GNU OpenMP), all are blamed with its fix; else a
+    safe pool (OpenBLAS) is granted as many as it has threads, and the others are unknown."""
     pools = libraries.pool_libraries(mapped_files())
-    if not pools:
-        return [(d, None, 1) for d in descriptions]
+    loaded = " and ".join("%s: %s" % (owner.library, os.path.basename(path))
+                          for path, owner in sorted(pools.items()))
     unsafe = [owner for owner in pools.values() if not owner.safe]
-    owner = unsafe[0] if unsafe else next(iter(pools.values()))
-    what = "unnamed native threads (%s loaded)" % " and ".join(
-        "%s: %s" % (o.library, name) for name, o in sorted(pools.items()))
-    return [(what, owner, len(descriptions))]
+    if unsafe:
+        return [("unnamed native threads (%s loaded)" % loaded, unsafe[0], len(descriptions))]
+    found, rest = [], list(descriptions)
+    for path, owner in sorted(pools.items()):
+        size = libraries.pool_size(path)
+        granted = len(rest) if size is None else min(size, len(rest))
+        if granted:
+            found.append(("unnamed native threads (%s loaded)" % loaded, owner, granted))
+            rest = rest[granted:]
+    return found + [(description, None, 1) for description in rest]
 
 
 _mapped: dict[int, set[str]] = {}  # pid -> files: libraries are rarely unloaded
@@ -156,7 +176,7 @@ def thread_findings(hook):
     unsafe = [t for t in threads if t[1] is None or not t[1].safe]
     findings = []
     if unsafe:
-        key = "threads: " + ", ".join(description for description, _, _ in unsafe)
+        key = UNSAFE_THREADS + ", ".join(description for description, _, _ in unsafe)
         findings.append(Finding("unsafe", threads_warning(unsafe, hook), key))
     for description, owner, count in threads:
         if owner is not None and owner.safe:
@@ -189,7 +209,9 @@ def object_findings(objects, hook):
     for shared in objects:
         about = "%s: %s" % (shared.library, shared.what)
         text = "%s: %s; %s" % (about, shared.after_fork, shared.fix.format(hook=hook))
-        findings.append(Finding("info" if shared.safe else "unsafe", text, about))
+        # The same object (a template inherits it at the same address), not its like.
+        findings.append(Finding("info" if shared.safe else "unsafe", text,
+                                "%s (object %#x)" % (about, shared.key)))
     return findings
 
 
@@ -206,10 +228,11 @@ def fd_findings(known_fds, claimed_fds, claimed_peers, hook):
         elif target.startswith("socket:"):
             peer = connected_peer(fd)
             if peer and peer[1:] not in claimed_peers:
-                findings.append(shared_finding("fd %d is a socket connected to %s"
-                                               % (fd, ":".join(map(str, peer))), hook))
+                findings.append(shared_finding("fd %d is a socket connected to %s" % (
+                    fd, ":".join(map(str, peer))), target, hook))
         elif target.startswith("pipe:"):
-            findings.append(shared_finding("fd %d is a pipe (%s)" % (fd, target), hook))
+            findings.append(shared_finding("fd %d is a pipe (%s)" % (fd, target), target,
+                                           hook))
         elif fd > 2:
             what = "fd %d is %s" % (fd, target)
             findings.append(Finding("debug", what + ", shared with every worker", what))
@@ -223,9 +246,11 @@ def inherited_finding(fd, target):
                    "gunicorn (plain gunicorn's workers have it too); not the app's", what)
 
 
-def shared_finding(what, hook):
+def shared_finding(what, target, hook):
+    """`target`: the fd's socket:[inode] or pipe:[inode], in the key (a new socket may take
+    the fd number of one reported)."""
     return Finding("unsafe", "%s; it would be shared with every worker: close it in the %s "
-                   "hook" % (what, hook), what)
+                   "hook" % (what, hook), "%s %s" % (what, target))
 
 
 def open_fds():
@@ -261,9 +286,9 @@ def connected_peer(fd):
 
 # -- the checks -----------------------------------------------------------------------------
 
-def inspect_process(known_fds, hook):
+def inspect_process(known_fds, hook, live_objects):
     """Every Finding about this process, before it forks."""
-    objects = libraries.shared_objects()
+    objects = libraries.shared_objects(live_objects)
     fds = {fd for shared in objects for fd in shared.fds}
     peers = {peer for shared in objects for peer in shared.peers}
     return (thread_findings(hook) + object_findings(objects, hook)
@@ -271,12 +296,17 @@ def inspect_process(known_fds, hook):
 
 
 def check(cfg, log, role, hook, known_fds):
-    """Apply `fork_safety` before `role` forks; raises ForkUnsafe when strict."""
-    if cfg.fork_recipes:
-        libraries.apply_recipes(log, role)
-    if cfg.fork_safety == "off":
+    """Apply `fork_recipes` and `fork_safety` before `role` forks; raises ForkUnsafe when
+    strict."""
+    if cfg.fork_safety == "off" and not cfg.fork_recipes:
         return
-    report(cfg, log, role, inspect_process(known_fds, hook))
+    # Garbage first: a connection no one holds any more is not the app's to close.
+    gc.collect()
+    live_objects = libraries.live_objects()
+    if cfg.fork_recipes:
+        libraries.apply_recipes(log, role, live_objects)
+    if cfg.fork_safety != "off":
+        report(cfg, log, role, inspect_process(known_fds, hook, live_objects))
 
 
 def report(cfg, log, role, findings):

@@ -13,6 +13,7 @@ Three kinds of knowledge, each a table:
 
 Nothing here imports a library: a module that the app did not load has nothing to find.
 """
+import ctypes
 import gc
 import os
 import socket
@@ -83,6 +84,11 @@ POOL_LIBRARIES = {
         "set OMP_NUM_THREADS=1 in gunicorn's environment, or torch.set_num_threads(1) in "
         "post_fork (torch), so that no worker starts a parallel region"),
 }
+# How many threads OpenBLAS's pool has: its thread count but the caller's. The names of the
+# function in OpenBLAS's builds (numpy's wheels carry scipy-openblas, 64-bit integers).
+OPENBLAS_THREADS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                    "openblas_get_num_threads64_", "openblas_get_num_threads")
+
 
 def thread_owner(module):
     """The Owner of a Python thread running code of `module`, or None (the app's)."""
@@ -99,14 +105,27 @@ def native_thread_owner(name):
 
 
 def pool_libraries(mapped_paths):
-    """{file name: Owner} of the native thread pools among the mapped files."""
+    """{path: Owner} of the native thread pools among the mapped files."""
     found = {}
     for path in mapped_paths:
-        filename = os.path.basename(path)
         for key, owner in POOL_LIBRARIES.items():
-            if key in filename:
-                found[filename] = owner()
+            if key in os.path.basename(path):
+                found[path] = owner()
     return found
+
+
+def pool_size(path):
+    """The number of threads of the pool of the library at `path` (loaded), or None."""
+    try:
+        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+    except OSError:
+        return None
+    for name in OPENBLAS_THREADS:
+        function = getattr(library, name, None)
+        if function is not None:
+            function.restype = ctypes.c_int
+            return max(function() - 1, 0)
+    return None
 
 
 # -- objects ------------------------------------------------------------------------------
@@ -128,6 +147,8 @@ class SharedObject:
 
 SHARED_CONNECTION = ("every worker would use the same connection: their queries and "
                      "replies interleave on one socket")
+SQLITE_ACROSS_FORK = ("SQLite forbids carrying an open connection across fork(): locks and "
+                      "journal state would be shared by every worker")
 CLOSE_AND_RECONNECT = ("close it in the {hook} hook and connect again in each worker "
                        "(post_fork, or on first use)")
 
@@ -141,17 +162,21 @@ def fileno(sock):
 
 def sqlite_connection(conn):
     try:
-        conn.total_changes  # noqa: B018 (raises once the connection is closed)
-    except Exception:
+        # The database's file. No attribute tells it before 3.12's getconfig(): a query,
+        # which runs the connection's trace callback if it has one.
+        name = conn.execute("PRAGMA database_list").fetchone()[2]
+    except sqlite3_closed_errors():
         return None
-    try:
-        name = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
-    except Exception:  # another thread's (check_same_thread) or busy
+    except Exception:  # another thread's (check_same_thread), or busy: open, name unknown
         name = "?"
-    return SharedObject(
-        "sqlite3", "an open connection to %s" % name,
-        "SQLite forbids carrying an open connection across fork(): locks and journal state "
-        "would be shared by every worker", CLOSE_AND_RECONNECT)
+    if not name:
+        return None  # in memory: no file, no lock; each worker has its own copy
+    return SharedObject("sqlite3", "an open connection to %s" % name, SQLITE_ACROSS_FORK,
+                        CLOSE_AND_RECONNECT)
+
+
+def sqlite3_closed_errors():
+    return sys.modules["sqlite3"].ProgrammingError  # "Cannot operate on a closed database."
 
 
 def psycopg_connection(conn):
@@ -175,14 +200,20 @@ def psycopg2_connection(conn):
         "in each worker", fds=(conn.fileno(),))
 
 
+MYSQL_LIBRARIES = {"pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
+
+
 def mysql_connection(conn):
+    """PyMySQL's and mysqlclient's (MySQLdb) connections: the same attributes, mostly."""
     if not conn.open:
         return None
-    library = type(conn).__module__.partition(".")[0]
-    host = getattr(conn, "host", None) or conn.get_host_info()
-    return SharedObject(library, "a connection to %s" % host, SHARED_CONNECTION,
+    library = MYSQL_LIBRARIES.get(type(conn).__module__.partition(".")[0], "MySQL")
+    sock = getattr(conn, "_sock", None)  # PyMySQL's; mysqlclient's connection has fileno()
+    fds = fileno(sock) if sock is not None else (conn.fileno(),)
+    return SharedObject(library, "a connection to %s:%s" % (conn.host, conn.port),
+                        SHARED_CONNECTION,
                         "close it in the {hook} hook (conn.close()) and connect again in "
-                        "each worker")
+                        "each worker", fds=fds)
 
 
 def sqlalchemy_engine(engine):
@@ -195,11 +226,15 @@ def sqlalchemy_engine(engine):
     records = list(getattr(getattr(pool, "_pool", None), "queue", ()))
     held = [getattr(r, "dbapi_connection", None) or getattr(r, "connection", None)
             for r in records]
+    if engine.dialect.is_async:  # an AsyncEngine's: its dispose() must be awaited
+        fix = ("asyncio.run(engine.dispose()) in the {hook} hook (fork_recipes does not: it "
+               "cannot await)")
+    else:
+        fix = "engine.dispose() in the {hook} hook (fork_recipes = True does it)"
     return SharedObject(
         "SQLAlchemy", "the pool of engine %s, holding %d connection(s)"
-        % (engine.url.render_as_string(hide_password=True), count), SHARED_CONNECTION,
-        "engine.dispose() in the {hook} hook, or engine.dispose(close=False) in post_fork "
-        "(fork_recipes = True does the first)", holds=tuple(id(c) for c in held if c))
+        % (engine.url.render_as_string(hide_password=True), count), SHARED_CONNECTION, fix,
+        holds=tuple(id(c) for c in held if c))
 
 
 def django_connection(wrapper):
@@ -209,8 +244,9 @@ def django_connection(wrapper):
     return SharedObject(
         "Django", "database connection %r (%s, %s)" % (
             wrapper.alias, wrapper.vendor, settings.get("HOST") or settings.get("NAME")),
-        SHARED_CONNECTION, "django.db.connections.close_all() in the {hook} hook "
-        "(fork_recipes = True does it)", holds=(id(wrapper.connection),))
+        SQLITE_ACROSS_FORK if wrapper.vendor == "sqlite" else SHARED_CONNECTION,
+        "django.db.connections.close_all() in the {hook} hook (fork_recipes = True closes "
+        "every thread's)", holds=(id(wrapper.connection),))
 
 
 def redis_connection(conn):
@@ -223,6 +259,22 @@ def redis_connection(conn):
         "its pool sees the new pid in each worker and connects again; the inherited socket "
         "is left unused", "nothing to do; client.connection_pool.disconnect() in the {hook} "
         "hook keeps the socket out of the workers", safe=True, fds=fileno(sock))
+
+
+def redis_own_connection(holder):
+    """A client with single_connection_client=True, or a PubSub: it uses its connection
+    without asking the pool, so nothing notices the fork."""
+    conn = getattr(holder, "connection", None)
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return None
+    what = "a PubSub's connection" if type(holder).__name__ == "PubSub" else \
+        "a single-connection client's connection"
+    return SharedObject(
+        "redis-py", "%s to %s" % (what, getattr(conn, "path", None)
+                                   or "%s:%s" % (conn.host, conn.port)), SHARED_CONNECTION,
+        "close it in the {hook} hook (client.close()) and make one in each worker",
+        fds=fileno(sock), holds=(id(conn),))
 
 
 def urllib3_connection(conn):
@@ -238,6 +290,10 @@ def urllib3_connection(conn):
 
 def grpc_channel(channel):
     """grpc's core channel: what its multi-callables keep (the Python Channel may be gone)."""
+    try:
+        channel.check_connectivity_state(False)
+    except ValueError:
+        return None  # closed (and target() on a closed channel crashes the process)
     owner = grpc_owner()
     target = channel.target().decode(errors="replace")
     host, _, port = target.rpartition("/")[2].rpartition(":")
@@ -246,11 +302,13 @@ def grpc_channel(channel):
 
 
 def addresses(host, port):
-    """((ip, port), ...) that `host` resolves to, without asking a DNS server: an IP
-    address or a name in /etc/hosts."""
+    """((ip, port), ...) for an IP address or localhost; nothing for another name: a DNS
+    lookup could hang the check."""
+    if host == "localhost":
+        host = "127.0.0.1"
     try:
         infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICSERV)
+                                   flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
     except (OSError, ValueError):
         return ()
     return tuple((info[4][0], info[4][1]) for info in infos)
@@ -271,11 +329,11 @@ def asyncio_loop(loop):
         "it, in each worker", fds=fds)
 
 
-# (module, class path within it, inspector): a class is looked up only once its module is
+# (module, class name in it, inspector): a class is looked up only once its module is
 # loaded; subclasses are found too.
 FINDERS = (
     ("sqlite3", "Connection", sqlite_connection),
-    ("psycopg", "Connection", psycopg_connection),
+    ("psycopg", "BaseConnection", psycopg_connection),  # and AsyncConnection
     ("psycopg2.extensions", "connection", psycopg2_connection),
     ("pymysql.connections", "Connection", mysql_connection),
     ("MySQLdb.connections", "Connection", mysql_connection),
@@ -283,57 +341,71 @@ FINDERS = (
     ("django.db.backends.base.base", "BaseDatabaseWrapper", django_connection),
     ("redis.connection", "AbstractConnection", redis_connection),
     ("redis.connection", "Connection", redis_connection),  # redis-py < 5
+    ("redis.client", "Redis", redis_own_connection),
+    ("redis.client", "PubSub", redis_own_connection),
     ("urllib3.connection", "HTTPConnection", urllib3_connection),
     ("grpc._cython.cygrpc", "Channel", grpc_channel),
-    ("asyncio.base_events", "BaseEventLoop", asyncio_loop),
+    ("asyncio.events", "AbstractEventLoop", asyncio_loop),  # and uvloop's
 )
 
 
-def loaded_classes(finders):
+def loaded_classes():
     """{class: inspector} for the finders whose module the process has loaded."""
     classes = {}
-    for module_name, class_name, inspector in finders:
-        module = sys.modules.get(module_name)
-        cls = getattr(module, class_name, None)
+    for module_name, class_name, inspector in FINDERS:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
         if isinstance(cls, type) and cls not in classes:
             classes[cls] = inspector
     return classes
 
 
-def instances(classes):
-    """[(object, the class of `classes` it is an instance of)] for the live objects.
+# In a spawner's children: what its scan found (the objects, kept alive). A template scans
+# only what is not frozen, plus these, so as not to write to every object of the heap that
+# the preloader froze (the scan increments their reference counts: copy-on-write).
+_found_before: list = []
 
-    One pass over the collector's objects; frozen ones included (a template's heap is
-    mostly what the preloader froze): unfrozen for the pass, frozen again after.
+
+def live_objects():
+    """[(object, inspector)]: the live objects of the finders' classes, in one pass.
+
+    In the preloader (nothing frozen yet, unless the app froze), every object; in a
+    template, what is not frozen (what it made while serving) and what the preloader found.
     """
+    classes = loaded_classes()
     if not classes:
         return []
-    frozen = gc.get_freeze_count()
-    if frozen:
-        gc.unfreeze()
-    try:
-        verdicts = {}  # type -> class or None: issubclass once per type, not per object
-        found = []
-        for obj in gc.get_objects():
-            kind = type(obj)
-            cls = verdicts.get(kind, False)
-            if cls is False:
-                cls = verdicts[kind] = next((c for c in classes if issubclass(kind, c)), None)
-            if cls is not None:
-                found.append((obj, cls))
-        return found
-    finally:
-        if frozen:
-            gc.freeze()
+    verdicts = {}  # id(type) -> inspector or None: once per type (ids: a type may not hash)
+    found, seen = [], set()
+    for obj in [*_found_before, *gc.get_objects()]:
+        if id(obj) in seen:
+            continue
+        kind = type(obj)
+        inspector = verdicts.get(id(kind), False)
+        if inspector is False:
+            inspector = verdicts[id(kind)] = inspector_for(kind, classes)
+        if inspector is not None:
+            seen.add(id(obj))
+            found.append((obj, inspector))
+    _found_before[:] = [obj for obj, _ in found]
+    return found
 
 
-def shared_objects():
-    """The SharedObjects of this process, each object once, held ones under their holder."""
-    classes = loaded_classes(FINDERS)
-    found = []
-    for obj, cls in instances(classes):
+def inspector_for(kind, classes):
+    for cls, inspector in classes.items():
         try:
-            shared = classes[cls](obj)
+            if issubclass(kind, cls):
+                return inspector
+        except TypeError:  # an odd metaclass
+            return None
+    return None
+
+
+def shared_objects(objects):
+    """The SharedObjects among `objects` (live_objects()), held ones under their holder."""
+    found = []
+    for obj, inspector in objects:
+        try:
+            shared = inspector(obj)
         except Exception:  # noqa: BLE001 (a library's internals changed: nothing to say)
             continue
         if shared is not None:
@@ -351,16 +423,37 @@ def shared_objects():
 
 # -- recipes --------------------------------------------------------------------------------
 
-def apply_recipes(log, role):
-    """fork_recipes = True: what Django's and SQLAlchemy's docs say to do before a fork."""
-    django_db = sys.modules.get("django.db")
-    # `configured`, not the settings' truth value: that would load unconfigured settings
-    # (Sentry imports django when it is installed).
-    settings = getattr(sys.modules.get("django.conf"), "settings", None)
-    if django_db is not None and settings is not None and settings.configured:
-        django_db.connections.close_all()
-        log.debug("fork recipes (%s): django.db.connections.close_all()", role)
-    for engine, _ in instances(loaded_classes((("sqlalchemy.engine", "Engine", None),))):
-        engine.dispose()  # closes the pool's connections; the workers start a new pool
-        log.debug("fork recipes (%s): %s.dispose()", role,
-                  engine.url.render_as_string(hide_password=True))
+def apply_recipes(log, role, objects):
+    """fork_recipes = True: what Django's and SQLAlchemy's docs say to do before a fork, to
+    the live objects found (live_objects())."""
+    django = sys.modules.get("django.db.backends.base.base")
+    sqlalchemy = sys.modules.get("sqlalchemy.engine")
+    for obj, _ in objects:
+        if django is not None and isinstance(obj, django.BaseDatabaseWrapper):
+            close_django_connection(obj, log, role)
+        elif sqlalchemy is not None and isinstance(obj, sqlalchemy.Engine):
+            dispose_engine(obj, log, role)
+
+
+def close_django_connection(wrapper, log, role):
+    """connections.close_all() closes the calling thread's connections only; a template's
+    served requests in gthread's threads, gone now: their connections are closed too."""
+    if wrapper.connection is None:
+        return
+    wrapper.inc_thread_sharing()  # its thread is gone: this one may close it
+    try:
+        wrapper.close()
+    finally:
+        wrapper.dec_thread_sharing()
+    log.debug("fork recipes (%s): closed Django's database connection %r", role,
+              wrapper.alias)
+
+
+def dispose_engine(engine, log, role):
+    url = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.is_async:
+        log.debug("fork recipes (%s): %s is an AsyncEngine's: not disposed (it must be "
+                  "awaited)", role, url)
+        return
+    engine.dispose()  # closes the pool's connections; the workers start a new pool
+    log.debug("fork recipes (%s): %s.dispose()", role, url)

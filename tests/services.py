@@ -1,4 +1,4 @@
-"""Real servers for the library tests: PostgreSQL and Redis (Debian's packages), an HTTP
+"""Real servers for the library tests: PostgreSQL, MariaDB and Redis (Debian's packages), an HTTP
 server and a grpc server, each started once per test run on an ephemeral loopback port
 and stopped by pid at its end.
 
@@ -100,6 +100,34 @@ def postgres():
         wait_port(port, proc, "postgres")
         time.sleep(0.5)  # it listens a moment before it accepts logins
         yield "postgresql://smartspawn@127.0.0.1:%d/postgres" % port
+    finally:
+        stop(proc)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb_port():
+    """A MariaDB server (Debian's mariadb-server) without grants: any user logs in."""
+    install, server = shutil.which("mariadb-install-db"), shutil.which("mariadbd")
+    if not install or not server:
+        unavailable("MariaDB (Debian's mariadb-server package)")
+    data = Path(tempfile.mkdtemp(prefix="smartspawn-mariadb-"))
+    os.chmod(data, 0o755)
+    user = ["--user=mysql"] if os.getuid() == 0 else []
+    if user:
+        mysql = pwd.getpwnam("mysql")
+        os.chown(data, mysql.pw_uid, mysql.pw_gid)
+    subprocess.run([install, "--datadir=%s" % (data / "db"), "--skip-test-db",
+                    "--auth-root-authentication-method=normal", *user], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    proc = subprocess.Popen([server, "--no-defaults", "--datadir=%s" % (data / "db"),
+                             "--port=%d" % port, "--bind-address=127.0.0.1",
+                             "--socket=%s" % (data / "sock"), "--skip-grant-tables", *user],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc, "mariadbd")
+        yield port
     finally:
         stop(proc)
         shutil.rmtree(data, ignore_errors=True)

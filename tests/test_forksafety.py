@@ -134,3 +134,19 @@ def test_what_gunicorn_inherited_is_noted_once_never_blamed(make_server):
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_templates_thread_is_reported_even_if_the_preloader_reported_its_like(make_server):
+    # Threads do not survive fork: the template's 'cache-refresher' is a new one, started
+    # in post_fork, and as unsafe as the preloader's was.
+    config = ("fork_worker = True\n"
+              "def post_fork(server, worker):\n"
+              "    import threading, time\n"
+              "    threading.Thread(target=time.sleep, args=(3600,), name='cache-refresher',\n"
+              "                     daemon=True).start()\n")
+    server = make_server(app_file="forkunsafe.py", config=config,
+                         env={"START_THREAD": "1"}).start()
+    said = r"WARNING\] fork safety \(%s\): 1 other thread\(s\) running \('cache-refresher' "
+    server.wait_log(said % "preloader")
+    server.signal(signal.SIGURG)
+    server.wait_log(said % "template", timeout=20)

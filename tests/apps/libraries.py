@@ -5,7 +5,7 @@ LIBS: a comma-separated list of the setups below. `close_at_fork()` applies, for
 setups that keep something unsafe from import, the fix that fork safety names (for the
 on_preload and pre_template_fork hooks); their next request opens it again.
 
-Servers: PG_URL (PostgreSQL, as postgresql://user@host:port/db), REDIS_PORT, HTTP_PORT
+Servers: PG_URL (PostgreSQL, as postgresql://user@host:port/db), MYSQL_PORT, REDIS_PORT, HTTP_PORT
 (any HTTP server), GRPC_PORT (a grpc server with /test.Echo/Echo).
 """
 import json
@@ -133,6 +133,43 @@ def psycopg2():
     return use
 
 
+@setup("pymysql")
+def pymysql():
+    import pymysql as my
+
+    def connect():
+        return my.connect(host="127.0.0.1", port=int(os.environ["MYSQL_PORT"]), user="root")
+    conns = [connect()]  # kept from import: unsafe
+    CLOSERS.append(lambda: conns and conns.pop().close())
+
+    def use():
+        if not conns:
+            conns.append(connect())
+        with conns[0].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return cursor.fetchone()[0]
+    return use
+
+
+@setup("mysqlclient")
+def mysqlclient():
+    import MySQLdb
+
+    def connect():
+        return MySQLdb.connect(host="127.0.0.1", port=int(os.environ["MYSQL_PORT"]),
+                               user="root")
+    conns = [connect()]  # kept from import: unsafe
+    CLOSERS.append(lambda: conns and conns.pop().close())
+
+    def use():
+        if not conns:
+            conns.append(connect())
+        cursor = conns[0].cursor()
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()[0]
+    return use
+
+
 @setup("sqlite")
 def sqlite():
     import sqlite3
@@ -159,6 +196,62 @@ def redis():
 
     def use():
         return client.incr("hits")
+    return use
+
+
+@setup("sqlite-memory")
+def sqlite_memory():
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:", check_same_thread=False)  # no file: safe to fork
+    conn.execute("CREATE TABLE cities (name TEXT)")
+    conn.execute("INSERT INTO cities VALUES ('Paris')")
+
+    def use():
+        return conn.execute("SELECT name FROM cities").fetchone()[0]
+    return use
+
+
+@setup("redis-single")
+def redis_single():
+    import redis as rd
+
+    # Uses its connection without asking the pool: nothing notices the fork.
+    client = rd.Redis(port=int(os.environ["REDIS_PORT"]), single_connection_client=True)
+    client.ping()
+    clients = [client]
+    CLOSERS.append(lambda: clients and clients.pop().close())
+
+    def use():
+        if not clients:
+            clients.append(rd.Redis(port=int(os.environ["REDIS_PORT"]),
+                                    single_connection_client=True))
+        return clients[0].incr("hits")
+    return use
+
+
+@setup("native-thread")
+def native_thread():
+    import _thread
+    import time
+
+    _thread.start_new_thread(time.sleep, (3600,))  # the app's own, unnamed
+
+    def use():
+        return True
+    return use
+
+
+@setup("grpc-closed")
+def grpc_closed():
+    import grpc as gr
+
+    global CHANNEL
+    with gr.insecure_channel("127.0.0.1:%s" % os.environ["GRPC_PORT"]) as CHANNEL:
+        CHANNEL.unary_unary("/test.Echo/Echo")(b"imported", timeout=5)
+
+    def use():
+        return True
     return use
 
 
