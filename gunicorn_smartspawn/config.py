@@ -233,9 +233,10 @@ class ForkRecipes(Setting):
         forks (after ``on_preload`` or ``pre_template_fork``, before the ``fork_safety``
         check).
 
-        Django: ``django.db.connections.close_all()``; SQLAlchemy: ``engine.dispose()`` on
-        every engine, which closes the connections in its pool (the workers open their
-        own). Off by default: it closes what the application opened.
+        Django: what ``django.db.connections.close_all()`` does, for every thread's
+        connections; SQLAlchemy: ``engine.dispose()`` on every engine (not an
+        ``AsyncEngine``: that must be awaited), which closes the connections in its pool.
+        The workers open their own. Off by default: it closes what the application opened.
         """
 
 

@@ -18,7 +18,8 @@ SETUPS = {"otel": "opentelemetry.sdk", "sentry": "sentry_sdk", "numpy": "numpy",
           "sqlite": "sqlite3", "redis": "redis",
           "requests": "requests", "django": "django", "celery": "celery", "boto3": "boto3",
           "grpc": "grpc", "asyncio": "asyncio", "sqlite-memory": "sqlite3",
-          "redis-single": "redis", "native-thread": "_thread", "grpc-closed": "grpc"}
+          "redis-single": "redis", "native-thread": "_thread", "grpc-closed": "grpc",
+          "sqlite-garbage": "sqlite3"}
 SERVERS = {"PG_URL": ("postgres", {"sqlalchemy", "psycopg", "psycopg2", "django"}),
            "MYSQL_PORT": ("mariadb_port", {"pymysql", "mysqlclient"}),
            "REDIS_PORT": ("redis_port", {"redis", "celery", "redis-single"}),
@@ -184,9 +185,11 @@ def test_strict_starts_a_production_stack_and_reforks_it(libs_server):
 
 
 def test_what_is_safe_to_share_starts_under_strict(libs_server):
-    """An in-memory SQLite database (no file, no lock), and a grpc channel closed at import
-    (a closed channel's target() crashes the process: it is not asked)."""
-    server = libs_server("sqlite-memory,grpc-closed", config='fork_safety = "strict"\n',
+    """An in-memory SQLite database (no file, no lock), a connection that is garbage (in
+    a cycle no one holds), and a grpc channel closed at import (a closed channel's target()
+    crashes the process: it is not asked)."""
+    server = libs_server("sqlite-memory,sqlite-garbage,grpc-closed",
+                         config='fork_safety = "strict"\n',
                          env={"GRPC_ENABLE_FORK_SUPPORT": "true"}).start()
     refork_under_load(server)
     assert fork_safety(server, "WARNING") == []

@@ -212,6 +212,26 @@ def sqlite_memory():
     return use
 
 
+@setup("sqlite-garbage")
+def sqlite_garbage():
+    import gc
+    import sqlite3
+
+    class Holder:
+        pass
+
+    gc.disable()  # until the first request: the garbage stays until a collection
+    holder = Holder()
+    holder.me = holder  # a cycle: garbage once dropped, freed by a collection only
+    holder.conn = sqlite3.connect(os.path.join(os.environ["TEST_DIR"], "gone.db"))
+    del holder
+
+    def use():
+        gc.enable()
+        return True
+    return use
+
+
 @setup("redis-single")
 def redis_single():
     import redis as rd
