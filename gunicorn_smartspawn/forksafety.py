@@ -300,6 +300,18 @@ def check(cfg, log, role, hook, known_fds):
     strict."""
     if cfg.fork_safety == "off" and not cfg.fork_recipes:
         return
+    try:
+        findings = inspect_before_fork(cfg, log, role, hook, known_fds)
+    except Exception as exc:  # noqa: BLE001 (a check that fails must not stop a boot)
+        if cfg.fork_safety == "strict":
+            raise refusal(role, "the check failed: %r" % exc) from exc
+        log.exception("fork safety (%s): the check failed; forking anyway", role)
+        return
+    report(cfg, log, role, findings)
+
+
+def inspect_before_fork(cfg, log, role, hook, known_fds):
+    """The recipes applied, what fork safety finds ([] when off)."""
     live_objects = libraries.live_objects()
     if libraries.shared_objects(live_objects):
         # A connection no one holds any more is not the app's to close: collect, look
@@ -310,8 +322,9 @@ def check(cfg, log, role, hook, known_fds):
     libraries.remember(live_objects)
     if cfg.fork_recipes:
         libraries.apply_recipes(log, role, live_objects)
-    if cfg.fork_safety != "off":
-        report(cfg, log, role, inspect_process(known_fds, hook, live_objects))
+    if cfg.fork_safety == "off":
+        return []
+    return inspect_process(known_fds, hook, live_objects)
 
 
 def report(cfg, log, role, findings):
@@ -322,15 +335,23 @@ def report(cfg, log, role, findings):
             getattr(log, LOG_LEVELS[finding.level])("fork safety (%s): %s", role, finding.text)
     unsafe = [f.text for f in findings if f.level == "unsafe"]
     if unsafe and cfg.fork_safety == "strict":
-        raise ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s"
-                         % (role, "; ".join(unsafe)))
+        raise refusal(role, "; ".join(unsafe))
+
+
+def refusal(role, what):
+    return ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s" % (role, what))
 
 
 def fork(cfg, log, role, hook):
     """os.fork() for a spawner: threads started since the check are reported (strict:
     ForkUnsafe, no fork), in place of Python's nameless DeprecationWarning."""
     if cfg.fork_safety != "off":
-        report(cfg, log, role, thread_findings(hook))
+        try:
+            findings = thread_findings(hook)
+        except Exception:  # noqa: BLE001 (as in check())
+            log.exception("fork safety (%s): the check of threads failed", role)
+            findings = []
+        report(cfg, log, role, findings)
     return os.fork()
 
 
