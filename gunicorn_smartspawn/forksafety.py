@@ -48,19 +48,14 @@ class Finding:
 
 LOG_LEVELS = {"unsafe": "warning", "info": "info", "debug": "debug"}
 
-# The keys of what this process, or the spawner it was forked from, has reported: a
-# template does not repeat what the preloader said of the objects and fds it inherited,
-# nor of the threads a library starts again in every child. An unsafe thread is new in
-# every child (threads do not survive fork): forgotten at fork.
+# The keys of what this process has reported, or the spawner it was forked from: a
+# template does not repeat the notes (info, debug) of the preloader on what it inherited,
+# nor on the threads a library starts again in every child. What is unsafe is said again
+# in each spawner: its threads are new ones (threads do not survive fork), and an object
+# at the address of one reported may be another.
 _reported: set[str] = set()
-UNSAFE_THREADS = "threads: "
-
-
-def forget_unsafe_threads():
-    _reported.difference_update([key for key in _reported if key.startswith(UNSAFE_THREADS)])
-
-
-os.register_at_fork(after_in_child=forget_unsafe_threads)
+_reported_unsafe: set[str] = set()
+os.register_at_fork(after_in_child=_reported_unsafe.clear)
 # The preloader's fds before it imported the app ({fd: what it is}): not the app's.
 _inherited: dict[int, str] = {}
 
@@ -98,6 +93,8 @@ def other_threads():
             found.append((*python_thread(python_threads[thread.id]), 1))
             continue
         name = native_thread_name(thread.id)
+        if name is None:
+            continue  # it exited meanwhile
         if libraries.native_thread_owner(name) is not None:
             named[name] += 1
         elif is_unnamed(name):
@@ -126,7 +123,7 @@ def native_thread_name(tid):
         with open("/proc/self/task/%d/comm" % tid) as comm:
             return comm.read().strip()
     except OSError:
-        return "?"  # exited meanwhile
+        return None  # exited meanwhile
 
 
 def is_unnamed(name):
@@ -149,15 +146,16 @@ def unnamed_threads(descriptions):
         return [("unnamed native threads (%s loaded)" % loaded, unsafe[0], len(descriptions))]
     found, rest = [], list(descriptions)
     for path, owner in sorted(pools.items()):
-        size = libraries.pool_size(path)
-        granted = len(rest) if size is None else min(size, len(rest))
+        granted = min(libraries.pool_size(path) or 0, len(rest))  # unknown: none
         if granted:
             found.append(("unnamed native threads (%s loaded)" % loaded, owner, granted))
             rest = rest[granted:]
     return found + [(description, None, 1) for description in rest]
 
 
-_mapped: dict[int, set[str]] = {}  # pid -> files: libraries are rarely unloaded
+# pid -> files, read once per process: a pool library loaded after that (by a template's
+# requests) is not seen, and its threads are blamed as unknown.
+_mapped: dict[int, set[str]] = {}
 
 
 def mapped_files():
@@ -176,7 +174,7 @@ def thread_findings(hook):
     unsafe = [t for t in threads if t[1] is None or not t[1].safe]
     findings = []
     if unsafe:
-        key = UNSAFE_THREADS + ", ".join(description for description, _, _ in unsafe)
+        key = "threads: " + ", ".join(description for description, _, _ in unsafe)
         findings.append(Finding("unsafe", threads_warning(unsafe, hook), key))
     for description, owner, count in threads:
         if owner is not None and owner.safe:
@@ -227,7 +225,10 @@ def fd_findings(known_fds, claimed_fds, claimed_peers, hook):
             findings.append(inherited_finding(fd, target))
         elif target.startswith("socket:"):
             peer = connected_peer(fd)
-            if peer and peer[1:] not in claimed_peers:
+            if peer and peer[0] == "udp":  # one datagram at a time: safe (a statsd client)
+                what = "fd %d is a UDP socket connected to %s:%s" % (fd, *peer[1:])
+                findings.append(Finding("debug", what + ", shared with every worker", what))
+            elif peer and peer[1:] not in claimed_peers:
                 findings.append(shared_finding("fd %d is a socket connected to %s" % (
                     fd, ":".join(map(str, peer))), target, hook))
         elif target.startswith("pipe:"):
@@ -265,8 +266,8 @@ def fd_target(fd):
 
 
 def connected_peer(fd):
-    """(kind, host, port) of the peer of socket `fd`, or None (listening, unconnected);
-    a Unix socket's is ("unix", path, None)."""
+    """(kind, host, port) of the peer of socket `fd`, or None (listening, unconnected, or
+    not an IP or Unix socket: netlink...); a Unix socket's is ("unix", path)."""
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
@@ -280,6 +281,8 @@ def connected_peer(fd):
             return None  # not connected
         if sock.family == socket.AF_UNIX:
             return "unix", peer or "<anonymous socketpair>"
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
         kind = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
         return kind, peer[0].removeprefix("::ffff:"), peer[1]  # an IPv4-mapped address
 
@@ -287,12 +290,12 @@ def connected_peer(fd):
 # -- the checks -----------------------------------------------------------------------------
 
 def inspect_process(known_fds, hook, live_objects):
-    """Every Finding about this process, before it forks."""
+    """(every Finding about this process before it forks, the SharedObjects found)."""
     objects = libraries.shared_objects(live_objects)
     fds = {fd for shared in objects for fd in shared.fds}
     peers = {peer for shared in objects for peer in shared.peers}
     return (thread_findings(hook) + object_findings(objects, hook)
-            + fd_findings(known_fds, fds, peers, hook))
+            + fd_findings(known_fds, fds, peers, hook)), objects
 
 
 def check(cfg, log, role, hook, known_fds):
@@ -315,23 +318,27 @@ def inspect_before_fork(cfg, log, role, hook, known_fds):
     live_objects = libraries.live_objects()
     if libraries.shared_objects(live_objects):
         # A connection no one holds any more is not the app's to close: collect, look
-        # again (a full collection costs ~0.3 s per million objects: only when needed).
+        # again (a full collection costs ~0.3 s per million objects: only when something
+        # was found).
         del live_objects
         gc.collect()
         live_objects = libraries.live_objects()
-    libraries.remember(live_objects)
     if cfg.fork_recipes:
         libraries.apply_recipes(log, role, live_objects)
     if cfg.fork_safety == "off":
+        libraries.remember(live_objects, [])
         return []
-    return inspect_process(known_fds, hook, live_objects)
+    findings, objects = inspect_process(known_fds, hook, live_objects)
+    libraries.remember(live_objects, objects)
+    return findings
 
 
 def report(cfg, log, role, findings):
     """Log what was not reported before; strict: raise for anything unsafe."""
     for finding in findings:
-        if finding.key not in _reported:
-            _reported.add(finding.key)
+        said = _reported_unsafe if finding.level == "unsafe" else _reported
+        if finding.key not in said:
+            said.add(finding.key)
             getattr(log, LOG_LEVELS[finding.level])("fork safety (%s): %s", role, finding.text)
     unsafe = [f.text for f in findings if f.level == "unsafe"]
     if unsafe and cfg.fork_safety == "strict":

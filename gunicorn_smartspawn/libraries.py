@@ -82,8 +82,9 @@ POOL_LIBRARIES = {
     "libgomp": lambda: Owner(
         "GNU OpenMP", "its pool does not survive fork: a worker's first parallel operation "
         "hangs (torch's matrix product does)", False,
-        "set OMP_NUM_THREADS=1 in gunicorn's environment, or torch.set_num_threads(1) in "
-        "post_fork (torch), so that no worker starts a parallel region"),
+        "set OMP_NUM_THREADS=1 in gunicorn's environment, so that the pool is never "
+        "started (torch.set_num_threads(1) in post_fork keeps the workers from hanging, "
+        "but the spawner's threads remain: strict still refuses)"),
 }
 # How many threads OpenBLAS's pool has: its thread count but the caller's. The names of the
 # function in OpenBLAS's builds (numpy's wheels carry scipy-openblas, 64-bit integers).
@@ -163,21 +164,19 @@ def fileno(sock):
 
 def sqlite_connection(conn):
     try:
-        # The database's file. No attribute tells it before 3.12's getconfig(): a query,
-        # which runs the connection's trace callback if it has one.
-        name = conn.execute("PRAGMA database_list").fetchone()[2]
-    except sqlite3_closed_errors():
+        conn.in_transaction  # noqa: B018 (raises once closed; from any thread)
+    except Exception:
         return None
+    try:
+        # The database's file. No attribute tells it: a query, which runs the
+        # connection's trace callback if it has one.
+        name = conn.execute("PRAGMA database_list").fetchone()[2]
     except Exception:  # another thread's (check_same_thread), or busy: open, name unknown
         name = "?"
     if not name:
         return None  # in memory: no file, no lock; each worker has its own copy
     return SharedObject("sqlite3", "an open connection to %s" % name, SQLITE_ACROSS_FORK,
                         CLOSE_AND_RECONNECT)
-
-
-def sqlite3_closed_errors():
-    return sys.modules["sqlite3"].ProgrammingError  # "Cannot operate on a closed database."
 
 
 def psycopg_connection(conn):
@@ -351,6 +350,7 @@ FINDERS = (
 # Classes written in C: their instances do not all refer to their class (as a Python
 # class's do, through which gc.get_referrers() finds them, ~5x faster than a pass in
 # Python over every object); with one of these loaded, every object is looked at.
+# (sqlite3's connection does on 3.11, not on 3.13 and later.)
 C_CLASSES = {("sqlite3", "Connection"), ("psycopg2.extensions", "connection"),
              ("grpc._cython.cygrpc", "Channel")}
 
@@ -407,16 +407,19 @@ def live_objects():
     return found
 
 
-def remember(objects):
-    """What a spawner found (live_objects()): looked at again by those forked from it."""
-    _found_before[:] = [weak(obj) for obj, _ in objects]
-
-
-def weak(obj):
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return obj
+def remember(objects, shared):
+    """What a spawner found (live_objects()), for those forked from it to look at again: by
+    weak reference, or, for an object that allows none, only if it was reported (`shared`:
+    its SharedObjects), not to keep alive what the app dropped."""
+    reported = {s.key for s in shared}
+    kept = []
+    for obj, _ in objects:
+        try:
+            kept.append(weakref.ref(obj))
+        except TypeError:
+            if id(obj) in reported:
+                kept.append(obj)
+    _found_before[:] = kept
 
 
 def shared_objects(objects):
@@ -448,10 +451,13 @@ def apply_recipes(log, role, objects):
     django = sys.modules.get("django.db.backends.base.base")
     sqlalchemy = sys.modules.get("sqlalchemy.engine")
     for obj, _ in objects:
-        if django is not None and isinstance(obj, django.BaseDatabaseWrapper):
-            close_django_connection(obj, log, role)
-        elif sqlalchemy is not None and isinstance(obj, sqlalchemy.Engine):
-            dispose_engine(obj, log, role)
+        try:
+            if django is not None and isinstance(obj, django.BaseDatabaseWrapper):
+                close_django_connection(obj, log, role)
+            elif sqlalchemy is not None and isinstance(obj, sqlalchemy.Engine):
+                dispose_engine(obj, log, role)
+        except Exception:  # noqa: BLE001 (the others are still applied; the check says)
+            log.exception("fork recipes (%s): %r failed", role, obj)
 
 
 def close_django_connection(wrapper, log, role):

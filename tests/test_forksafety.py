@@ -150,3 +150,27 @@ def test_a_templates_thread_is_reported_even_if_the_preloader_reported_its_like(
     server.wait_log(said % "preloader")
     server.signal(signal.SIGURG)
     server.wait_log(said % "template", timeout=20)
+
+
+def test_a_connected_udp_socket_is_only_noted(make_server):
+    # One datagram at a time (a statsd client): safe to share, as gunicorn's own statsd is.
+    server = make_server(app_file="forkunsafe.py", config='fork_safety = "strict"\n',
+                         env={"UDP_PORT": "8125"}).start()
+    server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ is a UDP socket connected to "
+                    r"127\.0\.0\.1:8125, shared with every worker")
+    assert server.get_ok()
+
+
+@pytest.mark.parametrize("mode", ["warn", "strict"])
+def test_a_check_that_fails_does_not_stop_a_boot_unless_strict(make_server, mode):
+    server = make_server(app_file="forkunsafe.py", config='fork_safety = "%s"\n' % mode,
+                         env={"ODD_THREAD": "1"})
+    if mode == "warn":
+        server.start()
+        server.wait_log(r"ERROR\] fork safety \(preloader\): the check failed; forking anyway")
+        assert server.get_ok()
+    else:
+        server.start(wait=False)
+        assert server.wait_exit() == 3
+        assert re.search(r"fork_safety = 'strict': the preloader refuses to fork: the check "
+                         r"failed: RuntimeError\('not to be looked at'\)", server.log())
