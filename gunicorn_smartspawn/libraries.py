@@ -179,25 +179,18 @@ def sqlite_connection(conn):
                         CLOSE_AND_RECONNECT)
 
 
-def psycopg_connection(conn):
+def postgres_connection(conn):
+    """psycopg's (3) and psycopg2's connections."""
     if conn.closed:
         return None
     info = conn.info
+    psycopg3 = hasattr(conn, "pgconn")
     return SharedObject(
-        "psycopg", "a connection to %s:%s/%s" % (info.host, info.port, info.dbname),
-        SHARED_CONNECTION, "close it in the {hook} hook (conn.close()) and connect again in "
-        "each worker; with a psycopg_pool pool, open the pool in post_fork",
-        fds=(conn.pgconn.socket,))
-
-
-def psycopg2_connection(conn):
-    if conn.closed:
-        return None
-    info = conn.info
-    return SharedObject(
-        "psycopg2", "a connection to %s:%s/%s" % (info.host, info.port, info.dbname),
-        SHARED_CONNECTION, "close it in the {hook} hook (conn.close()) and connect again "
-        "in each worker", fds=(conn.fileno(),))
+        "psycopg" if psycopg3 else "psycopg2",
+        "a connection to %s:%s/%s" % (info.host, info.port, info.dbname), SHARED_CONNECTION,
+        "close it in the {hook} hook (conn.close()) and connect again in each worker"
+        + ("; with a psycopg_pool pool, open the pool in post_fork" if psycopg3 else ""),
+        fds=(conn.pgconn.socket if psycopg3 else conn.fileno(),))
 
 
 MYSQL_LIBRARIES = {"pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
@@ -333,8 +326,8 @@ def asyncio_loop(loop):
 # loaded; subclasses are found too.
 FINDERS = (
     ("sqlite3", "Connection", sqlite_connection),
-    ("psycopg", "BaseConnection", psycopg_connection),  # and AsyncConnection
-    ("psycopg2.extensions", "connection", psycopg2_connection),
+    ("psycopg", "BaseConnection", postgres_connection),  # and AsyncConnection
+    ("psycopg2.extensions", "connection", postgres_connection),
     ("pymysql.connections", "Connection", mysql_connection),
     ("MySQLdb.connections", "Connection", mysql_connection),
     ("sqlalchemy.engine", "Engine", sqlalchemy_engine),
