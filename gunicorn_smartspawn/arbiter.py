@@ -554,6 +554,11 @@ class SmartArbiter(Arbiter):
                 spawner.failure = message
             case protocol.StandbyReady(pid=pid) if self.is_new_child(pid):
                 self.pool.standby_ready(spawner, pid)
+            case protocol.StandbyReady(pid=pid) if not self.is_child(pid):
+                # It wrote this, saw its spawner die (EOF) and exited, and gunicorn's
+                # waitpid(-1) reaped it as unknown before we read it: nothing to track.
+                # (A pid that was never ours is not tracked either.)
+                self.log.debug("%r: its standby (pid: %s) is gone already", spawner, pid)
             case protocol.WorkerSpawned(age=age, pid=pid) if pid == spawner.standby_pid:
                 self.worker_spawned(spawner, age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
@@ -589,10 +594,15 @@ class SmartArbiter(Arbiter):
         if (pid in self.WORKERS or pid in self.pool.helpers
                 or pid in (self.pid, self.dirty_arbiter_pid, self.reexec_pid)):
             return False
+        return self.is_child(pid)
+
+    @staticmethod
+    def is_child(pid):
+        """True if `pid` is a child of ours, running or not reaped yet."""
         try:
             # WNOWAIT: a child that has exited already is left for the reaper.
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except OSError:  # ChildProcessError: not our child
+        except OSError:  # ChildProcessError: not our child (or reaped)
             return False
         return True
 

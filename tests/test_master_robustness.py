@@ -37,8 +37,7 @@ def bystander():
     proc.wait(5)
 
 
-@pytest.mark.parametrize("message", ["WorkerSpawned(1, {pid})", "StandbyReady({pid})",
-                                     "WorkerSpawned(1, 2**22 + 7)"])
+@pytest.mark.parametrize("message", ["WorkerSpawned(1, {pid})", "WorkerSpawned(1, 2**22 + 7)"])
 def test_a_pid_named_by_a_spawner_that_is_no_child_is_never_signalled(
         make_server, bystander, message):
     config = SEND_FROM_ON_PRELOAD.format(message=message.format(pid=bystander.pid))
@@ -47,6 +46,18 @@ def test_a_pid_named_by_a_spawner_that_is_no_child_is_never_signalled(
     assert server.wait_exit() == 3, server.log()
     assert "killing it" in server.log()
     assert "Traceback" not in server.log()
+    assert bystander.poll() is None
+
+
+def test_a_standby_that_is_no_child_is_not_tracked(make_server, bystander):
+    # As for a standby that exited (its spawner died) and was reaped before its
+    # StandbyReady was read: nothing to track, and the spawner is not blamed for it.
+    config = SEND_FROM_ON_PRELOAD.format(message="StandbyReady(%d)" % bystander.pid)
+    server = make_server(config=config).start()
+    server.wait_log(r"preloader \(pid: \d+, gen=1\): its standby \(pid: %d\) is gone "
+                    r"already" % bystander.pid)
+    assert server.get_ok()
+    assert server.stop() == 0
     assert bystander.poll() is None
 
 
