@@ -12,7 +12,9 @@ can also ask for work after a response with a header (``oob_work_header``); the
 A sync worker does this after ``handle()`` returns, before its next ``accept()``: while
 it works, the kernel hands new connections to the other workers. A thread worker stops
 accepting, holds the requests that arrive on kept-alive connections, waits until no
-request is running, runs the work, then resumes (see ThreadWorker in worker.py).
+request is running, runs the work, then resumes (see ThreadWorker in worker.py). An
+event-loop worker (asyncio, gevent) holds new requests at a `RequestGate` until none is
+running, then runs the work on the loop itself, which accepts nothing meanwhile.
 """
 import gc
 import select
@@ -43,6 +45,10 @@ WORK_VALUES = ("true", "1", "yes")
 # not the worker's: a process forked from a worker inherits the raised thresholds and
 # must not take them for the application's.
 _app_thresholds = None
+
+
+def text(value):
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 class _Allocation:
@@ -158,15 +164,17 @@ class OutOfBand:
         return oob_app
 
     def take_header(self, headers):
-        """`headers` without the work header (any case); notes whether it asks for work."""
+        """`headers` without the work header (any case); notes whether it asks for work.
+        Names and values are str (WSGI) or bytes (ASGI)."""
         kept = []
         for name, value in headers:
-            if name.lower() != self.header:
+            if text(name).lower() != self.header:
                 kept.append((name, value))
-            elif value.strip().lower() in WORK_VALUES:
+            elif text(value).strip().lower() in WORK_VALUES:
                 self.requested = True
             else:
-                self.log.debug("Ignored %s: %r (true, 1 or yes ask for work)", name, value)
+                self.log.debug("Ignored %s: %r (true, 1 or yes ask for work)", text(name),
+                               text(value))
         return kept
 
     def gc_due(self):
@@ -281,3 +289,46 @@ class OutOfBand:
                        self.collect_seconds * 1e3,
                        extra={"metric": "smartspawn.oob_gc.duration",
                               "value": seconds * 1e3, "mtype": "timer"})
+
+
+class RequestGate:
+    """Out-of-band work for a worker that runs its requests concurrently on one loop
+    (asyncio's, gevent's hub).
+
+    A request passes the gate (`entered`) and leaves it (`left`). When work is due and
+    requests are in flight, new ones wait on an event (`held` returns it) until the last
+    one has left and the work has run: the work runs from a loop callback, after the
+    server has finished writing that response.
+    """
+
+    def __init__(self, oob, new_event, call_soon):
+        self.oob = oob
+        self.new_event = new_event    # asyncio.Event or gevent.event.Event
+        self.call_soon = call_soon    # runs a function at the loop's next turn
+        self.in_flight = 0
+        self.resumed = None           # while requests are held: set once the work is done
+
+    def held(self):
+        """The event a new request must wait for first, or None."""
+        return self.resumed
+
+    def entered(self):
+        self.in_flight += 1
+
+    def left(self):
+        self.in_flight -= 1
+        if self.resumed is None:
+            if not any(self.oob.due()):
+                return
+            self.resumed = self.new_event()
+        if self.in_flight == 0:
+            self.call_soon(self.run_work)
+
+    def run_work(self):
+        if self.resumed is None or self.in_flight:
+            return  # run already, or a request still runs: it comes back here
+        oob = self.oob
+        if oob.worker.alive:
+            oob.run(oob.requested, oob.gc_due())
+        resumed, self.resumed = self.resumed, None
+        resumed.set()

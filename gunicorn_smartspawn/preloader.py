@@ -88,6 +88,7 @@ class Preloader(Spawner):
     def load_app(self):
         started = time.monotonic()
         try:
+            self.server.worker_class.before_app_import()  # gevent: monkey-patching
             self.app.wsgi()
             self.cfg.on_preload(self)
             forksafety.check(self.cfg, self.log, "preloader", "on_preload", self.known_fds())

@@ -15,6 +15,7 @@ raises ProtocolError: its sender is broken.
 import dataclasses
 import json
 import os
+import _socket
 import socket
 
 MAX_MESSAGE = 64 * 1024
@@ -105,6 +106,14 @@ MESSAGES = {cls.__name__: cls for cls in (SpawnWorker, SpawnerReady, BecomeTempl
 def channel_pair():
     """(master end, child end); neither survives exec (PEP 446)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def shared_socket(fd):
+    """A socket object for `fd`, a copy of another process's socket, that leaves its
+    blocking mode alone: gevent's patched socket.socket makes what it wraps non-blocking,
+    and O_NONBLOCK belongs to the open file, shared with the other process (a spawner's
+    channel, whose blocking recv() would then fail)."""
+    return _socket.socket(fileno=fd)
 
 
 def send(sock, message, fds=()):

@@ -236,12 +236,14 @@ class Spawner:
                                os.getpid())
             os._exit(1)
         spawned = protocol.WorkerSpawned(request.age, os.getpid())
-        with socket.socket(fileno=fds.pop()) as master:
-            try:
-                # First act as a worker: the master must know this pid before it can reap it.
-                protocol.send(master, spawned)
-            except OSError:
-                os._exit(1)
+        master = protocol.shared_socket(fds.pop())
+        try:
+            # First act as a worker: the master must know this pid before it can reap it.
+            protocol.send(master, spawned)
+        except OSError:
+            os._exit(1)
+        finally:
+            master.close()
         with theirs:
             try:
                 protocol.send(theirs, spawned)  # the acknowledgement

@@ -6,7 +6,6 @@ in-flight requests, leaves gunicorn's serving loop and lands here: it runs the
 filled while serving are shared by every worker forked from it), then serves spawn
 requests exactly like the preloader (see spawner.py).
 """
-import os
 import time
 
 from gunicorn import util
@@ -85,14 +84,7 @@ class Template(Spawner):
 
     def quiesce(self, worker):
         """Leave nothing of the serving worker that its children must not inherit."""
-        tpool = getattr(worker, "tpool", None)
-        if tpool is not None:
-            tpool.shutdown(wait=True)  # no thread may be running at fork
-        for fd in worker.PIPE:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        worker.leave_serving()
         self.init_signals()
         if per_worker_sockets(self.cfg):
             # Our own SO_REUSEPORT sockets: kept open, the kernel would still hand them

@@ -68,9 +68,17 @@ class SmartWorkerMixin:
         # The master's URG handler (direct spawns) or the spawner's SIG_IGN is inherited.
         signal.signal(signal.SIGURG, self.handle_urg if self.channel else signal.SIG_DFL)
 
+    @classmethod
+    def before_app_import(cls):
+        """In the preloader, before it imports the app (gevent monkey-patches here)."""
+
     def handle_urg(self, sig, frame):
         super().handle_exit(sig, frame)  # stop accepting; in-flight requests finish
         self.template_requested = True
+
+    def stop_serving(self):
+        """Leave the serving loop once in-flight requests are done (as gunicorn's TERM)."""
+        self.alive = False
 
     def handle_exit(self, sig, frame):
         self.template_requested = False  # TERM wins: a stopping worker becomes nothing
@@ -109,7 +117,7 @@ class SmartWorkerMixin:
         elif self.alive and time.monotonic() - self.retire_asked > RETIRE_FALLBACK:
             self.log.warning("No replacement within %.0fs: autorestarting worker after "
                              "current request.", RETIRE_FALLBACK)
-            self.alive = False
+            self.stop_serving()
 
     def run(self):
         # gthread closes the listeners when it stops serving: a template needs copies
@@ -123,6 +131,14 @@ class SmartWorkerMixin:
             for fd in listener_fds:
                 os.close(fd)
 
+    def leave_serving(self):
+        """Close what serving left that the template's children must not inherit."""
+        for fd in self.PIPE:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     # Out-of-band GC and work (oob.py): None when oob_gc and oob_work_header are off.
     oob = None
 
@@ -130,6 +146,10 @@ class SmartWorkerMixin:
         super().load_wsgi()
         # After the app is loaded: its gc thresholds are the ones oob_gc works from.
         self.oob = OutOfBand.for_worker(self, threaded=isinstance(self, gthread.ThreadWorker))
+        self.wrap_app()
+
+    def wrap_app(self):
+        """What the worker adds around the app it loaded (here, a WSGI app)."""
         if self.oob is not None:
             self.wsgi = self.oob.wrap(self.wsgi)
 
@@ -147,6 +167,11 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
 
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
     """gunicorn's gthread worker."""
+
+    def leave_serving(self):
+        if self.tpool is not None:
+            self.tpool.shutdown(wait=True)  # no thread may be running at fork
+        super().leave_serving()
 
     def handle_quit(self, sig, frame):
         # gunicorn's gthread calls tpool.shutdown() here, inside the signal handler: if
@@ -178,7 +203,12 @@ def per_worker_sockets(cfg):
 
 
 def worker_class_for(cfg):
-    return ThreadWorker if cfg.threads > 1 else Worker
+    """The class the master builds workers of: the one `-k` named, and gthread for the
+    sync worker with ``--threads N`` (N > 1), as gunicorn does."""
+    chosen = cfg.worker_class
+    if issubclass(chosen, Worker) and cfg.threads > 1:
+        return ThreadWorker
+    return chosen
 
 
 class HeartbeatFile(WorkerTmp):

@@ -1,0 +1,119 @@
+"""The ASGI workers: ``-k smartspawn.ASGIWorker`` (gunicorn's own asgi worker) and
+``-k smartspawn.UvicornWorker`` (uvicorn-worker's, with ``gunicorn_smartspawn[uvicorn]``).
+
+The event loop belongs to the worker, never to a spawner. The preloader imports the app
+and forks with no loop. Each worker makes its own loop and runs the ASGI lifespan startup
+on it. A refork candidate leaves its loop as a stopping worker does: in-flight requests
+and open websockets finish (within ``graceful_timeout``), the lifespan shutdown runs, the
+loop is closed. Only then does it become the template. So what the app builds in its
+lifespan (pools, clients, locks, queues) is built again in every worker, on the loop that
+runs it, instead of being inherited bound to a loop that is gone.
+
+Out-of-band GC and work (oob.py) run between requests on the loop itself: while one runs
+the loop does nothing else, so the worker accepts nothing. When one is due and requests
+are in flight, new requests wait (``ServedRequests``) until those are done.
+"""
+import asyncio
+import signal
+
+from gunicorn.workers import gasgi
+
+from gunicorn_smartspawn.oob import RequestGate
+from gunicorn_smartspawn.worker import SmartWorkerMixin
+
+
+class EventLoopWorkerMixin(SmartWorkerMixin):
+    """What smartspawn adds to a worker whose requests run on an asyncio loop."""
+
+    app_attribute = "asgi"   # where the base class keeps the app it loaded
+    counts_requests = False  # True where the server does not count them in `nr`
+
+    # gunicorn's asgi protocol counts requests with `worker.nr += 1`: the master's counters
+    # and max_requests (lifecycle.py) follow from here, as from handle_request in sync.
+    _nr = 0
+
+    @property
+    def nr(self):
+        return self._nr
+
+    @nr.setter
+    def nr(self, value):
+        self._nr = value
+        if self.slot is not None and self.counters is not None:
+            self.counters.set(self.slot, "requests", value)
+        if value >= self.retire_after:
+            self.ask_for_replacement()
+
+    def wrap_app(self):
+        setattr(self, self.app_attribute,
+                ServedRequests(self, getattr(self, self.app_attribute)))
+
+
+class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
+    """gunicorn's asgi worker (``-k asgi``)."""
+
+    def init_signals(self):
+        super().init_signals()
+        if self.channel is not None:
+            # Through the loop, like the base class's own handlers: it wakes the loop.
+            self.loop.add_signal_handler(signal.SIGURG, self.handle_urg_signal)
+
+    def handle_urg_signal(self):
+        self.alive = False  # as TERM: in-flight requests and websockets finish
+        self.template_requested = True
+
+    def handle_exit_signal(self):
+        self.template_requested = False  # TERM wins: a stopping worker becomes nothing
+        super().handle_exit_signal()
+
+    def handle_quit_signal(self):
+        self.template_requested = False
+        super().handle_quit_signal()
+
+
+class ServedRequests:
+    """The ASGI app as an event-loop worker runs it.
+
+    Counts served HTTP requests where the server does not (uvicorn), removes the
+    out-of-band work header from responses, and passes every HTTP request through the
+    out-of-band gate (oob.RequestGate). A websocket or the lifespan never does: it lasts
+    as long as the client or the worker wants.
+    """
+
+    def __init__(self, worker, app):
+        self.worker = worker
+        self.app = app
+        oob = worker.oob
+        self.oob = oob
+        self.header = oob.header.encode("latin-1") if oob and oob.header else b""
+        self.gate = None
+        if oob is not None:
+            self.gate = RequestGate(oob, asyncio.Event,
+                                    lambda run: asyncio.get_running_loop().call_soon(run))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        gate = self.gate
+        if gate is not None:
+            while (held := gate.held()) is not None:
+                await held.wait()
+            gate.entered()
+        try:
+            return await self.app(scope, receive, self.sender(send) if self.header else send)
+        finally:
+            if self.worker.counts_requests:
+                self.worker.nr += 1
+            if gate is not None:
+                gate.left()
+
+    def sender(self, send):
+        header = self.header
+
+        async def send_without_header(message):
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or ()
+                if any(name.lower() == header for name, _ in headers):
+                    message = {**message, "headers": self.oob.take_header(headers)}
+            await send(message)
+        return send_without_header

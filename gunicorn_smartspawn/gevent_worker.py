@@ -1,0 +1,53 @@
+"""``-k smartspawn.GeventWorker``: gunicorn's gevent worker with smart spawning.
+
+The preloader monkey-patches (gevent's ``patch_all``) before it imports the app, so the
+app and the libraries it imports see gevent's socket, ssl, threading and time from the
+start, as under plain ``-k gevent`` where the worker patches before it loads the app.
+Every process forked from a patched one is made right by gevent's own fork (the patched
+``os.fork`` reinitialises the hub in the child), and each worker reinitialises it again,
+as gunicorn's gevent worker does.
+
+Out-of-band work: requests run concurrently on the hub, so they pass an oob.RequestGate;
+the work runs on the hub, which accepts nothing meanwhile.
+"""
+import gevent
+from gevent import event
+from gunicorn.workers import ggevent
+
+from gunicorn_smartspawn.oob import RequestGate
+from gunicorn_smartspawn.worker import SmartWorkerMixin
+
+
+class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
+    """gunicorn's gevent worker (``-k gevent``)."""
+
+    gate = None
+
+    @classmethod
+    def before_app_import(cls):
+        from gevent import monkey
+        monkey.patch_all()
+
+    def leave_serving(self):
+        super().leave_serving()
+        # gevent's os.close() closes a pipe or socket at the hub's next turn: let it come,
+        # or the template's children would inherit what the worker closed.
+        gevent.idle()
+
+    def wrap_app(self):
+        super().wrap_app()
+        if self.oob is not None:
+            hub_loop = gevent.get_hub().loop
+            self.gate = RequestGate(self.oob, event.Event, hub_loop.run_callback)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        gate = self.gate
+        if gate is None:
+            return super().handle_request(listener_name, req, sock, addr)
+        while (held := gate.held()) is not None:
+            held.wait()
+        gate.entered()
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            gate.left()
