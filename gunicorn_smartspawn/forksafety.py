@@ -115,7 +115,7 @@ def python_thread(thread):
     target = getattr(target, "func", target)  # a functools.partial
     module = getattr(target, "__module__", None) or type(target).__module__
     qualname = getattr(target, "__qualname__", type(target).__qualname__)
-    return "%r (%s.%s)" % (thread.name, module, qualname), libraries.thread_owner(module)
+    return "%r (%s.%s)" % (thread.name, module, qualname), libraries.thread_owner(module, thread.name)
 
 
 def native_thread_name(tid):

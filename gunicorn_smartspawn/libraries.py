@@ -16,6 +16,7 @@ Nothing here imports a library: a module that the app did not load has nothing t
 import ctypes
 import gc
 import os
+import re
 import socket
 import sys
 import weakref
@@ -92,8 +93,22 @@ OPENBLAS_THREADS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num
                     "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
-def thread_owner(module):
-    """The Owner of a Python thread running code of `module`, or None (the app's)."""
+# asyncio's default executor (loop.run_in_executor(None, ...)) names its threads so.
+ASYNCIO_EXECUTOR_THREAD = re.compile(r"asyncio_\d+\Z")
+
+
+def asyncio_executor_owner():
+    return Owner("asyncio (an event loop's default executor)", UNSAFE_POOL, False,
+                 "close the loop in the {hook} hook (loop.run_until_complete("
+                 "loop.shutdown_default_executor()), then loop.close()), and make the loop "
+                 "in each worker: the ASGI workers make their own")
+
+
+def thread_owner(module, name=""):
+    """The Owner of a Python thread named `name` running code of `module`, or None (the
+    app's)."""
+    if module.startswith("concurrent.futures") and ASYNCIO_EXECUTOR_THREAD.match(name):
+        return asyncio_executor_owner()
     while module:
         if module in PYTHON_THREADS:
             return PYTHON_THREADS[module]()

@@ -312,6 +312,32 @@ def test_uvicorn_worker_without_the_extra_names_it(make_server, tmp_path):
     assert 'pip install "gunicorn_smartspawn[uvicorn]"' in server.log()
 
 
+CLOSE_THE_IMPORT_LOOP = """
+fork_safety = "strict"
+
+def on_preload(preloader):
+    import app
+    app.loop.run_until_complete(app.loop.shutdown_default_executor())
+    app.loop.close()
+"""
+
+
+def test_fork_safety_names_a_loop_made_at_import_and_its_executor(make_server):
+    library("fastapi")
+    server = make_server("loop_at_import.py", worker_class="smartspawn.ASGIWorker",
+                         config='fork_safety = "strict"\n')
+    server.start(wait=False)
+    assert server.wait_exit(timeout=30) == 3
+    log = server.log()
+    assert "asyncio (an event loop's default executor)" in log
+    assert "asyncio: an event loop that is not closed" in log
+    # The fix the messages name: the preloader forks, the workers serve.
+    fixed = make_server("loop_at_import.py", worker_class="smartspawn.ASGIWorker",
+                        config=CLOSE_THE_IMPORT_LOOP).start()
+    assert fixed.get_json("/") == {"ok": True}
+    assert "WARNING] fork safety" not in fixed.log()  # nothing blamed
+
+
 # -- out-of-band GC and work on the loop -----------------------------------------------
 
 
