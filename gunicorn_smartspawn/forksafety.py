@@ -115,7 +115,8 @@ def python_thread(thread):
     target = getattr(target, "func", target)  # a functools.partial
     module = getattr(target, "__module__", None) or type(target).__module__
     qualname = getattr(target, "__qualname__", type(target).__qualname__)
-    return "%r (%s.%s)" % (thread.name, module, qualname), libraries.thread_owner(module, thread.name)
+    owner = libraries.thread_owner(module, thread.name)
+    return "%r (%s.%s)" % (thread.name, module, qualname), owner
 
 
 def native_thread_name(tid):
