@@ -451,3 +451,16 @@ def test_gevent_without_oob_gc_collects_inside_requests(gevent_server):
     server = gevent_server().start()
     garbage_load(server, path="/garbage?3000")
     assert any(body["in_request"] for body in collections_of(server).values())
+
+
+def test_gevent_work_header_is_stripped_and_runs_the_hook(gevent_server):
+    server = gevent_server(config=OOB_HOOK + 'oob_work_header = "X-Smartspawn-OOB-Work"\n'
+                           ).start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/oob?true")
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read()) == {"oob": True}
+    assert resp.getheader("X-Smartspawn-OOB-Work") is None
+    conn.close()
+    wait_for(lambda: server.lines("work.txt"), what="the out-of-band work")
+    assert set(map(int, server.lines("work.txt"))) <= set(server.worker_pids())
