@@ -377,7 +377,16 @@ class SmartArbiter(Arbiter):
         self.read_channels(list(self.pool.handles))
         self.pool.reap()
         unbooted = self.lifecycle.unbooted_workers()
-        super().reap_workers()
+        try:
+            super().reap_workers()
+        except HaltServer:
+            # Forked from one preloader, workers whose app cannot start fail within
+            # milliseconds of each other: one is reaped while the first one's halt stops
+            # the server. gunicorn's stop() would let this second HaltServer out (exit 1,
+            # with a traceback) instead of the first one's exit code.
+            if not self.stopping:
+                raise
+            self.log.debug("A worker failed to boot while the server was stopping")
         self.pool.reap()  # forget the helpers gunicorn's waitpid(-1) just reaped
         self.lifecycle.count_boot_failures(unbooted)
         self.table.release_departed()

@@ -295,7 +295,10 @@ def test_a_failing_lifespan_stops_gunicorn_as_under_plain_asgi(make_server, smar
     server = make_server("fastapi_lifespan.py", app="app:failing",
                          worker_class="smartspawn.ASGIWorker" if smart else "asgi")
     server.start(wait=False)
-    assert server.wait_exit(timeout=30) == 3, server.log()
+    # Plain gunicorn exits 1 with a HaltServer traceback when its second worker fails
+    # while the first one's halt is stopping the server (its stop() reaps, and lets that
+    # HaltServer out); smartspawn keeps the first exit code.
+    assert server.wait_exit(timeout=30) in ((3,) if smart else (1, 3)), server.log()
     assert "ASGI lifespan startup failed" in server.log()
     assert server.log().count("Booting worker") <= 2  # no spawn loop
 
