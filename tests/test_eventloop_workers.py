@@ -268,6 +268,22 @@ def test_term_lets_requests_and_websockets_finish_as_the_base_class_does(asgi_se
     assert server.wait_exit(timeout=15) == 0
 
 
+@pytest.mark.parametrize("classes", [*ASGI, pytest.param(GEVENT, id="gevent")])
+def test_max_requests_replaces_a_worker_before_it_stops(make_server, classes):
+    library("gevent" if "Gevent" in classes[0] else "fastapi")
+    if "Uvicorn" in classes[0]:
+        library("uvicorn_worker")
+    server = make_server("gevent_app.py" if "Gevent" in classes[0] else
+                         "fastapi_lifespan.py", worker_class=classes[0],
+                         args=["--max-requests", "15"]).start()
+    first = set(server.worker_pids())
+    with LoadLoop(server, path="/garbage") as load:
+        wait_for(lambda: not set(server.worker_pids()) & first, timeout=40,
+                 what="both workers replaced\n" + server.log())
+    assert load.failures == []
+    assert server.log().count("the master replaces it before it stops") >= 2
+
+
 # -- faults -------------------------------------------------------------------------------
 
 
