@@ -138,7 +138,8 @@ def is_unnamed(name):
 def unnamed_threads(descriptions):
     """Threads that no one named. Which library's a thread is cannot be told: when a pool
     that does not survive fork is loaded (GNU OpenMP), all are blamed with its fix; else a
-    safe pool (OpenBLAS) is granted as many as it has threads, and the others are unknown."""
+    safe pool (gevent's, OpenBLAS) is granted as many as it has threads, and the others are
+    unknown."""
     pools = libraries.pool_libraries(mapped_files())
     loaded = " and ".join("%s: %s" % (owner.library, os.path.basename(path))
                           for path, owner in sorted(pools.items()))
@@ -146,6 +147,11 @@ def unnamed_threads(descriptions):
     if unsafe:
         return [("unnamed native threads (%s loaded)" % loaded, unsafe[0], len(descriptions))]
     found, rest = [], list(descriptions)
+    granted = min(libraries.gevent_threadpool_size(), len(rest))
+    if granted:
+        found.append(("unnamed native threads (the gevent hub's thread pool, which its DNS "
+                      "resolver uses)", libraries.GEVENT_THREADPOOL, granted))
+        rest = rest[granted:]
     for path, owner in sorted(pools.items()):
         granted = min(libraries.pool_size(path) or 0, len(rest))  # unknown: none
         if granted:

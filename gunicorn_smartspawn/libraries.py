@@ -131,6 +131,18 @@ def pool_libraries(mapped_paths):
     return found
 
 
+GEVENT_THREADPOOL = Owner("gevent", "gevent makes a new pool in each child (gevent.reinit)",
+                          True)
+
+
+def gevent_threadpool_size():
+    """The threads of gevent's hub's pool, which names none; 0 when gevent made none."""
+    hub_local = sys.modules.get("gevent._hub_local")
+    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
+    pool = getattr(hub, "_threadpool", None)
+    return pool.size if pool is not None else 0
+
+
 def pool_size(path):
     """The number of threads of the pool of the library at `path` (loaded), or None."""
     try:

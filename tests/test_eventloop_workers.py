@@ -483,3 +483,11 @@ def test_gevent_work_header_is_stripped_and_runs_the_hook(gevent_server):
     conn.close()
     wait_for(lambda: server.lines("work.txt"), what="the out-of-band work")
     assert set(map(int, server.lines("work.txt"))) <= set(server.worker_pids())
+
+
+def test_gevent_resolver_threads_are_not_blamed(make_server):
+    library("gevent")
+    server = make_server("gevent_resolver.py", worker_class="smartspawn.GeventWorker",
+                         config='fork_safety = "strict"\n').start()
+    assert "the gevent hub's thread pool" in server.log()
+    assert server.get_json("/")["pid"] in server.worker_pids()
