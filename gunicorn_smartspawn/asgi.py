@@ -26,10 +26,12 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
     """What smartspawn adds to a worker whose requests run on an asyncio loop."""
 
     app_attribute = "asgi"   # where the base class keeps the app it loaded
-    counts_requests = False  # True where the server does not count them in `nr`
 
-    # gunicorn's asgi protocol counts requests with `worker.nr += 1`: the master's counters
-    # and max_requests (lifecycle.py) follow from here, as from handle_request in sync.
+    # `nr` counts the HTTP requests that ended in ServedRequests, which also tells the
+    # master's counters and max_requests (lifecycle.py), as handle_request does in sync.
+    # gunicorn's asgi protocol adds one to it after each response, for the same requests:
+    # those writes are ignored, or out-of-band work (oob_gc = N) would see each request
+    # late, and the master twice.
     _nr = 0
 
     @property
@@ -38,15 +40,25 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
 
     @nr.setter
     def nr(self, value):
-        self._nr = value
-        if self.slot is not None and self.counters is not None:
-            self.counters.set(self.slot, "requests", value)
-        if value >= self.retire_after:
+        pass
+
+    def request_ended(self):
+        self._nr += 1
+        if self.slot is not None:
+            self.counters.set(self.slot, "requests", self._nr)
+        if self._nr >= self.retire_after:
             self.ask_for_replacement()
 
     def wrap_app(self):
         setattr(self, self.app_attribute,
                 ServedRequests(self, getattr(self, self.app_attribute)))
+
+    async def keep_beating(self):
+        """While the worker drains: a refork candidate is still a worker to the master,
+        whose `timeout` would kill it mid-drain."""
+        while True:
+            self.notify()
+            await asyncio.sleep(1.0)
 
 
 class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
@@ -59,6 +71,8 @@ class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
             self.loop.add_signal_handler(signal.SIGURG, self.handle_urg_signal)
 
     def handle_urg_signal(self):
+        if not self.alive:
+            return  # already stopping (TERM): it becomes nothing
         self.alive = False  # as TERM: in-flight requests and websockets finish
         self.template_requested = True
 
@@ -70,13 +84,20 @@ class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
         self.template_requested = False
         super().handle_quit_signal()
 
+    async def _shutdown(self):
+        beating = self.loop.create_task(self.keep_beating())
+        try:
+            await super()._shutdown()
+        finally:
+            beating.cancel()
+
 
 class ServedRequests:
     """The ASGI app as an event-loop worker runs it.
 
-    Counts served HTTP requests where the server does not (uvicorn), removes the
-    out-of-band work header from responses, and passes every HTTP request through the
-    out-of-band gate (oob.RequestGate). A websocket or the lifespan never does: it lasts
+    Counts the HTTP requests that end (worker.request_ended), removes the out-of-band
+    work header from responses, and passes every HTTP request through the out-of-band
+    gate (oob.RequestGate). A websocket or the lifespan never does: it lasts
     as long as the client or the worker wants.
     """
 
@@ -89,7 +110,8 @@ class ServedRequests:
         self.gate = None
         if oob is not None:
             self.gate = RequestGate(oob, asyncio.Event,
-                                    lambda run: asyncio.get_running_loop().call_soon(run))
+                                    lambda seconds, run:
+                                    asyncio.get_running_loop().call_later(seconds, run))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -102,8 +124,7 @@ class ServedRequests:
         try:
             return await self.app(scope, receive, self.sender(send) if self.header else send)
         finally:
-            if self.worker.counts_requests:
-                self.worker.nr += 1
+            self.worker.request_ended()
             if gate is not None:
                 gate.left()
 

@@ -4,23 +4,50 @@ Needs the ``uvicorn`` extra: ``pip install "gunicorn_smartspawn[uvicorn]"``. Wha
 with gunicorn's asgi worker (the loop is the worker's, the lifespan runs in each worker,
 out-of-band work on the loop) is in asgi.py.
 """
+import asyncio
+
 try:
+    from uvicorn.config import HTTP_PROTOCOLS, LIFESPAN, LOOP_FACTORIES, WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
     from uvicorn.server import Server
     from uvicorn_worker import UvicornWorker as BaseUvicornWorker
 except ImportError as exc:
     raise ImportError('smartspawn.UvicornWorker needs uvicorn-worker: pip install '
                       '"gunicorn_smartspawn[uvicorn]" (%s)' % exc) from exc
 
-from gunicorn_smartspawn.asgi import EventLoopWorkerMixin
+from gunicorn_smartspawn.asgi import EventLoopWorkerMixin, ServedRequests
 from gunicorn_smartspawn.worker import boot_error_code
+
+
+class DrainingServer(Server):
+    """uvicorn's Server, which keeps the worker's heartbeat going while it shuts down."""
+
+    def __init__(self, config, worker):
+        super().__init__(config)
+        self.worker = worker
+
+    async def shutdown(self, sockets=None):
+        beating = asyncio.get_running_loop().create_task(self.worker.keep_beating())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            beating.cancel()
 
 
 class UvicornWorker(EventLoopWorkerMixin, BaseUvicornWorker):
     """uvicorn-worker's worker; uvicorn runs the loop, the lifespan and the shutdown."""
 
-    app_attribute = "wsgi"   # uvicorn-worker keeps the ASGI app there
-    counts_requests = True   # uvicorn counts them for its own limit, not in `nr`
     uvicorn = None           # the uvicorn Server, while it serves
+
+    @classmethod
+    def before_app_import(cls):
+        # What uvicorn's Config.load() imports in each worker (h11 or httptools,
+        # websockets, its loop and lifespan): imported here once, shared by every worker,
+        # and a new worker's first response does not wait for it.
+        for choice in (HTTP_PROTOCOLS[cls.CONFIG_KWARGS["http"]], WS_PROTOCOLS["auto"],
+                       LIFESPAN["auto"], LOOP_FACTORIES[cls.CONFIG_KWARGS["loop"]]):
+            if choice:
+                import_from_string(choice)
 
     def load_wsgi(self):
         # Past max_requests the master replaces this worker before it stops
@@ -28,16 +55,24 @@ class UvicornWorker(EventLoopWorkerMixin, BaseUvicornWorker):
         self.config.limit_max_requests = None
         super().load_wsgi()
 
+    def wrap_app(self):
+        pass  # around the app uvicorn loads (an ASGI2 app becomes ASGI3 there): in _serve
+
     async def _serve(self):
-        # uvicorn-worker's own, keeping the Server: URG and a retirement stop it.
+        # uvicorn-worker's own, keeping the Server (URG and a retirement stop it) and
+        # wrapping the app as uvicorn runs it.
         self.config.app = self.wsgi
-        self.uvicorn = Server(config=self.config)
+        self.config.load()
+        self.config.loaded_app = ServedRequests(self, self.config.loaded_app)
+        self.uvicorn = DrainingServer(self.config, self)
         self._install_sigquit_handler()
         await self.uvicorn.serve(sockets=self.sockets)
         if not self.uvicorn.started:
             raise SystemExit(boot_error_code(self))
 
     def handle_urg(self, sig, frame):
+        if not self.alive or (self.uvicorn is not None and self.uvicorn.should_exit):
+            return  # already stopping (TERM): it becomes nothing
         self.template_requested = True
         self.stop_serving()
 

@@ -7,8 +7,9 @@ Every process forked from a patched one is made right by gevent's own fork (the 
 ``os.fork`` reinitialises the hub in the child), and each worker reinitialises it again,
 as gunicorn's gevent worker does.
 
-Out-of-band work: requests run concurrently on the hub, so they pass an oob.RequestGate;
-the work runs on the hub, which accepts nothing meanwhile.
+Out-of-band work: requests run concurrently on the hub, so they pass an oob.RequestGate.
+A collection blocks the hub, which accepts nothing meanwhile; on_oob_work runs in a
+greenlet, and may do I/O.
 """
 import gevent
 from gevent import event
@@ -37,8 +38,9 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
     def wrap_app(self):
         super().wrap_app()
         if self.oob is not None:
-            hub_loop = gevent.get_hub().loop
-            self.gate = RequestGate(self.oob, event.Event, hub_loop.run_callback)
+            # The work in a greenlet of its own: on_oob_work may do I/O, which gevent
+            # forbids in a callback of the hub.
+            self.gate = RequestGate(self.oob, event.Event, gevent.spawn_later)
 
     def handle_request(self, listener_name, req, sock, addr):
         gate = self.gate

@@ -38,6 +38,12 @@ INCREMENTAL_GC = (3, 14) <= sys.version_info[:3] < (3, 14, 5)
 if INCREMENTAL_GC:
     SAFETY_NET //= 2
 
+# An event-loop worker holds new requests for at most this long (seconds) while the ones
+# in flight finish before out-of-band work (RequestGate): longer than most requests take,
+# short enough that a streaming response or a long poll in flight delays the others by
+# no more than this.
+HOLD_LIMIT = 0.5
+
 # Header values that ask for work; others are ignored (logged at debug level).
 WORK_VALUES = ("true", "1", "yes")
 
@@ -202,7 +208,10 @@ class OutOfBand:
         return work, collect
 
     def client_waiting(self):
-        readable, _, _ = select.select(self.worker.sockets, [], [], 0)
+        try:
+            readable, _, _ = select.select(self.worker.sockets, [], [], 0)
+        except (OSError, ValueError):
+            return False  # the listeners are closed: the worker is stopping
         return bool(readable)
 
     def after_request(self):
@@ -295,18 +304,22 @@ class RequestGate:
     """Out-of-band work for a worker that runs its requests concurrently on one loop
     (asyncio's, gevent's hub).
 
-    A request passes the gate (`entered`) and leaves it (`left`). When work is due and
-    requests are in flight, new ones wait on an event (`held` returns it) until the last
-    one has left and the work has run: the work runs from a loop callback, after the
-    server has finished writing that response.
+    A request passes the gate (`entered`) and leaves it (`left`). When work is due, it
+    runs once no request is in flight, from a loop callback (after the server has written
+    the response that just ended). To get there, new requests wait at the gate (`held`
+    returns the event to wait for) while the ones in flight finish, but for HOLD_LIMIT
+    seconds at most: past that (a streaming response, a long poll) they go on, and the
+    work waits for the next moment no request is in flight. The only worker never holds
+    a request: a request held is a client waiting.
     """
 
-    def __init__(self, oob, new_event, call_soon):
+    def __init__(self, oob, new_event, call_later):
         self.oob = oob
         self.new_event = new_event    # asyncio.Event or gevent.event.Event
-        self.call_soon = call_soon    # runs a function at the loop's next turn
+        self.call_later = call_later  # call_later(seconds, function) on the loop
         self.in_flight = 0
-        self.resumed = None           # while requests are held: set once the work is done
+        self.pending = False          # work is due: it runs when no request is in flight
+        self.resumed = None           # while requests are held: set when they may go on
 
     def held(self):
         """The event a new request must wait for first, or None."""
@@ -317,18 +330,26 @@ class RequestGate:
 
     def left(self):
         self.in_flight -= 1
-        if self.resumed is None:
+        if not self.pending:
             if not any(self.oob.due()):
                 return
-            self.resumed = self.new_event()
+            self.pending = True
+            if not self.oob.solo:  # held until the work has run: none starts before it
+                self.resumed = self.new_event()
+                self.call_later(HOLD_LIMIT, self.release)
         if self.in_flight == 0:
-            self.call_soon(self.run_work)
+            self.call_later(0, self.run_work)
+
+    def release(self):
+        resumed, self.resumed = self.resumed, None
+        if resumed is not None:
+            resumed.set()
 
     def run_work(self):
-        if self.resumed is None or self.in_flight:
-            return  # run already, or a request still runs: it comes back here
+        if not self.pending or self.in_flight:
+            return  # run already, or a request started since: it comes back here
+        self.pending = False
         oob = self.oob
         if oob.worker.alive:
             oob.run(oob.requested, oob.gc_due())
-        resumed, self.resumed = self.resumed, None
-        resumed.set()
+        self.release()

@@ -73,6 +73,8 @@ class SmartWorkerMixin:
         """In the preloader, before it imports the app (gevent monkey-patches here)."""
 
     def handle_urg(self, sig, frame):
+        if not self.alive:
+            return  # already stopping (TERM): it becomes nothing
         super().handle_exit(sig, frame)  # stop accepting; in-flight requests finish
         self.template_requested = True
 

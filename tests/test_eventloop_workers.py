@@ -30,9 +30,10 @@ fork_worker = True
 graceful_timeout = 5
 """
 OOB_HOOK = '''
-import os
+import os, time
 
 def on_oob_work(worker):
+    time.sleep(0.01)  # I/O: under gevent, it must not run in a callback of the hub
     with open(os.path.join(os.environ["TEST_DIR"], "work.txt"), "a") as f:
         f.write("%d\\n" % os.getpid())
 '''
@@ -401,6 +402,63 @@ def test_asgi_work_header_is_stripped_and_runs_the_hook(asgi_server, classes):
     conn.close()
     wait_for(lambda: server.lines("work.txt"), what="the out-of-band work")
     assert set(map(int, server.lines("work.txt"))) <= set(server.worker_pids())
+
+
+def test_a_streaming_response_holds_the_others_briefly_at_most(asgi_server):
+    # oob_gc = 1: work is due after every request, and a response streams for 6 s on the
+    # worker a kept-alive connection talks to.
+    server = asgi_server(ASGI[0].values[0], config="oob_gc = 1\n").start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/")
+    target = json.loads(conn.getresponse().read())["pid"]
+    for _ in range(50):
+        stream = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        stream.request("GET", "/stream?s=6")
+        streaming = stream.getresponse()
+        if int(streaming.readline()) == target:
+            break
+        stream.close()
+    else:
+        raise AssertionError("no stream reached the worker %d" % target)
+    slowest = 0.0
+    for _ in range(8):
+        started = time.monotonic()
+        conn.request("GET", "/garbage?n=10")
+        assert json.loads(conn.getresponse().read())["pid"] == target
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 2.0, slowest  # held for HOLD_LIMIT (0.5 s) at most, not 6 s
+    assert streaming.read().count(b".") == 60
+    stream.close()
+    conn.close()
+
+
+@pytest.mark.parametrize("classes", [*ASGI, pytest.param(GEVENT, id="gevent")])
+def test_a_refork_candidate_draining_longer_than_timeout_is_not_killed(make_server,
+                                                                      classes):
+    gevent = "Gevent" in classes[0]
+    library("gevent" if gevent else "fastapi")
+    if "Uvicorn" in classes[0]:
+        library("uvicorn_worker")
+    server = make_server("gevent_app.py" if gevent else "fastapi_lifespan.py",
+                         worker_class=classes[0], args=["--timeout", "2"],
+                         config=REFORK).start()
+    workers = set(server.worker_pids())
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        # A 4 s request on each worker, whichever becomes the candidate.
+        slow = []
+        while {int(pid) for pid in server.lines("sleeping.txt")} < workers:
+            assert len(slow) < 8, "no slow request reached every worker"
+            slow.append(pool.submit(server.get_json, "/sleep?4" if gevent else "/sleep?s=4"))
+            time.sleep(0.05)
+        refork(server)
+        assert all(request.result(timeout=10)["pid"] in workers for request in slow)
+    assert "WORKER TIMEOUT" not in server.log()
+
+
+def test_uvicorn_runs_an_asgi2_app_as_plain_uvicorn_does(make_server):
+    library("uvicorn_worker")
+    server = make_server("asgi2.py", worker_class="smartspawn.UvicornWorker").start()
+    assert server.get_json("/")["asgi"] == 2
 
 
 # -- gevent -------------------------------------------------------------------------------

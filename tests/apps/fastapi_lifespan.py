@@ -10,6 +10,7 @@ GET /garbage?n=N  -> makes N reference cycles
 GET /gc           -> {"pid", "in_request": [generations], "between": [generations]}
 GET /oob?value=V  -> 200 with the header X-Smartspawn-OOB-Work: V
 GET /sleep?s=S    -> sleeps S seconds first (a line in sleeping.txt when it starts)
+GET /stream?s=S   -> streams "<pid>\n" at once, then a line every 0.1 s for S seconds
 WS  /ws           -> echoes each text message as "<pid> <message>"
 
 `failing`: an app whose lifespan startup fails.
@@ -20,6 +21,7 @@ import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
 
 TEST_DIR = os.environ["TEST_DIR"]
 COLLECTIONS = []  # (pid, generation, in_request)
@@ -116,6 +118,16 @@ async def sleep(s: float = 1.0):
         f.write("%d\n" % os.getpid())
     await asyncio.sleep(s)
     return {"pid": os.getpid(), "slept": s}
+
+
+@app.get("/stream")
+async def stream(s: float = 3.0):
+    async def lines():
+        yield b"%d\n" % os.getpid()
+        for _ in range(int(s * 10)):
+            await asyncio.sleep(0.1)
+            yield b".\n"
+    return StreamingResponse(lines(), media_type="text/plain")
 
 
 @app.websocket("/ws")
