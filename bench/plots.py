@@ -131,3 +131,101 @@ def memory_lifecycle(runs, path):
     ax.set_title("Memory over a long run (dots: a refork started in the chunk before)")
     ax.legend(fontsize=8)
     save(fig, path)
+
+
+def eventloop(pairs, path, pss_path=None):
+    """bench/eventloop.py: per pair, the ratio of each measure to the plain worker class
+    (median of per-round ratios, whiskers: the lowest and highest single round) against
+    its target; and (pss_path) the PSS by role of both servers after the refork / the
+    same warm-up (round 1)."""
+    names = list(pairs)
+
+    def memory_ratio(key):
+        def value(r):
+            per_round = [key(x["smart"]["after"]) / key(x["plain"]["after"])
+                         for x in r["rounds"]]
+            return r["ratios"]["total" if key is total else "workers"], per_round
+        return value
+
+    def total(measure):
+        return measure["total_pss"]
+
+    def workers(measure):
+        return measure["pss_by_role"].get("worker", 0.0)
+
+    def load_ratio(name):
+        return lambda r: (r["ratios"][name], r["ratio_ranges"][name])
+
+    panels = [
+        ("spawn", "spawn-to-first-response:\nplain ÷ smartspawn (× faster, log)",
+         [("", lambda r: (r["ratio"], r["ratio_range"]))], 50, "target ≥ 50×", True),
+        ("memory", "PSS after refork / same warm-up:\nsmartspawn ÷ plain",
+         [("whole server", memory_ratio(total)), ("workers only", memory_ratio(workers))],
+         None, None, False),
+        ("gc", "/garbage, oob_gc vs none:\nsmartspawn ÷ plain",
+         [("p99", load_ratio("p99")), ("req/s", load_ratio("rps"))], 0.7,
+         "p99 target ≤ 0.7×", False),
+        ("hello", "hello-world req/s:\nsmartspawn ÷ plain",
+         [("", load_ratio("rps"))], 0.98, "target ≥ 0.98×", False),
+    ]
+    panels = [p for p in panels if any(p[0] in pairs[n] for n in names)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.6), squeeze=False)
+    for ax, (measure, title, series, goal, goal_label, log) in zip(axes[0], panels,
+                                                                   strict=True):
+        width = 0.8 / len(series)
+        shown = [n for n in names if measure in pairs[n]]
+        for i, (label, value) in enumerate(series):
+            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(shown))]
+            values = [value(pairs[n][measure]) for n in shown]
+            ys = [v[0] for v in values]
+            whiskers = [[y - min(v[1]) for y, v in zip(ys, values, strict=True)],
+                        [max(v[1]) - y for y, v in zip(ys, values, strict=True)]]
+            ax.bar(xs, ys, width, yerr=whiskers, capsize=3, label=label or None,
+                   color=COLORS[i])
+            for x, y in zip(xs, ys, strict=True):  # inside the bar: clear of the whiskers
+                ax.annotate("%.0f×" % y if log else "%.2f" % y, (x, y ** 0.5 if log else y / 2),
+                            ha="center", va="center", fontsize=8, color="white",
+                            fontweight="bold")
+        if measure == "memory":  # 1.3 x ideal, in ratio to each pair's plain server
+            for x, n in enumerate(shown):
+                ax.hlines(1.3 * pairs[n]["memory"]["ratios"]["ideal_to_plain"], x - 0.45,
+                          x + 0.45, color="black", linestyle="--", linewidth=1,
+                          label="target: whole ≤ 1.3 × ideal" if x == 0 else None)
+        if goal is not None:
+            ax.axhline(goal, color="black", linestyle="--", linewidth=1, label=goal_label)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(1, 1000)
+        else:
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(shown)), shown)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    save(fig, path)
+    if pss_path is None:
+        return
+    roles = ["master", "preloader", "standby", "template", "worker"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ticks, x = [], 0
+    for n in names:
+        if "memory" not in pairs[n]:
+            continue
+        first = pairs[n]["memory"]["rounds"][0]
+        for side in ("smart", "plain"):
+            bottom = 0.0
+            by_role = first[side]["after"]["pss_by_role"]
+            for color, role in zip(COLORS, roles, strict=False):
+                value = by_role.get(role, 0.0)
+                ax.bar(x, value, 0.7, bottom=bottom, color=color,
+                       label=role if not ticks else None)
+                bottom += value
+            ax.annotate("%.0f" % bottom, (x, bottom), ha="center", va="bottom", fontsize=8)
+            ticks.append(("%s\n%s" % (n, "smartspawn" if side == "smart" else "plain"), x))
+            x += 1
+        x += 0.5
+    ax.set_xticks([t[1] for t in ticks], [t[0] for t in ticks], fontsize=8)
+    ax.set_ylabel("PSS, MiB (round 1)")
+    ax.set_title("PSS by role after the refork (smartspawn) / the same warm-up (plain)",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    save(fig, pss_path)
