@@ -320,6 +320,29 @@ def test_a_failing_lifespan_stops_gunicorn_as_under_plain_asgi(make_server, smar
     assert server.log().count("Booting worker") <= 2  # no spawn loop
 
 
+@pytest.mark.parametrize("classes", [*ASGI, pytest.param(GEVENT, id="gevent")])
+def test_a_bad_setting_stops_startup_naming_it(make_server, classes):
+    library("gevent" if "Gevent" in classes[0] else "fastapi")
+    if "Uvicorn" in classes[0]:
+        library("uvicorn_worker")
+    server = make_server("counting.py", worker_class=classes[0], config='oob_gc = "often"\n')
+    server.start(wait=False)
+    assert server.wait_exit(timeout=20) == 1
+    assert "oob_gc" in server.log() and "often" in server.log()
+    assert "Booting worker" not in server.log()
+
+
+@pytest.mark.parametrize("smart", [True, False], ids=["smartspawn", "plain"])
+def test_direct_spawning_and_reload_serve_as_the_plain_class(make_server, smart):
+    # --reload: every worker imports the app itself (smartspawn falls back, with a warning).
+    library("fastapi")
+    server = make_server("fastapi_lifespan.py", args=["--reload"],
+                         worker_class="smartspawn.ASGIWorker" if smart else "asgi").start()
+    assert all(body["own_loop"] for body in responses_from_every_worker(server).values())
+    assert len(imports(server)) == 2  # one per worker, as under plain gunicorn
+    assert server.stop() == 0
+
+
 def test_uvicorn_worker_without_the_extra_names_it(make_server, tmp_path):
     blocker = tmp_path / "blocker"
     (blocker / "uvicorn_worker").mkdir(parents=True)
