@@ -18,6 +18,7 @@ import signal
 
 from gunicorn.workers import gasgi
 
+from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.oob import RequestGate
 from gunicorn_smartspawn.worker import SmartWorkerMixin
 
@@ -53,6 +54,19 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
         setattr(self, self.app_attribute,
                 ServedRequests(self, getattr(self, self.app_attribute)))
 
+    # {fd: what it was} for the fds that appeared while the loop was made (loop_fds()).
+    fds_with_the_loop: dict = {}
+
+    def loop_library_fds(self):
+        # Those still open and still the same: the loop's own (selector, self-pipe) are
+        # closed with it, and a number can have been reused since.
+        return {fd for fd, target in self.fds_with_the_loop.items()
+                if forksafety.fd_target(fd) == target}
+
+    def note_loop_fds(self, before):
+        targets = {fd: forksafety.fd_target(fd) for fd in set(forksafety.open_fds()) - before}
+        self.fds_with_the_loop = {fd: target for fd, target in targets.items() if target}
+
     async def keep_beating(self):
         """While the worker drains: a refork candidate is still a worker to the master,
         whose `timeout` would kill it mid-drain."""
@@ -64,11 +78,17 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
 class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
     """gunicorn's asgi worker (``-k asgi``)."""
 
+    def _setup_event_loop(self):
+        self.fds_before_the_loop = set(forksafety.open_fds())
+        super()._setup_event_loop()
+
     def init_signals(self):
         super().init_signals()
         if self.channel is not None:
             # Through the loop, like the base class's own handlers: it wakes the loop.
             self.loop.add_signal_handler(signal.SIGURG, self.handle_urg_signal)
+        # The loop exists, and its signal handling (uvloop makes libuv's pipe there).
+        self.note_loop_fds(self.fds_before_the_loop)
 
     def handle_urg_signal(self):
         if not self.alive:

@@ -9,12 +9,14 @@ import asyncio
 try:
     from uvicorn.config import HTTP_PROTOCOLS, LIFESPAN, LOOP_FACTORIES, WS_PROTOCOLS
     from uvicorn.importer import import_from_string
+    from uvicorn._compat import asyncio_run
     from uvicorn.server import Server
     from uvicorn_worker import UvicornWorker as BaseUvicornWorker
 except ImportError as exc:
     raise ImportError('smartspawn.UvicornWorker needs uvicorn-worker: pip install '
                       '"gunicorn_smartspawn[uvicorn]" (%s)' % exc) from exc
 
+from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.asgi import EventLoopWorkerMixin, ServedRequests
 from gunicorn_smartspawn.worker import boot_error_code
 
@@ -34,7 +36,22 @@ class DrainingServer(Server):
             beating.cancel()
 
 
-class UvicornWorker(EventLoopWorkerMixin, BaseUvicornWorker):
+class LoopNotingWorker(BaseUvicornWorker):
+    """uvicorn-worker's run(), noting what the loop library opens with the loop. Below
+    the smartspawn mixin, whose run() makes a template of the worker afterwards."""
+
+    def run(self):
+        make_loop = self.config.get_loop_factory() or asyncio.new_event_loop
+        before = set(forksafety.open_fds())
+
+        def loop_factory():
+            loop = make_loop()
+            self.note_loop_fds(before)
+            return loop
+        return asyncio_run(self._serve(), loop_factory=loop_factory)
+
+
+class UvicornWorker(EventLoopWorkerMixin, LoopNotingWorker):
     """uvicorn-worker's worker; uvicorn runs the loop, the lifespan and the shutdown."""
 
     uvicorn = None           # the uvicorn Server, while it serves

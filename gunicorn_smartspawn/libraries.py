@@ -69,7 +69,13 @@ PYTHON_THREADS = {
 
 # Threads started by C code, by the name the library gives them (/proc/self/task/*/comm,
 # 15 characters at most).
+def libuv_owner():
+    return Owner("uvloop (libuv's thread pool)",
+                 "libuv makes its pool again in a forked child (pthread_atfork)", True)
+
+
 NATIVE_THREADS = {
+    "libuv-worker": libuv_owner,
     "grpc_global_tim": grpc_owner, "event_engine": grpc_owner, "lifeguard": grpc_owner,
     "default-executo": grpc_owner, "resolver-execut": grpc_owner, "timer_manager": grpc_owner,
 }

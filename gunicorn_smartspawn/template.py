@@ -59,7 +59,8 @@ class Template(Spawner):
             return
         try:
             forksafety.check(self.cfg, self.log, "template", "pre_template_fork",
-                             self.known_fds() | {worker.tmp.fileno()})
+                             self.known_fds() | {worker.tmp.fileno()}
+                             | worker.loop_library_fds())
         except forksafety.ForkUnsafe as exc:
             self.log.error("%s", exc)
             protocol.send(self.channel, protocol.BootFailed(1, str(exc)))

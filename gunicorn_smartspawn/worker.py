@@ -133,6 +133,12 @@ class SmartWorkerMixin:
             for fd in listener_fds:
                 os.close(fd)
 
+    def loop_library_fds(self):
+        """The fds an event-loop library keeps for the whole process once the worker's
+        loop is closed (uvloop: libuv's signal pipe, which libuv makes again in a forked
+        child): a template's children may inherit them."""
+        return set()
+
     def leave_serving(self):
         """Close what serving left that the template's children must not inherit."""
         for fd in self.PIPE:
