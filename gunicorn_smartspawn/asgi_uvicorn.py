@@ -21,8 +21,14 @@ from gunicorn_smartspawn.asgi import EventLoopWorkerMixin, ServedRequests
 from gunicorn_smartspawn.worker import boot_error_code
 
 
+# Seconds a stopping uvicorn worker gives a connection it has just accepted to send its
+# request (loopback: microseconds) before uvicorn closes those that have sent none.
+JUST_ACCEPTED_GRACE = 0.05
+
+
 class DrainingServer(Server):
-    """uvicorn's Server, which keeps the worker's heartbeat going while it shuts down."""
+    """uvicorn's Server, which keeps the worker's heartbeat going while it shuts down, and
+    resets no client that had just connected."""
 
     def __init__(self, config, worker):
         super().__init__(config)
@@ -31,6 +37,13 @@ class DrainingServer(Server):
     async def shutdown(self, sockets=None):
         beating = asyncio.get_running_loop().create_task(self.worker.keep_beating())
         try:
+            # uvicorn's shutdown closes every connection with no request in progress,
+            # one accepted in the same turn of the loop included: its client, whose
+            # request is on the way, sees a reset (plain uvicorn-worker's do too, at
+            # every max_requests). Stop accepting first and let those requests in.
+            for server in self.servers:
+                server.close()
+            await asyncio.sleep(JUST_ACCEPTED_GRACE)
             await super().shutdown(sockets)
         finally:
             beating.cancel()

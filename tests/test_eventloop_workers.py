@@ -281,6 +281,7 @@ def test_max_requests_replaces_a_worker_before_it_stops(make_server, classes):
     with LoadLoop(server, path="/garbage") as load:
         wait_for(lambda: not set(server.worker_pids()) & first, timeout=40,
                  what="both workers replaced\n" + server.log())
+    # uvicorn's own shutdown would reset a client accepted in its last turn of the loop.
     assert load.failures == []
     assert server.log().count("the master replaces it before it stops") >= 2
 
