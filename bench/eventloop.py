@@ -49,7 +49,6 @@ See bench/README.md.
 """
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import shutil
@@ -66,7 +65,7 @@ from urllib.parse import quote
 if not __package__:  # run as `python bench/eventloop.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import loadgen, refork_memory, spawn_latency
+from bench import loadgen, oob_latency, refork_memory, spawn_latency
 from bench.server import (BenchError, Server, Servers, product_source, uss_mb, wait_for,
                           write_json)
 
@@ -269,63 +268,11 @@ def target(value, met):
 
 # -- load: hello (wrk) and gc (Python clients) ----------------------------------------------
 
-def client_loop(port, path, deadline, pipe):
-    """One connection at a time, in its own process, back to back until `deadline`;
-    every request's own latency, connect to the end of the response (Connection: close:
-    event-loop servers keep connections alive otherwise)."""
-    request = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-               % path).encode()
-    latencies, errors = [], 0
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        try:
-            data = loadgen.exchange(port, request)
-        except OSError:
-            errors += 1
-            time.sleep(0.001)
-            continue
-        if data.startswith(b"HTTP/1.1 200"):
-            latencies.append((time.perf_counter() - started) * 1e3)
-        else:
-            errors += 1
-    pipe.send((latencies, errors))
-    pipe.close()
-
-
 def python_load(port, path, connections, seconds):
-    context = multiprocessing.get_context("fork")
-    started = time.monotonic()
-    clients = []
-    for _ in range(connections):
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=client_loop,
-                                  args=(port, path, started + seconds, sender))
-        process.start()
-        sender.close()
-        clients.append((process, receiver))
-    latencies, errors = [], 0
-    try:
-        for _, receiver in clients:
-            if not receiver.poll(seconds + 30):
-                raise BenchError("a load client process did not report")
-            mine, failed = receiver.recv()
-            latencies += mine
-            errors += failed
-    finally:
-        for process, receiver in clients:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-            receiver.close()
-    elapsed = time.monotonic() - started
-    if not latencies:
-        raise BenchError("no successful request (%d failed)" % errors)
-    latencies.sort()
-    return {"client": "python", "requests": len(latencies), "rps": len(latencies) / elapsed,
-            "p50": loadgen.percentile(latencies, 50), "p99": loadgen.percentile(latencies, 99),
-            "p999": loadgen.percentile(latencies, 99.9), "max": latencies[-1],
-            "errors": errors}
+    """oob_latency's client processes, one request per connection (Connection: close:
+    event-loop servers keep connections alive otherwise)."""
+    return {"client": "python",
+            **oob_latency.run_python_client(port, path, connections, seconds, close=True)}
 
 
 def run_wrk(port, path, connections, seconds, workdir):
@@ -333,20 +280,8 @@ def run_wrk(port, path, connections, seconds, workdir):
     keep-alive, wrk opens its connections in one burst and the worker that wakes first
     may accept them all: in 5 of 12 probe runs (plain and smartspawn alike) one of the
     two workers served nearly everything, halving that run's throughput."""
-    script = workdir / "hello.lua"
-    script.write_text(loadgen.WRK_SCRIPT % {"ids": 0, "prefix": path, "seed": 1})
-    cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--timeout", "10s",
-           "-H", "Connection: close", "-s", str(script),
-           "http://127.0.0.1:%d%s" % (port, path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-    match = loadgen.RESULT.search(out.stdout)
-    if out.returncode or not match:
-        raise BenchError("wrk failed (%s):\n%s%s" % (out.returncode, out.stdout, out.stderr))
-    requests, duration_us, p50, p99, p999, worst, io_errors, status_errors = \
-        map(int, match.groups())
-    return {"client": "wrk", "requests": requests, "rps": requests / (duration_us / 1e6),
-            "p50": p50 / 1e3, "p99": p99 / 1e3, "p999": p999 / 1e3, "max": worst / 1e3,
-            "errors": io_errors + status_errors}
+    return loadgen.run_wrk(port, path, 0, connections, seconds, workdir,
+                           headers=["Connection: close"])
 
 
 def one_load(server, path, client, connections, seconds, workdir):

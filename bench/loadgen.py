@@ -61,12 +61,14 @@ def split_path(path):
     return (path[:-len("{id}")], True) if path.endswith("{id}") else (path, False)
 
 
-def run_wrk(port, path, ids, connections, seconds, workdir):
+def run_wrk(port, path, ids, connections, seconds, workdir, headers=()):
+    """wrk's run; `headers`: extra request headers ("Connection: close", ...)."""
     prefix, random_ids = split_path(path)
     script = workdir / "load.lua"
     script.write_text(WRK_SCRIPT % {"ids": ids if random_ids else 0, "prefix": prefix,
                                     "seed": random.randrange(1 << 30)})
     cmd = ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, "--timeout", "10s",
+           *(arg for header in headers for arg in ("-H", header)),
            "-s", str(script), "http://127.0.0.1:%d%s" % (port, prefix)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
     match = RESULT.search(out.stdout)

@@ -90,10 +90,12 @@ def run_wrk(port, path, connections, seconds, script):
             "p99": p99 / 1e3, "p999": p999 / 1e3, "max": worst / 1e3, "errors": errors}
 
 
-def client_loop(port, path, deadline, pipe):
-    """One connection's worth of load, in its own process: request after request."""
+def client_loop(port, path, deadline, pipe, close=False):
+    """One connection's worth of load, in its own process: request after request
+    (`close`: with Connection: close, which event-loop servers need to close it)."""
     latencies, errors = [], 0
-    request = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+    request = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+               % (path, "Connection: close\r\n" if close else "")).encode()
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
@@ -109,7 +111,7 @@ def client_loop(port, path, deadline, pipe):
     pipe.close()
 
 
-def run_python_client(port, path, connections, seconds):
+def run_python_client(port, path, connections, seconds, close=False):
     """`connections` processes (no shared GIL), each one request per connection at a time;
     every request's latency is recorded as it was, connect to end of response."""
     context = multiprocessing.get_context("fork")
@@ -118,7 +120,8 @@ def run_python_client(port, path, connections, seconds):
     clients = []
     for _ in range(connections):
         receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=client_loop, args=(port, path, deadline, sender))
+        process = context.Process(target=client_loop,
+                                  args=(port, path, deadline, sender, close))
         process.start()
         sender.close()
         clients.append((process, receiver))

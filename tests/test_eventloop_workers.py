@@ -414,18 +414,22 @@ def test_asgi_without_oob_gc_collects_inside_requests(asgi_server, classes):
     assert any(body["in_request"] for body in collections_of(server).values())
 
 
-@pytest.mark.parametrize("classes", ASGI)
-def test_asgi_work_header_is_stripped_and_runs_the_hook(asgi_server, classes):
-    server = asgi_server(classes, config=OOB_HOOK + 'oob_work_header = '
-                         '"X-Smartspawn-OOB-Work"\n').start()
+def assert_the_work_header_runs_the_hook(server, path):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", "/oob?value=true")
+    conn.request("GET", path)
     resp = conn.getresponse()
     assert resp.status == 200 and json.loads(resp.read()) == {"oob": True}
     assert resp.getheader("X-Smartspawn-OOB-Work") is None
     conn.close()
     wait_for(lambda: server.lines("work.txt"), what="the out-of-band work")
     assert set(map(int, server.lines("work.txt"))) <= set(server.worker_pids())
+
+
+@pytest.mark.parametrize("classes", ASGI)
+def test_asgi_work_header_is_stripped_and_runs_the_hook(asgi_server, classes):
+    server = asgi_server(classes, config=OOB_HOOK + 'oob_work_header = '
+                         '"X-Smartspawn-OOB-Work"\n').start()
+    assert_the_work_header_runs_the_hook(server, "/oob?value=true")
 
 
 def test_a_streaming_response_holds_the_others_briefly_at_most(asgi_server):
@@ -557,14 +561,7 @@ def test_gevent_without_oob_gc_collects_inside_requests(gevent_server):
 def test_gevent_work_header_is_stripped_and_runs_the_hook(gevent_server):
     server = gevent_server(config=OOB_HOOK + 'oob_work_header = "X-Smartspawn-OOB-Work"\n'
                            ).start()
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", "/oob?true")
-    resp = conn.getresponse()
-    assert resp.status == 200 and json.loads(resp.read()) == {"oob": True}
-    assert resp.getheader("X-Smartspawn-OOB-Work") is None
-    conn.close()
-    wait_for(lambda: server.lines("work.txt"), what="the out-of-band work")
-    assert set(map(int, server.lines("work.txt"))) <= set(server.worker_pids())
+    assert_the_work_header_runs_the_hook(server, "/oob?true")
 
 
 def test_gevent_resolver_threads_are_not_blamed(make_server):
