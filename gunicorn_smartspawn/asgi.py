@@ -23,6 +23,12 @@ from gunicorn_smartspawn.oob import RequestGate
 from gunicorn_smartspawn.worker import SmartWorkerMixin
 
 
+# What a template had open when it stopped serving (fd targets), inherited by the workers
+# it forks: a pipe one of them has that the template had not was made at fork, by an
+# atfork handler (libuv remakes its signal pipe so), before the worker's loop existed.
+_TEMPLATE_FDS: frozenset = frozenset()
+
+
 class EventLoopWorkerMixin(SmartWorkerMixin):
     """What smartspawn adds to a worker whose requests run on an asyncio loop."""
 
@@ -54,7 +60,7 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
         setattr(self, self.app_attribute,
                 ServedRequests(self, getattr(self, self.app_attribute)))
 
-    # {fd: what it was} for the fds that appeared while the loop was made (loop_fds()).
+    # {fd: what it was}: what appeared with the loop, or was remade at fork (note_loop_fds).
     fds_with_the_loop: dict = {}
 
     def loop_library_fds(self):
@@ -63,9 +69,27 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
         return {fd for fd, target in self.fds_with_the_loop.items()
                 if forksafety.fd_target(fd) == target}
 
-    def note_loop_fds(self, before):
-        targets = {fd: forksafety.fd_target(fd) for fd in set(forksafety.open_fds()) - before}
+    def init_process(self):
+        # Before gunicorn's init opens anything (its PIPE): what is open now came with
+        # the fork, or was made at fork.
+        self.fds_before_the_loop = set(forksafety.open_fds())
+        self.made_at_fork = {fd: target for fd in self.fds_before_the_loop
+                             if (target := forksafety.fd_target(fd) or "").startswith("pipe:")
+                             and _TEMPLATE_FDS and target not in _TEMPLATE_FDS}
+        super().init_process()
+
+    def note_loop_fds(self):
+        """Once the loop exists (with its signal handling): what appeared with it."""
+        targets = {fd: forksafety.fd_target(fd)
+                   for fd in set(forksafety.open_fds()) - self.fds_before_the_loop}
         self.fds_with_the_loop = {fd: target for fd, target in targets.items() if target}
+        self.fds_with_the_loop.update(self.made_at_fork)
+
+    def leave_serving(self):
+        global _TEMPLATE_FDS
+        super().leave_serving()
+        _TEMPLATE_FDS = frozenset(filter(None, map(forksafety.fd_target,
+                                                   forksafety.open_fds())))
 
     async def keep_beating(self):
         """While the worker drains: a refork candidate is still a worker to the master,
@@ -78,17 +102,13 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
 class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
     """gunicorn's asgi worker (``-k asgi``)."""
 
-    def _setup_event_loop(self):
-        self.fds_before_the_loop = set(forksafety.open_fds())
-        super()._setup_event_loop()
-
     def init_signals(self):
         super().init_signals()
         if self.channel is not None:
             # Through the loop, like the base class's own handlers: it wakes the loop.
             self.loop.add_signal_handler(signal.SIGURG, self.handle_urg_signal)
         # The loop exists, and its signal handling (uvloop makes libuv's pipe there).
-        self.note_loop_fds(self.fds_before_the_loop)
+        self.note_loop_fds()
 
     def handle_urg_signal(self):
         if not self.alive:
@@ -144,9 +164,11 @@ class ServedRequests:
         try:
             return await self.app(scope, receive, self.sender(send) if self.header else send)
         finally:
-            self.worker.request_ended()
-            if gate is not None:
-                gate.left()
+            try:
+                self.worker.request_ended()
+            finally:
+                if gate is not None:
+                    gate.left()
 
     def sender(self, send):
         header = self.header

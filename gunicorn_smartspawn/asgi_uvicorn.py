@@ -16,7 +16,6 @@ except ImportError as exc:
     raise ImportError('smartspawn.UvicornWorker needs uvicorn-worker: pip install '
                       '"gunicorn_smartspawn[uvicorn]" (%s)' % exc) from exc
 
-from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.asgi import EventLoopWorkerMixin, ServedRequests
 from gunicorn_smartspawn.worker import boot_error_code
 
@@ -55,11 +54,10 @@ class LoopNotingWorker(BaseUvicornWorker):
 
     def run(self):
         make_loop = self.config.get_loop_factory() or asyncio.new_event_loop
-        before = set(forksafety.open_fds())
 
         def loop_factory():
             loop = make_loop()
-            self.note_loop_fds(before)
+            self.note_loop_fds()
             return loop
         return asyncio_run(self._serve(), loop_factory=loop_factory)
 

@@ -319,6 +319,7 @@ class RequestGate:
         self.call_later = call_later  # call_later(seconds, function) on the loop
         self.in_flight = 0
         self.pending = False          # work is due: it runs when no request is in flight
+        self.running = False          # the work runs (under gevent, it may yield)
         self.resumed = None           # while requests are held: set when they may go on
 
     def held(self):
@@ -331,25 +332,37 @@ class RequestGate:
     def left(self):
         self.in_flight -= 1
         if not self.pending:
-            if not any(self.oob.due()):
+            if self.running or not any(self.oob.due()):
                 return
             self.pending = True
             if not self.oob.solo:  # held until the work has run: none starts before it
-                self.resumed = self.new_event()
-                self.call_later(HOLD_LIMIT, self.release)
+                self.hold()
         if self.in_flight == 0:
             self.call_later(0, self.run_work)
 
-    def release(self):
-        resumed, self.resumed = self.resumed, None
-        if resumed is not None:
-            resumed.set()
+    def hold(self):
+        resumed = self.resumed = self.new_event()
+        self.call_later(HOLD_LIMIT, lambda: self.release(resumed))
+
+    def release(self, resumed):
+        """Let the requests held on `resumed` go on (not while the work runs; a timer of
+        an earlier hold does nothing)."""
+        if self.running or resumed is None or resumed is not self.resumed:
+            return
+        self.resumed = None
+        resumed.set()
 
     def run_work(self):
-        if not self.pending or self.in_flight:
+        if not self.pending or self.in_flight or self.running:
             return  # run already, or a request started since: it comes back here
         self.pending = False
+        if self.resumed is None:
+            self.hold()  # nothing starts while it runs, even in the only worker
+        self.running = True
         oob = self.oob
-        if oob.worker.alive:
-            oob.run(oob.requested, oob.gc_due())
-        self.release()
+        try:
+            if oob.worker.alive:
+                oob.run(oob.requested, oob.gc_due())
+        finally:
+            self.running = False
+            self.release(self.resumed)
