@@ -471,13 +471,14 @@ def test_a_refork_candidate_draining_longer_than_timeout_is_not_killed(make_serv
                          worker_class=classes[0], args=["--timeout", "2"],
                          config=REFORK).start()
     workers = set(server.worker_pids())
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        # A 4 s request on each worker, whichever becomes the candidate.
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        # A 4 s request on each worker, whichever becomes the candidate (an event-loop
+        # worker may accept many in a row: a few more until both have one).
         slow = []
         while {int(pid) for pid in server.lines("sleeping.txt")} < workers:
-            assert len(slow) < 8, "no slow request reached every worker"
+            assert len(slow) < 24, "no slow request reached every worker"
             slow.append(pool.submit(server.get_json, "/sleep?4" if gevent else "/sleep?s=4"))
-            time.sleep(0.05)
+            time.sleep(0.1)
         refork(server)
         assert all(request.result(timeout=10)["pid"] in workers for request in slow)
     assert "WORKER TIMEOUT" not in server.log()
