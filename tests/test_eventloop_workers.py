@@ -112,8 +112,11 @@ class WebSocket:
 
 
 def websockets_on_every_worker(server, count):
+    """One websocket on each of `count` workers. A worker that is listed may still be
+    running its lifespan startup: wait until every worker answers first."""
+    responses_from_every_worker(server)
     sockets, seen = [], set()
-    for _ in range(50):
+    for _ in range(200):
         ws = WebSocket(server)
         if ws.pid in seen:
             ws.close()
