@@ -14,7 +14,8 @@ it works, the kernel hands new connections to the other workers. A thread worker
 accepting, holds the requests that arrive on kept-alive connections, waits until no
 request is running, runs the work, then resumes (see ThreadWorker in worker.py). An
 event-loop worker (asyncio, gevent) holds new requests at a `RequestGate` until none is
-running, then runs the work on the loop itself, which accepts nothing meanwhile.
+running, for HOLD_LIMIT at most (past it they go on, and the work waits for the next idle
+moment), then runs the work on the loop itself, which accepts nothing meanwhile.
 """
 import gc
 import select
