@@ -95,7 +95,8 @@ def test_leaking_worker_is_replaced_at_the_memory_limit_with_zero_failed_request
         wait_for(lambda: first - set(server.worker_pids()), timeout=20,
                  what="a leaking worker replaced")
     assert load.failures == []
-    assert len(server.worker_pids()) == 2
+    # Both workers leak: the other one may be being replaced too.
+    wait_for(lambda: len(server.worker_pids()) == 2, what="two workers again")
 
 
 def test_refork_on_memory_reforks_when_workers_unshare_never_within_the_interval(make_server):

@@ -537,20 +537,20 @@ def test_many_workers_on_a_big_heap_at_start_and_on_hup(run_both):
             add_args(server, "--preload")
         server.start(wait=False)
         server.wait_ready(timeout=40)
+        # Each wait fails the test unless all n workers answered one sample at once (a
+        # second sample could miss one: a worker done with its /sleep takes another).
         wait_for(lambda: all_serve(server), timeout=30, interval=0.5,
                  what="%d workers serving\n%s" % (n, server.log()))
-        at_start = distinct_servers(server)
         hup_and_wait_new_generation(server, n, lambda: True, timeout=40)
         wait_for(lambda: all_serve(server), timeout=30, interval=0.5,
                  what="the new %d workers serving\n%s" % (n, server.log()))
-        after_hup = distinct_servers(server)
         log = server.log()
         code = server.stop(timeout=30)
-        return {"at_start": at_start, "after_hup": after_hup, "exit": code,
+        return {"exit": code,
                 "stuck": [line for line in log.splitlines()
                           if "killing it" in line or "stuck" in line]}
 
     plain, smart = run_both(scenario, app_file="parity_deploy_bigheap.py", workers=n,
                             env={"BIGHEAP_ITEMS": str(BIGHEAP_ITEMS)})
-    assert plain == {"at_start": n, "after_hup": n, "exit": 0, "stuck": []}
+    assert plain == {"exit": 0, "stuck": []}
     assert smart == plain
