@@ -47,4 +47,4 @@ def test_a_free_threaded_build_turns_oob_gc_off_with_one_warning(make_server):
 def test_a_default_build_smart_spawns(make_server):
     server = make_server(workers=2).start()
     assert "falling back" not in server.log()
-    assert len(server.preloader_pids()) == 1
+    server.preloader_pid()  # exactly one (a process just forked from it has its title a moment)
