@@ -17,6 +17,14 @@ def status(*args):
     return subprocess.run([*STATUS, *args], capture_output=True, text=True, timeout=30)
 
 
+def settled(read, gap):
+    """(value,) once two reads of `read()`, `gap` seconds apart, agree and are not None;
+    else None (for wait_for: a count can be 0). The readiness probes may still be counted."""
+    first = read()
+    time.sleep(gap)
+    return (first,) if first is not None and read() == first else None
+
+
 def test_status_shows_every_role_with_real_memory(make_server):
     server = make_server(workers=2, config="fork_worker = True\n").start()
     for _ in range(10):
@@ -60,13 +68,10 @@ def test_status_counts_requests(make_server):
         rows = json.loads(result.stdout)["processes"]
         return [row["requests"] for row in rows if row["role"] == "worker"]
 
-    def settled():
-        """The count once two reads a state rewrite apart agree (readiness probes)."""
-        first = requests()
-        time.sleep(1.1)
-        return first if first and requests() == first else None
-
-    before = wait_for(settled, what="a worker in the status")[0]
+    # 1.1 s: the state file is rewritten once a second.
+    (counts,) = wait_for(lambda: settled(lambda: requests() or None, 1.1),
+                         what="a worker in the status")
+    before = counts[0]
     for _ in range(7):
         server.request()
     wait_for(lambda: requests() == [before + 7], what="7 more requests in the status")
@@ -92,11 +97,7 @@ def test_control_socket_shows_smartspawn_fields_and_reforks(make_server):
     with ControlClient(str(server.root / "gunicorn.ctl")) as client:
         def served():
             return sum(w["requests"] for w in client.send_command("show", ["workers"])["workers"])
-        def settled():  # the readiness probes, once a worker has counted the last one
-            first = served()
-            time.sleep(0.2)
-            return (first,) if served() == first else None
-        (before,) = wait_for(settled, what="a settled request count")
+        (before,) = wait_for(lambda: settled(served, 0.2), what="a settled request count")
         for _ in range(4):
             server.request()
         # A worker counts a request once its response is sent: the count may trail.
