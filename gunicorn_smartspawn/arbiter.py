@@ -31,7 +31,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import _linux, immortal, patches, protocol, state
+from gunicorn_smartspawn import _linux, hookstate, immortal, patches, protocol, state
 from gunicorn_smartspawn.config import install_settings
 from gunicorn_smartspawn.lifecycle import Lifecycle
 from gunicorn_smartspawn.preloader import start_preloader
@@ -76,6 +76,7 @@ class SmartArbiter(Arbiter):
         self.state_published = 0.0
         self.state_unwritable = False
         self.pss_sampled = None
+        self.hook_state = hookstate.HookState(self.log)
         self.warned_immortal = False
         state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -248,7 +249,10 @@ class SmartArbiter(Arbiter):
         worker.spawned_from = spawner.kind
         worker.spawner_pid = spawner.pid
         worker.generation = spawner.generation
+        before = dict(vars(worker))
         self.cfg.pre_fork(self, worker)
+        # The worker is built in the spawner: what the hook left goes with the request.
+        worker.pre_fork_state = self.hook_state.capture(self, worker, before)
         self.table.queue(worker)
         self.dispatch_spawns()
         return None
@@ -265,7 +269,10 @@ class SmartArbiter(Arbiter):
             return
         self.table.sent(worker)
         fds = [worker.tmp.fileno()]
-        child_end = None
+        state_fd = child_end = None
+        if worker.pre_fork_state is not None:
+            state_fd = hookstate.to_memfd(worker.pre_fork_state)
+            fds.append(state_fd)
         if refork_enabled(self.cfg):
             worker.channel, child_end = protocol.channel_pair()
             worker.channel.setblocking(False)
@@ -279,7 +286,8 @@ class SmartArbiter(Arbiter):
                                             lambda: sock.create_sockets(self.cfg, self.log))
             fds += [listener.fileno() for listener in listeners]
         try:
-            spawner.request_spawn(worker.age, worker.slot, fds, len(listeners))
+            spawner.request_spawn(worker.age, worker.slot, fds, len(listeners),
+                                  hook_state=state_fd is not None)
         except OSError as exc:
             # The spawner has just exited: its exit is logged (and handled) with its EOF
             # in read_channels(); the worker is asked of the next spawner.
@@ -288,6 +296,8 @@ class SmartArbiter(Arbiter):
         finally:
             if child_end is not None:
                 child_end.close()
+            if state_fd is not None:
+                os.close(state_fd)
 
     def spawn_direct(self, worker):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
@@ -375,7 +385,7 @@ class SmartArbiter(Arbiter):
         # A worker's WorkerSpawned is written before it can exit: read it first, so that
         # gunicorn's reaper knows the pid.
         self.read_channels(list(self.pool.handles))
-        self.pool.reap()
+        self.templates_exited(self.pool.reap())
         unbooted = self.lifecycle.unbooted_workers()
         try:
             super().reap_workers()
@@ -387,9 +397,15 @@ class SmartArbiter(Arbiter):
             if not self.stopping:
                 raise
             self.log.debug("A worker failed to boot while the server was stopping")
-        self.pool.reap()  # forget the helpers gunicorn's waitpid(-1) just reaped
+        # Forget the helpers gunicorn's waitpid(-1) just reaped.
+        self.templates_exited(self.pool.reap())
         self.lifecycle.count_boot_failures(unbooted)
         self.table.release_departed()
+
+    def templates_exited(self, workers):
+        """A template was a worker, and is one to the hooks: gunicorn's child_exit."""
+        for worker in workers:
+            self.cfg.child_exit(self, worker)
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -466,7 +482,7 @@ class SmartArbiter(Arbiter):
         self.table.close_seats()
         super().stop(graceful)
         self.pool.close_all()
-        self.pool.wait_all(deadline=time.monotonic() + 2.0)
+        self.templates_exited(self.pool.wait_all(deadline=time.monotonic() + 2.0))
         state.remove(self.state_path)
 
     # -- the control socket (called from its thread: only reads, or queues a signal) ----

@@ -20,7 +20,7 @@ import socket
 
 MAX_MESSAGE = 64 * 1024
 MAX_TEXT = 4000  # characters: at most 16 000 bytes of UTF-8
-# SpawnWorker to a standby: heartbeat, worker channel, master channel, and with
+# SpawnWorker to a standby: heartbeat, hook state, worker channel, master channel, and with
 # reuse_port the worker's own listening sockets.
 MAX_FDS = 64
 
@@ -40,12 +40,14 @@ def brief(text):
 class SpawnWorker:
     """master -> spawner: fork worker `age` using counter `slot` (None: no slot free).
 
-    fds: its heartbeat file, then (with fork_worker) its own channel to the master, then
-    (with reuse_port) its `listeners` listening sockets, bound by the master.
+    fds: its heartbeat file, then (with `hook_state`) what pre_fork left for it
+    (hookstate.py), then (with fork_worker) its own channel to the master, then (with
+    reuse_port) its `listeners` listening sockets, bound by the master.
     """
     age: int
     slot: int | None
     listeners: int = 0
+    hook_state: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +160,7 @@ def decode(data):
         value, expected = getattr(message, field.name), field.type
         if expected is float:
             expected = (int, float)  # JSON writes 2.0 as 2
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise ProtocolError("%s.%s=%r: not a %s" % (
                 type(message).__name__, field.name, value, field.type))
     return message

@@ -214,7 +214,7 @@ class Reforker:
         candidate = self.table.workers.pop(handle.pid, None)
         if candidate is not None:  # no longer a worker: gunicorn must not time it out
             candidate.tmp.close()
-        self.pool.template_ready(handle)  # reaped (and logged) as a spawner from now on
+        self.pool.template_ready(handle, candidate)  # reaped as a spawner from now on
         refork = self.current
         if refork is None or refork.candidate.pid != handle.pid:
             self.master.retire(handle)  # its refork was abandoned meanwhile

@@ -18,7 +18,7 @@ import time
 
 from gunicorn import sock, util
 
-from gunicorn_smartspawn import _linux, forksafety, immortal, patches, protocol
+from gunicorn_smartspawn import _linux, forksafety, hookstate, immortal, patches, protocol
 from gunicorn_smartspawn.worker import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
@@ -170,8 +170,17 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if self.cfg.gc_freeze:
             self.freeze_heap()
+        # A TERM waits until the middle process is reaped (a template exits on TERM by
+        # raising SystemExit: not halfway through a fork).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
+            if middle == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the standby dies with the master
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                self.run_middle(ours, theirs, inherited)
+            theirs.close()
+            _, status = os.waitpid(middle, 0)
         except forksafety.ForkUnsafe:
             ours.close()
             theirs.close()
@@ -181,10 +190,8 @@ class Spawner:
             ours.close()
             theirs.close()
             return None
-        if middle == 0:
-            self.run_middle(ours, theirs, inherited)
-        theirs.close()
-        _, status = os.waitpid(middle, 0)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if status != 0:
             self.log.error("%s: second fork failed (wait status %s)", self.spawned_from, status)
             ours.close()
@@ -271,13 +278,16 @@ class Spawner:
         return _linux.die_with_parent(self.master_pid, signal.SIGTERM)
 
     def new_worker(self, request, fds):
+        """The Worker the master asked for: `fds` as SpawnWorker lists them."""
         server = self.server
-        with patches.building_worker(HeartbeatFile(fds[0])):
+        heartbeat, *fds = fds
+        state_fd = fds.pop(0) if request.hook_state else None
+        listeners = fds[len(fds) - request.listeners:] if request.listeners else []
+        with patches.building_worker(HeartbeatFile(heartbeat)):
             worker = server.worker_class(request.age, self.master_pid, server.LISTENERS,
                                          self.app, server.timeout / 2.0, self.cfg, self.log)
-        listeners = fds[len(fds) - request.listeners:] if request.listeners else []
-        if len(fds) - len(listeners) > 1:
-            worker.channel = socket.socket(fileno=fds[1])
+        if len(fds) > len(listeners):
+            worker.channel = socket.socket(fileno=fds[0])
         if listeners:  # reuse_port: the sockets the master bound for this worker
             worker.sockets = sock.create_sockets(self.cfg, self.log, listeners)
         worker.slot = request.slot
@@ -285,4 +295,10 @@ class Spawner:
         worker.spawner_pid = self.pid
         worker.generation = self.generation
         worker.template_class = self.template_class
+        if state_fd is not None:
+            try:
+                hookstate.apply(state_fd, server, worker)
+            except Exception:  # e.g. a class the spawner cannot import: serve without it
+                self.log.exception("Worker (pid: %s) could not take what pre_fork set "
+                                   "for it", os.getpid())
         return worker

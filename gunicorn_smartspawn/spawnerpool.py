@@ -45,9 +45,10 @@ class SpawnerHandle:
     def usable(self):
         return self.ready and not (self.retiring or self.stuck)
 
-    def request_spawn(self, age, slot, fds, listeners=0):
+    def request_spawn(self, age, slot, fds, listeners=0, hook_state=False):
         self.last_used = time.monotonic()
-        protocol.send(self.channel, protocol.SpawnWorker(age, slot, listeners), fds)
+        protocol.send(self.channel, protocol.SpawnWorker(age, slot, listeners, hook_state),
+                      fds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class SpawnerPool:
         self.next_preloader = None  # booting after a HUP, for the next generation
         self.template = None    # the template of the current generation
         self.helpers = {}       # unreaped non-worker children: pid -> role
+        self.served = {}        # templates: pid -> the Worker it was (for child_exit)
         self.killed_on_purpose = set()
 
     def add(self, handle):
@@ -139,10 +141,12 @@ class SpawnerPool:
             spawner.standby_pid = None
         self.helpers.pop(pid, None)
 
-    def template_ready(self, handle):
-        """The refork candidate `handle` is a template now, no longer a worker."""
+    def template_ready(self, handle, worker):
+        """The refork candidate `handle` is a template now, no longer `worker`."""
         handle.ready = True
         self.helpers[handle.pid] = "template"
+        if worker is not None:
+            self.served[handle.pid] = worker
 
     # -- stopping them --------------------------------------------------------------------
 
@@ -205,7 +209,9 @@ class SpawnerPool:
     # -- reaping --------------------------------------------------------------------------
 
     def reap(self):
-        """Reap (and log) exited helpers: spawners and standbys."""
+        """Reap (and log) exited helpers: spawners and standbys. Returns the Workers that
+        the reaped templates were (the master calls child_exit for them)."""
+        ended = []
         for pid in list(self.helpers):
             try:
                 wpid, status = os.waitpid(pid, os.WNOHANG)
@@ -213,6 +219,9 @@ class SpawnerPool:
                 wpid, status = pid, None  # gunicorn's waitpid(-1) reaped it first
             if wpid:
                 self.reaped(pid, self.helpers.pop(pid), status)
+                if pid in self.served:
+                    ended.append(self.served.pop(pid))
+        return ended
 
     def reaped(self, pid, role, status):
         if role == "standby":
@@ -235,9 +244,11 @@ class SpawnerPool:
             self.log.info("%s (pid: %s) exited", name, pid)
 
     def wait_all(self, deadline):
-        """Reap every helper by `deadline`; SIGKILL those still running then."""
+        """Reap every helper by `deadline`; SIGKILL those still running then. Returns
+        the Workers the reaped templates were."""
+        ended = []
         while self.helpers and time.monotonic() < deadline:
-            self.reap()
+            ended += self.reap()
             time.sleep(0.05)
         for pid in list(self.helpers):
             try:
@@ -246,3 +257,6 @@ class SpawnerPool:
             except (ProcessLookupError, ChildProcessError):
                 pass
             del self.helpers[pid]
+            if pid in self.served:
+                ended.append(self.served.pop(pid))
+        return ended

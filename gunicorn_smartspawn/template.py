@@ -6,6 +6,7 @@ in-flight requests, leaves gunicorn's serving loop and lands here: it runs the
 filled while serving are shared by every worker forked from it), then serves spawn
 requests exactly like the preloader (see spawner.py).
 """
+import signal
 import time
 
 from gunicorn import util
@@ -69,6 +70,13 @@ class Template(Spawner):
         worker.tmp.close()  # no longer a worker: the master stopped watching it
         self.serve()
 
+    def init_signals(self):
+        super().init_signals()
+        # Still the worker it was, to the application: TERM (the master retiring it, or
+        # the kernel when the master dies) ends it as it ends a gunicorn worker, through
+        # worker_exit and the atexit handlers (run_worker_process).
+        signal.signal(signal.SIGTERM, exit_gracefully)
+
     def fork_gate_refusal(self):
         """A BootFailed when the application keeps this worker from being forked, or None."""
         if not forkgate.fork_safe():
@@ -100,6 +108,10 @@ class Template(Spawner):
             old.close()
             listeners.append(type(old)(old.cfg_addr, self.cfg, self.log, fd=fd))
         self.server.LISTENERS = listeners
+
+
+def exit_gracefully(_signum, _frame):
+    raise SystemExit(0)
 
 
 Template.template_class = Template  # its workers become the next template

@@ -57,6 +57,7 @@ class SmartWorkerMixin:
     uss = rss = None
     over_limit = 0
     served = False
+    pre_fork_state = None     # what pre_fork left, pickled for the spawner (hookstate.py)
 
     @property
     def preloaded(self):

@@ -48,6 +48,7 @@ def called(server, name):
 
 def test_gunicorn_hooks_and_on_preload_in_the_right_processes(make_server):
     server = make_server(workers=2, config=HOOKS).start()
+    assert "takes what hooks set" not in server.log()  # its pre_fork sets nothing
     preloader = server.preloader_pid()
     wait_for(lambda: len(called(server, "post_worker_init")) == 2, what="post_worker_init x2")
     master = server.pid
@@ -108,3 +109,115 @@ def test_preloader_drops_privileges_before_importing_the_app(make_server):
         assert server.stop() == 0
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+# What a pre_fork hook sets on the worker, and on the server for that worker, is what
+# post_fork and post_worker_init see: gunicorn runs pre_fork on the object the child
+# serves with, in the master whose copy the child gets.
+PRE_FORK_STATE = '''
+import itertools, json, os
+
+def record(name, **fields):
+    with open(os.path.join(os.environ["TEST_DIR"], "hooks.jsonl"), "a") as f:
+        f.write(json.dumps({"hook": name, "pid": os.getpid(), **fields}) + "\\n")
+
+shards = itertools.count(100)
+
+def on_starting(server):
+    server.seats = {}
+
+def pre_fork(server, worker):
+    worker.shard = next(shards)
+    server.seats[worker.age] = "seat-%d" % worker.shard
+    record("pre_fork", age=worker.age, shard=worker.shard)
+
+def post_fork(server, worker):
+    record("post_fork", age=worker.age, shard=worker.shard, seat=server.seats[worker.age],
+           spawned_from=getattr(worker, "spawned_from", "master"))
+
+def post_worker_init(worker):
+    record("post_worker_init", shard=worker.shard)
+'''
+
+
+@pytest.mark.parametrize("worker_class", ["smartspawn.Worker", "sync"])
+def test_what_pre_fork_sets_reaches_post_fork_and_the_worker(make_server, worker_class):
+    server = make_server(workers=2, worker_class=worker_class,
+                         config=PRE_FORK_STATE + "fork_worker = True\n").start()
+    reforks = 1 if worker_class == "sync" else 2  # plain gunicorn: TTIN, as a new spawn
+    wait_for(lambda: len(called(server, "post_worker_init")) == 2, what="two workers")
+    if worker_class == "sync":
+        server.signal(signal.SIGTTIN)
+    else:
+        server.signal(signal.SIGURG)
+        server.wait_log(r"refork to generation 2 \(URG\) done", timeout=30)
+    wait_for(lambda: len(called(server, "post_worker_init")) >= 2 + reforks,
+             what="the workers forked after the first ones")
+    shards = {h["age"]: h["shard"] for h in called(server, "pre_fork")}
+    post_fork = called(server, "post_fork")
+    assert len(post_fork) >= 2 + reforks
+    for h in post_fork:
+        assert h["shard"] == shards[h["age"]]
+        assert h["seat"] == "seat-%d" % shards[h["age"]]
+    by_pid = {h["pid"]: h["shard"] for h in post_fork}
+    for h in called(server, "post_worker_init"):
+        assert h["shard"] == by_pid[h["pid"]]
+    if worker_class != "sync":
+        assert {"preloader", "template"} <= {h["spawned_from"] for h in post_fork}
+    assert "cannot reach workers" not in server.log()
+    if worker_class != "sync":  # only the hooks' own attributes travel
+        server.wait_log(r"Worker 1 takes what hooks set: worker\.shard, server\.seats\n")
+    assert server.stop() == 0
+
+
+EXIT_HOOKS = '''
+import json, os
+
+def record(name, **fields):
+    with open(os.path.join(os.environ["TEST_DIR"], "hooks.jsonl"), "a") as f:
+        f.write(json.dumps({"hook": name, "pid": os.getpid(), **fields}) + "\\n")
+
+def post_worker_init(worker): record("post_worker_init")
+def worker_exit(server, worker): record("worker_exit")
+def child_exit(server, worker): record("child_exit", worker_pid=worker.pid)
+fork_worker = True
+'''
+
+
+def exits_of(server):
+    """(pids that served as workers, worker_exit pids, atexit pids, child_exit pids)."""
+    return ({h["pid"] for h in called(server, "post_worker_init")},
+            {h["pid"] for h in called(server, "worker_exit")},
+            {int(pid) for pid in server.lines("atexit.txt")},
+            {h["worker_pid"] for h in called(server, "child_exit")})
+
+
+@pytest.mark.parametrize("worker_class", ["smartspawn.Worker", "sync"])
+def test_every_process_that_served_gets_worker_exit_atexit_and_child_exit(
+        make_server, worker_class):
+    """A refork's template served as a worker: when it ends (retired by the next refork,
+    or at shutdown) it runs worker_exit and its atexit handlers, and the master calls
+    child_exit for it (prometheus_client's mark_process_dead), as for any worker."""
+    server = make_server("atexit_app.py", workers=2, worker_class=worker_class,
+                         config=EXIT_HOOKS).start()
+    wait_for(lambda: len(called(server, "post_worker_init")) == 2, what="two workers")
+    first = set(server.worker_pids())
+    if worker_class == "sync":  # plain gunicorn: the same workers, replaced by TTOU/TTIN
+        server.signal(signal.SIGTTOU)
+        wait_for(lambda: len(server.worker_pids()) == 1, what="one worker")
+        server.signal(signal.SIGTTIN)
+    else:
+        for generation in (2, 3):
+            server.signal(signal.SIGURG)
+            server.wait_log(r"refork to generation %s \(URG\) done" % generation, timeout=30)
+    # Every first-generation worker has ended by now (the first template was retired by
+    # the second refork): each got all three.
+    ended = first - set(server.worker_pids())
+    assert ended
+    wait_for(lambda: all(ended <= found for found in exits_of(server)[1:]),
+             what="worker_exit, atexit and child_exit of %s\n%s" % (ended, exits_of(server)))
+    assert server.stop() == 0
+    served, worker_exit, atexit_run, child_exit = exits_of(server)
+    assert worker_exit == served
+    assert atexit_run == served
+    assert child_exit == served
