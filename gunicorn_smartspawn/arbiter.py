@@ -21,6 +21,7 @@ refork now (with fork_worker).
 """
 import os
 import queue
+import random
 import select
 import signal
 import sys
@@ -32,6 +33,7 @@ from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
 from gunicorn_smartspawn import _linux, hookstate, immortal, patches, protocol, state
+from gunicorn_smartspawn.backoff import Backoff
 from gunicorn_smartspawn.config import install_settings
 from gunicorn_smartspawn.lifecycle import Lifecycle
 from gunicorn_smartspawn.preloader import start_preloader
@@ -46,7 +48,7 @@ from gunicorn_smartspawn.workertable import SPAWN_TIMEOUT, WorkerTable
 # How often the master samples the total PSS of its processes for statsd (seconds).
 PSS_SAMPLE_INTERVAL = 30.0
 # Restart delays for a preloader that keeps failing after the first boot (seconds).
-RESTART_BACKOFF = (0, 1, 2, 5, 10, 30)
+RESTART_DELAYS = (0, 1, 2, 5, 10, 30)
 
 
 class SmartArbiter(Arbiter):
@@ -68,7 +70,7 @@ class SmartArbiter(Arbiter):
         self.stopping = False
         self.reloading = False        # in gunicorn's own HUP (direct spawning)
         self.ever_ready = False       # a preloader has loaded the app once
-        self.restart_failures = 0     # preloader restarts since one last spawned a worker
+        self.restarts = Backoff(RESTART_DELAYS)  # since a preloader last spawned a worker
         self.restart_at = None
         self.table = WorkerTable(self.WORKERS)
         self.pool = SpawnerPool(self.log, self.WORKERS)
@@ -76,6 +78,7 @@ class SmartArbiter(Arbiter):
         self.state_published = 0.0
         self.state_unwritable = False
         self.pss_sampled = None
+        self.logged_worker_count = None  # gunicorn's "N workers" gauge, when it changes
         self.hook_state = hookstate.HookState(self.log)
         self.warned_immortal = False
         state.remove_stale()
@@ -120,19 +123,19 @@ class SmartArbiter(Arbiter):
                                    "import the code itself")
         if why and refork_enabled(self.cfg):
             self.log.warning("smartspawn: fork_worker and refork_on_memory are off: %s", why)
-            self.cfg.settings["fork_worker"].set(False)
-            self.cfg.settings["refork_on_memory"].set(False)
+            patches.override_setting(self.cfg, "fork_worker", False)
+            patches.override_setting(self.cfg, "refork_on_memory", False)
         if _linux.FREE_THREADED and self.cfg.oob_gc:
             self.log.warning("smartspawn: oob_gc is off: not supported on a free-threaded "
                              "CPython build, whose collector has one generation and "
                              "rules of its own for when to run")
-            self.cfg.settings["oob_gc"].set(False)
+            patches.override_setting(self.cfg, "oob_gc", False)
         why = self.cfg.gc_freeze == "immortal" and immortal.unsupported()
         if why:
             if not self.warned_immortal:  # once: a HUP reloads the same config
                 self.log.warning('smartspawn: gc_freeze = "immortal" acts as True: %s', why)
                 self.warned_immortal = True
-            self.cfg.settings["gc_freeze"].set(True)
+            patches.override_setting(self.cfg, "gc_freeze", True)
 
     # -- gunicorn's main loop, extended ------------------------------------------------
 
@@ -187,10 +190,35 @@ class SmartArbiter(Arbiter):
         self.dispatch_spawns()
         self.lifecycle.manage()
         self.reforker.manage()
-        with self.lifecycle.outgoing_not_counted():
-            super().manage_workers()
+        self.keep_worker_count()
         self.table.close_unused_seats()
         self.publish_state()
+
+    def worker_target(self):
+        """`workers`, plus the workers that serve without counting toward it: outgoing
+        ones (until their replacements serve) and a refork's candidate (until it leaves
+        for the template)."""
+        return self.num_workers + self.lifecycle.not_counted() + self.reforker.extra_workers()
+
+    def keep_worker_count(self):
+        """gunicorn's Arbiter.manage_workers (pinned in the contract test), against
+        worker_target() instead of `workers`."""
+        target = self.worker_target()
+        if len(self.WORKERS) < target:
+            self.spawn_workers()
+        workers = sorted(self.WORKERS.items(), key=lambda item: item[1].age)
+        while len(workers) > target:
+            pid, _worker = workers.pop(0)
+            self.kill_worker(pid, signal.SIGTERM)
+        if self.logged_worker_count != len(workers):
+            self.logged_worker_count = len(workers)
+            self.log.debug("%s workers", len(workers), extra={
+                "metric": "gunicorn.workers", "value": len(workers), "mtype": "gauge"})
+        if self.cfg.enable_backlog_metric:
+            backlog = sum(listener.get_backlog() or 0 for listener in self.LISTENERS)
+            if backlog >= 0:
+                self.log.debug("socket backlog: %s", backlog, extra={
+                    "metric": "gunicorn.backlog", "value": backlog, "mtype": "histogram"})
 
     def publish_state(self):
         """Rewrite the state file for `smartspawn status`, at most once a second."""
@@ -219,9 +247,13 @@ class SmartArbiter(Arbiter):
         if not self.lifecycle.may_spawn():
             return None  # workers keep failing to boot (lifecycle.py)
         spawner = self.pool.current()
+        missing = self.worker_target() - len(self.WORKERS) - len(self.table.pending)
         if spawner is None:
             if not self.smart:
-                return super().spawn_workers()
+                for _ in range(missing):  # gunicorn's spawn_workers, with its pause
+                    self.spawn_worker()
+                    time.sleep(0.1 * random.random())
+                return None
             pool = self.pool
             if (pool.preloader is None and pool.next_preloader is None
                     and self.restart_at is None and not self.stopping):
@@ -230,10 +262,8 @@ class SmartArbiter(Arbiter):
                 pool.preloader = self.start_preloader(self.generation + 1)
             return None  # spawning starts when the preloader is ready
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
-        missing = self.num_workers - len(self.WORKERS) - len(self.table.pending)
-        with self.lifecycle.target_as_configured():  # as the pre_fork hook should see it
-            for _ in range(missing):
-                self.spawn_worker()
+        for _ in range(missing):
+            self.spawn_worker()
         return None
 
     def spawn_worker(self):
@@ -303,6 +333,7 @@ class SmartArbiter(Arbiter):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
         worker.spawner_pid = self.pid
         worker.template_class = Template
+        worker.counters = self.table.counters
         self.cfg.pre_fork(self, worker)
         child_end = None
         if refork_enabled(self.cfg):
@@ -334,7 +365,7 @@ class SmartArbiter(Arbiter):
         worker = self.table.checked_in(age, pid)
         self._stats["workers_spawned"] += 1
         if worker.spawned_from == "preloader":
-            self.restart_failures = 0  # a preloader that spawns is a healthy one
+            self.restarts.succeeded()  # a preloader that spawns is a healthy one
         if not self.stopping:
             self.dispatch_spawns()
         latency_ms = (time.monotonic() - worker.spawn_requested) * 1000
@@ -632,7 +663,7 @@ class SmartArbiter(Arbiter):
         return True
 
     def preloader_ready(self, preloader, seconds):
-        # restart_failures is reset by its first worker (worker_spawned), not here: a
+        # The restarts' backoff is reset by its first worker (worker_spawned), not here: a
         # preloader killed as stuck after every restart would restart without a pause.
         self.ever_ready = True
         self.log.info("%r loaded the app in %.3fs", preloader, seconds)
@@ -683,9 +714,8 @@ class SmartArbiter(Arbiter):
             reason = ("App failed to load." if code == APP_LOAD_ERROR
                       else "Worker failed to boot.")
             raise HaltServer("%s (%r exited%s)" % (reason, spawner, detail), code)
-        delay = RESTART_BACKOFF[min(self.restart_failures, len(RESTART_BACKOFF) - 1)]
-        self.restart_failures += 1
-        self.restart_at = time.monotonic() + delay
+        delay = self.restarts.failed()
+        self.restart_at = self.restarts.until
         self.log.error("%r exited%s; the workers keep serving; a new preloader starts "
                        "in %ss", spawner, detail, delay)
 

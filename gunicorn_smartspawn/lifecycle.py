@@ -20,12 +20,12 @@ The Lifecycle owns the outgoing workers, the memory samples and these counts; it
 through the master's worker table and spawner pool, and asks the Reforker (refork.py) to
 refork.
 """
-import contextlib
 import signal
 import time
 
 import psutil
 
+from gunicorn_smartspawn.backoff import Backoff
 from gunicorn_smartspawn.refork import booted
 
 MIB = 1024 * 1024
@@ -35,11 +35,10 @@ SAMPLES_IN_A_ROW = 3
 # Workers forked from one template that exit before serving, in a row, before the
 # template is abandoned.
 TEMPLATE_CHILD_FAILURES = 3
-# Workers that exit before they ever serve, in a row (from anywhere), before the master
-# waits between spawns, and the longest wait (seconds): a worker that cannot start must
-# not be respawned hundreds of times a second.
-BOOT_FAILURES_BEFORE_BACKOFF = 5
-RESPAWN_BACKOFF_MAX = 10.0
+# The waits between spawns after workers, in a row (from anywhere), exit before they ever
+# serve (seconds): none for the first four, then longer and longer. A worker that cannot
+# start must not be respawned hundreds of times a second.
+RESPAWN_DELAYS = (0, 0, 0, 0, 1, 2, 4, 8, 10)
 
 
 class MemoryGrowth:
@@ -78,14 +77,12 @@ class Lifecycle:
         self.cfg, self.log = master.cfg, master.log
         self.table, self.pool = master.table, master.pool
         self.outgoing = {}             # pid -> why it is being replaced
-        self.target_raised = 0         # workers added to num_workers (outgoing_not_counted)
         self.sent_term = set()         # outgoing pids already told to stop
         self.next_sample = time.monotonic()
         self.memory_growth = None      # MemoryGrowth of the current generation
         self.template_child_failures = 0
-        self.boot_failures = 0         # workers in a row that exited before serving
+        self.boot_failures = Backoff(RESPAWN_DELAYS)  # workers that exited before serving
         self.stopped_on_purpose = set()  # pids the master signalled to stop
-        self.respawn_at = 0.0          # no spawn before (monotonic time)
         self.stats = {"memory_samples": 0, "replaced_max_requests": 0,
                       "replaced_max_worker_memory": 0, "memory_reforks": 0,
                       "preloader_idle_exits": 0, "templates_abandoned": 0}
@@ -102,36 +99,9 @@ class Lifecycle:
         self.stop_idle_preloader()
         self.watch_template_children()
 
-    @contextlib.contextmanager
-    def outgoing_not_counted(self):
-        """Outgoing workers, and a refork's candidate until it leaves for the template, do
-        not count toward `workers` in gunicorn's manage_workers.
-
-        Its target is raised by their number for the call, through the attribute behind
-        `num_workers` (its setter would fire the nworkers_changed hook). WORKERS itself
-        is never touched: the control socket's thread reads it, and every fd of every
-        worker in it is closed in the children the master forks.
-        """
-        master = self.master
-        extra = sum(pid in self.table.workers for pid in self.outgoing)
-        extra += master.reforker.extra_workers()
-        master._num_workers += extra
-        self.target_raised = extra
-        try:
-            yield
-        finally:
-            master._num_workers -= extra
-            self.target_raised = 0
-
-    @contextlib.contextmanager
-    def target_as_configured(self):
-        """Within outgoing_not_counted: `num_workers` as configured, for user hooks."""
-        raised = self.target_raised
-        self.master._num_workers -= raised
-        try:
-            yield
-        finally:
-            self.master._num_workers += raised
+    def not_counted(self):
+        """The outgoing workers still running: they serve, but not toward `workers`."""
+        return sum(pid in self.table.workers for pid in self.outgoing)
 
     # -- spawn before retire --------------------------------------------------------------
 
@@ -254,7 +224,7 @@ class Lifecycle:
         for worker in self.table.workers.values():
             if not worker.served and booted(worker):
                 worker.served = True
-                self.boot_failures = 0  # a success breaks the row
+                self.boot_failures.succeeded()  # a success breaks the row
                 if template is not None and worker.spawner_pid == template.pid:
                     self.template_child_failures = 0
         if template is None or self.template_child_failures < TEMPLATE_CHILD_FAILURES:
@@ -283,13 +253,10 @@ class Lifecycle:
         template = self.pool.template
         if template is not None:
             self.template_child_failures += failed.count(template.pid)
-        self.boot_failures += len(failed)
-        if self.boot_failures >= BOOT_FAILURES_BEFORE_BACKOFF:
-            delay = min(RESPAWN_BACKOFF_MAX,
-                        2.0 ** (self.boot_failures - BOOT_FAILURES_BEFORE_BACKOFF))
-            self.respawn_at = time.monotonic() + delay
+        delay = self.boot_failures.failed(len(failed))
+        if delay:
             self.log.warning("%s workers in a row exited before they served; the next "
-                             "spawn waits %.0fs", self.boot_failures, delay)
+                             "spawn waits %.0fs", self.boot_failures.failures, delay)
 
     def may_spawn(self):
-        return time.monotonic() >= self.respawn_at
+        return not self.boot_failures.waiting()

@@ -12,6 +12,9 @@ Arbiter.setup(), and calls the class's setup(), which calls `install()` (see the
   smartspawn's fields), ``CommandHandlers.help`` and
   ``ControlSocketServer._execute_command`` (add ``refork``).
 
+And the live configuration, through `override_setting` alone: a setting this server cannot
+honour (turned off with a warning), and `initgroups` once the preloader has done it.
+
 And for the length of one call, in a process forked from a spawner (`building_worker`):
 
 - ``gunicorn.workers.base.WorkerTmp``, the name ``Worker.__init__`` looks up to make a
@@ -101,6 +104,11 @@ def smart_spawning_requested(cfg):
         return True  # SmartArbiter.run() reports it before anything starts
     return (cfg.spawn_method == "smart" and not cfg.reload
             and _linux.smart_spawn_unsupported() is None)
+
+
+def override_setting(cfg, name, value):
+    """Set gunicorn setting `name` of the live `cfg` to `value`, as a config file would."""
+    cfg.settings[name].set(value)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import time
 from gunicorn import util
 from gunicorn.errors import AppImportError
 
-from gunicorn_smartspawn import _linux, forksafety, protocol
+from gunicorn_smartspawn import _linux, forksafety, patches, protocol
 from gunicorn_smartspawn.spawner import Spawner
 from gunicorn_smartspawn.spawnerpool import SpawnerHandle
 from gunicorn_smartspawn.template import Template
@@ -34,7 +34,7 @@ def start_preloader(arbiter, generation, boot_timeout):
     code = 1
     try:
         master_end.close()
-        code = Preloader(arbiter, child_end, generation).run()
+        code = Preloader(arbiter, child_end, generation, arbiter.table.counters).run()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -82,7 +82,7 @@ class Preloader(Spawner):
         if cfg.uid != os.getuid():
             os.setuid(cfg.uid)
         # os.initgroups() would fail in the workers with EPERM.
-        cfg.settings["initgroups"].set(False)
+        patches.override_setting(cfg, "initgroups", False)
         return _linux.die_with_parent(self.master_pid)  # setuid() cleared it
 
     def load_app(self):

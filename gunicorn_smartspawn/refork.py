@@ -18,11 +18,12 @@ import signal
 import time
 
 from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn.backoff import Backoff
 from gunicorn_smartspawn.spawnerpool import SpawnerHandle
 from gunicorn_smartspawn.template import GATE_CLOSED
 
 # Delays before a refork refused by a prevent_fork() block is tried again (seconds).
-GATE_RETRY_BACKOFF = (1, 2, 5, 10, 30)
+GATE_RETRY_DELAYS = (1, 2, 5, 10, 30)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGKILL, signal.SIGABRT}
 
 
@@ -80,8 +81,7 @@ class Reforker:
         self.threshold_index = 0      # the next fork_worker threshold to wait for
         self.done = 0
         self.last_refork_at = time.monotonic()  # or the start (refork_min_interval)
-        self.gate_refusals = 0        # reforks refused in a row by a prevent_fork() block
-        self.retry_at = 0.0
+        self.gate_refusals = Backoff(GATE_RETRY_DELAYS)  # by a prevent_fork() block
         self.published = self.snapshot()
         if refork_enabled(self.cfg) and master.num_workers < 2:
             self.log.warning("fork_worker/refork_on_memory: a refork needs two or more workers; "
@@ -128,7 +128,7 @@ class Reforker:
             return "workers are being spawned"
         if master.lifecycle.outgoing:
             return "workers are being replaced"
-        if time.monotonic() < self.retry_at:
+        if self.gate_refusals.waiting():
             return "waiting to retry after a prevent_fork() block"
         return None
 
@@ -278,7 +278,7 @@ class Reforker:
     def finish(self):
         refork, self.current = self.current, None
         self.done += 1
-        self.gate_refusals = 0
+        self.gate_refusals.succeeded()
         if refork.threshold is not None:
             self.threshold_index += 1
         self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)
@@ -302,9 +302,7 @@ class Reforker:
                 refork.candidate.channel = self.pool.give_back(handle)
 
     def retry_after_gate(self, refork):
-        delay = GATE_RETRY_BACKOFF[min(self.gate_refusals, len(GATE_RETRY_BACKOFF) - 1)]
-        self.gate_refusals += 1
-        self.retry_at = time.monotonic() + delay
+        delay = self.gate_refusals.failed()
         self.requested = (refork.reason, refork.threshold)
         self.log.info("Refork (%s) will be tried again in %ss", refork.reason, delay)
 

@@ -40,8 +40,9 @@ class Spawner:
     hook: str = ""  # where the application prepares it for forking: for fork-safety advice
     template_class: type | None = None  # what its workers become on SIGURG (a Template)
 
-    def __init__(self, server, channel, generation):
+    def __init__(self, server, channel, generation, counters):
         self.server = server  # the arbiter, as copied into this process by fork
+        self.counters = counters  # the master's per-worker counters (counters.py), shared
         self.app = server.app
         self.cfg = server.cfg
         self.log = server.log
@@ -291,6 +292,7 @@ class Spawner:
         if listeners:  # reuse_port: the sockets the master bound for this worker
             worker.sockets = sock.create_sockets(self.cfg, self.log, listeners)
         worker.slot = request.slot
+        worker.counters = self.counters
         worker.spawned_from = self.spawned_from
         worker.spawner_pid = self.pid
         worker.generation = self.generation

@@ -27,7 +27,7 @@ class Template(Spawner):
     hook = "pre_template_fork"
 
     def __init__(self, worker, listener_fds):
-        super().__init__(worker.server, worker.channel, worker.generation)
+        super().__init__(worker.server, worker.channel, worker.generation, worker.counters)
         self.worker = worker
         self.listener_fds = listener_fds
 

@@ -45,7 +45,8 @@ class SmartWorkerMixin:
     generation = 1
     server = None             # the arbiter, as copied into this process
     slot = None               # this worker's slot in the counters
-    counters = None           # the master's per-worker counters (counters.py), shared
+    counters = None           # the master's per-worker counters (counters.py), shared:
+                              # handed in by whoever built the worker
     seat = None               # with reuse_port: its sockets in the master's table
     channel = None            # to the master, with fork_worker only
     template_requested = False
@@ -88,8 +89,6 @@ class SmartWorkerMixin:
         super().handle_exit(sig, frame)
 
     def init_process(self):
-        # Looked up once, not at every request.
-        self.counters = self.server.table.counters
         if self.slot is not None:
             forkgate.on_unsafe(lambda: self.counters.set(self.slot, "fork_unsafe", 1))
             # Spawn before retire: past max_requests this worker keeps serving until the

@@ -4,6 +4,7 @@ changes shape.
 smartspawn pins gunicorn>=27,<28; this is the alarm for anything that moves inside it. Each
 pin names where smartspawn depends on it.
 """
+import hashlib
 import inspect
 
 import gunicorn
@@ -54,12 +55,36 @@ def test_arbiter_state_smartspawn_relies_on():
     for needle in (
         "self.SIG_QUEUE", "WAKEUP_REQUEST", "self.WORKERS", "self._stats", "self.worker_age",
         "WORKER_BOOT_ERROR = 3", "APP_LOAD_ERROR = 4", "self.dirty_arbiter_pid",
-        # lifecycle.outgoing_not_counted raises the attribute behind num_workers.
-        "num_workers = property(_get_num_workers, _set_num_workers)", "self._num_workers",
-        # manage_workers counts WORKERS against num_workers and kills the oldest beyond.
-        "if len(self.WORKERS) < self.num_workers:",
     ):
         assert needle in source, needle
+
+
+# gunicorn methods smartspawn copies (and adapts) rather than calls, by the sha256 of their
+# source in each gunicorn release tested: a change in gunicorn's body must be read and
+# carried into the copy before the pin moves.
+COPIED = {
+    "27.0.1": {
+        # SmartArbiter.keep_worker_count: against its own target, not num_workers.
+        "manage_workers": "518f2dd040ef680922df9748d37248e2ecf137e908e108f2eea199873a1dcce0",
+        # worker.run_worker_process: the child branch, exit codes included.
+        "spawn_worker": "6abc0d90b0b9f80b476a9aa8bbb47a7564f444f017384d1db8fb0ce36b916aea",
+        # SmartArbiter.spawn_workers: the direct-spawning loop, with its pause.
+        "spawn_workers": "8fd09f6b3f3e5047e86d593ceed47df213ee5cbf86ddd793b98d9d4b39062b1a",
+        # SmartArbiter.reload_config: up to the spawn loop, which the preloader replaces.
+        "reload": "fec344d2f774ee32c4351ee15d64dcf16e28d10164ce72f82ff463c59124e41a",
+    },
+}
+
+
+def test_copied_arbiter_methods_are_unchanged():
+    pins = COPIED.get(gunicorn.__version__)
+    assert pins is not None, (
+        "gunicorn %s: compare the methods in COPIED with smartspawn's copies, then pin "
+        "their hashes" % gunicorn.__version__)
+    for name, digest in pins.items():
+        source = inspect.getsource(getattr(Arbiter, name))
+        assert hashlib.sha256(source.encode()).hexdigest() == digest, (
+            "gunicorn's Arbiter.%s changed: carry the change into smartspawn's copy" % name)
 
 
 def test_run_and_wsgi_are_patched_once():

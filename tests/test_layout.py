@@ -89,3 +89,49 @@ def test_every_gunicorn_patch_is_in_patches():
                     if isinstance(target, ast.Attribute) and isinstance(root, ast.Name):
                         assert root.id not in gunicorn_names, "%s:%d patches %s" % (
                             path.name, node.lineno, ast.unparse(target))
+
+
+def gunicorn_private_names():
+    """The private attribute names gunicorn's arbiter and workers assign on themselves."""
+    import gunicorn.arbiter
+    import gunicorn.workers.base
+    names = set()
+    for module in (gunicorn.arbiter, gunicorn.workers.base):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names.update(node.attr for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                     and node.attr.startswith("_") and not node.attr.startswith("__"))
+    return names
+
+
+def writes(tree):
+    """(line, target) of every assignment, augmented or annotated, to an attribute."""
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            for part in ast.walk(target):
+                if isinstance(part, ast.Attribute) and isinstance(part.ctx, ast.Store):
+                    yield node.lineno, part
+
+
+def test_only_patches_writes_gunicorn_private_state_or_live_settings():
+    private = gunicorn_private_names()
+    assert "_num_workers" in private  # the test sees what it looks for
+    for path in PACKAGE.glob("*.py"):
+        if path.stem == "patches":
+            continue
+        tree = ast.parse(path.read_text())
+        for line, target in writes(tree):
+            assert target.attr not in private, "%s:%d writes gunicorn's %s" % (
+                path.name, line, ast.unparse(target))
+        for node in ast.walk(tree):
+            # cfg.settings[name].set(value): a change of gunicorn's live configuration.
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "set" and isinstance(node.func.value, ast.Subscript)
+                    and ast.unparse(node.func.value.value).endswith("settings")):
+                raise AssertionError("%s:%d sets a live setting: %s" % (
+                    path.name, node.lineno, ast.unparse(node)))
