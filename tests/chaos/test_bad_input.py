@@ -12,94 +12,24 @@ import pytest
 
 from chaos.helpers import URG_ONLY, Load, check_log, finish, rng_for, settle
 from conftest import wait_for
+from unit.bad_settings import BAD_ON_HUP, BAD_SETTINGS
 
 pytestmark = pytest.mark.chaos
 
-# Every smartspawn setting, each with wrong types and out-of-range values:
-# (the line in gunicorn.conf.py, the start of "setting=value" the error must name).
-BAD_SETTINGS = [
-    ('spawn_method = "bogus"', "spawn_method='bogus'"),
-    ('spawn_method = ""', "spawn_method=''"),
-    ("spawn_method = 3", "spawn_method=3"),
-    ("spawn_method = None", "spawn_method=None"),
-    ('spawn_method = ["smart"]', "spawn_method=['smart']"),
-    ("gc_freeze = 1", "gc_freeze=1"),
-    ("gc_freeze = 0.5", "gc_freeze=0.5"),
-    ('gc_freeze = "maybe"', "gc_freeze='maybe'"),
-    ('gc_freeze = "immortl"', "gc_freeze='immortl'"),
-    ("gc_freeze = []", "gc_freeze=[]"),
-    ('preloader_boot_timeout = "10"', "preloader_boot_timeout='10'"),
-    ("preloader_boot_timeout = -1", "preloader_boot_timeout=-1"),
-    ("preloader_boot_timeout = 0", "preloader_boot_timeout=0"),
-    ("preloader_boot_timeout = True", "preloader_boot_timeout=True"),
-    ("preloader_boot_timeout = [5]", "preloader_boot_timeout=[5]"),
-    ('preloader_boot_timeout = float("-inf")', "preloader_boot_timeout=-inf"),
-    ('preloader_boot_timeout = float("nan")', "preloader_boot_timeout=nan"),
-    ("on_preload = 42", "on_preload=42"),
-    ("on_preload = lambda: None", "on_preload=<function"),
-    ("on_preload = lambda a, b: None", "on_preload=<function"),
-    ('on_preload = "os.no_such_function"', "on_preload='os.no_such_function'"),
-    ('on_preload = "nodots"', "on_preload='nodots'"),
-    ("on_refork = 42", "on_refork=42"),
-    ("on_refork = lambda: None", "on_refork=<function"),
-    ('on_refork = "no_such_module_x.f"', "on_refork='no_such_module_x.f'"),
-    ('pre_template_fork = "x"', "pre_template_fork='x'"),
-    ("pre_template_fork = lambda a, b: None", "pre_template_fork=<function"),
-    ("fork_worker = -1", "fork_worker=-1"),
-    ("fork_worker = [0]", "fork_worker=[0]"),
-    ("fork_worker = []", "fork_worker=[]"),
-    ('fork_worker = "100"', "fork_worker='100'"),
-    ("fork_worker = 1.5", "fork_worker=1.5"),
-    ("fork_worker = 0.0", "fork_worker=0.0"),
-    ('fork_worker = [10, "x"]', "fork_worker=[10, 'x']"),
-    ("fork_worker = [True]", "fork_worker=[True]"),
-    ("fork_worker = (5, -5)", "fork_worker=(5, -5)"),
-    ('fork_worker = {"a": 1}', "fork_worker={'a': 1}"),
-    ('fork_safety = "bogus"', "fork_safety='bogus'"),
-    ("fork_safety = 1", "fork_safety=1"),
-    ("fork_safety = None", "fork_safety=None"),
-    ("fork_safety = True", "fork_safety=True"),
-    ("oob_gc = -1", "oob_gc=-1"),
-    ("oob_gc = 1.5", "oob_gc=1.5"),
-    ('oob_gc = "true"', "oob_gc='true'"),
-    ("oob_gc = [1]", "oob_gc=[1]"),
-    ("oob_gc_generation = 3", "oob_gc_generation=3"),
-    ("oob_gc_generation = -1", "oob_gc_generation=-1"),
-    ('oob_gc_generation = "2"', "oob_gc_generation='2'"),
-    ("oob_gc_generation = True", "oob_gc_generation=True"),
-    ("oob_gc_generation = 1.0", "oob_gc_generation=1.0"),
-    ('oob_work_header = "X Bad"', "oob_work_header='X Bad'"),
-    ('oob_work_header = "X-Oob:"', "oob_work_header='X-Oob:'"),
-    ('oob_work_header = "X-Oob\\r\\n"', "oob_work_header='X-Oob\\r\\n'"),
-    ('oob_work_header = "X-Oob\\n"', "oob_work_header='X-Oob\\n'"),
-    ('oob_work_header = "X-\u00e9"', "oob_work_header='X-\u00e9'"),
-    ("oob_work_header = 42", "oob_work_header=42"),
-    ("on_oob_work = 42", "on_oob_work=42"),
-    ("on_oob_work = lambda: None", "on_oob_work=<function"),
-    ('on_oob_work = "nodots"', "on_oob_work='nodots'"),
-    ("memory_sample_interval = 0", "memory_sample_interval=0"),
-    ('memory_sample_interval = "5"', "memory_sample_interval='5'"),
-    ("memory_sample_interval = None", "memory_sample_interval=None"),
-    ("refork_on_memory = 2", "refork_on_memory=2"),
-    ('refork_on_memory = "sometimes"', "refork_on_memory='sometimes'"),
-    ("refork_memory_growth = -0.1", "refork_memory_growth=-0.1"),
-    ('refork_memory_growth = float("inf")', "refork_memory_growth=inf"),
-    ("refork_memory_growth = True", "refork_memory_growth=True"),
-    ("refork_min_interval = 0", "refork_min_interval=0"),
-    ("refork_min_interval = [30]", "refork_min_interval=[30]"),
-    ('max_worker_memory = "lots"', "max_worker_memory='lots'"),
-    ('max_worker_memory = "512 parsecs"', "max_worker_memory='512 parsecs'"),
-    ('max_worker_memory = "0MB"', "max_worker_memory='0MB'"),
-    ("max_worker_memory = 1000", "max_worker_memory=1000"),
-    ("max_worker_memory = True", "max_worker_memory=True"),
-    ("max_worker_memory = -5", "max_worker_memory=-5"),
-    ("preloader_idle_timeout = 0", "preloader_idle_timeout=0"),
-    ('preloader_idle_timeout = "60"', "preloader_idle_timeout='60'"),
-    ("preloader_idle_timeout = -1", "preloader_idle_timeout=-1"),
-]
+# Every bad value of every setting is checked in-process (tests/unit/test_settings.py, both
+# at start and on HUP); here real servers prove the whole path for one case per kind of
+# failure: (the line in gunicorn.conf.py, the start of "setting=value" the error names).
+AT_START = {
+    "a wrong type": 'fork_worker = "100"',
+    "an out-of-range number": "preloader_boot_timeout = -1",
+    "a bad choice": 'spawn_method = "bogus"',
+    "a bad hook": "on_preload = lambda: None",
+}
+BAD_AT_START = [case for case in BAD_SETTINGS if case[0] in AT_START.values()]
+assert len(BAD_AT_START) == len(AT_START)
 
 
-@pytest.mark.parametrize("line, named", BAD_SETTINGS, ids=[b[0] for b in BAD_SETTINGS])
+@pytest.mark.parametrize("line, named", BAD_AT_START, ids=list(AT_START))
 def test_bad_setting_at_start_is_a_clear_error_and_nothing_starts(chaos_server, line, named):
     server = chaos_server(config=line + "\n").start(wait=False)
     assert server.wait_exit(timeout=5) == 1  # a bad value exits in ~0.3 s
@@ -117,46 +47,33 @@ def test_bad_setting_at_start_is_a_clear_error_and_nothing_starts(chaos_server, 
     assert server.alive(server.watch.pids) == []
 
 
-# One bad value per setting, given on HUP: the running config and generation keep serving.
-BAD_ON_HUP = {
-    "spawn_method": 'spawn_method = "bogus"',
-    "gc_freeze": 'gc_freeze = "maybe"',
-    "preloader_boot_timeout": 'preloader_boot_timeout = float("nan")',
-    "on_preload": "on_preload = lambda: None",
-    "on_refork": "on_refork = 42",
-    "pre_template_fork": 'pre_template_fork = "x"',
-    "fork_worker": "fork_worker = [0]",
-    "fork_safety": 'fork_safety = "bogus"',
-    "oob_gc": "oob_gc = -1",
-    "oob_gc_generation": "oob_gc_generation = 3",
-    "oob_work_header": 'oob_work_header = "X-Oob\\n"',
-    "on_oob_work": "on_oob_work = lambda: None",
-    "memory_sample_interval": "memory_sample_interval = 0",
-    "refork_on_memory": "refork_on_memory = 2",
-    "refork_memory_growth": "refork_memory_growth = -0.1",
-    "refork_min_interval": "refork_min_interval = 0",
-    "max_worker_memory": 'max_worker_memory = "lots"',
-    "preloader_idle_timeout": "preloader_idle_timeout = -1",
-}
+RELOAD_FAILED = "Reload failed: the configuration did not load"
 
 
-@pytest.mark.parametrize("setting", list(BAD_ON_HUP))
-def test_bad_setting_on_hup_keeps_the_running_generation(chaos_server, setting):
+def test_bad_settings_on_hup_keep_the_running_generation(chaos_server):
+    """One server takes a bad value of every setting (BAD_ON_HUP), one HUP after another:
+    each is refused naming the setting, and the running config and generation serve on."""
     server = chaos_server(workers=2).start()
     workers, preloader = server.worker_pids(), server.preloader_pid()
+    config = server.root / "gunicorn.conf.py"
     with Load(server, clients=2) as load:
         load.wait_ok(10)
-        (server.root / "gunicorn.conf.py").write_text(BAD_ON_HUP[setting] + "\n")
-        server.signal(signal.SIGHUP)
-        server.wait_log(r"Reload failed: the configuration did not load", timeout=5)
-        server.wait_log(r"Invalid value for %s: " % setting)
-        load.wait_ok(10)
-        assert server.worker_pids() == workers
-        assert server.preloader_pid() == preloader
+        for hups, (setting, line) in enumerate(BAD_ON_HUP.items(), 1):
+            seen = len(server.log())
+            config.write_text(line + "\n")
+            server.signal(signal.SIGHUP)
+            wait_for(lambda n=hups: server.log().count(RELOAD_FAILED) == n, timeout=5,
+                     what="reload %d (%s) to fail\n%s" % (hups, line, server.log()[seen:]))
+            assert "Invalid value for %s: " % setting in server.log()[seen:], \
+                server.log()[seen:]
+            load.wait_ok(5)
+            assert server.worker_pids() == workers, setting
+            assert server.preloader_pid() == preloader, setting
         settle(server, 2)
+    assert server.log().count(RELOAD_FAILED) == len(BAD_ON_HUP)
     assert "Generation 2" not in server.log()
     assert load.failures == [], load.summary()
-    check_log(server, allowed=[r"Reload failed: the configuration did not load"])
+    check_log(server, allowed=[RELOAD_FAILED])
     finish(server)
 
 

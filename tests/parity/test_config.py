@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from gunicorn_smartspawn.config import SMARTSPAWN_NAMES
 from parity.helpers import boot
 
 # gunicorn runs --check-config and --print-config (Application.run) before it first reads
@@ -25,13 +26,8 @@ NO_HOOK_BEFORE_CHECK_CONFIG = pytest.mark.xfail(
 # gunicorn's reap_workers() on a worker's non-zero exit or death by a signal.
 WORKER_DEATH = r"Worker \(pid:\d+\) (?:exited with code|was sent)"
 
-# smartspawn's settings and hooks, as gunicorn.conf.py names them (README "Settings").
-SMARTSPAWN_SETTINGS = {
-    "spawn_method", "gc_freeze", "preloader_boot_timeout", "fork_worker", "fork_safety",
-    "oob_gc", "oob_gc_generation", "oob_work_header", "memory_sample_interval",
-    "refork_on_memory", "refork_memory_growth", "refork_min_interval", "max_worker_memory",
-    "preloader_idle_timeout", "on_preload", "on_refork", "pre_template_fork", "on_oob_work",
-}
+# smartspawn's settings and hooks, as gunicorn.conf.py names them: config.py's one list.
+SMARTSPAWN_SETTINGS = set(SMARTSPAWN_NAMES)
 
 
 def gunicorn_once(server, *flags, timeout=30.0):

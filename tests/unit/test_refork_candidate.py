@@ -1,0 +1,61 @@
+"""refork.choose_candidate: which worker becomes the template, over fake records."""
+import types
+
+import pytest
+
+from gunicorn_smartspawn.counters import Counters
+from gunicorn_smartspawn.fleet import State
+from gunicorn_smartspawn.refork import choose_candidate
+
+
+@pytest.fixture
+def counters():
+    return Counters(slots=16)
+
+
+def record(counters, age, state=State.SERVING, channel=True, booted=True, fork_unsafe=False,
+           slot=True):
+    """What choose_candidate reads of a worker's record."""
+    slot = counters.allocate() if slot else None
+    if fork_unsafe:
+        counters.set(slot, "fork_unsafe", 1)
+    return types.SimpleNamespace(
+        worker=types.SimpleNamespace(age=age), state=state, slot=slot,
+        channel=object() if channel else None, heartbeat_moved=lambda: booted)
+
+
+def test_the_oldest_eligible_worker_is_chosen_whatever_the_order(counters):
+    records = [record(counters, age) for age in (5, 2, 9, 3)]
+    assert choose_candidate(records, counters) is records[1]
+    assert choose_candidate(list(reversed(records)), counters) is records[1]
+
+
+def test_an_outgoing_worker_may_become_the_template(counters):
+    records = [record(counters, 1, state=State.OUTGOING), record(counters, 2)]
+    assert choose_candidate(records, counters) is records[0]
+
+
+@pytest.mark.parametrize("why_not", [
+    {"state": State.STOPPING}, {"state": State.CANDIDATE}, {"state": State.QUEUED},
+    {"state": State.SENT}, {"channel": False}, {"booted": False}, {"fork_unsafe": True},
+], ids=lambda kw: "-".join("%s=%s" % item for item in kw.items()))
+def test_an_ineligible_older_worker_is_passed_over(counters, why_not):
+    older, younger = record(counters, 1, **why_not), record(counters, 2)
+    assert choose_candidate([older, younger], counters) is younger
+    assert choose_candidate([older], counters) is None
+
+
+def test_a_worker_without_a_counter_slot_is_fork_safe_as_far_as_is_known(counters):
+    records = [record(counters, 1, slot=False), record(counters, 2)]
+    assert choose_candidate(records, counters) is records[0]
+
+
+def test_no_worker_no_candidate(counters):
+    assert choose_candidate([], counters) is None
+
+
+def test_fork_unsafe_is_read_at_each_choice(counters):
+    first, second = record(counters, 1), record(counters, 2)
+    assert choose_candidate([first, second], counters) is first
+    counters.set(first.slot, "fork_unsafe", 1)
+    assert choose_candidate([first, second], counters) is second
