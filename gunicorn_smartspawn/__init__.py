@@ -4,10 +4,10 @@ Turn it on with ``gunicorn -k smartspawn.Worker`` (or ``smartspawn.ThreadWorker`
 event-loop workers ``smartspawn.ASGIWorker``, ``smartspawn.UvicornWorker`` and
 ``smartspawn.GeventWorker``). The package layout is the process tree:
 
-- the master: ``arbiter`` (gunicorn's loop) and the parts that own its state:
-  ``spawnerpool`` (preloader, template, their channels), ``workertable`` (spawns in
-  flight, counter slots, channels), ``refork`` and ``lifecycle`` (the policies);
-  ``patches``: every change made to gunicorn;
+- the master: ``arbiter`` (gunicorn's loop), ``fleet`` (the table of its children),
+  ``refork`` and ``lifecycle`` (the policies, which yield ``actions``), ``backoff``;
+  ``hookstate`` (what pre_fork leaves for a worker); ``patches``: every change made to
+  gunicorn;
 - ``preloader`` (imports the app, forks workers) and ``template`` (a warmed worker that
   forks the next generation), both ``spawner``\\ s;
 - ``worker``: the workers; ``asgi``, ``asgi_uvicorn`` and ``gevent_worker``: the

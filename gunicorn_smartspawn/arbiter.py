@@ -1,14 +1,13 @@
 """The master: gunicorn's Arbiter, extended to spawn workers from a preloader or a template.
 
-SmartArbiter is gunicorn's main loop plus calls into the parts that own the master's state:
+SmartArbiter is gunicorn's main loop plus:
 
-- ``pool`` (spawnerpool.py): the preloader, a HUP's next preloader and the template,
-  their channels and messages, and the helpers to reap (spawners and their standbys);
-- ``table`` (workertable.py): the workers asked for and not checked in (a queue per
-  spawner), every worker's counter slot and channel;
-- ``reforker`` (refork.py): reforks (fork_worker, URG, the control socket's `refork`);
-- ``lifecycle`` (lifecycle.py): spawn before retire, memory samples, the idle preloader,
-  a failing template.
+- ``fleet`` (fleet.py): the table of its children, one record per process (workers,
+  standbys, preloaders, templates), with a role and a state;
+- two policies that read the table and yield actions (actions.py), which only the
+  arbiter carries out (carry_out): ``reforker`` (refork.py: fork_worker, URG, the
+  control socket's `refork`) and ``lifecycle`` (lifecycle.py: spawn before retire,
+  memory samples, the idle preloader, a failing template).
 
 The arbiter itself keeps what gunicorn's has: signals, HUP, shutdown, and the dispatch of
 the spawners' messages (handle_message). It overrides, each extending the gunicorn method
@@ -32,18 +31,19 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import _linux, hookstate, immortal, patches, protocol, state
+from gunicorn_smartspawn import _linux, actions, hookstate, immortal, patches, protocol, state
 from gunicorn_smartspawn.backoff import Backoff
 from gunicorn_smartspawn.config import install_settings
+from gunicorn_smartspawn.fleet import (
+    SPAWN_TIMEOUT, STOP_SIGNALS, ChannelBroken, ChannelClosed, Fleet, Role, State,
+)
 from gunicorn_smartspawn.lifecycle import Lifecycle
 from gunicorn_smartspawn.preloader import start_preloader
 from gunicorn_smartspawn.refork import Reforker, refork_enabled
-from gunicorn_smartspawn.spawnerpool import ChannelBroken, ChannelClosed, SpawnerPool
 from gunicorn_smartspawn.template import Template
 from gunicorn_smartspawn.worker import (
     APP_LOAD_ERROR, WORKER_BOOT_ERROR, become_worker, per_worker_sockets, worker_class_for,
 )
-from gunicorn_smartspawn.workertable import SPAWN_TIMEOUT, WorkerTable
 
 # How often the master samples the total PSS of its processes for statsd (seconds).
 PSS_SAMPLE_INTERVAL = 30.0
@@ -72,8 +72,7 @@ class SmartArbiter(Arbiter):
         self.ever_ready = False       # a preloader has loaded the app once
         self.restarts = Backoff(RESTART_DELAYS)  # since a preloader last spawned a worker
         self.restart_at = None
-        self.table = WorkerTable(self.WORKERS)
-        self.pool = SpawnerPool(self.log, self.WORKERS)
+        self.fleet = Fleet(self.log, self.WORKERS)
         self.state_path = state.state_path(os.getpid())
         self.state_published = 0.0
         self.state_unwritable = False
@@ -86,8 +85,8 @@ class SmartArbiter(Arbiter):
         self.forking = False  # the master is forking (close_master_only)
         os.register_at_fork(before=self.note_fork, after_in_child=self.close_master_only)
         self.smart = self.choose_smart_spawning()
-        self.reforker = Reforker(self)
-        self.lifecycle = Lifecycle(self)
+        self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
+        self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
         return patches.GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):
@@ -142,7 +141,7 @@ class SmartArbiter(Arbiter):
     def start(self):
         super().start()
         if self.smart:
-            self.pool.preloader = self.start_preloader(self.generation)
+            self.start_preloader(self.generation)
 
     def init_signals(self):
         super().init_signals()
@@ -158,14 +157,15 @@ class SmartArbiter(Arbiter):
 
     def wait_for_signals(self, timeout=1.0):
         """Wait for a signal or a spawner message; returns the signals."""
-        if self.reforker.current is not None or self.lifecycle.outgoing:
+        if self.reforker.current is not None or self.fleet.outgoing():
             timeout = min(timeout, 0.05)  # a refork or a replacement advances as workers boot
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)
         # poll, not select: with fork_worker each worker has a channel, and select()
         # fails once an fd passes FD_SETSIZE (1024).
         poller = select.poll()
-        for fd in (self._wake_r, *self.pool.channels()):
+        spawners = self.fleet.spawners()
+        for fd in (self._wake_r, *(s.channel.fileno() for s in spawners)):
             poller.register(fd, select.POLLIN)
         readable = {fd for fd, _event in poller.poll(timeout * 1000)}
         if self._wake_r in readable:
@@ -174,7 +174,8 @@ class SmartArbiter(Arbiter):
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     break
-        self.read_channels([s for s in self.pool.handles if s.channel.fileno() in readable])
+        self.read_channels([s for s in spawners if s.channel is not None
+                            and s.channel.fileno() in readable])
         signals = []
         while True:
             try:
@@ -185,14 +186,81 @@ class SmartArbiter(Arbiter):
                 signals.append(sig)
 
     def manage_workers(self):
-        self.table.release_departed()
+        self.fleet.release_departed()
         self.manage_spawners()
         self.dispatch_spawns()
-        self.lifecycle.manage()
-        self.reforker.manage()
+        situation = self.situation()
+        refork_running = self.reforker.current is not None
+        self.carry_out(self.lifecycle.decide(
+            situation, refork_running, refork_enabled(self.cfg) and not refork_running
+            and self.reforker.ready_for_memory_refork(situation)))
+        self.carry_out(self.reforker.decide(self.situation()))
         self.keep_worker_count()
-        self.table.close_unused_seats()
+        self.fleet.close_unused_seats()
         self.publish_state()
+
+    def situation(self):
+        """What the policies need of the master this turn (actions.py)."""
+        return actions.Situation(
+            workers=self.num_workers, generation=self.generation, smart=self.smart,
+            halting=self.stopping, reloading=self.reloading,
+            preloader_starting=self.preloader_starting())
+
+    def carry_out(self, decisions):
+        """Do what a policy decided, each action as it is yielded (the policy's next step
+        sees its effect)."""
+        for action in decisions:
+            match action:
+                case actions.Replace(record=record, why=why, stat=stat):
+                    self.replace(record, why, stat)
+                case actions.Stop(record=record, sig=sig):
+                    self.kill_worker(record.pid, sig)
+                case actions.Retire(spawner=spawner):
+                    self.fleet.retire(spawner)
+                case actions.StartRefork(reason=reason):
+                    self.carry_out(self.reforker.start(reason, None, self.situation()))
+                case actions.AbandonTemplate(template=template, why=why):
+                    if self.reforker.current is not None:
+                        self.carry_out(self.reforker.abort(why))
+                    self.fleet.retire(template)
+                case actions.BeginRefork(candidate=candidate):
+                    self.cfg.on_refork(self)
+                    self.fleet.make_candidate(candidate)
+                case actions.TellCandidate(candidate=candidate, generation=generation):
+                    self.tell_candidate(candidate, generation)
+                case actions.GiveBack(candidate=candidate):
+                    self.fleet.give_back_candidate(candidate)
+                case actions.NewTemplate(template=template, generation=generation):
+                    self.new_template(template, generation)
+
+    def replace(self, record, why, stat=None):
+        """Make worker `record` outgoing: it serves until its replacement does."""
+        self.fleet.make_outgoing(record, why)
+        extra = {}
+        if stat is not None:
+            self.lifecycle.replaced(stat)
+            extra = {"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"}
+        self.log.info("Replacing worker (pid: %s): %s; it serves until its replacement "
+                      "does", record.pid, why, extra=extra)
+
+    def tell_candidate(self, candidate, generation):
+        """The stand-in serves: the candidate may leave service now."""
+        try:
+            if candidate.channel is None:
+                raise ProcessLookupError("its channel is closed")
+            protocol.send(candidate.channel, protocol.BecomeTemplate(generation))
+            os.kill(candidate.pid, signal.SIGURG)
+        except OSError as exc:
+            self.carry_out(self.reforker.abort("the candidate is gone (%s)" % exc))
+
+    def new_template(self, template, generation):
+        """A refork's candidate is ready: it serves the spawns of `generation` now."""
+        template.generation = generation
+        old = self.fleet.set_template(template)
+        if old is not None:
+            self.fleet.retire(old)
+        self.lifecycle.new_template()
+        self.generation = generation
 
     def worker_target(self):
         """`workers`, plus the workers that serve without counting toward it: outgoing
@@ -246,20 +314,19 @@ class SmartArbiter(Arbiter):
     def spawn_workers(self):
         if not self.lifecycle.may_spawn():
             return None  # workers keep failing to boot (lifecycle.py)
-        spawner = self.pool.current()
-        missing = self.worker_target() - len(self.WORKERS) - len(self.table.pending)
-        if spawner is None:
+        fleet = self.fleet
+        missing = self.worker_target() - len(self.WORKERS) - len(fleet.pending)
+        if fleet.current_spawner() is None:
             if not self.smart:
                 for _ in range(missing):  # gunicorn's spawn_workers, with its pause
                     self.spawn_worker()
                     time.sleep(0.1 * random.random())
                 return None
-            pool = self.pool
-            if (pool.preloader is None and pool.next_preloader is None
+            if (fleet.preloader is None and fleet.next_preloader is None
                     and self.restart_at is None and not self.stopping):
                 # preloader_idle_timeout stopped the last one, and no template is alive.
                 self.log.info("Starting a preloader on demand")
-                pool.preloader = self.start_preloader(self.generation + 1)
+                self.start_preloader(self.generation + 1)
             return None  # spawning starts when the preloader is ready
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
         for _ in range(missing):
@@ -270,85 +337,89 @@ class SmartArbiter(Arbiter):
         self.worker_age += 1
         worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
                                    self.timeout / 2.0, self.cfg, self.log)
-        worker.generation = self.generation
-        worker.slot = self.table.counters.allocate()
-        worker.spawned_mtime = worker.tmp.last_update()
-        spawner = self.pool.current()
+        slot = self.fleet.counters.allocate()
+        spawner = self.fleet.current_spawner()
         if spawner is None:
-            return self.spawn_direct(worker)
+            return self.spawn_direct(worker, slot)
+        # What pre_fork and post_fork see of it (worker.py).
         worker.spawned_from = spawner.kind
         worker.spawner_pid = spawner.pid
         worker.generation = spawner.generation
         before = dict(vars(worker))
         self.cfg.pre_fork(self, worker)
         # The worker is built in the spawner: what the hook left goes with the request.
-        worker.pre_fork_state = self.hook_state.capture(self, worker, before)
-        self.table.queue(worker)
+        self.fleet.queue(worker, spawner, slot,
+                         self.hook_state.capture(self, worker, before))
         self.dispatch_spawns()
         return None
 
     def dispatch_spawns(self):
-        """Send each spawner its next queued spawn request (workertable.py)."""
-        for worker in self.table.to_send():
-            self.send_spawn_request(self.pool.by_pid(worker.spawner_pid), worker)
+        """Send each spawner its next queued spawn request (fleet.py)."""
+        for record in self.fleet.to_send():
+            self.send_spawn_request(self.fleet.get(record.spawner_pid), record)
 
-    def send_spawn_request(self, spawner, worker):
-        if spawner is None:  # it exited while the request was queued
+    def send_spawn_request(self, spawner, record):
+        worker = record.worker
+        if spawner is None or spawner.channel is None:  # it exited while the request waited
             self.log.error("Worker %s was not spawned: its spawner exited", worker.age)
-            self.table.forget_pending(worker.age)
+            self.fleet.forget_pending(worker.age)
             return
-        self.table.sent(worker)
+        self.fleet.sent(record)
         fds = [worker.tmp.fileno()]
         state_fd = child_end = None
-        if worker.pre_fork_state is not None:
-            state_fd = hookstate.to_memfd(worker.pre_fork_state)
+        if record.pre_fork_state is not None:
+            state_fd = hookstate.to_memfd(record.pre_fork_state)
             fds.append(state_fd)
         if refork_enabled(self.cfg):
-            worker.channel, child_end = protocol.channel_pair()
-            worker.channel.setblocking(False)
+            record.channel, child_end = protocol.channel_pair()
+            record.channel.setblocking(False)
             fds.append(child_end.fileno())
         listeners = []
         if per_worker_sockets(self.cfg):
             # The worker's own sockets, bound here, as root, as gunicorn's worker binds them
-            # before it drops privileges (a port below 1024 with `user`); see workertable.
-            leaving = {*self.lifecycle.outgoing, self.reforker.leaving()}
-            listeners = self.table.seat_for(worker, leaving,
+            # before it drops privileges (a port below 1024 with `user`); see fleet.seat_for.
+            leaving = {r.pid for r in self.fleet.outgoing()} | {self.reforker.leaving()}
+            listeners = self.fleet.seat_for(record, leaving,
                                             lambda: sock.create_sockets(self.cfg, self.log))
             fds += [listener.fileno() for listener in listeners]
         try:
-            spawner.request_spawn(worker.age, worker.slot, fds, len(listeners),
+            spawner.request_spawn(worker.age, record.slot, fds, len(listeners),
                                   hook_state=state_fd is not None)
         except OSError as exc:
             # The spawner has just exited: its exit is logged (and handled) with its EOF
             # in read_channels(); the worker is asked of the next spawner.
             self.log.info("Spawn request to %r failed: %s", spawner, exc)
-            self.table.forget_pending(worker.age)
+            self.fleet.forget_pending(worker.age)
         finally:
             if child_end is not None:
                 child_end.close()
             if state_fd is not None:
                 os.close(state_fd)
 
-    def spawn_direct(self, worker):
+    def spawn_direct(self, worker, slot):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
+        worker.generation = self.generation
         worker.spawner_pid = self.pid
         worker.template_class = Template
-        worker.counters = self.table.counters
+        worker.counters = self.fleet.counters
+        worker.slot = slot
+        spawned_mtime = worker.tmp.last_update()
         self.cfg.pre_fork(self, worker)
-        child_end = None
+        master_end = child_end = None
         if refork_enabled(self.cfg):
-            worker.channel, child_end = protocol.channel_pair()
+            master_end, child_end = protocol.channel_pair()
         pid = os.fork()
         if pid:
-            self.table.add(worker, pid)
-            self._stats["workers_spawned"] += 1
             if child_end is not None:
                 child_end.close()
-                worker.channel.setblocking(False)
+                master_end.setblocking(False)
+            self.fleet.add_direct(worker, pid, self.generation, slot, master_end,
+                                  spawned_mtime)
+            self._stats["workers_spawned"] += 1
             return pid
         try:  # the child (close_master_only ran at the fork); never unwinds into the loop
-            if child_end is not None:
-                worker.channel.close()
+            if master_end is not None:
+                master_end.close()
                 worker.channel = child_end
             become_worker(self, worker)
         finally:
@@ -356,19 +427,18 @@ class SmartArbiter(Arbiter):
 
     def worker_spawned(self, spawner, age, pid):
         """`spawner`'s standby `pid` took the request for worker `age`."""
-        if age not in self.table.pending:
+        if age not in self.fleet.pending:
             self.log.warning("Worker %s (pid: %s) checked in after its spawn request was "
                              "given up; stopping it", age, pid)
-            self.pool.kill_standby(spawner, pid)
+            self.fleet.kill_standby(spawner, pid)
             return
-        self.pool.standby_taken(spawner, pid)
-        worker = self.table.checked_in(age, pid)
+        record = self.fleet.checked_in(age, pid)
         self._stats["workers_spawned"] += 1
-        if worker.spawned_from == "preloader":
+        if record.spawned_from == "preloader":
             self.restarts.succeeded()  # a preloader that spawns is a healthy one
         if not self.stopping:
             self.dispatch_spawns()
-        latency_ms = (time.monotonic() - worker.spawn_requested) * 1000
+        latency_ms = (time.monotonic() - record.asked_at) * 1000
         self.log.debug("Worker %s (pid: %s) checked in %.1f ms after its spawn request",
                        age, pid, latency_ms, extra={"metric": "smartspawn.spawn_latency",
                                                     "value": latency_ms, "mtype": "histogram"})
@@ -376,7 +446,7 @@ class SmartArbiter(Arbiter):
             self.kill_worker(pid, signal.SIGTERM)
         elif spawner.retiring:
             # Asked for before a HUP's switch: its generation is being replaced.
-            self.lifecycle.replace(worker, "its %r retired" % spawner)
+            self.replace(record, "its %r retired" % spawner)
 
     # -- forks from the master --------------------------------------------------------------
 
@@ -400,14 +470,15 @@ class SmartArbiter(Arbiter):
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self.pool.close_in_child()
-        self.table.close_in_child()
+        self.fleet.close_in_child()
 
     def kill_worker(self, pid, sig):
-        # A worker stopped on purpose (a HUP, TTOU, a replacement) before it served did
-        # not fail to boot (lifecycle.count_boot_failures).
-        self.lifecycle.stopped_on_purpose.add(pid)
-        self.reforker.worker_stopping(pid, sig)
+        record = self.fleet.get(pid)
+        if sig in STOP_SIGNALS and record is not None:
+            # A worker stopped on purpose (a HUP, TTOU, a replacement) before it served
+            # did not fail to boot (lifecycle.count_boot_failures).
+            self.fleet.told_to_stop(pid)
+            self.carry_out(self.reforker.worker_stopping(record, sig))
         super().kill_worker(pid, sig)
 
     # -- reaping ---------------------------------------------------------------------------
@@ -415,9 +486,9 @@ class SmartArbiter(Arbiter):
     def reap_workers(self):
         # A worker's WorkerSpawned is written before it can exit: read it first, so that
         # gunicorn's reaper knows the pid.
-        self.read_channels(list(self.pool.handles))
-        self.templates_exited(self.pool.reap())
-        unbooted = self.lifecycle.unbooted_workers()
+        self.read_channels(self.fleet.spawners())
+        self.templates_exited(self.fleet.reap())
+        self.fleet.note_booted()  # before gunicorn's reaper closes their heartbeats
         try:
             super().reap_workers()
         except HaltServer:
@@ -429,9 +500,8 @@ class SmartArbiter(Arbiter):
                 raise
             self.log.debug("A worker failed to boot while the server was stopping")
         # Forget the helpers gunicorn's waitpid(-1) just reaped.
-        self.templates_exited(self.pool.reap())
-        self.lifecycle.count_boot_failures(unbooted)
-        self.table.release_departed()
+        self.templates_exited(self.fleet.reap())
+        self.lifecycle.count_boot_failures(self.fleet.release_departed(), self.stopping)
 
     def templates_exited(self, workers):
         """A template was a worker, and is one to the hooks: gunicorn's child_exit."""
@@ -444,7 +514,7 @@ class SmartArbiter(Arbiter):
         if not self.smart:
             # gunicorn's reload spawns from the master, which loads the new code: the
             # template (old code) must not serve those spawns.
-            self.reforker.end_generation()
+            self.carry_out(self.reforker.end_generation())
             self.reloading = True  # its manage_workers() must start no refork
             try:
                 return super().handle_hup()
@@ -457,12 +527,12 @@ class SmartArbiter(Arbiter):
             self.fall_back_to_direct_spawning()
             return None
         if self.reforker.current is not None:
-            self.reforker.abort("HUP")
-        if self.pool.next_preloader is not None:
+            self.carry_out(self.reforker.abort("HUP"))
+        if self.fleet.next_preloader is not None:
             self.log.info("HUP supersedes the reload already booting in %r",
-                          self.pool.next_preloader)
-            self.retire(self.pool.next_preloader)
-        self.pool.next_preloader = self.start_preloader(self.generation + 1)
+                          self.fleet.next_preloader)
+            self.fleet.retire(self.fleet.next_preloader)
+        self.start_preloader(self.generation + 1, next_generation=True)
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGHUP)
         return None
@@ -473,28 +543,27 @@ class SmartArbiter(Arbiter):
         self.log.warning("smartspawn: falling back to direct spawning: this HUP turned "
                          "--reload on (it restarts workers that import the app themselves)")
         self.smart = False
-        pool = self.pool
-        for spawner in (pool.preloader, pool.next_preloader):
+        fleet = self.fleet
+        for spawner in (fleet.preloader, fleet.next_preloader):
             if spawner is not None:
-                self.retire(spawner)
-        pool.preloader = pool.next_preloader = None
-        self.reforker.end_generation()
+                fleet.retire(spawner)
+        self.carry_out(self.reforker.end_generation())
         self.generation += 1
-        for worker in list(self.WORKERS.values()):
-            if worker.pid not in self.lifecycle.outgoing:
-                self.lifecycle.replace(worker, "HUP: --reload, spawning directly")
+        for record in fleet.worker_records():
+            if not record.outgoing:
+                self.replace(record, "HUP: --reload, spawning directly")
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGHUP)
 
     def handle_usr1(self):
         super().handle_usr1()
-        self.pool.signal_helpers(signal.SIGUSR1)  # they write to the same log files
+        self.fleet.signal_helpers(signal.SIGUSR1)  # they write to the same log files
 
     def handle_urg(self):
         if not self.reforker.enabled:
             self.log.info("URG ignored: fork_worker is off")
             return
-        self.reforker.request("URG")
+        self.carry_out(self.reforker.request("URG", self.situation()))
 
     def setup(self, app):
         # Runs on HUP only: the first setup() ran before the switch to this class.
@@ -506,32 +575,33 @@ class SmartArbiter(Arbiter):
 
     def stop(self, graceful=True):
         self.stopping = True
-        self.table.drop_all_queued()  # gunicorn spawns nothing once it stops; nor do we
-        self.read_channels(list(self.pool.handles))  # workers forked just now stop too
-        for spawner in list(self.pool.handles):
-            self.retire(spawner)
-        self.table.close_seats()
+        fleet = self.fleet
+        fleet.drop_queued()  # gunicorn spawns nothing once it stops; nor do we
+        self.read_channels(fleet.spawners())  # workers forked just now stop too
+        for spawner in fleet.spawners():
+            fleet.retire(spawner)
+        fleet.close_seats()
         super().stop(graceful)
-        self.pool.close_all()
-        self.templates_exited(self.pool.wait_all(deadline=time.monotonic() + 2.0))
+        fleet.close_all()
+        self.templates_exited(fleet.wait_all(deadline=time.monotonic() + 2.0))
         state.remove(self.state_path)
 
     # -- the control socket (called from its thread: only reads, or queues a signal) ----
 
     def worker_fields(self, pid):
-        worker = self.WORKERS.get(pid)
-        if worker is None:
+        record = self.fleet.get(pid)
+        if record is None or record.role is not Role.WORKER:
             return {}
-        return {"generation": worker.generation, "spawned_from": worker.spawned_from,
-                "uss": worker.uss, "outgoing": self.lifecycle.outgoing.get(pid),
-                **self.table.counters.snapshot(worker.slot)}
+        return {"generation": record.generation, "spawned_from": record.spawned_from,
+                "uss": record.uss, "outgoing": record.outgoing_why,
+                **self.fleet.counters.snapshot(record.slot)}
 
     def smartspawn_stats(self):
-        pool = self.pool
+        fleet = self.fleet
         return {"generation": self.generation,
                 "spawn_method": "smart" if self.smart else "direct",
-                "preloader_pid": pool.preloader.pid if pool.preloader else None,
-                "template_pid": pool.template.pid if pool.template else None,
+                "preloader_pid": fleet.preloader.pid if fleet.preloader else None,
+                "template_pid": fleet.template.pid if fleet.template else None,
                 **self.reforker.stats(), **self.lifecycle.stats}
 
     def queue_refork(self):
@@ -543,26 +613,23 @@ class SmartArbiter(Arbiter):
 
     # -- spawners: the preloader and templates --------------------------------------------
 
-    def start_preloader(self, generation):
-        preloader = start_preloader(self, generation, self.cfg.preloader_boot_timeout)
-        self.pool.add(preloader)
+    def start_preloader(self, generation, next_generation=False):
+        """Fork a preloader for `generation`: the preloader, or (a HUP) the next one."""
+        pid, channel = start_preloader(self, generation)
+        preloader = self.fleet.add_preloader(pid, channel, generation,
+                                             self.cfg.preloader_boot_timeout, next_generation)
         self.log.info("Started %r", preloader)
-        return preloader
-
-    def retire(self, spawner):
-        self.table.drop_queued(spawner.pid)
-        self.pool.retire(spawner, self.table.busy_spawners())
 
     def preloader_starting(self):
         """True while no preloader is ready because one is (re)starting."""
-        preloader = self.pool.preloader
+        preloader = self.fleet.preloader
         return self.smart and (self.restart_at is not None
                                or (preloader is not None and not preloader.ready))
 
     def manage_spawners(self):
         now = time.monotonic()
-        pool = self.pool
-        for preloader in (pool.preloader, pool.next_preloader):
+        fleet = self.fleet
+        for preloader in (fleet.preloader, fleet.next_preloader):
             if (preloader and not preloader.ready and preloader.boot_deadline
                     and now > preloader.boot_deadline and preloader.failure is None):
                 limit = preloader.boot_deadline - preloader.started_at
@@ -570,46 +637,47 @@ class SmartArbiter(Arbiter):
                                "(preloader_boot_timeout); killing it", preloader, limit)
                 preloader.failure = protocol.BootFailed(
                     WORKER_BOOT_ERROR, "app import took longer than %.1fs" % limit)
-                pool.kill(preloader)
-        for worker in self.table.overdue(now):
-            if worker.age in self.table.pending:
-                self.spawn_overdue(worker)
-        pool.close_retired(self.table.busy_spawners())
-        if self.smart and pool.preloader is None and pool.next_preloader is None \
+                fleet.kill(preloader)
+        for record in fleet.overdue(now):
+            if record.worker.age in fleet.pending:
+                self.spawn_overdue(record)
+        fleet.close_retired()
+        if self.smart and fleet.preloader is None and fleet.next_preloader is None \
                 and self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             # It imports the code on disk now, maybe not the running generation's.
-            pool.preloader = self.start_preloader(self.generation + 1)
+            self.start_preloader(self.generation + 1)
 
-    def spawn_overdue(self, worker):
-        spawner = self.pool.by_pid(worker.spawner_pid)
+    def spawn_overdue(self, record):
+        spawner = self.fleet.get(record.spawner_pid)
         self.log.error("Spawn of worker %s got no answer within %.0fs from %r; "
-                       "killing it", worker.age, SPAWN_TIMEOUT, spawner)
-        self.table.forget_pending(worker.age)
+                       "killing it", record.worker.age, SPAWN_TIMEOUT, spawner)
+        self.fleet.forget_pending(record.worker.age)
         if spawner is not None:
             spawner.stuck = True
-            self.pool.kill(spawner)
-            for other in self.table.pending_of(spawner.pid):
-                self.table.forget_pending(other.age)
+            self.fleet.kill(spawner)
+            for other in self.fleet.pending_of(spawner.pid):
+                self.fleet.forget_pending(other.worker.age)
 
     def read_channels(self, spawners):
-        for spawner, message in self.pool.read(spawners):
+        for spawner, message in self.fleet.read(spawners):
             self.handle_message(spawner, message)
 
     def handle_message(self, spawner, message):
         match message:
             case protocol.SpawnerReady(boot_seconds=seconds):
-                spawner.ready = True
                 if message.immortal_objects is not None:
                     self.heap_made_immortal(spawner, message)
-                if spawner.kind == "template":
-                    self.reforker.template_ready(spawner, seconds)
+                if spawner.state is State.CANDIDATE:
+                    self.fleet.template_ready(spawner)
+                    self.carry_out(self.reforker.template_ready(spawner, seconds))
                 else:
+                    self.fleet.spawner_ready(spawner)
                     self.preloader_ready(spawner, seconds)
             case protocol.BootFailed():
                 spawner.failure = message
             case protocol.StandbyReady(pid=pid) if self.is_new_child(pid):
-                self.pool.standby_ready(spawner, pid)
+                self.fleet.standby_ready(spawner, pid)
             case protocol.StandbyReady(pid=pid) if not self.is_child(pid):
                 # It wrote this, saw its spawner die (EOF) and exited, and gunicorn's
                 # waitpid(-1) reaped it as unknown before we read it: nothing to track.
@@ -619,7 +687,7 @@ class SmartArbiter(Arbiter):
                 self.worker_spawned(spawner, age, pid)
             case protocol.SpawnFailed(age=age, reason=reason):
                 self.log.error("%r could not fork worker %s: %s", spawner, age, reason)
-                self.table.forget_pending(age)
+                self.fleet.forget_pending(age)
                 self.dispatch_spawns()
             case ChannelClosed():
                 self.spawner_gone(spawner)
@@ -629,7 +697,7 @@ class SmartArbiter(Arbiter):
                                                           "broken channel: %s" % error)
                 self.spawner_gone(spawner)
             case _:  # including a pid that is no child of ours, or not the standby's
-                self.handle_message(spawner, self.pool.broken(
+                self.handle_message(spawner, self.fleet.broken(
                     spawner, "unexpected %r" % (message,)))
 
     def heap_made_immortal(self, spawner, message):
@@ -647,7 +715,7 @@ class SmartArbiter(Arbiter):
     def is_new_child(self, pid):
         """True if `pid`, named by a spawner, is a child of ours we know nothing of yet:
         the only pid a spawner's message may make the master track (and later signal)."""
-        if (pid in self.WORKERS or pid in self.pool.helpers
+        if (pid in self.WORKERS or self.fleet.get(pid) is not None
                 or pid in (self.pid, self.dirty_arbiter_pid, self.reexec_pid)):
             return False
         return self.is_child(pid)
@@ -667,9 +735,9 @@ class SmartArbiter(Arbiter):
         # preloader killed as stuck after every restart would restart without a pause.
         self.ever_ready = True
         self.log.info("%r loaded the app in %.3fs", preloader, seconds)
-        if preloader is self.pool.next_preloader:
+        if preloader is self.fleet.next_preloader:
             self.switch_generation()
-        elif preloader is self.pool.preloader:
+        elif preloader is self.fleet.preloader:
             self.generation = max(self.generation, preloader.generation)
 
     def switch_generation(self):
@@ -679,37 +747,41 @@ class SmartArbiter(Arbiter):
         outgoing, so manage_workers() spawns its replacement from the new preloader, and
         the old ones are stopped once `workers` new ones serve.
         """
-        pool = self.pool
-        old, pool.preloader, pool.next_preloader = pool.preloader, pool.next_preloader, None
-        self.generation = pool.preloader.generation
+        fleet = self.fleet
+        old = fleet.switch_preloader()
+        self.generation = fleet.preloader.generation
         if old is not None:
-            self.retire(old)
-        self.reforker.end_generation()
+            fleet.retire(old)
+        self.carry_out(self.reforker.end_generation())
         self.log.info("Generation %s is ready; replacing the workers of the previous "
                       "generation", self.generation)
-        for worker in list(self.WORKERS.values()):
-            if worker.generation < self.generation and worker.pid not in self.lifecycle.outgoing:
-                self.lifecycle.replace(worker, "HUP: generation %s" % self.generation)
+        for record in fleet.worker_records():
+            if record.generation < self.generation and not record.outgoing:
+                self.replace(record, "HUP: generation %s" % self.generation)
 
     def spawner_gone(self, spawner):
         """The spawner's channel is closed: it has exited (its status is reaped apart)."""
-        pool = self.pool
-        for worker in self.table.pending_of(spawner.pid):
-            self.log.error("Worker %s was not spawned: %r exited", worker.age, spawner)
-            self.table.forget_pending(worker.age)
+        fleet = self.fleet
+        for record in fleet.pending_of(spawner.pid):
+            self.log.error("Worker %s was not spawned: %r exited", record.worker.age, spawner)
+            fleet.forget_pending(record.worker.age)
         if spawner.retiring or self.stopping:
             return
-        if spawner.kind == "template":
-            self.reforker.template_gone(spawner)
+        if spawner.role is Role.TEMPLATE or spawner.state is State.CANDIDATE:
+            self.carry_out(self.reforker.template_gone(spawner))
+            if spawner is fleet.template:
+                fleet.drop_template(spawner)
+                self.log.error("%r exited; spawning from the %s", spawner,
+                               "preloader" if self.smart else "master")
             return
         detail = ": %s" % spawner.failure.reason if spawner.failure else ""
-        if spawner is pool.next_preloader:
-            pool.next_preloader = None
+        if spawner is fleet.next_preloader:
+            fleet.drop_preloader(spawner)
             self.log.error("Reload failed: %r exited before it loaded the app%s; "
                            "generation %s keeps serving", spawner, detail, self.generation)
             return
-        pool.preloader = None
-        if not self.ever_ready and pool.next_preloader is None:
+        fleet.drop_preloader(spawner)
+        if not self.ever_ready and fleet.next_preloader is None:
             code = spawner.failure.exit_code if spawner.failure else WORKER_BOOT_ERROR
             reason = ("App failed to load." if code == APP_LOAD_ERROR
                       else "Worker failed to boot.")

@@ -16,17 +16,18 @@
 - **Failing workers.** When workers keep exiting before they serve, wherever they come
   from, the master waits longer and longer between spawns (up to 10 s).
 
-The Lifecycle owns the outgoing workers, the memory samples and these counts; it works
-through the master's worker table and spawner pool, and asks the Reforker (refork.py) to
-refork.
+The Lifecycle is a policy (actions.py): it reads the table of children (fleet.py), where
+each worker's state and memory samples are, and yields what to do; it owns only its
+counts and the memory rule.
 """
 import signal
 import time
 
 import psutil
 
+from gunicorn_smartspawn.actions import AbandonTemplate, Replace, Retire, StartRefork, Stop
 from gunicorn_smartspawn.backoff import Backoff
-from gunicorn_smartspawn.refork import booted
+from gunicorn_smartspawn.fleet import State
 
 MIB = 1024 * 1024
 # Samples in a row a condition must hold before the master acts on it (a noisy figure
@@ -39,6 +40,15 @@ TEMPLATE_CHILD_FAILURES = 3
 # serve (seconds): none for the first four, then longer and longer. A worker that cannot
 # start must not be respawned hundreds of times a second.
 RESPAWN_DELAYS = (0, 0, 0, 0, 1, 2, 4, 8, 10)
+
+
+def measure_memory(pid):
+    """(USS, RSS) of process `pid` in bytes, or None if it cannot be read."""
+    try:
+        info = psutil.Process(pid).memory_full_info()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return info.uss, info.rss
 
 
 class MemoryGrowth:
@@ -70,187 +80,167 @@ class MemoryGrowth:
 
 
 class Lifecycle:
-    """The master's worker lifecycle. `master` is the SmartArbiter (arbiter.py)."""
+    """The master's worker lifecycle, a policy over `fleet` (see the module docstring).
 
-    def __init__(self, master):
-        self.master = master
-        self.cfg, self.log = master.cfg, master.log
-        self.table, self.pool = master.table, master.pool
-        self.outgoing = {}             # pid -> why it is being replaced
-        self.sent_term = set()         # outgoing pids already told to stop
-        self.next_sample = time.monotonic()
+    `clock` and `measure` (pid -> (USS, RSS) or None) are the real ones in the master,
+    fakes in tests.
+    """
+
+    def __init__(self, cfg, log, fleet, clock=time.monotonic, measure=measure_memory):
+        self.cfg, self.log, self.fleet = cfg, log, fleet
+        self.clock, self.measure = clock, measure
+        self.next_sample = clock()
         self.memory_growth = None      # MemoryGrowth of the current generation
         self.template_child_failures = 0
-        self.boot_failures = Backoff(RESPAWN_DELAYS)  # workers that exited before serving
-        self.stopped_on_purpose = set()  # pids the master signalled to stop
+        self.boot_failures = Backoff(RESPAWN_DELAYS, clock)  # workers that never served
         self.stats = {"memory_samples": 0, "replaced_max_requests": 0,
                       "replaced_max_worker_memory": 0, "memory_reforks": 0,
                       "preloader_idle_exits": 0, "templates_abandoned": 0}
 
-    def manage(self):
-        workers = self.table.workers
-        for pid in [pid for pid in self.outgoing if pid not in workers]:
-            del self.outgoing[pid]
-            self.sent_term.discard(pid)
-        if self.master.reforker.current is None:
-            self.collect_retire_requests()
-        self.sample_memory()
-        self.stop_replaced_workers()
-        self.stop_idle_preloader()
-        self.watch_template_children()
+    def decide(self, situation, refork_running, refork_ready):
+        """Yield this turn's actions. `refork_running`: a refork is in progress;
+        `refork_ready`: one could start now (refork_on_memory)."""
+        if not refork_running:
+            yield from self.collect_retire_requests()
+        yield from self.sample_memory(situation, refork_running, refork_ready)
+        yield from self.stop_replaced_workers(situation)
+        yield from self.stop_idle_preloader(refork_running)
+        yield from self.watch_template_children(situation)
 
     def not_counted(self):
         """The outgoing workers still running: they serve, but not toward `workers`."""
-        return sum(pid in self.table.workers for pid in self.outgoing)
+        return len(self.fleet.outgoing())
+
+    def replaced(self, stat):
+        """Count a replacement this policy asked for (Replace.stat)."""
+        self.stats[stat] += 1
 
     # -- spawn before retire --------------------------------------------------------------
 
-    def replace(self, worker, why, stat=None):
-        """Make `worker` outgoing; `stat`: the stats (and statsd) count to add to."""
-        self.outgoing[worker.pid] = why
-        extra = {}
-        if stat is not None:
-            self.stats[stat] += 1
-            extra = {"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"}
-        self.log.info("Replacing worker (pid: %s): %s; it serves until its replacement "
-                      "does", worker.pid, why, extra=extra)
-
     def collect_retire_requests(self):
-        counters = self.table.counters
-        for worker in list(self.table.workers.values()):
-            if worker.pid not in self.outgoing and counters.get(worker.slot, "retire"):
-                self.replace(worker, "it served %s requests (max_requests)"
-                             % counters.requests(worker.slot), "replaced_max_requests")
+        counters = self.fleet.counters
+        for record in self.fleet.worker_records():
+            if not record.outgoing and counters.get(record.slot, "retire"):
+                yield Replace(record, "it served %s requests (max_requests)"
+                              % counters.requests(record.slot), "replaced_max_requests")
 
-    def stop_replaced_workers(self):
-        waiting = [pid for pid in self.outgoing if pid not in self.sent_term]
+    def stop_replaced_workers(self, situation):
+        records = self.fleet.worker_records()
+        waiting = [r for r in records if r.state is State.OUTGOING]
         if not waiting:
             return
-        serving = [w for pid, w in self.table.workers.items()
-                   if pid not in self.outgoing and booted(w)]
-        if len(serving) < self.master.num_workers:
+        serving = [r for r in records if not r.outgoing and r.heartbeat_moved()]
+        if len(serving) < situation.workers:
             return
-        for pid in waiting:
-            self.sent_term.add(pid)
-            self.master.kill_worker(pid, signal.SIGTERM)
+        for record in waiting:
+            yield Stop(record, signal.SIGTERM)
 
     # -- memory ---------------------------------------------------------------------------
 
-    def sample_memory(self):
+    def sample_memory(self, situation, refork_running, refork_ready):
         cfg = self.cfg
-        now = time.monotonic()
+        now = self.clock()
         if not (cfg.max_worker_memory or cfg.refork_on_memory) or now < self.next_sample:
             return
         self.next_sample = now + cfg.memory_sample_interval
         sampled = []
-        for pid, worker in list(self.table.workers.items()):
-            if pid in self.outgoing or not booted(worker):
+        for record in self.fleet.worker_records():
+            if record.outgoing or not record.heartbeat_moved():
                 continue
-            try:
-                info = psutil.Process(pid).memory_full_info()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            sample = self.measure(record.pid)
+            if sample is None:
                 continue
-            worker.uss, worker.rss = info.uss, info.rss
-            sampled.append(worker)
+            record.uss, record.rss = sample  # the record's memory sample, for status too
+            sampled.append(record)
         if not sampled:
             return
         self.stats["memory_samples"] += 1
-        mean_mib = sum(w.uss for w in sampled) / len(sampled) / MIB
+        mean_mib = sum(r.uss for r in sampled) / len(sampled) / MIB
         self.log.debug("Workers' mean USS: %.1f MiB", mean_mib, extra={
             "metric": "smartspawn.worker_uss_mean_mib", "value": round(mean_mib, 1),
             "mtype": "gauge"})
         if cfg.max_worker_memory:
-            self.enforce_memory_limit(sampled, cfg.max_worker_memory)
+            yield from self.enforce_memory_limit(sampled, cfg.max_worker_memory,
+                                                 refork_running)
         if cfg.refork_on_memory:
-            self.refork_if_memory_grew(sampled, now)
+            yield from self.refork_if_memory_grew(sampled, situation.generation, refork_ready)
 
-    def enforce_memory_limit(self, sampled, limit):
-        for worker in sampled:
-            over = worker.uss > limit
-            worker.over_limit = worker.over_limit + 1 if over else 0
-            if worker.over_limit >= SAMPLES_IN_A_ROW and self.master.reforker.current is None:
-                self.replace(
-                    worker, "its private memory (USS) %.1f MiB stayed above "
+    def enforce_memory_limit(self, sampled, limit, refork_running):
+        for record in sampled:
+            over = record.uss > limit
+            record.over_limit = record.over_limit + 1 if over else 0
+            if record.over_limit >= SAMPLES_IN_A_ROW and not refork_running:
+                yield Replace(
+                    record, "its private memory (USS) %.1f MiB stayed above "
                     "max_worker_memory %.1f MiB for %s samples"
-                    % (worker.uss / MIB, limit / MIB, worker.over_limit),
+                    % (record.uss / MIB, limit / MIB, record.over_limit),
                     "replaced_max_worker_memory")
 
-    def refork_if_memory_grew(self, sampled, now):
+    def refork_if_memory_grew(self, sampled, generation, refork_ready):
         if len(sampled) < 2:
             return
-        reforker, generation = self.master.reforker, self.master.generation
         # A refork or a HUP starts a new generation, and a new baseline. Workers of an
         # older generation (respawned from the preloader after a template died) count.
         if self.memory_growth is None or self.memory_growth.generation != generation:
             self.memory_growth = MemoryGrowth(generation)
         rule = self.memory_growth
-        fired = rule.observe([w.uss for w in sampled], [w.rss for w in sampled],
+        fired = rule.observe([r.uss for r in sampled], [r.rss for r in sampled],
                              self.cfg.refork_memory_growth)
-        if (not fired or now - reforker.last_refork_at < self.cfg.refork_min_interval
-                or reforker.busy() or reforker.candidate() is None):
+        if not (fired and refork_ready):
             return
         self.stats["memory_reforks"] += 1
         self.log.debug("memory refork", extra={"metric": "smartspawn.memory_reforks",
                                                "value": 1, "mtype": "counter"})
-        reforker.start("memory: the workers' mean USS grew by %.1f MiB, more than %s "
-                       "of the %.1f MiB they share" % (
-                           rule.growth / MIB, self.cfg.refork_memory_growth,
-                           rule.shared / MIB), None)
+        yield StartRefork("memory: the workers' mean USS grew by %.1f MiB, more than %s "
+                          "of the %.1f MiB they share" % (
+                              rule.growth / MIB, self.cfg.refork_memory_growth,
+                              rule.shared / MIB))
 
     # -- spawners ----------------------------------------------------------------------
 
-    def stop_idle_preloader(self):
-        idle_timeout, pool = self.cfg.preloader_idle_timeout, self.pool
-        preloader = pool.preloader
-        if (not idle_timeout or preloader is None or not preloader.ready or preloader.retiring
-                or pool.next_preloader is not None or self.master.reforker.current is not None
-                or time.monotonic() - preloader.last_used < idle_timeout
-                or self.table.pending_of(preloader.pid)):
+    def stop_idle_preloader(self, refork_running):
+        idle_timeout, fleet = self.cfg.preloader_idle_timeout, self.fleet
+        preloader = fleet.preloader
+        if (not idle_timeout or preloader is None or not preloader.usable
+                or fleet.next_preloader is not None or refork_running
+                or self.clock() - preloader.last_used < idle_timeout
+                or fleet.pending_of(preloader.pid)):
             return
         self.log.info("%r spawned nothing for %ss (preloader_idle_timeout): stopping it to "
                       "free its memory; the next spawn comes from %s", preloader,
-                      idle_timeout, "the template" if pool.template
+                      idle_timeout, "the template" if fleet.template
                       else "a preloader started on demand")
         self.stats["preloader_idle_exits"] += 1
-        self.master.retire(preloader)
-        pool.preloader = None
+        yield Retire(preloader)
 
     def new_template(self):
         self.template_child_failures = 0
 
-    def watch_template_children(self):
+    def watch_template_children(self, situation):
         """Count the template's workers that exited before serving; abandon it after a few."""
-        template = self.pool.template
-        for worker in self.table.workers.values():
-            if not worker.served and booted(worker):
-                worker.served = True
+        template = self.fleet.template
+        for record in self.fleet.worker_records():
+            if not record.served and record.heartbeat_moved():
+                record.served = True
                 self.boot_failures.succeeded()  # a success breaks the row
-                if template is not None and worker.spawner_pid == template.pid:
+                if template is not None and record.spawner_pid == template.pid:
                     self.template_child_failures = 0
         if template is None or self.template_child_failures < TEMPLATE_CHILD_FAILURES:
             return
         self.log.error("%r abandoned: %s workers forked from it in a row exited before "
                        "serving; spawning from the %s", template, self.template_child_failures,
-                       "preloader" if self.master.smart else "master")
+                       "preloader" if situation.smart else "master")
         self.stats["templates_abandoned"] += 1
         self.template_child_failures = 0
-        if self.master.reforker.current is not None:
-            self.master.reforker.abort("its template's workers fail to boot")
-        self.master.retire(template)
-        self.pool.template = None
+        yield AbandonTemplate(template, "its template's workers fail to boot")
 
-    def unbooted_workers(self):
-        return [(pid, w.spawner_pid) for pid, w in self.table.workers.items() if not booted(w)]
-
-    def count_boot_failures(self, unbooted):
-        """`unbooted`: (pid, spawner pid) of the workers that had not served before this
-        reap; those gone now exited before they served."""
-        gone = [(pid, spawner) for pid, spawner in unbooted if pid not in self.table.workers]
-        failed = [spawner for pid, spawner in gone if pid not in self.stopped_on_purpose]
-        self.stopped_on_purpose.intersection_update(self.table.workers)  # the rest are gone
-        if not failed or self.master.stopping:
+    def count_boot_failures(self, departed, halting):
+        """`departed`: the records of the workers just reaped; those that never booted
+        and were not stopped on purpose failed to boot."""
+        failed = [r.spawner_pid for r in departed if not (r.booted or r.stopped_on_purpose)]
+        if not failed or halting:
             return
-        template = self.pool.template
+        template = self.fleet.template
         if template is not None:
             self.template_child_failures += failed.count(template.pid)
         delay = self.boot_failures.failed(len(failed))

@@ -5,7 +5,8 @@
      └─ worker 1..N      double-forked by the preloader, re-parented to the master
 
 Both sides live here, as in CPython's forkserver: `start_preloader()` runs in the master
-and returns a `SpawnerHandle` (spawnerpool.py); `Preloader.run()` is the child.
+and returns the child's pid and channel (the master's table records them, fleet.py);
+`Preloader.run()` is the child.
 """
 import os
 import sys
@@ -17,24 +18,25 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_smartspawn import _linux, forksafety, patches, protocol
 from gunicorn_smartspawn.spawner import Spawner
-from gunicorn_smartspawn.spawnerpool import SpawnerHandle
 from gunicorn_smartspawn.template import Template
 from gunicorn_smartspawn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR
 
 
-def start_preloader(arbiter, generation, boot_timeout):
-    """Fork a preloader for `generation` (the master's own fds are closed at the fork)."""
+def start_preloader(arbiter, generation):
+    """Fork a preloader for `generation` (the master's own fds are closed at the fork);
+    returns (its pid, the master's end of its channel)."""
+    counters = arbiter.fleet.counters  # read before the fork: the child gets it handed in
     master_end, child_end = protocol.channel_pair()
     pid = os.fork()
     if pid:
         child_end.close()
         master_end.setblocking(False)
-        return SpawnerHandle("preloader", pid, master_end, generation, boot_timeout)
+        return pid, master_end
 
     code = 1
     try:
         master_end.close()
-        code = Preloader(arbiter, child_end, generation, arbiter.table.counters).run()
+        code = Preloader(arbiter, child_end, generation, counters).run()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -9,55 +9,48 @@ older worker, one at a time (lifecycle.py): an old worker is stopped only once i
 replacement and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
 control socket's `refork`, and `refork_on_memory` (lifecycle.py).
 
-The Reforker owns the refork in progress, the one requested meanwhile, the thresholds
-and the gate retries. It works through the master's parts: the worker table, the spawner
-pool (which holds the template) and the lifecycle (which replaces workers).
+The Reforker is a policy (actions.py): it owns the refork in progress, the one requested
+meanwhile, the thresholds and the gate retries; it reads the table of children
+(fleet.py) and yields what the arbiter is to do.
 """
-import os
 import signal
 import time
 
-from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn.actions import BeginRefork, GiveBack, NewTemplate, Replace, Retire, Stop
+from gunicorn_smartspawn.actions import TellCandidate
 from gunicorn_smartspawn.backoff import Backoff
-from gunicorn_smartspawn.spawnerpool import SpawnerHandle
+from gunicorn_smartspawn.fleet import State
 from gunicorn_smartspawn.template import GATE_CLOSED
 
 # Delays before a refork refused by a prevent_fork() block is tried again (seconds).
 GATE_RETRY_DELAYS = (1, 2, 5, 10, 30)
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGKILL, signal.SIGABRT}
 
 
 def refork_enabled(cfg):
     return bool(cfg.fork_worker) or cfg.refork_on_memory
 
 
-def booted(worker):
-    """True once the worker has notified its heartbeat (it is in its serving loop)."""
-    try:
-        return worker.tmp.last_update() != worker.spawned_mtime
-    except (OSError, ValueError):
-        return False
-
-
-def choose_candidate(workers, counters):
-    """The oldest booted, fork-safe worker that has a channel to the master, or None."""
-    eligible = [w for w in workers if w.channel is not None and booted(w)
-                and not counters.get(w.slot, "fork_unsafe")]
-    return min(eligible, key=lambda w: w.age, default=None)
+def choose_candidate(records, counters):
+    """The oldest booted, fork-safe serving worker that has a channel to the master, or
+    None. `records`: the live workers' records."""
+    eligible = [r for r in records if r.channel is not None
+                and r.state in (State.SERVING, State.OUTGOING) and r.heartbeat_moved()
+                and not counters.get(r.slot, "fork_unsafe")]
+    return min(eligible, key=lambda r: r.worker.age, default=None)
 
 
 class Refork:
     """One refork in progress."""
 
-    def __init__(self, candidate, generation, reason, threshold, promote_timeout):
-        self.candidate = candidate
+    def __init__(self, candidate, generation, reason, threshold, started, promote_timeout):
+        self.candidate = candidate          # its record
         self.generation = generation
         self.reason = reason
         self.threshold = threshold          # the request count that triggered it, or None
-        self.started = time.monotonic()
-        self.promote_deadline = self.started + promote_timeout
+        self.started = started
+        self.promote_deadline = started + promote_timeout
         self.signalled = False              # the candidate got BecomeTemplate + URG
-        self.template = None                # its SpawnerHandle once the candidate is ready
+        self.template = None                # its record once the candidate is ready
         self.old = []                       # ages of the workers still to replace
         self.stopping = None                # the age of the old worker being replaced
 
@@ -70,120 +63,123 @@ class Refork:
 
 
 class Reforker:
-    """The master's reforks. `master` is the SmartArbiter (arbiter.py)."""
+    """The master's reforks, a policy over `fleet` (see the module docstring). Each method
+    that may act is a generator of actions; `situation` is this turn's (actions.py)."""
 
-    def __init__(self, master):
-        self.master = master
-        self.cfg, self.log = master.cfg, master.log
-        self.table, self.pool = master.table, master.pool
+    def __init__(self, cfg, log, fleet, workers, clock=time.monotonic):
+        self.cfg, self.log, self.fleet, self.clock = cfg, log, fleet, clock
         self.current = None           # the Refork in progress
         self.requested = None         # a trigger that arrived while busy (coalesced)
         self.threshold_index = 0      # the next fork_worker threshold to wait for
         self.done = 0
-        self.last_refork_at = time.monotonic()  # or the start (refork_min_interval)
-        self.gate_refusals = Backoff(GATE_RETRY_DELAYS)  # by a prevent_fork() block
+        self.last_refork_at = clock()  # or the start (refork_min_interval)
+        self.gate_refusals = Backoff(GATE_RETRY_DELAYS, clock)  # by a prevent_fork() block
         self.published = self.snapshot()
-        if refork_enabled(self.cfg) and master.num_workers < 2:
+        if refork_enabled(cfg) and workers < 2:
             self.log.warning("fork_worker/refork_on_memory: a refork needs two or more workers; "
-                             "with workers = %s none will happen", master.num_workers)
+                             "with workers = %s none will happen", workers)
 
     @property
     def enabled(self):
         return refork_enabled(self.cfg)
 
-    def request(self, reason, threshold=None):
+    def request(self, reason, situation, threshold=None):
         try:
-            self.take_request(reason, threshold)
+            yield from self.take_request(reason, situation, threshold)
         finally:
             self.publish()
 
-    def take_request(self, reason, threshold):
-        if self.master.num_workers < 2:
+    def take_request(self, reason, situation, threshold):
+        if situation.workers < 2:
             self.log.info("Refork (%s) skipped: needs two or more workers", reason)
             return  # not kept for later: it would fire at the next TTIN
-        busy = self.busy()
+        busy = self.busy(situation)
         if busy:
             if self.requested is None:
                 self.log.info("Refork (%s) deferred: %s", reason, busy)
             self.requested = (reason, threshold)
             return
-        self.start(reason, threshold)
+        yield from self.start(reason, threshold, situation)
 
-    def busy(self):
+    def busy(self, situation):
         """Why a refork cannot start now, or None."""
-        master = self.master
-        if master.num_workers < 2:
+        fleet = self.fleet
+        if situation.workers < 2:
             return "needs two or more workers"
-        if master.stopping:
+        if situation.halting:
             return "shutting down"
-        if master.reloading:
+        if situation.reloading:
             return "a HUP is replacing the workers"
         if self.current is not None:
             return "%r in progress" % self.current
-        if self.pool.next_preloader is not None:
+        if fleet.next_preloader is not None:
             return "a HUP is loading new code"
-        if master.preloader_starting():
+        if situation.preloader_starting:
             return "the preloader is (re)starting"
-        if self.table.pending or len(self.table.workers) < master.num_workers:
+        if fleet.pending or len(fleet.workers) < situation.workers:
             return "workers are being spawned"
-        if master.lifecycle.outgoing:
+        if fleet.outgoing():
             return "workers are being replaced"
         if self.gate_refusals.waiting():
             return "waiting to retry after a prevent_fork() block"
         return None
 
-    def manage(self):
+    def ready_for_memory_refork(self, situation):
+        """True if refork_on_memory may start one now."""
+        return (self.clock() - self.last_refork_at >= self.cfg.refork_min_interval
+                and not self.busy(situation) and self.candidate() is not None)
+
+    def decide(self, situation):
         if not self.enabled:
             return
         try:
-            self.advance_or_start()
+            yield from self.advance_or_start(situation)
         finally:
             self.publish()
 
-    def advance_or_start(self):
+    def advance_or_start(self, situation):
         if self.current is not None:
-            self.advance()
+            yield from self.advance(situation)
             if self.current is not None:
                 return
         # A refork that just finished lets a coalesced one start in the same turn: the
         # master's next turn can be a second away (its sleep), a gap that made the end
         # of a URG storm look settled while one more refork was still to come.
-        if self.requested is not None and not self.busy():
+        if self.requested is not None and not self.busy(situation):
             reason, threshold = self.requested
             self.requested = None
-            self.start(reason, threshold)
+            yield from self.start(reason, threshold, situation)
         elif self.requested is None:
-            self.check_threshold()
+            yield from self.check_threshold(situation)
 
     def candidate(self):
-        return choose_candidate(self.table.workers.values(), self.table.counters)
+        return choose_candidate(self.fleet.worker_records(), self.fleet.counters)
 
-    def check_threshold(self):
+    def check_threshold(self, situation):
         thresholds = self.cfg.fork_worker
-        if self.threshold_index >= len(thresholds) or self.busy():
+        if self.threshold_index >= len(thresholds) or self.busy(situation):
             return
         candidate = self.candidate()
         threshold = thresholds[self.threshold_index]
-        if candidate is not None and self.table.counters.requests(candidate.slot) >= threshold:
-            self.start("worker-0 served %s requests" % threshold, threshold)
+        if (candidate is not None
+                and self.fleet.counters.requests(candidate.slot) >= threshold):
+            yield from self.start("worker-0 served %s requests" % threshold, threshold,
+                                  situation)
 
-    def start(self, reason, threshold):
+    def start(self, reason, threshold, situation):
         candidate = self.candidate()
         if candidate is None:
             self.log.warning("Refork (%s) skipped: no serving worker can become the "
                              "template", reason)
             return
-        generation = self.master.generation + 1
-        self.last_refork_at = time.monotonic()
-        self.cfg.on_refork(self.master)
-        handle = SpawnerHandle("template", candidate.pid, candidate.channel, generation)
-        candidate.channel = None  # the handle owns it now
-        self.pool.add(handle)
-        self.current = Refork(candidate, generation, reason, threshold,
+        generation = situation.generation + 1
+        self.last_refork_at = self.clock()
+        self.current = Refork(candidate, generation, reason, threshold, self.clock(),
                               promote_timeout=self.cfg.graceful_timeout + 10)
+        yield BeginRefork(candidate)
         self.log.info("Refork to generation %s (%s): worker (pid: %s, %s requests) "
                       "becomes the template once a stand-in serves", generation, reason,
-                      candidate.pid, self.table.counters.requests(candidate.slot))
+                      candidate.pid, self.fleet.counters.requests(candidate.slot))
         self.log.debug("refork started", extra={"metric": "smartspawn.reforks", "value": 1,
                                                 "mtype": "counter"})
 
@@ -197,49 +193,33 @@ class Reforker:
         go to the stand-in), or None."""
         return self.current.candidate.pid if self.current is not None else None
 
-    def signal_candidate(self, refork):
-        """The stand-in serves: the candidate may leave service now."""
-        refork.signalled = True
-        handle = self.pool.by_pid(refork.candidate.pid)
-        try:
-            if handle is None:
-                raise ProcessLookupError("its channel is closed")
-            protocol.send(handle.channel, protocol.BecomeTemplate(refork.generation))
-            os.kill(refork.candidate.pid, signal.SIGURG)
-        except OSError as exc:
-            self.abort("the candidate is gone (%s)" % exc)
-
-    def template_ready(self, handle, seconds):
-        """The candidate finished its requests and froze its heap: it is a template now."""
-        candidate = self.table.workers.pop(handle.pid, None)
-        if candidate is not None:  # no longer a worker: gunicorn must not time it out
-            candidate.tmp.close()
-        self.pool.template_ready(handle, candidate)  # reaped as a spawner from now on
+    def template_ready(self, record, seconds):
+        """Candidate `record` finished its requests and froze its heap: it is a template
+        now (the table has made it one)."""
         refork = self.current
-        if refork is None or refork.candidate.pid != handle.pid:
-            self.master.retire(handle)  # its refork was abandoned meanwhile
+        if refork is None or refork.candidate is not record:
+            yield Retire(record)  # its refork was abandoned meanwhile
             return
-        if self.pool.template is not None:
-            self.master.retire(self.pool.template)
-        self.pool.template = refork.template = handle
-        self.master.lifecycle.new_template()
-        self.master.generation = refork.generation
-        refork.old = sorted(worker.age for worker in self.table.workers.values())
+        refork.template = record
+        yield NewTemplate(record, refork.generation)
+        refork.old = sorted(r.worker.age for r in self.fleet.worker_records())
         self.log.info("%r ready in %.3fs; replacing %s workers one at a time",
-                      handle, seconds, len(refork.old))
+                      record, seconds, len(refork.old))
 
-    def advance(self):
-        refork, workers = self.current, self.table.workers
+    def advance(self, situation):
+        refork, fleet = self.current, self.fleet
         if refork.promoting:
-            if time.monotonic() > refork.promote_deadline:
-                self.promotion_timed_out(refork)
-            elif not refork.signalled and self.stand_in_serves(refork):
-                self.signal_candidate(refork)
+            if self.clock() > refork.promote_deadline:
+                yield from self.promotion_timed_out(refork)
+            elif not refork.signalled and self.stand_in_serves(refork, situation):
+                refork.signalled = True
+                yield TellCandidate(refork.candidate, refork.generation)
             return
-        ages = {worker.age: pid for pid, worker in workers.items()}
-        new = [w for w in workers.values() if w.age not in refork.old]
-        if (refork.stopping in ages or self.table.pending
-                or len(workers) < self.master.num_workers or not all(booted(w) for w in new)):
+        records = fleet.worker_records()
+        ages = {r.worker.age: r for r in records}
+        new = [r for r in records if r.worker.age not in refork.old]
+        if (refork.stopping in ages or fleet.pending or len(fleet.workers) < situation.workers
+                or not all(r.heartbeat_moved() for r in new)):
             return  # the last swap is not complete yet
         remaining = [age for age in refork.old if age in ages]
         if not remaining:
@@ -247,33 +227,32 @@ class Reforker:
             return
         refork.stopping = remaining[0]
         refork.old.remove(remaining[0])
-        self.master.lifecycle.replace(workers[ages[remaining[0]]], repr(refork))
+        yield Replace(ages[remaining[0]], repr(refork))
 
-    def stand_in_serves(self, refork):
-        outgoing = self.master.lifecycle.outgoing
-        serving = [w for pid, w in self.table.workers.items()
-                   if pid != refork.candidate.pid and pid not in outgoing and booted(w)]
-        return not self.table.pending and len(serving) >= self.master.num_workers
+    def stand_in_serves(self, refork, situation):
+        serving = [r for r in self.fleet.worker_records()
+                   if r is not refork.candidate and not r.outgoing and r.heartbeat_moved()]
+        return not self.fleet.pending and len(serving) >= situation.workers
 
-    def worker_stopping(self, pid, sig):
-        """The master is stopping worker `pid` (TTOU, a timeout, a replacement, a HUP).
+    def worker_stopping(self, record, sig):
+        """The master is stopping worker `record` (TTOU, a timeout, a replacement, a HUP).
 
         The candidate among them gives up the refork: told to become the template and to
         stop at once, it could get ready and then exit, taking the spawns sent to it."""
         refork = self.current
-        if refork is not None and refork.candidate.pid == pid and sig in STOP_SIGNALS:
-            self.abort("its candidate (pid: %s) is being stopped (%s)"
-                       % (pid, signal.Signals(sig).name))
+        if refork is not None and refork.candidate is record:
+            yield from self.abort("its candidate (pid: %s) is being stopped (%s)"
+                                  % (record.pid, signal.Signals(sig).name))
 
     def promotion_timed_out(self, refork):
         if not refork.signalled:
-            self.abort("no stand-in served within %.0fs" % (
+            yield from self.abort("no stand-in served within %.0fs" % (
                 refork.promote_deadline - refork.started))
             return
         self.log.error("%r: the candidate (pid: %s) did not become the template "
                        "in time; killing it", refork, refork.candidate.pid)
-        self.abort("promotion timed out")
-        self.master.kill_worker(refork.candidate.pid, signal.SIGKILL)
+        yield from self.abort("promotion timed out")
+        yield Stop(refork.candidate, signal.SIGKILL)
 
     def finish(self):
         refork, self.current = self.current, None
@@ -281,49 +260,43 @@ class Reforker:
         self.gate_refusals.succeeded()
         if refork.threshold is not None:
             self.threshold_index += 1
-        self.log.info("%r done in %.2fs", refork, time.monotonic() - refork.started)
+        self.log.info("%r done in %.2fs", refork, self.clock() - refork.started)
 
     def end_generation(self):
         """A HUP: abandon any refork, retire the template; thresholds start again."""
         if self.current is not None:
-            self.abort("HUP")
-        if self.pool.template is not None:
-            self.master.retire(self.pool.template)
-            self.pool.template = None
+            yield from self.abort("HUP")
+        if self.fleet.template is not None:
+            yield Retire(self.fleet.template)
         self.threshold_index = 0
 
     def abort(self, why):
         refork, self.current = self.current, None
         self.log.warning("%r abandoned: %s", refork, why)
         if not refork.signalled:
-            # The candidate never heard of it: it stays a worker, with its channel back.
-            handle = self.pool.by_pid(refork.candidate.pid)
-            if handle is not None:
-                refork.candidate.channel = self.pool.give_back(handle)
+            yield GiveBack(refork.candidate)  # it never heard of it: a worker again
 
     def retry_after_gate(self, refork):
         delay = self.gate_refusals.failed()
         self.requested = (refork.reason, refork.threshold)
         self.log.info("Refork (%s) will be tried again in %ss", refork.reason, delay)
 
-    def template_gone(self, handle):
+    def template_gone(self, record):
+        """Spawner `record`, a candidate or a template, has exited."""
         refork = self.current
-        if refork is not None and refork.candidate.pid == handle.pid:
-            if not refork.signalled:
-                self.abort("the candidate (pid: %s) exited before it was told (TTOU, "
-                           "a crash)" % handle.pid)
-                return
-            why = handle.failure.reason if handle.failure else "it exited"
-            self.abort("the template (pid: %s) gave up: %s" % (handle.pid, why))
-            if handle.failure and handle.failure.exit_code == GATE_CLOSED:
-                self.retry_after_gate(refork)
-            elif refork.threshold is not None:
-                # Else the next worker to reach it would be sacrificed the same way.
-                self.threshold_index += 1
-        if handle is self.pool.template:
-            self.pool.template = None
-            self.log.error("%r exited; spawning from the %s", handle,
-                           "preloader" if self.master.smart else "master")
+        if refork is None or refork.candidate is not record:
+            return
+        if not refork.signalled:
+            yield from self.abort("the candidate (pid: %s) exited before it was told (TTOU, "
+                                  "a crash)" % record.pid)
+            return
+        why = record.failure.reason if record.failure else "it exited"
+        yield from self.abort("the template (pid: %s) gave up: %s" % (record.pid, why))
+        if record.failure and record.failure.exit_code == GATE_CLOSED:
+            self.retry_after_gate(refork)
+        elif refork.threshold is not None:
+            # Else the next worker to reach it would be sacrificed the same way.
+            self.threshold_index += 1
 
     def snapshot(self):
         return {"reforks": self.done, "refork_in_progress": self.current is not None,

@@ -109,25 +109,26 @@ def total_pss(pids):
 
 def snapshot(arbiter):
     """The state of `arbiter` (a SmartArbiter) as a JSON-able dict."""
-    pool, table, lifecycle = arbiter.pool, arbiter.table, arbiter.lifecycle
+    fleet, lifecycle = arbiter.fleet, arbiter.lifecycle
     processes = [{"pid": arbiter.pid, "role": "master"}]
-    for spawner in pool.handles:
-        role = spawner.kind if spawner.ready else spawner.kind + " (booting)"
+    spawners = fleet.spawners()
+    for spawner in sorted(spawners, key=lambda r: r.started_at or r.asked_at):
+        kind = "template" if spawner.role.value == "worker" else spawner.kind
+        role = kind if spawner.ready else kind + " (booting)"  # a candidate: booting
         processes.append({"pid": spawner.pid, "role": role,
                           "generation": spawner.generation,
                           **({"immortal": spawner.immortal} if spawner.immortal else {})})
         if spawner.standby_pid:
             processes.append({"pid": spawner.standby_pid, "role": "standby",
                               "generation": spawner.generation})
-    spawner_pids = {spawner.pid for spawner in pool.handles}
-    for pid, worker in sorted(arbiter.WORKERS.items(), key=lambda item: item[1].age):
-        if pid in spawner_pids:
+    for record in fleet.worker_records():
+        if record in spawners:
             continue  # a refork's candidate, listed as "template (booting)"
-        role = "worker (outgoing)" if pid in lifecycle.outgoing else "worker"
+        role = "worker (outgoing)" if record.outgoing else "worker"
         processes.append({
-            "pid": pid, "role": role, "generation": worker.generation,
-            "age": worker.age, "spawned_from": worker.spawned_from,
-            **table.counters.snapshot(worker.slot)})
+            "pid": record.pid, "role": role, "generation": record.generation,
+            "age": record.worker.age, "spawned_from": record.spawned_from,
+            **fleet.counters.snapshot(record.slot)})
     return {
         "version": VERSION, "updated": time.time(), "master": arbiter.pid,
         "proc_name": arbiter.proc_name, "generation": arbiter.generation,
@@ -135,7 +136,7 @@ def snapshot(arbiter):
         "workers_target": arbiter.num_workers, "fork_worker": list(arbiter.cfg.fork_worker),
         "reforks": arbiter.reforker.done,
         "refork_in_progress": arbiter.reforker.current is not None,
-        "preloader_running": pool.preloader is not None,
+        "preloader_running": fleet.preloader is not None,
         "lifecycle": dict(lifecycle.stats),
         "processes": processes,
     }

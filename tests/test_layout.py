@@ -60,7 +60,7 @@ def test_no_import_cycles():
 
 def test_workers_know_nothing_of_the_master_or_the_spawners():
     graph = import_graph()
-    upper = {"arbiter", "patches", "spawnerpool", "workertable", "refork", "lifecycle",
+    upper = {"arbiter", "patches", "fleet", "actions", "backoff", "refork", "lifecycle",
              "preloader", "template", "spawner"}
     for module in ("worker", "oob", "forkgate", "forksafety", "protocol", "config",
                    "counters", "state"):
@@ -135,3 +135,19 @@ def test_only_patches_writes_gunicorn_private_state_or_live_settings():
                     and ast.unparse(node.func.value.value).endswith("settings")):
                 raise AssertionError("%s:%d sets a live setting: %s" % (
                     path.name, node.lineno, ast.unparse(node)))
+
+
+def test_no_part_of_the_master_holds_the_arbiter():
+    # The policies and the table get what they read (the table, the config, a clock, a
+    # Situation) and yield actions: none keeps the arbiter (SmartArbiter.carry_out).
+    parts = ("fleet", "actions", "backoff", "refork", "lifecycle", "hookstate", "state")
+    held = {"master", "arbiter", "server"}
+    for part in parts:
+        tree = ast.parse((PACKAGE / (part + ".py")).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+                names = {arg.arg for arg in node.args.args}
+                assert not names & held, "%s.py: __init__ takes %s" % (part, names & held)
+        for line, target in writes(tree):
+            assert target.attr not in held, "%s.py:%d keeps %s" % (
+                part, line, ast.unparse(target))

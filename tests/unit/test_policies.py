@@ -1,0 +1,270 @@
+"""The master's policies (lifecycle.py, refork.py) over a table with no process: each
+decision, with a fake clock and fake memory samples."""
+import signal
+
+import pytest
+
+from fakes import LOG, Clock, Table, apply, config, kinds, situation
+from gunicorn_smartspawn import actions
+from gunicorn_smartspawn.fleet import Role, State
+from gunicorn_smartspawn.lifecycle import SAMPLES_IN_A_ROW, Lifecycle
+from gunicorn_smartspawn.refork import GATE_RETRY_DELAYS, Reforker
+from gunicorn_smartspawn.template import GATE_CLOSED
+from gunicorn_smartspawn import protocol
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def table(monkeypatch):
+    return Table(monkeypatch)
+
+
+def lifecycle(table, clock=None, measure=None, **cfg):
+    return Lifecycle(config(**cfg), LOG, table.fleet, clock or Clock(),
+                     measure or (lambda pid: None))
+
+
+def decide(policy, table, *args):
+    return apply(table.fleet, policy.decide(*args))
+
+
+# -- the lifecycle ----------------------------------------------------------------------
+
+def test_max_requests_makes_a_worker_outgoing_and_stops_it_once_others_serve(table):
+    policy = lifecycle(table)
+    old, other = table.spawn(), table.spawn()
+    table.fleet.counters.set(old.slot, "retire", 1)
+    decisions = decide(policy, table, situation(), False, False)
+    assert kinds(decisions) == ["Replace"] and old.outgoing
+    # One serving worker for two wanted: not stopped yet.
+    assert decide(policy, table, situation(), False, False) == []
+    table.spawn(booted=False)
+    assert decide(policy, table, situation(), False, False) == []  # not booted yet
+    table.fleet.get(table.next_pid).worker.beat()
+    decisions = decide(policy, table, situation(), False, False)
+    assert decisions == [actions.Stop(old, signal.SIGTERM)] and old.state is State.STOPPING
+    assert other.state is State.SERVING
+
+
+def test_no_retire_request_is_taken_during_a_refork(table):
+    policy = lifecycle(table)
+    record = table.spawn()
+    table.fleet.counters.set(record.slot, "retire", 1)
+    assert decide(policy, table, situation(), True, False) == []
+
+
+def test_memory_limit_needs_samples_in_a_row(table):
+    clock, usage = Clock(), {}
+    policy = lifecycle(table, clock, lambda pid: (usage[pid], usage[pid] * 2),
+                       max_worker_memory=100 * MIB)
+    fat, thin = table.spawn(), table.spawn()
+    usage.update({fat.pid: 150 * MIB, thin.pid: 50 * MIB})
+    for sample in range(SAMPLES_IN_A_ROW):
+        assert not fat.outgoing, sample
+        decisions = decide(policy, table, situation(), False, False)
+        assert decisions == [] or sample == SAMPLES_IN_A_ROW - 1
+        clock.advance(1.0)
+    assert fat.outgoing and not thin.outgoing
+    assert policy.stats["replaced_max_worker_memory"] == 0  # the arbiter counts it
+
+
+def test_a_sample_below_the_limit_breaks_the_row(table):
+    clock, usage = Clock(), {}
+    policy = lifecycle(table, clock, lambda pid: (usage[pid], usage[pid]),
+                       max_worker_memory=100 * MIB)
+    record = table.spawn()
+    for value in (150, 150, 50, 150, 150):
+        usage[record.pid] = value * MIB
+        decide(policy, table, situation(), False, False)
+        clock.advance(1.0)
+    assert not record.outgoing
+
+
+def test_memory_growth_asks_for_a_refork_only_when_one_may_start(table):
+    clock, usage = Clock(), {}
+    policy = lifecycle(table, clock, lambda pid: (usage[pid], 200 * MIB),
+                       refork_on_memory=True, refork_memory_growth=0.1)
+    workers = [table.spawn(), table.spawn()]
+
+    def sample(uss_mib, refork_ready):
+        usage.update({r.pid: uss_mib * MIB for r in workers})
+        clock.advance(1.0)
+        return kinds(decide(policy, table, situation(), False, refork_ready))
+
+    assert sample(100, True) == []  # the baseline: 100 of 200 shared
+    for _ in range(SAMPLES_IN_A_ROW):
+        assert sample(150, False) == []  # grew by 50 > 10 MiB, but no refork may start
+    assert sample(150, True) == ["StartRefork"]
+
+
+def test_an_idle_preloader_is_retired_after_its_timeout(table):
+    clock = Clock()
+    policy = lifecycle(table, clock, preloader_idle_timeout=60)
+    table.preloader.last_used = clock()
+    clock.advance(59)
+    assert decide(policy, table, situation(), False, False) == []
+    clock.advance(2)
+    assert decide(policy, table, situation(), False, False) == [actions.Retire(table.preloader)]
+    assert table.fleet.preloader is None
+
+
+def test_workers_that_never_serve_make_spawns_wait_longer(table):
+    clock = Clock()
+    policy = lifecycle(table, clock)
+    for expected_wait in (0, 0, 0, 0, 1, 2, 4, 8, 10, 10):
+        record = table.spawn(booted=False)
+        table.fleet.note_booted()
+        table.reap(record)
+        policy.count_boot_failures(table.fleet.release_departed(), halting=False)
+        assert policy.may_spawn() is (expected_wait == 0)
+        clock.advance(expected_wait)
+        assert policy.may_spawn()
+    # A worker stopped on purpose before it served did not fail; one that serves resets.
+    record = table.spawn(booted=False)
+    table.fleet.told_to_stop(record.pid)
+    table.reap(record)
+    policy.count_boot_failures(table.fleet.release_departed(), halting=False)
+    assert policy.boot_failures.failures == 10
+    table.spawn()
+    decide(policy, table, situation(), False, False)
+    assert policy.boot_failures.failures == 0
+
+
+def test_a_template_whose_workers_keep_failing_is_abandoned(table):
+    policy = lifecycle(table)
+    template = table.spawn()
+    table.fleet.make_candidate(template)
+    table.fleet.template_ready(template)
+    table.fleet.set_template(template)
+    for _ in range(3):
+        record = table.spawn(booted=False, spawner=template)
+        table.reap(record)
+        policy.count_boot_failures(table.fleet.release_departed(), halting=False)
+    decisions = decide(policy, table, situation(), False, False)
+    assert kinds(decisions) == ["AbandonTemplate"] and table.fleet.template is None
+
+
+# -- the reforker -------------------------------------------------------------------------
+
+def reforker(table, clock=None, **cfg):
+    return Reforker(config(**cfg), LOG, table.fleet, 2, clock or Clock())
+
+
+def test_a_threshold_starts_a_refork_from_the_oldest_booted_worker(table):
+    policy = reforker(table, fork_worker=[10])
+    oldest, _other = table.spawn(), table.spawn()
+    assert decide(policy, table, situation()) == []
+    table.fleet.counters.set(oldest.slot, "requests", 10)
+    decisions = decide(policy, table, situation())
+    assert decisions == [actions.BeginRefork(oldest)] and oldest.state is State.CANDIDATE
+    assert policy.extra_workers() == 1  # its stand-in, one over `workers`
+
+
+def test_the_candidate_is_told_once_a_stand_in_serves_then_old_workers_go_one_by_one(table):
+    policy = reforker(table, fork_worker=[10])
+    candidate, old = table.spawn(), table.spawn()
+    table.fleet.counters.set(candidate.slot, "requests", 10)
+    decide(policy, table, situation())
+    assert decide(policy, table, situation()) == []  # no stand-in yet
+    stand_in = table.spawn()
+    assert decide(policy, table, situation()) == [actions.TellCandidate(candidate, 2)]
+    assert decide(policy, table, situation()) == []  # told once
+    table.fleet.template_ready(candidate)
+    decisions = apply(table.fleet, policy.template_ready(candidate, 0.1))
+    assert decisions == [actions.NewTemplate(candidate, 2)]
+    assert table.fleet.template is candidate and policy.extra_workers() == 0
+    # The old workers (old, stand_in: both older than the template's children) go one by
+    # one, each once the workers wanted serve.
+    decisions = decide(policy, table, situation(generation=2))
+    assert kinds(decisions) == ["Replace"] and decisions[0].record is old
+    assert decide(policy, table, situation(generation=2)) == []  # old still runs
+    table.fleet.told_to_stop(old.pid)
+    table.reap(old)
+    table.fleet.release_departed()
+    table.spawn(spawner=candidate)
+    decisions = decide(policy, table, situation(generation=2))
+    assert kinds(decisions) == ["Replace"] and decisions[0].record is stand_in
+    table.reap(stand_in)
+    table.fleet.release_departed()
+    table.spawn(spawner=candidate)
+    assert decide(policy, table, situation(generation=2)) == []
+    assert policy.current is None and policy.done == 1 and policy.threshold_index == 1
+
+
+def test_a_request_while_busy_is_coalesced_into_one(table):
+    policy = reforker(table, fork_worker=True and [10 ** 9])
+    table.spawn(), table.spawn()
+    busy = situation(preloader_starting=True)
+    for _ in range(3):
+        assert apply(table.fleet, policy.request("URG", busy)) == []
+    assert policy.requested == ("URG", None) and policy.stats()["refork_pending"]
+    assert kinds(decide(policy, table, situation())) == ["BeginRefork"]
+    assert policy.requested is None
+
+
+def test_an_unsignalled_candidate_is_given_back_when_the_refork_is_abandoned(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[1], graceful_timeout=5)
+    candidate, _other = table.spawn(), table.spawn()
+    table.fleet.counters.set(candidate.slot, "requests", 1)
+    decide(policy, table, situation())
+    clock.advance(16)  # graceful_timeout + 10, and no stand-in ever served
+    decisions = decide(policy, table, situation(workers=3))  # no refork may start again
+    assert decisions == [actions.GiveBack(candidate)]
+    assert candidate.state is State.SERVING and policy.current is None
+
+
+def test_a_told_candidate_that_never_gets_ready_is_killed(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[1], graceful_timeout=5)
+    candidate, _other = table.spawn(), table.spawn()
+    table.fleet.counters.set(candidate.slot, "requests", 1)
+    decide(policy, table, situation())
+    table.spawn()
+    decide(policy, table, situation())  # TellCandidate
+    clock.advance(16)
+    assert decide(policy, table, situation()) == [actions.Stop(candidate, signal.SIGKILL)]
+
+
+def test_a_template_refused_by_a_fork_gate_is_tried_again_later(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[10 ** 9])
+    candidate, _other = table.spawn(), table.spawn()
+    apply(table.fleet, policy.request("URG", situation()))
+    table.spawn()
+    decide(policy, table, situation())  # told
+    candidate.failure = protocol.BootFailed(GATE_CLOSED, "a prevent_fork() block")
+    assert apply(table.fleet, policy.template_gone(candidate)) == []
+    assert policy.current is None and policy.requested == ("URG", None)
+    assert policy.busy(situation(workers=3)) == (
+        "waiting to retry after a prevent_fork() block")
+    clock.advance(GATE_RETRY_DELAYS[0])
+    assert policy.busy(situation(workers=3)) is None
+
+
+def test_a_candidate_being_stopped_abandons_the_refork(table):
+    policy = reforker(table, fork_worker=[10 ** 9])
+    candidate, _other = table.spawn(), table.spawn()
+    apply(table.fleet, policy.request("URG", situation()))
+    decisions = apply(table.fleet, policy.worker_stopping(candidate, signal.SIGTERM))
+    assert decisions == [actions.GiveBack(candidate)] and policy.current is None
+    assert candidate.role is Role.WORKER
+
+
+def test_a_hup_ends_the_generation_and_its_template(table):
+    policy = reforker(table, fork_worker=[10, 20])
+    template = table.spawn()
+    table.fleet.make_candidate(template)
+    table.fleet.template_ready(template)
+    table.fleet.set_template(template)
+    policy.threshold_index = 1
+    assert apply(table.fleet, policy.end_generation()) == [actions.Retire(template)]
+    assert table.fleet.template is None and policy.threshold_index == 0
+
+
+def test_no_refork_with_fewer_than_two_workers(table):
+    policy = reforker(table, fork_worker=[1])
+    table.spawn()
+    assert apply(table.fleet, policy.request("URG", situation(workers=1))) == []
+    assert policy.requested is None
