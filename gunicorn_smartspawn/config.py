@@ -500,7 +500,7 @@ def install_settings(cfg):
             value = namespace[name]
             try:
                 setting.set(value)
-            except (TypeError, ValueError, ConfigError) as exc:
+            except (TypeError, ValueError, OverflowError, ConfigError) as exc:
                 raise ConfigError("Invalid value for smartspawn setting %s=%r: %s"
                                   % (name, value, exc)) from None
         cfg.settings[name] = setting

@@ -15,6 +15,7 @@ raises ProtocolError: its sender is broken.
 import dataclasses
 import json
 import os
+import re
 import _socket
 import socket
 
@@ -29,11 +30,17 @@ class ProtocolError(Exception):
     """A message that no healthy peer sends."""
 
 
+# What brief() appends: a text received already cut is not cut again.
+CUT = " [... %d more characters, see the log]"
+CUT_PATTERN = re.compile(re.escape(CUT).replace("%d", r"\d+") + r"\Z")
+
+
 def brief(text):
     """`text` cut to MAX_TEXT characters, saying so."""
-    if len(text) <= MAX_TEXT:
+    if len(text) <= MAX_TEXT or (CUT_PATTERN.search(text)
+                                 and len(CUT_PATTERN.split(text)[0]) == MAX_TEXT):
         return text
-    return text[:MAX_TEXT] + " [... %d more characters, see the log]" % (len(text) - MAX_TEXT)
+    return text[:MAX_TEXT] + CUT % (len(text) - MAX_TEXT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +160,10 @@ def decode(data):
     try:
         fields = json.loads(data.decode())
         message = MESSAGES[fields.pop("type")](**fields)
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    # RecursionError: JSON nested deeper than the interpreter's stack (a 64 KiB datagram
+    # holds 65,536 '[').
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError) as exc:
         raise ProtocolError("undecodable message %r: %s: %s" % (
             data[:200], type(exc).__name__, exc)) from None
     for field in dataclasses.fields(message):

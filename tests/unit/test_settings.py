@@ -112,9 +112,6 @@ def test_a_number_too_large_for_a_float_on_hup_exits_1(conf, capsys, line, named
     assert "Invalid value for %s: " % setting_of(line) in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="bug: install_settings() "
-                   "lets the OverflowError of math.isfinite(10**400) escape: a traceback "
-                   "that names no setting instead of 'Invalid value for ...'")
 @pytest.mark.parametrize("line, named", BAD_SETTINGS_UNCAUGHT_AT_START,
                          ids=[b[0] for b in BAD_SETTINGS_UNCAUGHT_AT_START])
 def test_a_number_too_large_for_a_float_at_start_is_a_config_error(conf, line, named):
