@@ -37,7 +37,7 @@ from bench import loadgen, memory_lifecycle
 from bench.refork_memory import drive, memory
 from bench.server import (SMARTSPAWN, Server, Servers, product_source, run_in_tmpdir,
                           wait_for, write_json)
-from gunicorn_smartspawn import immortal
+from gunicorn_smartspawn.forksafety import immortal
 
 VALUES = {"True": "gc_freeze = True\n", "immortal": 'gc_freeze = "immortal"\n'}
 PASS = re.compile(r"made (\d+) objects immortal in ([\d.]+)s \(it went through (\d+)")

@@ -24,7 +24,7 @@ import time
 from bench import spawn_latency
 from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir, uss_mb,
                           wait_for, write_json)
-from gunicorn_smartspawn import status
+from gunicorn_smartspawn.cli import status
 
 WORKERS = 2
 

@@ -2,25 +2,29 @@
 
 Turn it on with ``gunicorn -k smartspawn.Worker`` (or ``smartspawn.ThreadWorker``, and the
 event-loop workers ``smartspawn.ASGIWorker``, ``smartspawn.UvicornWorker`` and
-``smartspawn.GeventWorker``). The package layout is the process tree:
+``smartspawn.GeventWorker``). The subpackages are the process tree, each named for the
+process its code runs in:
 
-- the master: ``arbiter`` (gunicorn's loop), ``fleet`` (the table of its children),
-  ``refork`` and ``lifecycle`` (the policies, which yield ``actions``), ``backoff``;
-  ``hookstate`` (what pre_fork leaves for a worker); ``patches``: every change made to
-  gunicorn;
-- ``preloader`` (imports the app, forks workers) and ``template`` (a warmed worker that
-  forks the next generation), both ``spawner``\\ s;
-- ``worker``: the workers; ``asgi``, ``asgi_uvicorn`` and ``gevent_worker``: the
-  event-loop ones.
+- ``master``: gunicorn's arbiter extended (``arbiter``), the table of its children
+  (``fleet``), the policies (``refork``, ``lifecycle``) and what they decide
+  (``actions``);
+- ``spawner``: the preloader and a refork's template, the processes that fork workers;
+- ``worker``: the worker classes (``base``: sync and gthread; ``asgi``,
+  ``asgi_uvicorn``, ``gevent_worker``), out-of-band work and the fork gates;
+- ``forksafety``: the check before each fork, the library tables, the immortal heap;
+- ``host``: every change made to gunicorn (``patches``);
+- ``shared``: what every process shares (``protocol``, ``counters``, ``config``,
+  ``state``, ``hookstate``);
+- ``cli``: the ``smartspawn`` command.
 
-``config`` holds the settings, ``protocol`` the messages between the processes. For the
-application: ``prevent_fork`` and ``no_longer_fork_safe`` (``forkgate``).
+For the application: ``prevent_fork`` and ``no_longer_fork_safe`` (``worker.forkgate``).
 """
 import importlib
 
-from gunicorn_smartspawn import patches, worker
-from gunicorn_smartspawn.arbiter import SmartArbiter
-from gunicorn_smartspawn.forkgate import no_longer_fork_safe, prevent_fork
+from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.master.arbiter import SmartArbiter
+from gunicorn_smartspawn.worker import base as worker
+from gunicorn_smartspawn.worker.forkgate import no_longer_fork_safe, prevent_fork
 
 __version__ = "0.1.0"
 __all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "GeventWorker",
@@ -57,7 +61,7 @@ def __getattr__(name):
     if name not in EVENT_LOOP_WORKERS:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
     module, doc = EVENT_LOOP_WORKERS[name]
-    base = getattr(importlib.import_module("gunicorn_smartspawn." + module), name)
+    base = getattr(importlib.import_module("gunicorn_smartspawn.worker." + module), name)
     cls = type(name, (_InstallsSmartspawn, base), {"__module__": __name__, "__doc__": doc})
     globals()[name] = cls
     return cls

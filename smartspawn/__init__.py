@@ -1,8 +1,6 @@
 """The short name gunicorn users type: ``gunicorn -k smartspawn.Worker``."""
 import gunicorn_smartspawn
-from gunicorn_smartspawn import (
-    ThreadWorker, Worker, __version__, no_longer_fork_safe, prevent_fork,
-)
+from gunicorn_smartspawn import ThreadWorker, Worker, __version__, no_longer_fork_safe, prevent_fork
 
 __all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "GeventWorker",
            "__version__", "prevent_fork", "no_longer_fork_safe"]

@@ -1,6 +1,6 @@
 """`python -m smartspawn ...`: the same as the `smartspawn` console script (cli.py)."""
 import sys
 
-from gunicorn_smartspawn.cli import main
+from gunicorn_smartspawn.cli.main import main
 
 sys.exit(main())

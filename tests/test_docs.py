@@ -2,7 +2,7 @@
 import importlib.util
 from pathlib import Path
 
-from gunicorn_smartspawn.config import SMARTSPAWN_SETTINGS
+from gunicorn_smartspawn.shared.config import SMARTSPAWN_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "build_settings_doc.py"

@@ -17,8 +17,9 @@ from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
 import smartspawn
-from gunicorn_smartspawn import patches, worker
-from gunicorn_smartspawn.arbiter import SmartArbiter
+from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.worker import base as worker
+from gunicorn_smartspawn.master.arbiter import SmartArbiter
 
 # Every Arbiter method SmartArbiter overrides, with gunicorn's parameters.
 OVERRIDDEN = {

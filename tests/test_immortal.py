@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import wait_for
-from gunicorn_smartspawn import immortal
+from gunicorn_smartspawn.forksafety import immortal
 
 MIB = 1024 * 1024
 WHY_NOT = immortal.unsupported()

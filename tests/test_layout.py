@@ -1,9 +1,10 @@
-"""The package's layout stays the process tree, with no import cycles.
+"""The package's layout is the process tree, with no import cycles.
 
-A module imports only modules below it: the master (arbiter, its parts, patches) over the
-spawners (preloader, template, spawner) over the workers (worker, oob) over the shared
-records (protocol, config, counters, ...). The package's __init__ is the one module that
-may import them all: it is what `-k smartspawn.Worker` loads.
+Each subpackage is named for the process its code runs in, and imports only from its own
+subpackage and the layers below it: the master over the spawners (preloader, template)
+over gunicorn's patches (host) over the workers over fork safety over what every process
+shares; the command line sees only what is shared. The package's __init__ is the one
+module that may import them all: it is what `-k smartspawn.Worker` loads.
 """
 import ast
 from pathlib import Path
@@ -11,31 +12,53 @@ from pathlib import Path
 import gunicorn_smartspawn
 
 PACKAGE = Path(gunicorn_smartspawn.__file__).parent
+# Top to bottom; a module may import its own layer's modules and those below.
+LAYERS = ["master", "spawner", "host", "worker", "forksafety", "shared"]
+BELOW = {layer: set(LAYERS[index:]) for index, layer in enumerate(LAYERS)}
+BELOW["cli"] = {"cli", "shared"}
 
 
-def imported_modules(path):
+def module_name(path):
+    """'master.fleet' for master/fleet.py; 'forksafety' for forksafety/__init__.py."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules():
+    """Every module of the package but its __init__: name -> path."""
+    return {module_name(p): p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
+
+
+def imported_modules(path, known):
     """The package's modules that `path` imports, at module level or inside a function."""
-    names = {p.stem for p in PACKAGE.glob("*.py")}
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
             parts = node.module.split(".")
             if parts[0] != "gunicorn_smartspawn":
                 continue
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:
-                found.update(a.name for a in node.names if a.name in names)
+            base = ".".join(parts[1:])
+            for alias in node.names:
+                inner = (base + "." if base else "") + alias.name
+                found.add(inner if inner in known else base)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "gunicorn_smartspawn" and len(parts) > 1:
-                    found.add(parts[1])
-    return found
+                    found.add(".".join(parts[1:]))
+    return {name for name in found if name}
 
 
 def import_graph():
-    return {p.stem: imported_modules(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    known = modules()
+    return {name: imported_modules(path, known) for name, path in known.items()}
+
+
+def test_every_module_lives_in_a_subpackage_of_a_layer():
+    assert {name.split(".")[0] for name in modules()} == set(BELOW)
+    assert [p.name for p in PACKAGE.glob("*.py")] == ["__init__.py"]
 
 
 def test_no_import_cycles():
@@ -58,19 +81,17 @@ def test_no_import_cycles():
         visit(module)
 
 
-def test_workers_know_nothing_of_the_master_or_the_spawners():
-    graph = import_graph()
-    upper = {"arbiter", "patches", "fleet", "actions", "backoff", "refork", "lifecycle",
-             "preloader", "template", "spawner"}
-    for module in ("worker", "oob", "forkgate", "forksafety", "protocol", "config",
-                   "counters", "state"):
-        assert not graph[module] & upper, (module, graph[module] & upper)
+def test_each_process_imports_only_its_own_code_and_the_layers_below():
+    for module, imported in import_graph().items():
+        allowed = BELOW[module.split(".")[0]]
+        above = {name for name in imported if name.split(".")[0] not in allowed}
+        assert not above, "%s imports %s, above it" % (module, sorted(above))
 
 
 def test_every_gunicorn_patch_is_in_patches():
     # An assignment to an attribute of a gunicorn object, anywhere else, is a patch.
-    for path in PACKAGE.glob("*.py"):
-        if path.stem == "patches":
+    for path in PACKAGE.rglob("*.py"):
+        if module_name(path) == "host.patches":
             continue
         tree = ast.parse(path.read_text())
         gunicorn_names = {alias.asname or alias.name.split(".")[0]
@@ -121,8 +142,8 @@ def writes(tree):
 def test_only_patches_writes_gunicorn_private_state_or_live_settings():
     private = gunicorn_private_names()
     assert "_num_workers" in private  # the test sees what it looks for
-    for path in PACKAGE.glob("*.py"):
-        if path.stem == "patches":
+    for path in PACKAGE.rglob("*.py"):
+        if module_name(path) == "host.patches":
             continue
         tree = ast.parse(path.read_text())
         for line, target in writes(tree):
@@ -140,10 +161,12 @@ def test_only_patches_writes_gunicorn_private_state_or_live_settings():
 def test_no_part_of_the_master_holds_the_arbiter():
     # The policies and the table get what they read (the table, the config, a clock, a
     # Situation) and yield actions: none keeps the arbiter (SmartArbiter.carry_out).
-    parts = ("fleet", "actions", "backoff", "refork", "lifecycle", "hookstate", "state")
+    parts = [name for name in modules() if name.startswith("master.")
+             and name != "master.arbiter"] + ["shared.hookstate", "shared.state"]
+    assert "master.fleet" in parts
     held = {"master", "arbiter", "server"}
     for part in parts:
-        tree = ast.parse((PACKAGE / (part + ".py")).read_text())
+        tree = ast.parse(modules()[part].read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name == "__init__":
                 names = {arg.arg for arg in node.args.args}

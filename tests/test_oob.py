@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import wait_for
-from gunicorn_smartspawn.config import validate_oob_gc
+from gunicorn_smartspawn.shared.config import validate_oob_gc
 
 WORK_HOOK = '''
 import json, os, time

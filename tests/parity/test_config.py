@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from gunicorn_smartspawn.config import SMARTSPAWN_NAMES
+from gunicorn_smartspawn.shared.config import SMARTSPAWN_NAMES
 from parity.helpers import boot
 
 # gunicorn runs --check-config and --print-config (Application.run) before it first reads

@@ -4,8 +4,8 @@ what the arbiter does for each action (SmartArbiter.carry_out)."""
 import logging
 import types
 
-from gunicorn_smartspawn import actions
-from gunicorn_smartspawn.fleet import Fleet
+from gunicorn_smartspawn.master import actions
+from gunicorn_smartspawn.master.fleet import Fleet
 
 # Above any pid_max: signalling one could never reach a real process.
 PID_BASE = 2_000_000_000
@@ -76,7 +76,7 @@ class Table:
 
     def __init__(self, monkeypatch):
         self.signals = []
-        monkeypatch.setattr("gunicorn_smartspawn.fleet.os.kill",
+        monkeypatch.setattr("gunicorn_smartspawn.master.fleet.os.kill",
                             lambda pid, sig: self.signals.append((pid, sig)))
         self.gunicorn_workers = {}
         self.fleet = Fleet(LOG, self.gunicorn_workers)

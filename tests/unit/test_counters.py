@@ -1,7 +1,7 @@
 """counters.py: the per-worker table in shared memory, in this process."""
 import pytest
 
-from gunicorn_smartspawn.counters import FIELDS, SLOTS, Counters
+from gunicorn_smartspawn.shared.counters import FIELDS, SLOTS, Counters
 
 
 def test_slots_are_given_lowest_first_and_each_once():

@@ -4,7 +4,7 @@ import signal
 import pytest
 
 from fakes import Table, Worker
-from gunicorn_smartspawn.fleet import Role, State
+from gunicorn_smartspawn.master.fleet import Role, State
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """lifecycle.MemoryGrowth: refork_on_memory's rule over a generation's memory samples."""
 import pytest
 
-from gunicorn_smartspawn.lifecycle import SAMPLES_IN_A_ROW, MemoryGrowth
+from gunicorn_smartspawn.master.lifecycle import SAMPLES_IN_A_ROW, MemoryGrowth
 
 MIB = 1024 * 1024
 

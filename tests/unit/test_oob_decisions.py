@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from gunicorn_smartspawn import oob
-from gunicorn_smartspawn.counters import Counters
-from gunicorn_smartspawn.oob import HOLD_LIMIT, SAFETY_NET, OutOfBand, RequestGate
+from gunicorn_smartspawn.worker import oob
+from gunicorn_smartspawn.shared.counters import Counters
+from gunicorn_smartspawn.worker.oob import HOLD_LIMIT, SAFETY_NET, OutOfBand, RequestGate
 
 HEADER = "X-Smartspawn-OOB-Work"
 LOG = logging.getLogger("smartspawn-unit-oob")

@@ -5,12 +5,12 @@ import signal
 import pytest
 
 from fakes import LOG, Clock, Table, apply, config, kinds, situation
-from gunicorn_smartspawn import actions
-from gunicorn_smartspawn.fleet import Role, State
-from gunicorn_smartspawn.lifecycle import SAMPLES_IN_A_ROW, Lifecycle
-from gunicorn_smartspawn.refork import GATE_RETRY_DELAYS, Reforker
-from gunicorn_smartspawn.template import GATE_CLOSED
-from gunicorn_smartspawn import protocol
+from gunicorn_smartspawn.master import actions
+from gunicorn_smartspawn.master.fleet import Role, State
+from gunicorn_smartspawn.master.lifecycle import SAMPLES_IN_A_ROW, Lifecycle
+from gunicorn_smartspawn.master.refork import GATE_RETRY_DELAYS, Reforker
+from gunicorn_smartspawn.spawner.template import GATE_CLOSED
+from gunicorn_smartspawn.shared import protocol
 
 MIB = 1024 * 1024
 

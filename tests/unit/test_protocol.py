@@ -11,8 +11,10 @@ import socket
 
 import pytest
 
-from gunicorn_smartspawn import protocol
-from gunicorn_smartspawn.protocol import MAX_FDS, MAX_MESSAGE, MAX_TEXT, MESSAGES, ProtocolError
+from gunicorn_smartspawn.shared import protocol
+from gunicorn_smartspawn.shared.protocol import (
+    MAX_FDS, MAX_MESSAGE, MAX_TEXT, MESSAGES, ProtocolError,
+)
 
 # A valid instance of every message; a new message type fails
 # test_every_message_has_a_sample until it has one.

@@ -3,9 +3,9 @@ import types
 
 import pytest
 
-from gunicorn_smartspawn.counters import Counters
-from gunicorn_smartspawn.fleet import State
-from gunicorn_smartspawn.refork import choose_candidate
+from gunicorn_smartspawn.shared.counters import Counters
+from gunicorn_smartspawn.master.fleet import State
+from gunicorn_smartspawn.master.refork import choose_candidate
 
 
 @pytest.fixture

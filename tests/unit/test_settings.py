@@ -3,7 +3,7 @@
 - at start: gunicorn loads gunicorn.conf.py without knowing smartspawn's names (its table
   is built before the worker class is imported), then install_settings() applies them
   from the executed module (SmartArbiter.run prints the ConfigError and exits 1);
-- on HUP: gunicorn parses them itself (importing gunicorn_smartspawn.config registered
+- on HUP: gunicorn parses them itself (importing gunicorn_smartspawn.shared.config registered
   them) and exits 1 on a bad one, which SmartArbiter.reload_config catches.
 
 tests/chaos/test_bad_input.py proves the whole path with real servers for a few values.
@@ -20,8 +20,10 @@ from gunicorn.errors import ConfigError
 
 from bad_settings import (BAD_ON_HUP, BAD_SETTINGS, BAD_SETTINGS_UNCAUGHT_AT_START,
                           GOOD_SETTINGS, setting_of)
-from gunicorn_smartspawn import config
-from gunicorn_smartspawn.config import SMARTSPAWN_NAMES, SMARTSPAWN_SETTINGS, install_settings
+from gunicorn_smartspawn.shared import config
+from gunicorn_smartspawn.shared.config import (
+    SMARTSPAWN_NAMES, SMARTSPAWN_SETTINGS, install_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = {s.name for s in SMARTSPAWN_SETTINGS if s.section == "Server Hooks"}

@@ -18,8 +18,11 @@ import time
 
 from gunicorn import sock, util
 
-from gunicorn_smartspawn import _linux, forksafety, hookstate, immortal, patches, protocol
-from gunicorn_smartspawn.worker import (
+from gunicorn_smartspawn import forksafety
+from gunicorn_smartspawn.forksafety import immortal
+from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.shared import _linux, hookstate, protocol
+from gunicorn_smartspawn.worker.base import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
 

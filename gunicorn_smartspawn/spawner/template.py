@@ -11,9 +11,11 @@ import time
 
 from gunicorn import util
 
-from gunicorn_smartspawn import forkgate, forksafety, protocol
-from gunicorn_smartspawn.spawner import Spawner
-from gunicorn_smartspawn.worker import per_worker_sockets
+from gunicorn_smartspawn import forksafety
+from gunicorn_smartspawn.shared import protocol
+from gunicorn_smartspawn.worker import forkgate
+from gunicorn_smartspawn.spawner.base import Spawner
+from gunicorn_smartspawn.worker.base import per_worker_sockets
 
 # The master sends BecomeTemplate before the signal; it is there when we look.
 ORDERS_TIMEOUT = 5.0

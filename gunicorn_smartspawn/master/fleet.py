@@ -28,8 +28,8 @@ import signal
 import socket
 import time
 
-from gunicorn_smartspawn import protocol
-from gunicorn_smartspawn.counters import Counters
+from gunicorn_smartspawn.shared import protocol
+from gunicorn_smartspawn.shared.counters import Counters
 
 # How long a spawn request may go unanswered before its spawner is deemed stuck.
 SPAWN_TIMEOUT = 5.0

@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from gunicorn_smartspawn import state
+from gunicorn_smartspawn.shared import state
 
 MIB = 1024 * 1024
 

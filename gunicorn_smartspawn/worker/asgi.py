@@ -19,8 +19,8 @@ import signal
 from gunicorn.workers import gasgi
 
 from gunicorn_smartspawn import forksafety
-from gunicorn_smartspawn.oob import RequestGate
-from gunicorn_smartspawn.worker import SmartWorkerMixin
+from gunicorn_smartspawn.worker.oob import RequestGate
+from gunicorn_smartspawn.worker.base import SmartWorkerMixin
 
 
 # What a template had open when it stopped serving (fd targets), inherited by the workers

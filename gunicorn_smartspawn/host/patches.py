@@ -32,9 +32,9 @@ from gunicorn.ctl import server as ctl_server
 from gunicorn.errors import ConfigError
 from gunicorn.workers import base
 
-from gunicorn_smartspawn import _linux
-from gunicorn_smartspawn.config import install_settings
-from gunicorn_smartspawn.worker import SmartWorkerMixin
+from gunicorn_smartspawn.shared import _linux
+from gunicorn_smartspawn.shared.config import install_settings
+from gunicorn_smartspawn.worker.base import SmartWorkerMixin
 
 GUNICORN_RUN = Arbiter.run
 GUNICORN_WSGI = BaseApplication.wsgi

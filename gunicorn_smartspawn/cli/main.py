@@ -14,8 +14,8 @@ import sys
 from gunicorn.app.wsgiapp import WSGIApplication
 from gunicorn.errors import ConfigError
 
-from gunicorn_smartspawn import status
-from gunicorn_smartspawn.config import install_settings
+from gunicorn_smartspawn.cli import status
+from gunicorn_smartspawn.shared.config import install_settings
 
 CONFIG_COMMANDS = ("check-config", "print-config")
 

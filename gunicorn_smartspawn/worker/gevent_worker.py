@@ -15,8 +15,8 @@ import gevent
 from gevent import event
 from gunicorn.workers import ggevent
 
-from gunicorn_smartspawn.oob import RequestGate
-from gunicorn_smartspawn.worker import SmartWorkerMixin
+from gunicorn_smartspawn.worker.oob import RequestGate
+from gunicorn_smartspawn.worker.base import SmartWorkerMixin
 
 
 class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):

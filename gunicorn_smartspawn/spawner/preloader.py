@@ -16,10 +16,12 @@ import time
 from gunicorn import util
 from gunicorn.errors import AppImportError
 
-from gunicorn_smartspawn import _linux, forksafety, patches, protocol
-from gunicorn_smartspawn.spawner import Spawner
-from gunicorn_smartspawn.template import Template
-from gunicorn_smartspawn.worker import APP_LOAD_ERROR, WORKER_BOOT_ERROR
+from gunicorn_smartspawn import forksafety
+from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.shared import _linux, protocol
+from gunicorn_smartspawn.spawner.base import Spawner
+from gunicorn_smartspawn.spawner.template import Template
+from gunicorn_smartspawn.worker.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR
 
 
 def start_preloader(arbiter, generation):

@@ -31,17 +31,20 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import _linux, actions, hookstate, immortal, patches, protocol, state
-from gunicorn_smartspawn.backoff import Backoff
-from gunicorn_smartspawn.config import install_settings
-from gunicorn_smartspawn.fleet import (
+from gunicorn_smartspawn.forksafety import immortal
+from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.master import actions
+from gunicorn_smartspawn.shared import _linux, hookstate, protocol, state
+from gunicorn_smartspawn.master.backoff import Backoff
+from gunicorn_smartspawn.shared.config import install_settings
+from gunicorn_smartspawn.master.fleet import (
     SPAWN_TIMEOUT, STOP_SIGNALS, ChannelBroken, ChannelClosed, Fleet, Role, State,
 )
-from gunicorn_smartspawn.lifecycle import Lifecycle
-from gunicorn_smartspawn.preloader import start_preloader
-from gunicorn_smartspawn.refork import Reforker, refork_enabled
-from gunicorn_smartspawn.template import Template
-from gunicorn_smartspawn.worker import (
+from gunicorn_smartspawn.master.lifecycle import Lifecycle
+from gunicorn_smartspawn.spawner.preloader import start_preloader
+from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
+from gunicorn_smartspawn.spawner.template import Template
+from gunicorn_smartspawn.worker.base import (
     APP_LOAD_ERROR, WORKER_BOOT_ERROR, become_worker, per_worker_sockets, worker_class_for,
 )
 

@@ -25,9 +25,9 @@ import time
 
 import psutil
 
-from gunicorn_smartspawn.actions import AbandonTemplate, Replace, Retire, StartRefork, Stop
-from gunicorn_smartspawn.backoff import Backoff
-from gunicorn_smartspawn.fleet import State
+from gunicorn_smartspawn.master.actions import AbandonTemplate, Replace, Retire, StartRefork, Stop
+from gunicorn_smartspawn.master.backoff import Backoff
+from gunicorn_smartspawn.master.fleet import State
 
 MIB = 1024 * 1024
 # Samples in a row a condition must hold before the master acts on it (a noisy figure

@@ -16,11 +16,12 @@ meanwhile, the thresholds and the gate retries; it reads the table of children
 import signal
 import time
 
-from gunicorn_smartspawn.actions import BeginRefork, GiveBack, NewTemplate, Replace, Retire, Stop
-from gunicorn_smartspawn.actions import TellCandidate
-from gunicorn_smartspawn.backoff import Backoff
-from gunicorn_smartspawn.fleet import State
-from gunicorn_smartspawn.template import GATE_CLOSED
+from gunicorn_smartspawn.master.actions import (
+    BeginRefork, GiveBack, NewTemplate, Replace, Retire, Stop, TellCandidate,
+)
+from gunicorn_smartspawn.master.backoff import Backoff
+from gunicorn_smartspawn.master.fleet import State
+from gunicorn_smartspawn.spawner.template import GATE_CLOSED
 
 # Delays before a refork refused by a prevent_fork() block is tried again (seconds).
 GATE_RETRY_DELAYS = (1, 2, 5, 10, 30)

@@ -16,8 +16,8 @@ except ImportError as exc:
     raise ImportError('smartspawn.UvicornWorker needs uvicorn-worker: pip install '
                       '"gunicorn_smartspawn[uvicorn]" (%s)' % exc) from exc
 
-from gunicorn_smartspawn.asgi import EventLoopWorkerMixin, ServedRequests
-from gunicorn_smartspawn.worker import boot_error_code
+from gunicorn_smartspawn.worker.asgi import EventLoopWorkerMixin, ServedRequests
+from gunicorn_smartspawn.worker.base import boot_error_code
 
 
 # Seconds a stopping uvicorn worker gives a connection it has just accepted to send its

@@ -25,8 +25,8 @@ from gunicorn.errors import AppImportError
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
-from gunicorn_smartspawn import forkgate
-from gunicorn_smartspawn.oob import OutOfBand
+from gunicorn_smartspawn.worker import forkgate
+from gunicorn_smartspawn.worker.oob import OutOfBand
 
 # gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
 WORKER_BOOT_ERROR = 3

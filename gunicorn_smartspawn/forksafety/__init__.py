@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from gunicorn_smartspawn import libraries
+from gunicorn_smartspawn.forksafety import libraries
 
 
 class ForkUnsafe(Exception):

@@ -1,0 +1,2 @@
+"""The `smartspawn` command (main) and `smartspawn status` (status).
+"""

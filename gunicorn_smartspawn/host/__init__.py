@@ -1,0 +1,2 @@
+"""Everything smartspawn changes in gunicorn, in one place (patches).
+"""
