@@ -192,11 +192,11 @@ class SmartArbiter(Arbiter):
         self.fleet.release_departed()
         self.manage_spawners()
         self.dispatch_spawns()
-        situation = self.situation()
-        refork_running = self.reforker.current is not None
+        # The refork's state is read at each step (an earlier action may have changed it).
         self.carry_out(self.lifecycle.decide(
-            situation, refork_running, refork_enabled(self.cfg) and not refork_running
-            and self.reforker.ready_for_memory_refork(situation)))
+            self.situation(), lambda: self.reforker.current is not None,
+            lambda: refork_enabled(self.cfg)
+            and self.reforker.ready_for_memory_refork(self.situation())))
         self.carry_out(self.reforker.decide(self.situation()))
         self.keep_worker_count()
         self.fleet.close_unused_seats()
@@ -216,7 +216,7 @@ class SmartArbiter(Arbiter):
             match action:
                 case actions.Replace(record=record, why=why, stat=stat):
                     self.replace(record, why, stat)
-                case actions.Stop(record=record, sig=sig):
+                case actions.Stop(record=record, sig=sig) if not record.exited:
                     self.kill_worker(record.pid, sig)
                 case actions.Retire(spawner=spawner):
                     self.fleet.retire(spawner)
@@ -249,8 +249,8 @@ class SmartArbiter(Arbiter):
     def tell_candidate(self, candidate, generation):
         """The stand-in serves: the candidate may leave service now."""
         try:
-            if candidate.channel is None:
-                raise ProcessLookupError("its channel is closed")
+            if candidate.channel is None or candidate.exited:
+                raise ProcessLookupError("it has exited")
             protocol.send(candidate.channel, protocol.BecomeTemplate(generation))
             os.kill(candidate.pid, signal.SIGURG)
         except OSError as exc:
@@ -381,7 +381,9 @@ class SmartArbiter(Arbiter):
         if per_worker_sockets(self.cfg):
             # The worker's own sockets, bound here, as root, as gunicorn's worker binds them
             # before it drops privileges (a port below 1024 with `user`); see fleet.seat_for.
-            leaving = {r.pid for r in self.fleet.outgoing()} | {self.reforker.leaving()}
+            leaving = {r.pid for r in self.fleet.outgoing()}
+            if self.reforker.leaving() is not None:
+                leaving.add(self.reforker.leaving())
             listeners = self.fleet.seat_for(record, leaving,
                                             lambda: sock.create_sockets(self.cfg, self.log))
             fds += [listener.fileno() for listener in listeners]
@@ -478,10 +480,11 @@ class SmartArbiter(Arbiter):
     def kill_worker(self, pid, sig):
         record = self.fleet.get(pid)
         if sig in STOP_SIGNALS and record is not None:
+            # First the refork it may be the candidate of (it is a worker again then).
+            self.carry_out(self.reforker.worker_stopping(record, sig))
             # A worker stopped on purpose (a HUP, TTOU, a replacement) before it served
             # did not fail to boot (lifecycle.count_boot_failures).
             self.fleet.told_to_stop(pid)
-            self.carry_out(self.reforker.worker_stopping(record, sig))
         super().kill_worker(pid, sig)
 
     # -- reaping ---------------------------------------------------------------------------
@@ -718,7 +721,8 @@ class SmartArbiter(Arbiter):
     def is_new_child(self, pid):
         """True if `pid`, named by a spawner, is a child of ours we know nothing of yet:
         the only pid a spawner's message may make the master track (and later signal)."""
-        if (pid in self.WORKERS or self.fleet.get(pid) is not None
+        known = self.fleet.get(pid)
+        if (pid in self.WORKERS or (known is not None and not known.exited)
                 or pid in (self.pid, self.dirty_arbiter_pid, self.reexec_pid)):
             return False
         return self.is_child(pid)

@@ -316,9 +316,11 @@ class Fleet:
         record.state = State.CANDIDATE
 
     def give_back_candidate(self, record):
-        """A candidate that was never told: a worker again."""
+        """A candidate that was never told: a worker again (or gone, if it exited)."""
         if record.state is State.CANDIDATE:
             record.state = State.OUTGOING if record.outgoing else State.SERVING
+        if record.exited:
+            self.close_channel(record)
 
     def template_ready(self, record):
         """Candidate `record` is a template now: no longer a worker (gunicorn must not time
@@ -567,7 +569,7 @@ class Fleet:
         are served instead of being reset by the kernel when the last copy is closed
         (plain gunicorn's reuse_port loses them at every HUP)."""
         kept = {r.seat for r in (*self.worker_records(), *self.pending.values())
-                if r is not record and r.pid not in leaving}
+                if r is not record and (r.pid is None or r.pid not in leaving)}
         free = [number for number in self.seats if number not in kept]
         if free:
             record.seat = free[0]

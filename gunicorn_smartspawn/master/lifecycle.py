@@ -98,9 +98,10 @@ class Lifecycle:
                       "preloader_idle_exits": 0, "templates_abandoned": 0}
 
     def decide(self, situation, refork_running, refork_ready):
-        """Yield this turn's actions. `refork_running`: a refork is in progress;
-        `refork_ready`: one could start now (refork_on_memory)."""
-        if not refork_running:
+        """Yield this turn's actions. `refork_running()`: a refork is in progress;
+        `refork_ready()`: one could start now (refork_on_memory). Both are asked when
+        needed: an action yielded before may have changed the answer."""
+        if not refork_running():
             yield from self.collect_retire_requests()
         yield from self.sample_memory(situation, refork_running, refork_ready)
         yield from self.stop_replaced_workers(situation)
@@ -169,7 +170,7 @@ class Lifecycle:
         for record in sampled:
             over = record.uss > limit
             record.over_limit = record.over_limit + 1 if over else 0
-            if record.over_limit >= SAMPLES_IN_A_ROW and not refork_running:
+            if record.over_limit >= SAMPLES_IN_A_ROW and not refork_running():
                 yield Replace(
                     record, "its private memory (USS) %.1f MiB stayed above "
                     "max_worker_memory %.1f MiB for %s samples"
@@ -186,7 +187,7 @@ class Lifecycle:
         rule = self.memory_growth
         fired = rule.observe([r.uss for r in sampled], [r.rss for r in sampled],
                              self.cfg.refork_memory_growth)
-        if not (fired and refork_ready):
+        if not (fired and refork_ready()):
             return
         self.stats["memory_reforks"] += 1
         self.log.debug("memory refork", extra={"metric": "smartspawn.memory_reforks",
@@ -202,7 +203,7 @@ class Lifecycle:
         idle_timeout, fleet = self.cfg.preloader_idle_timeout, self.fleet
         preloader = fleet.preloader
         if (not idle_timeout or preloader is None or not preloader.usable
-                or fleet.next_preloader is not None or refork_running
+                or fleet.next_preloader is not None or refork_running()
                 or self.clock() - preloader.last_used < idle_timeout
                 or fleet.pending_of(preloader.pid)):
             return

@@ -34,14 +34,15 @@ def worker_changes(worker, before):
 @functools.cache
 def native_attributes(cls):
     """Every attribute name `cls` (an Arbiter class) or its bases define or assign on
-    `self`: gunicorn's and smartspawn's own state, never the application's."""
+    `self`: gunicorn's and smartspawn's own state, never the application's. None when
+    a class has no source to read (an install of .pyc files only): then nobody knows."""
     names = set()
-    for klass in cls.__mro__:
+    for klass in cls.__mro__[:-1]:  # not object
         names.update(vars(klass))
         try:
             tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
         except (OSError, TypeError, SyntaxError):
-            continue  # object, or a class without source: its vars() are enough
+            return None
         names.update(node.attr for node in ast.walk(tree)
                      if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
                      and isinstance(node.value, ast.Name) and node.value.id == "self")
@@ -49,7 +50,11 @@ def native_attributes(cls):
 
 
 def app_attributes(server):
+    """The application's own attributes of `server`, or None if they cannot be told
+    from gunicorn's."""
     native = native_attributes(type(server))
+    if native is None:
+        return None
     return {name: value for name, value in vars(server).items()
             if name not in native and not name.startswith("__")}
 
@@ -60,16 +65,33 @@ class HookState:
     def __init__(self, log):
         self.log = log
         self.unpicklable = set()  # ("worker" | "server", name): warned about once
+        self.warned_no_source = False
 
     def capture(self, server, worker, before):
         """The bytes to send with `worker`'s spawn request, or None when empty."""
-        state = {"worker": self.picklable("worker", worker_changes(worker, before)),
-                 "server": self.picklable("server", app_attributes(server))}
+        state = {"worker": worker_changes(worker, before),
+                 "server": self.server_attributes(server)}
         if not (state["worker"] or state["server"]):
             return None
+        try:  # once, as a whole: the usual case
+            data = pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # pickle raises TypeError, PicklingError, anything
+            state = {owner: self.picklable(owner, state[owner]) for owner in state}
+            data = pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
         self.log.debug("Worker %s takes what hooks set: %s", worker.age, ", ".join(
             "%s.%s" % (owner, name) for owner in state for name in sorted(state[owner])))
-        return pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+        return data
+
+    def server_attributes(self, server):
+        attributes = app_attributes(server)
+        if attributes is None:
+            if not self.warned_no_source:
+                self.warned_no_source = True
+                self.log.warning("What hooks set on `server` cannot reach workers forked "
+                                 "from the preloader or a template: gunicorn's source is "
+                                 "not installed, so it cannot be told from gunicorn's own")
+            return {}
+        return attributes
 
     def picklable(self, owner, attributes):
         out = {}

@@ -136,3 +136,27 @@ def test_seats_are_handed_from_a_leaving_worker_to_its_replacement(table):
     assert fleet.seat_for(new, {old.pid}, make) == first and len(made) == 1
     other = fleet.queue(Worker(10), table.preloader, None, None)
     assert fleet.seat_for(other, set(), make) != first and len(made) == 2
+
+
+def test_a_reaped_candidate_given_back_leaves_the_table(table):
+    fleet = table.fleet
+    record = table.spawn()
+    fleet.make_candidate(record)
+    table.reap(record)
+    assert fleet.release_departed() == [record]
+    assert fleet.get(record.pid) is record  # its channel is read until its EOF
+    fleet.give_back_candidate(record)
+    assert fleet.get(record.pid) is None and record.channel is None
+
+
+def test_two_workers_asked_at_once_get_two_seats(table):
+    fleet = table.fleet
+    old = table.spawn()
+    made = []
+    make = lambda: made.append(object()) or [made[-1]]  # noqa: E731
+    fleet.seat_for(old, set(), make)
+    first, second = (fleet.queue(Worker(age), table.preloader, None, None) for age in (8, 9))
+    # A worker asked for has no pid yet: it keeps its seat whatever `leaving` holds.
+    leaving = {old.pid, None}
+    seats = {fleet.seat_for(first, leaving, make)[0], fleet.seat_for(second, leaving, make)[0]}
+    assert len(seats) == 2

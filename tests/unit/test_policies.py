@@ -13,6 +13,7 @@ from gunicorn_smartspawn.spawner.template import GATE_CLOSED
 from gunicorn_smartspawn.shared import protocol
 
 MIB = 1024 * 1024
+YES, NO = (lambda: True), (lambda: False)  # a refork running, or one that may start
 
 
 @pytest.fixture
@@ -35,14 +36,14 @@ def test_max_requests_makes_a_worker_outgoing_and_stops_it_once_others_serve(tab
     policy = lifecycle(table)
     old, other = table.spawn(), table.spawn()
     table.fleet.counters.set(old.slot, "retire", 1)
-    decisions = decide(policy, table, situation(), False, False)
+    decisions = decide(policy, table, situation(), NO, NO)
     assert kinds(decisions) == ["Replace"] and old.outgoing
     # One serving worker for two wanted: not stopped yet.
-    assert decide(policy, table, situation(), False, False) == []
+    assert decide(policy, table, situation(), NO, NO) == []
     table.spawn(booted=False)
-    assert decide(policy, table, situation(), False, False) == []  # not booted yet
+    assert decide(policy, table, situation(), NO, NO) == []  # not booted yet
     table.fleet.get(table.next_pid).worker.beat()
-    decisions = decide(policy, table, situation(), False, False)
+    decisions = decide(policy, table, situation(), NO, NO)
     assert decisions == [actions.Stop(old, signal.SIGTERM)] and old.state is State.STOPPING
     assert other.state is State.SERVING
 
@@ -51,7 +52,7 @@ def test_no_retire_request_is_taken_during_a_refork(table):
     policy = lifecycle(table)
     record = table.spawn()
     table.fleet.counters.set(record.slot, "retire", 1)
-    assert decide(policy, table, situation(), True, False) == []
+    assert decide(policy, table, situation(), YES, NO) == []
 
 
 def test_memory_limit_needs_samples_in_a_row(table):
@@ -62,7 +63,7 @@ def test_memory_limit_needs_samples_in_a_row(table):
     usage.update({fat.pid: 150 * MIB, thin.pid: 50 * MIB})
     for sample in range(SAMPLES_IN_A_ROW):
         assert not fat.outgoing, sample
-        decisions = decide(policy, table, situation(), False, False)
+        decisions = decide(policy, table, situation(), NO, NO)
         assert decisions == [] or sample == SAMPLES_IN_A_ROW - 1
         clock.advance(1.0)
     assert fat.outgoing and not thin.outgoing
@@ -76,7 +77,7 @@ def test_a_sample_below_the_limit_breaks_the_row(table):
     record = table.spawn()
     for value in (150, 150, 50, 150, 150):
         usage[record.pid] = value * MIB
-        decide(policy, table, situation(), False, False)
+        decide(policy, table, situation(), NO, NO)
         clock.advance(1.0)
     assert not record.outgoing
 
@@ -90,7 +91,7 @@ def test_memory_growth_asks_for_a_refork_only_when_one_may_start(table):
     def sample(uss_mib, refork_ready):
         usage.update({r.pid: uss_mib * MIB for r in workers})
         clock.advance(1.0)
-        return kinds(decide(policy, table, situation(), False, refork_ready))
+        return kinds(decide(policy, table, situation(), NO, lambda: refork_ready))
 
     assert sample(100, True) == []  # the baseline: 100 of 200 shared
     for _ in range(SAMPLES_IN_A_ROW):
@@ -103,9 +104,9 @@ def test_an_idle_preloader_is_retired_after_its_timeout(table):
     policy = lifecycle(table, clock, preloader_idle_timeout=60)
     table.preloader.last_used = clock()
     clock.advance(59)
-    assert decide(policy, table, situation(), False, False) == []
+    assert decide(policy, table, situation(), NO, NO) == []
     clock.advance(2)
-    assert decide(policy, table, situation(), False, False) == [actions.Retire(table.preloader)]
+    assert decide(policy, table, situation(), NO, NO) == [actions.Retire(table.preloader)]
     assert table.fleet.preloader is None
 
 
@@ -127,7 +128,7 @@ def test_workers_that_never_serve_make_spawns_wait_longer(table):
     policy.count_boot_failures(table.fleet.release_departed(), halting=False)
     assert policy.boot_failures.failures == 10
     table.spawn()
-    decide(policy, table, situation(), False, False)
+    decide(policy, table, situation(), NO, NO)
     assert policy.boot_failures.failures == 0
 
 
@@ -141,7 +142,7 @@ def test_a_template_whose_workers_keep_failing_is_abandoned(table):
         record = table.spawn(booted=False, spawner=template)
         table.reap(record)
         policy.count_boot_failures(table.fleet.release_departed(), halting=False)
-    decisions = decide(policy, table, situation(), False, False)
+    decisions = decide(policy, table, situation(), NO, NO)
     assert kinds(decisions) == ["AbandonTemplate"] and table.fleet.template is None
 
 
@@ -268,3 +269,18 @@ def test_no_refork_with_fewer_than_two_workers(table):
     table.spawn()
     assert apply(table.fleet, policy.request("URG", situation(workers=1))) == []
     assert policy.requested is None
+
+
+def test_a_memory_refork_waits_while_the_same_sample_replaces_a_worker(table):
+    clock, usage = Clock(), {}
+    policy = lifecycle(table, clock, lambda pid: (usage[pid], 400 * MIB),
+                       max_worker_memory=120 * MIB, refork_on_memory=True,
+                       refork_memory_growth=0.1)
+    workers = [table.spawn(), table.spawn()]
+    # As the arbiter asks it: no refork may start while a worker is being replaced.
+    may_refork = lambda: not table.fleet.outgoing()  # noqa: E731
+    for uss in (100, 150, 150, 150):
+        usage.update({r.pid: uss * MIB for r in workers})
+        decisions = decide(policy, table, situation(), NO, may_refork)
+        clock.advance(1.0)
+    assert kinds(decisions) == ["Replace", "Replace"]
