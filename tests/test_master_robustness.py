@@ -23,7 +23,7 @@ from conftest import wait_for
 
 SEND_FROM_ON_PRELOAD = """\
 def on_preload(preloader):
-    from gunicorn_smartspawn import protocol  # not at module level: gunicorn has a setting
+    from gunicorn_smartspawn.shared import protocol  # not at module level: gunicorn has a setting
     protocol.send(preloader.channel, protocol.{message})  # named `protocol`
 """
 

@@ -672,12 +672,13 @@ class SmartArbiter(Arbiter):
     def handle_message(self, spawner, message):
         match message:
             case protocol.SpawnerReady(boot_seconds=seconds):
-                if message.immortal_objects is not None:
-                    self.heap_made_immortal(spawner, message)
                 if spawner.state is State.CANDIDATE:
+                    # A template now, of its refork's generation (NewTemplate).
                     self.fleet.template_ready(spawner)
                     self.carry_out(self.reforker.template_ready(spawner, seconds))
+                    self.heap_made_immortal(spawner, message)
                 else:
+                    self.heap_made_immortal(spawner, message)
                     self.fleet.spawner_ready(spawner)
                     self.preloader_ready(spawner, seconds)
             case protocol.BootFailed():
@@ -707,6 +708,8 @@ class SmartArbiter(Arbiter):
                     spawner, "unexpected %r" % (message,)))
 
     def heap_made_immortal(self, spawner, message):
+        if message.immortal_objects is None:
+            return  # gc_freeze is not "immortal"
         objects, walked = message.immortal_objects, message.immortal_walked
         seconds = message.immortal_seconds
         spawner.immortal = {"objects": objects, "walked": walked, "seconds": round(seconds, 3)}
