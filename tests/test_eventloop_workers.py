@@ -71,15 +71,20 @@ def imports(server):
     return server.lines("imports.txt")
 
 
-def responses_from_every_worker(server, path="/", tries=200):
-    """{pid: body} from each current worker (fresh connections until all answered)."""
+def responses_from_every_worker(server, path="/", timeout=20.0):
+    """{pid: body} from each current worker (fresh connections until all answered).
+
+    Bounded in time, not in count: a worker busy with a long collection lets another
+    take every connection for as long as the collection lasts."""
     workers = set(server.worker_pids())
     seen = {}
-    for _ in range(tries):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         body = server.get_json(path)
         seen[body["pid"]] = body
         if workers <= set(seen):
             return seen
+        time.sleep(0.005)  # both workers back in accept(), not only the one that answered
     raise AssertionError("not every worker answered: %s of %s" % (sorted(seen), workers))
 
 
