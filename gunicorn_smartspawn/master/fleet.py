@@ -186,9 +186,6 @@ class Fleet:
     def outgoing(self):
         return [r for r in self.worker_records() if r.outgoing]
 
-    def standbys(self):
-        return [r for r in self.by_pid.values() if r.role is Role.STANDBY]
-
     # -- asking for workers ---------------------------------------------------------------
 
     def queue(self, worker, spawner, slot, pre_fork_state):
@@ -392,9 +389,6 @@ class Fleet:
         self.signal(pid, signal.SIGKILL)
 
     # -- messages -------------------------------------------------------------------------
-
-    def channels(self):
-        return [r.channel for r in self.spawners()]
 
     def read(self, spawners):
         """Yield (spawner, message) for what has arrived from `spawners`; a message may be
