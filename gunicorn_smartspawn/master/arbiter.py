@@ -33,7 +33,7 @@ from gunicorn.pidfile import Pidfile
 
 from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
-from gunicorn_smartspawn.master import actions
+from gunicorn_smartspawn.master import actions, snapshot
 from gunicorn_smartspawn.shared import _linux, hookstate, protocol, state
 from gunicorn_smartspawn.master.backoff import Backoff
 from gunicorn_smartspawn.shared.config import install_settings
@@ -297,9 +297,9 @@ class SmartArbiter(Arbiter):
         if now - self.state_published < 1.0:
             return
         self.state_published = now
-        snapshot = state.snapshot(self)
+        content = snapshot.state_file(self)
         try:
-            state.write(self.state_path, snapshot)
+            state.write(self.state_path, content)
         except OSError as exc:
             # Once at warning: `smartspawn status` cannot see this server.
             (self.log.debug if self.state_unwritable else self.log.warning)(
@@ -307,7 +307,7 @@ class SmartArbiter(Arbiter):
             self.state_unwritable = True
         if self.pss_sampled is None or now - self.pss_sampled >= PSS_SAMPLE_INTERVAL:
             self.pss_sampled = now
-            mib = state.total_pss(p["pid"] for p in snapshot["processes"]) / (1024 * 1024)
+            mib = state.total_pss(p["pid"] for p in content["processes"]) / (1024 * 1024)
             self.log.debug("Total PSS of the server: %.1f MiB", mib, extra={
                 "metric": "smartspawn.pss_total_mib", "value": round(mib, 1),
                 "mtype": "gauge"})
@@ -595,20 +595,10 @@ class SmartArbiter(Arbiter):
     # -- the control socket (called from its thread: only reads, or queues a signal) ----
 
     def worker_fields(self, pid):
-        record = self.fleet.get(pid)
-        if record is None or record.role is not Role.WORKER:
-            return {}
-        return {"generation": record.generation, "spawned_from": record.spawned_from,
-                "uss": record.uss, "outgoing": record.outgoing_why,
-                **self.fleet.counters.snapshot(record.slot)}
+        return snapshot.control_socket_worker(self.fleet, pid)
 
     def smartspawn_stats(self):
-        fleet = self.fleet
-        return {"generation": self.generation,
-                "spawn_method": "smart" if self.smart else "direct",
-                "preloader_pid": fleet.preloader.pid if fleet.preloader else None,
-                "template_pid": fleet.template.pid if fleet.template else None,
-                **self.reforker.stats(), **self.lifecycle.stats}
+        return snapshot.control_socket_stats(self)
 
     def queue_refork(self):
         """The control socket's `refork`: the same as `kill -URG <master>`."""

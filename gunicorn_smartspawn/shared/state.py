@@ -9,7 +9,6 @@ import json
 import os
 import stat
 import tempfile
-import time
 
 import psutil
 
@@ -106,37 +105,3 @@ def total_pss(pids):
             pass
     return total
 
-
-def snapshot(arbiter):
-    """The state of `arbiter` (a SmartArbiter) as a JSON-able dict."""
-    fleet, lifecycle = arbiter.fleet, arbiter.lifecycle
-    processes = [{"pid": arbiter.pid, "role": "master"}]
-    spawners = fleet.spawners()
-    for spawner in sorted(spawners, key=lambda r: r.started_at or r.asked_at):
-        kind = "template" if spawner.role.value == "worker" else spawner.kind
-        role = kind if spawner.ready else kind + " (booting)"  # a candidate: booting
-        processes.append({"pid": spawner.pid, "role": role,
-                          "generation": spawner.generation,
-                          **({"immortal": spawner.immortal} if spawner.immortal else {})})
-        if spawner.standby_pid:
-            processes.append({"pid": spawner.standby_pid, "role": "standby",
-                              "generation": spawner.generation})
-    for record in fleet.worker_records():
-        if record in spawners:
-            continue  # a refork's candidate, listed as "template (booting)"
-        role = "worker (outgoing)" if record.outgoing else "worker"
-        processes.append({
-            "pid": record.pid, "role": role, "generation": record.generation,
-            "age": record.worker.age, "spawned_from": record.spawned_from,
-            **fleet.counters.snapshot(record.slot)})
-    return {
-        "version": VERSION, "updated": time.time(), "master": arbiter.pid,
-        "proc_name": arbiter.proc_name, "generation": arbiter.generation,
-        "spawn_method": "smart" if arbiter.smart else "direct",
-        "workers_target": arbiter.num_workers, "fork_worker": list(arbiter.cfg.fork_worker),
-        "reforks": arbiter.reforker.done,
-        "refork_in_progress": arbiter.reforker.current is not None,
-        "preloader_running": fleet.preloader is not None,
-        "lifecycle": dict(lifecycle.stats),
-        "processes": processes,
-    }
