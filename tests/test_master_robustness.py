@@ -1,4 +1,4 @@
-"""What a hostile review of the master found (issue 13): each case a real server.
+"""The master under what a hostile operator or app does: each case a real server.
 
 - a spawner that names a pid which is no child of the master (app code in the preloader
   can write on its channel) never makes the master signal it, nor crash;

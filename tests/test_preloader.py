@@ -62,7 +62,7 @@ def test_killed_preloader_is_restarted_while_workers_serve(make_server):
     old = server.preloader_pid()
     with LoadLoop(server) as load:
         os.kill(old, signal.SIGKILL)
-        # A new generation number: it imports the code on disk now (issue 13, item 19).
+        # A new generation number: it imports the code on disk now.
         new = int(server.wait_log(r"Started preloader \(pid: (?!%d\b)(\d+), gen=2\)"
                                   % old).group(1))
         server.wait_log(r"preloader \(pid: %d, gen=2\) loaded the app" % new)

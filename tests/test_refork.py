@@ -124,9 +124,9 @@ def test_urg_storm_runs_one_refork_at_a_time(make_server):
 
 def test_a_coalesced_refork_starts_in_the_turn_the_previous_one_ends(make_server):
     # The control socket answers from its own thread: sampled every few ms, the master
-    # must never be seen idle with a refork still pending (it used to wait for its next
-    # turn, up to a second later, which a test or an operator took for "settled"), nor
-    # between the end of one refork and the start of the next within a turn.
+    # must never be seen idle with a refork still pending (a test or an operator takes
+    # that for "settled"), nor between the end of one refork and the start of the next
+    # within a turn: the coalesced refork starts in the turn the previous one ends.
     # Workers that take 0.2 s to boot keep the first refork going (and the second one
     # pending) long enough for the polls below to see it, even on a loaded machine.
     server = make_server(workers=3, config="fork_worker = True\n"

@@ -123,8 +123,8 @@ def pre_template_fork(worker):
 
 
 def test_ttou_of_the_candidate_during_its_promotion_abandons_the_refork(chaos_server):
-    # The master used to take it as the template all the same; a TERM that lands late
-    # makes it exit then, taking the spawns sent to it, with two errors in the log.
+    # A candidate being stopped is never taken as the template: a TERM that lands late
+    # would make it exit then, taking the spawns sent to it.
     server = chaos_server(workers=3, config=TTOU_FROM_THE_CANDIDATE).start()
     with Load(server, clients=2) as load:
         load.wait_ok(10)

@@ -20,8 +20,8 @@ from parity.helpers import boot
 # cfg.worker_class, the first moment a -k plugin's code runs: no smartspawn code runs at
 # all. Strict: the day smartspawn gets a hook there, these fail until the marker goes.
 NO_HOOK_BEFORE_CHECK_CONFIG = pytest.mark.xfail(
-    strict=True, reason="defect 11 of issue 13, open: gunicorn exits in Application.run "
-    "before any worker-class code runs")
+    strict=True, reason="gunicorn exits in Application.run before any worker-class code "
+    "runs")
 
 # gunicorn's reap_workers() on a worker's non-zero exit or death by a signal.
 WORKER_DEATH = r"Worker \(pid:\d+\) (?:exited with code|was sent)"

@@ -3,8 +3,8 @@
 4. An app whose import raises an exception with a 100 000-character message with
    non-ASCII text (tests/apps/parity_sig_longerror.py; 105 KB, or 225 KB: more than a
    socket's send buffer): at start both exit 3, once, with the start of the message in
-   the log. Issue 13, defect 2: smartspawn exits 255 (the
-   preloader's BootFailed message is larger than the master's receive buffer).
+   the log, however much larger the preloader's BootFailed message is than the master's
+   receive buffer.
 5. The same broken code deployed with HUP: gunicorn's master halts (exit 3) and stops
    serving; smartspawn promises more (README, "Failures"): the running generation keeps
    serving, without a failed request, and the error is logged.
@@ -73,8 +73,8 @@ def test_long_import_error_at_start_exits_3_once(run_both, shape):
     """The app's import raises an exception with a 100 000-character message with
     non-ASCII text ("mixed": 105 KB; "non-ascii": 225 KB, more than a socket's buffer).
     gunicorn: exit 3, the start of the message in the log, one import (no spawn loop).
-    Defect 2 of issue 13: smartspawn exits 255 on the "mixed" one (the preloader's
-    BootFailed message is larger than the master's 4 KiB receive buffer)."""
+    smartspawn: the same, although the preloader's BootFailed message is larger than the
+    master's 4 KiB receive buffer."""
     def scenario(server):
         server.start(wait=False)
         code = exit_code(server)

@@ -2,14 +2,12 @@
 
 1. USR1 (logrotate) after the SIGKILL of each kind of process (worker, standby,
    preloader, template), sent at once and after the master noticed: the master lives,
-   serves, and writes new access log lines to a new file at the original path.
-   Issue 13, defect 1: after a standby died, smartspawn's master signals the dead
-   standby's pid, ProcessLookupError escapes its main loop and it exits 255.
+   serves, and writes new access log lines to a new file at the original path; the
+   master never signals the pid of a process it has already reaped.
 2. TERM during each phase of a refork (URG; plain gunicorn ignores SIGURG): while the
    candidate drains a slow request, once the template is ready, while the old workers are
    replaced. The slow requests in flight complete with 200, the master exits 0 and no
-   process survives. Defect 4: smartspawn SIGKILLs the draining candidate (its client's
-   connection closes without a response).
+   process survives; the draining candidate is never SIGKILLed.
 3. TERM during each phase of a HUP: while the new code imports (slowed to ~2 s by
    tests/apps/parity_sig_slowreload.py), while the new generation replaces the old. The
    same three promises.
@@ -170,8 +168,8 @@ def test_usr1_reopens_logs_after_a_process_died(run_both, kind, when):
     """SIGKILL a worker, the standby, the preloader or the template (after a URG refork),
     then rotate the logs (rename, USR1) at once, or once the master reaped the dead
     process and is back to two workers. gunicorn: the master lives, serves, and the new
-    access log lines go to a new file at the original path. Defect 1 of issue 13: after
-    the standby's death smartspawn's master signals the stale standby pid and exits 255.
+    access log lines go to a new file at the original path. smartspawn: the same, and
+    the master never signals the dead process's stale pid.
     """
     def scenario(server):
         root = server.root
@@ -255,8 +253,8 @@ def test_term_during_a_refork_lets_slow_requests_complete(run_both, phase):
     candidate drains: a 3 s request on each worker (so one is on the candidate). Later
     phases: a short request on the candidate and a 4 s one on the other worker, which the
     refork replaces. gunicorn (URG ignored): every slow request completes with 200, exit
-    0, no process survives. Defect 4 of issue 13: smartspawn SIGKILLs the candidate while
-    it drains (its connection closes without a response)."""
+    0, no process survives. smartspawn: the same; the candidate is never SIGKILLed while
+    it drains (its client gets its response)."""
     def scenario(server):
         server.start()
         with watched(server) as watch:
