@@ -1,11 +1,11 @@
 """Parity of configuration handling under plain gunicorn and under smartspawn.
 
 5. test_check_config_rejects_a_bad_value: `--check-config` with a bad value in
-   gunicorn.conf.py exits 1 naming the setting and the value (defect 11).
+   gunicorn.conf.py exits 1 naming the setting and the value.
 6. test_print_config_lists_smartspawn_settings: `--print-config` lists every setting plain
-   gunicorn lists, plus smartspawn's with their values (defect 11).
+   gunicorn lists, plus smartspawn's with their values.
 7. test_slow_import_longer_than_timeout: an app import (4 s) longer than `--timeout 2`
-   still serves, and TERM exits 0 (defect 8).
+   still serves, and TERM exits 0.
 """
 import re
 import signal
@@ -43,7 +43,7 @@ def gunicorn_once(server, *flags, timeout=30.0):
 
 @NO_HOOK_BEFORE_CHECK_CONFIG
 def test_check_config_rejects_a_bad_value(run_both):
-    """`--check-config` with a bad value in gunicorn.conf.py (defect 11): gunicorn's own
+    """`--check-config` with a bad value in gunicorn.conf.py: gunicorn's own
     setting for plain gunicorn (`timeout = "often"`), a smartspawn setting for smartspawn
     (`fork_worker = "often"`, which plain gunicorn would not know). Both exit 1 with a
     message naming the setting and the value, and leave no pidfile."""
@@ -68,7 +68,7 @@ def printed_settings(output, root):
 
 @NO_HOOK_BEFORE_CHECK_CONFIG
 def test_print_config_lists_smartspawn_settings(run_both):
-    """`--print-config` (defect 11): exits 0; under smartspawn it lists every setting plain
+    """`--print-config`: exits 0; under smartspawn it lists every setting plain
     gunicorn lists, with the same values (but `worker_class`), plus every smartspawn
     setting and hook, with the values gunicorn.conf.py gave them."""
     config = """\
@@ -103,7 +103,7 @@ def test_print_config_lists_smartspawn_settings(run_both):
 
 
 def test_slow_import_longer_than_timeout(run_both):
-    """An app whose import takes 4 s, with `--timeout 2` (defect 8): gunicorn never times a
+    """An app whose import takes 4 s, with `--timeout 2`: gunicorn never times a
     worker out before its first heartbeat, so it serves; smartspawn must too (its
     preloader's boot must not be bounded by `timeout`). No worker dies, TERM exits 0."""
     def scenario(server):

@@ -3,11 +3,13 @@ gunicorn and under smartspawn.
 
 1. test_user_and_group: both serve; the workers' uid and gid are nobody/nogroup.
 2. test_initgroups: `--initgroups`: both serve as nobody with nobody's supplementary
-   groups (defect 3: the preloader never calls setgid, the workers' setgid fails EPERM).
+   groups (the gid must be set while the process is still root: after setuid, setgid
+   fails EPERM).
 3. test_root_only_worker_tmp_dir: a `worker_tmp_dir` only root can enter: both serve, with
-   no respawn loop and no traceback (defect 5).
+   no respawn loop and no traceback (gunicorn's master, still root, creates each
+   heartbeat file).
 4. test_reuse_port_on_a_privileged_port: `--reuse-port` on a port below 1024: both serve
-   (defect 7: gunicorn binds each worker's socket before the privilege drop).
+   (gunicorn binds each worker's socket before the privilege drop).
 
 The apps run as `nobody`, so each server lives in a world-readable directory (pytest's
 tmp_path is private to root) and runs tests/apps/parity_priv_identity.py, which writes no
@@ -103,7 +105,7 @@ def test_user_and_group(world_dir, run_both):
 
 
 def test_initgroups(world_dir, run_both):
-    """`--user nobody --group nogroup --initgroups` (defect 3): both serve as nobody with
+    """`--user nobody --group nogroup --initgroups`: both serve as nobody with
     nobody's supplementary groups only, and TERM exits 0.
 
     gunicorn's `util.set_owner_process` calls `os.initgroups(user, gid)` *instead of*
@@ -125,7 +127,7 @@ def test_initgroups(world_dir, run_both):
 
 def test_root_only_worker_tmp_dir(world_dir, run_both):
     """`--worker-tmp-dir` a directory only root may enter (mode 0700), with
-    `--user nobody --group nogroup` (defect 5): gunicorn's master creates each heartbeat
+    `--user nobody --group nogroup`: gunicorn's master creates each heartbeat
     file and chowns it, so both serve; no worker fails and is respawned in a loop (at most
     WORKERS + 2 "Booting worker" lines over ~3 s of requests, no "Worker (pid:N) exited
     with code" line: smartspawn's failing workers die before "Booting worker"), and no
@@ -169,9 +171,9 @@ def free_privileged_port():
 
 
 def test_reuse_port_on_a_privileged_port(world_dir, run_both):
-    """`--reuse-port --user nobody --group nogroup` on 127.0.0.1:<port below 1024>
-    (defect 7): gunicorn binds each worker's own socket in the child *before* it drops
-    privileges, so both serve as nobody and TERM exits 0.
+    """`--reuse-port --user nobody --group nogroup` on 127.0.0.1:<port below 1024>:
+    gunicorn binds each worker's own socket in the child *before* it drops privileges, so
+    both serve as nobody and TERM exits 0; smartspawn's workers must too.
 
     With reuse_port gunicorn's master binds nothing and logs no port, so the scenario
     puts the chosen port in place of the harness's `--bind 127.0.0.1:0` (`--bind` appends:

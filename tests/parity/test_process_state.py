@@ -1,11 +1,12 @@
 """Parity of what a worker holds and passes on to the programs the app runs.
 
 1. test_no_fd_passes_into_programs_the_app_runs: with fork_worker (each worker has a
-   channel to the master), no fd above 2 is inheritable, as in gunicorn (defect 12: a
-   worker's channel arrived without O_CLOEXEC).
+   channel to the master), no fd above 2 is inheritable, as in gunicorn: every fd a
+   worker receives, its channel included, must be O_CLOEXEC.
 2. test_signal_dispositions_match_gunicorn: the signals a worker ignores, and those a
-   program it runs ignores, are gunicorn's (defect 15: workers inherited SIG_IGN for TTIN
-   and TTOU, and what the app starts inherited SIG_IGN for eight signals).
+   program it runs ignores, are gunicorn's. SIG_IGN survives fork and exec, so a worker
+   forked from the template must not keep a disposition the template or master set
+   (e.g. for TTIN and TTOU), or the programs the app starts inherit it.
 """
 URG_ONLY = "fork_worker = 10**9\n"
 
