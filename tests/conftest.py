@@ -110,7 +110,10 @@ class Server:
             return
         if self.proc.poll() is None:
             self.track()
-            self.signal(signal.SIGINT)
+            # INT is gunicorn's quick shutdown, but uvicorn-worker's workers take
+            # graceful_timeout (30 s) to exit on the QUIT it sends them, smartspawn's and
+            # plain alike; their TERM ends them at once.
+            self.signal(signal.SIGTERM if "Uvicorn" in self.worker_class else signal.SIGINT)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
