@@ -1,4 +1,6 @@
 """fork_safety: what the preloader would share with every worker, reported before it forks."""
+import concurrent.futures
+import importlib.util
 import os
 import re
 import signal
@@ -7,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import APPS, wait_for
 
 
 @pytest.fixture
@@ -174,3 +176,115 @@ def test_a_check_that_fails_does_not_stop_a_boot_unless_strict(make_server, mode
         assert server.wait_exit() == 3
         assert re.search(r"fork_safety = 'strict': the preloader refuses to fork: the check "
                          r"failed: RuntimeError\('not to be looked at'\)", server.log())
+
+
+# -- files the app opened at import: one offset for every worker ----------------------------
+
+def file_reader():
+    """tests/apps/file_reader.py, imported here to write its data."""
+    spec = importlib.util.spec_from_file_location("file_reader", APPS / "file_reader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REOPEN_IN_POST_FORK = '''
+def post_fork(server, worker):
+    import app
+    app.reopen()
+'''
+
+CLOSE_IN_ON_PRELOAD = REOPEN_IN_POST_FORK + '''
+def on_preload(preloader):
+    import app
+    app.kept.close()
+'''
+
+
+def reader_server(make_server, reader, **kwargs):
+    server = make_server(app_file="file_reader.py", workers=4, env={"READER": reader},
+                         **kwargs)
+    file_reader().write_data(server.root)
+    return server
+
+
+def wrong_lookups(server, clients=6, requests=80, lookups=50):
+    """(wrong, all) lookups of `clients` concurrent clients, on kept-alive connections."""
+    def client():
+        wrong = 0
+        for _ in range(requests):
+            wrong += server.get_json("/?%d" % lookups, timeout=30)["wrong"]
+        return wrong
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        wrong = sum(pool.map(lambda _: client(), range(clients)))
+    return wrong, clients * requests * lookups
+
+
+@pytest.mark.parametrize("reader", ["index", "zip"])
+def test_a_file_read_at_import_is_named_and_right_once_reopened_in_each_worker(make_server,
+                                                                              reader):
+    """A file the app opened at import and reads with seek() + read() (its own index, a
+    kept zipfile.ZipFile): every worker has its own offset under plain gunicorn, so no
+    lookup is wrong. Forked from the preloader, they share one: fork safety names the file
+    with the fix, and with the fix (reopened in post_fork) no lookup is wrong either."""
+    plain = reader_server(make_server, reader, worker_class="sync").start()
+    assert wrong_lookups(plain)[0] == 0
+    plain.teardown()
+
+    shared = reader_server(make_server, reader).start()
+    shared.wait_log(r"WARNING\] fork safety \(preloader\): fd \d+ is \S+/records\.%s, open "
+                    r"for reading: every worker would share its offset.*close it in the "
+                    r"on_preload hook and open it in each worker \(post_fork, or on first "
+                    r"use\).*os\.pread\(\)" % ("zip" if reader == "zip" else "bin"))
+    wrong, lookups = wrong_lookups(shared)
+    assert wrong > 0, "%d lookups, none wrong: the test cannot tell a fix" % lookups
+    shared.teardown()
+
+    fixed = reader_server(make_server, reader, config=REOPEN_IN_POST_FORK).start()
+    assert wrong_lookups(fixed)[0] == 0
+
+
+@pytest.mark.parametrize("reader", ["index", "zip"])
+def test_strict_refuses_a_file_read_at_import_and_starts_once_it_is_closed(make_server,
+                                                                          reader):
+    """fork_safety = "strict": the preloader refuses to fork with the app's file open for
+    reading (exit 3, naming it and the fix); closed in on_preload and opened in each
+    worker, the server starts and every lookup is right."""
+    refused = reader_server(make_server, reader, config='fork_safety = "strict"\n')
+    refused.start(wait=False)
+    assert refused.wait_exit() == 3
+    assert re.search(r"fork_safety = 'strict': the preloader refuses to fork: fd \d+ is "
+                     r"\S+/records\.(bin|zip), open for reading.*post_fork", refused.log())
+
+    fixed = reader_server(make_server, reader,
+                          config='fork_safety = "strict"\n' + CLOSE_IN_ON_PRELOAD).start()
+    assert wrong_lookups(fixed)[0] == 0
+    assert "WARNING] fork safety" not in fixed.log()
+
+
+def test_pread_needs_no_hook(make_server):
+    """os.pread() moves no offset: a file read only with it is right in every worker (fork
+    safety cannot tell how a file is read: it still names it)."""
+    server = reader_server(make_server, "pread").start()
+    assert wrong_lookups(server)[0] == 0
+
+
+def test_a_file_from_what_started_gunicorn_and_gunicorns_logs_are_not_the_apps(make_server,
+                                                                             tmp_path):
+    """A regular file open for reading that gunicorn inherited (a supervisor's, a shell's
+    `3< file`) and gunicorn's own log files: plain gunicorn's workers share them too; not
+    blamed, even under strict."""
+    inherited = tmp_path / "inherited.txt"
+    inherited.write_text("from what started gunicorn\n")
+    fd = os.open(inherited, os.O_RDONLY)
+    try:
+        server = make_server(config='fork_safety = "strict"\n',
+                             args=["--error-logfile", "error.log",
+                                   "--access-logfile", "access.log"])
+        server.log_path = server.root / "error.log"
+        server.start(pass_fds=(fd,))
+        server.wait_log(r"DEBUG\] fork safety \(preloader\): fd %d \(\S+/inherited\.txt\) was "
+                        r"open before the app was imported" % fd)
+        assert "WARNING] fork safety" not in server.log()
+    finally:
+        os.close(fd)

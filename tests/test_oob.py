@@ -273,3 +273,96 @@ def test_statsd_carries_oob_collections_and_work(make_server):
     assert any(line.startswith("smartspawn.oob_gc.duration:") and line.endswith("|ms")
                for line in lines), lines
     assert any(line.startswith("smartspawn.oob_work.duration:") for line in lines), lines
+
+
+# -- thread workers: a long request in flight -----------------------------------------------
+
+LONG_SECONDS = 8  # how long the stream or the upload lasts
+
+
+class LongStream:
+    """GET /stream: its worker is known from the first line."""
+
+    def __init__(self, server, attempt):
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        self.conn.request("GET", "/stream?%d" % LONG_SECONDS)
+        self.response = self.conn.getresponse()
+        self.pid = int(self.response.readline())
+
+    def finish(self):
+        assert self.response.read().count(b".") == LONG_SECONDS * 10
+        self.conn.close()
+
+
+class SlowUpload:
+    """POST /upload whose body comes LONG_SECONDS after its headers; its worker is known
+    from the file the app writes before it reads the body."""
+
+    SIZE = 64 * 1024
+
+    def __init__(self, server, attempt):
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        self.sock.sendall(b"POST /upload?%d HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+                          b"Content-Length: %d\r\n"
+                          b"\r\nfirst" % (attempt, self.SIZE))
+        self.pid = int(wait_for(lambda: server.lines("upload-%d" % attempt),
+                                what="the upload to reach the app")[0])
+        self.rest = threading.Timer(LONG_SECONDS, self.sock.sendall,
+                                    (b"x" * (self.SIZE - 5),))
+        self.rest.start()
+
+    def finish(self):
+        self.rest.join()
+        response = self.sock.makefile("rb").read()
+        assert b'"received": %d' % self.SIZE in response, response
+        self.sock.close()
+
+    def close(self):
+        self.rest.cancel()
+        self.sock.close()
+
+
+def slowest_beside(server, long_request):
+    """The slowest of 8 requests on a kept-alive connection to the worker that serves
+    `long_request` (started on other connections until one reaches that worker)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/")
+    target = json.loads(conn.getresponse().read())["pid"]
+    for attempt in range(100):
+        long = long_request(server, attempt)
+        if long.pid == target:
+            break
+        getattr(long, "close", getattr(long, "conn", None) and long.conn.close)()
+    else:
+        raise AssertionError("no long request reached the worker %d" % target)
+    slowest = 0.0
+    for _ in range(8):
+        started = time.monotonic()
+        conn.request("GET", "/garbage?100")
+        assert json.loads(conn.getresponse().read())["pid"] == target
+        slowest = max(slowest, time.monotonic() - started)
+    long.finish()
+    conn.close()
+    return slowest
+
+
+@pytest.mark.parametrize("long_request", [LongStream, SlowUpload],
+                         ids=["stream", "slow-upload"])
+def test_a_long_request_holds_a_thread_workers_others_briefly_at_most(make_server,
+                                                                     long_request):
+    """gthread with out-of-band work due after every request: a long request in flight (a
+    stream, a slow upload) delays the requests arriving on the worker's kept-alive
+    connections by HOLD_LIMIT (0.5 s) at most, as with the event-loop workers; then they
+    are served beside it, as by plain gthread."""
+    args = ("--threads", "4", "--keep-alive", "60")
+    plain = make_server(app_file="long_requests.py", worker_class="gthread",
+                        args=args).start()
+    plain_slowest = slowest_beside(plain, long_request)
+    plain.teardown()
+    server = make_server(app_file="long_requests.py", config="oob_gc = 1\n",
+                         args=args).start()
+    slowest = slowest_beside(server, long_request)
+    assert plain_slowest < 2.0, plain_slowest
+    assert slowest < 2.0, (slowest, plain_slowest)  # HOLD_LIMIT + margin, not 8 s
+    server.wait_log(r"Out-of-band gc")  # the work did run
+    assert_clean_log(server)

@@ -85,6 +85,25 @@ def test_status_of_a_process_that_is_not_a_server_fails_clearly():
     assert result.returncode == 1 and "cannot read a pid from" in result.stderr
 
 
+def test_status_of_a_number_that_is_no_pid_fails_clearly_while_a_server_runs(make_server,
+                                                                             tmp_path):
+    """--pid 0, a negative pid, or a pidfile holding a number past the kernel's pid_max:
+    exit 1 with one line naming the number, never the running server's report nor a
+    traceback."""
+    server = make_server(workers=1).start()
+    assert status("--pid", str(server.pid)).returncode == 0  # the server can be reported
+    pidfile = tmp_path / "huge.pid"
+    pidfile.write_text("%d\n" % 10 ** 30)
+    for args, what in [(("--pid", "0"), "--pid: 0 is not a process id"),
+                       (("--pid", "-1"), "--pid: -1 is not a process id"),
+                       (("--pidfile", str(pidfile)),
+                        "the pid in %s: %d is not a process id" % (pidfile, 10 ** 30))]:
+        result = status(*args, "--json")
+        assert result.returncode == 1, (args, result)
+        assert result.stdout == "" and what in result.stderr, (args, result)
+        assert "Traceback" not in result.stderr, (args, result)
+
+
 def test_process_titles_name_each_role(make_server):
     server = make_server(workers=1).start()
     titles = [title for _, title in server.children()]

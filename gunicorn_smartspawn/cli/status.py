@@ -27,11 +27,11 @@ def find_master(pid=None, pidfile=None, directory=None):
     if pidfile:
         try:
             with open(pidfile) as f:
-                return int(f.read().strip())
+                return checked_pid(int(f.read().strip()), "the pid in %s" % pidfile)
         except (OSError, ValueError) as exc:
             raise StatusError("cannot read a pid from %s: %s" % (pidfile, exc)) from None
-    if pid:
-        return pid
+    if pid is not None:  # --pid 0 names no process: not "whichever server runs"
+        return checked_pid(pid, "--pid")
     live = live_masters(directory or state.state_dir())
     if len(live) == 1:
         return live[0]
@@ -42,13 +42,30 @@ def find_master(pid=None, pidfile=None, directory=None):
                       % ", ".join(map(str, live)))
 
 
+def checked_pid(pid, what):
+    """`pid` if a process can have it; else StatusError naming `what` (0, a negative
+    number or one past the kernel's limit: psutil would raise OverflowError)."""
+    if not 1 <= pid < pid_max():
+        raise StatusError("%s: %d is not a process id (1 to %d)" % (what, pid, pid_max() - 1))
+    return pid
+
+
+def pid_max():
+    """One more than the largest pid the kernel gives."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 4194304  # the kernel's ceiling (PID_MAX_LIMIT on 64-bit)
+
+
 def live_masters(directory):
     try:
         names = os.listdir(trusted_dir(directory))
     except FileNotFoundError:
         return []
     pids = [int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit()]
-    return sorted(pid for pid in pids if psutil.pid_exists(pid))
+    return sorted(pid for pid in pids if 0 < pid < pid_max() and psutil.pid_exists(pid))
 
 
 def trusted_dir(directory):

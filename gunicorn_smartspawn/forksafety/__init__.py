@@ -8,11 +8,13 @@ just before the first fork. What it looks for, and how it tells what is the app'
   pools of OpenBLAS and OpenMP): those are noted, not blamed (libraries.py knows them);
 - objects unsafe to share, by type: an open sqlite3 connection, a DB-API connection, an
   SQLAlchemy pool holding connections, a grpc channel, an asyncio loop (libraries.py);
-- fds: a socket connected to a peer (every worker would share the connection) or a pipe
-  that the app opened. What the preloader had before it imported the app is not the
-  app's: the listeners, gunicorn's own, and whatever the master inherited from what
-  started it (plain gunicorn hands those to its workers too): noted once, at info.
-  Regular files (logs) are harmless when shared: debug only.
+- fds: a socket connected to a peer (every worker would share the connection), a pipe,
+  or a regular file open for reading, that the app opened: a file's offset is shared too,
+  so a seek() and read() in one worker returns what another positioned. What the
+  preloader had before it imported the app is not the app's: the listeners, gunicorn's
+  own (its log files), and whatever the master inherited from what started it (plain
+  gunicorn hands those to its workers too): noted once, at info. A file only written to
+  (a log the app opened) is harmless when shared: debug only.
 
 A finding is logged once: not again by a later check in the same process, nor by a
 template forked from a spawner that said it (the record is inherited by fork).
@@ -22,9 +24,11 @@ other threads emits a DeprecationWarning that names no thread; we say which ones
 for each new set, and the strict mode refuses.
 """
 import collections
+import fcntl
 import gc
 import os
 import socket
+import stat
 import sys
 import threading
 import warnings
@@ -242,9 +246,33 @@ def fd_findings(known_fds, claimed_fds, claimed_peers, hook):
             findings.append(shared_finding("fd %d is a pipe (%s)" % (fd, target), target,
                                            hook))
         elif fd > 2:
-            what = "fd %d is %s" % (fd, target)
-            findings.append(Finding("debug", what + ", shared with every worker", what))
+            findings.append(file_finding(fd, target, hook))
     return findings
+
+
+def file_finding(fd, target, hook):
+    what = "fd %d is %s" % (fd, target)
+    if not read_at_a_shared_offset(fd, target):
+        return Finding("debug", what + ", shared with every worker", what)
+    return Finding("unsafe", "%s, open for reading: every worker would share its offset, so a "
+                   "seek() and read() in one worker reads where another moved it (a reader "
+                   "kept from import: a MaxMind database in file mode, a zipfile.ZipFile, a "
+                   "tarfile, shelve/dbm, an index); close it in the %s hook and open it in "
+                   "each worker (post_fork, or on first use); reopening it in post_fork, or "
+                   "reading it only with os.pread(), also fixes the reads" % (what, hook), what)
+
+
+def read_at_a_shared_offset(fd, target):
+    """Whether `fd` is a regular file that this process can read with read() (not one
+    only written to, an O_PATH handle, or a memfd: memory the app maps, not reads)."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False  # closed meanwhile
+    readable = flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
+    return readable and not flags & os.O_PATH and not target.startswith("/memfd:")
 
 
 def inherited_finding(fd, target):

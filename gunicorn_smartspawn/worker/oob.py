@@ -10,16 +10,17 @@ can also ask for work after a response with a header (``oob_work_header``); the
 ``on_oob_work(worker)`` hook runs it.
 
 A sync worker does this after ``handle()`` returns, before its next ``accept()``: while
-it works, the kernel hands new connections to the other workers. A thread worker stops
-accepting, holds the requests that arrive on kept-alive connections, waits until no
-request is running, runs the work, then resumes (see ThreadWorker in worker.py). An
-event-loop worker (asyncio, gevent) holds new requests at a `RequestGate` until none is
-running, for HOLD_LIMIT at most (past it they go on, and the work waits for the next idle
-moment), then runs the work on the loop itself, which accepts nothing meanwhile.
+it works, the kernel hands new connections to the other workers. A worker that serves
+requests concurrently holds new requests at a `RequestGate` until none is running, for
+HOLD_LIMIT at most (past it they go on, and the work waits for the next idle moment),
+then runs the work, accepting nothing meanwhile: an event-loop worker (asyncio, gevent)
+on its loop, a thread worker (`ThreadGate`) on its main thread, which also stops
+accepting while it holds the requests that arrive on kept-alive connections.
 """
 import gc
 import select
 import sys
+import threading
 import time
 
 # While serving, automatic collection waits for this many allocations (of objects the
@@ -39,8 +40,9 @@ INCREMENTAL_GC = (3, 14) <= sys.version_info[:3] < (3, 14, 5)
 if INCREMENTAL_GC:
     SAFETY_NET //= 2
 
-# An event-loop worker holds new requests for at most this long (seconds) while the ones
-# in flight finish before out-of-band work (RequestGate): longer than most requests take,
+# A worker that serves concurrently holds new requests for at most this long (seconds)
+# while the ones in flight finish before out-of-band work (RequestGate): longer than most
+# requests take,
 # short enough that a streaming response or a long poll in flight delays the others by
 # no more than this.
 HOLD_LIMIT = 0.5
@@ -120,9 +122,9 @@ class OutOfBand:
             worker.log.warning("oob_gc and out-of-band work are off: HTTP/2 connections "
                                "never leave a thread worker without a request in flight")
             return None
-        return cls(worker)
+        return cls(worker, threaded)
 
-    def __init__(self, worker):
+    def __init__(self, worker, threaded=False):
         global _app_thresholds
         cfg = worker.cfg
         self.worker = worker
@@ -143,10 +145,8 @@ class OutOfBand:
         self.collect_seconds = 0.0
         self.works = 0
         self.work_seconds = 0.0
-        # Thread workers only (see ThreadWorker in worker.py).
-        self.paused = False
-        self.in_flight = 0
-        self.held = []
+        # Thread workers only (see ThreadWorker in worker/base.py).
+        self.gate = ThreadGate(self) if threaded else None
         if self.gc_on:
             if _app_thresholds is None:
                 _app_thresholds = gc.get_threshold()
@@ -222,31 +222,25 @@ class OutOfBand:
             self.run(work, collect)
 
     # -- thread workers: stop accepting, let requests finish, run, accept again --------
+    # (ThreadWorker in worker/base.py calls these on its main thread.)
+
+    @property
+    def paused(self):
+        """Requests are held: the worker accepts no connection."""
+        return self.gate.held() is not None
 
     def admit(self, conn):
-        """Whether `conn`'s request may start now; if not, it is held until after the work."""
-        if self.paused:
-            self.held.append(conn)
+        """Whether `conn`'s request may start now; if not, it is held until the work has
+        run, or for HOLD_LIMIT at most."""
+        held = self.gate.held()
+        if held is not None:
+            held.conns.append(conn)
             return False
-        self.in_flight += 1
+        self.gate.entered()
         return True
 
     def request_finished(self):
-        self.in_flight -= 1
-        if not self.paused and not any(self.due()):
-            return
-        if self.in_flight:
-            if not self.paused:
-                self.paused = True
-                self.worker.set_accept_enabled(False)
-            return  # the last request to finish comes back here
-        # No request runs, and none starts: this main thread is the one that starts them.
-        if self.worker.alive:
-            self.run(self.requested, self.gc_due())
-        self.paused = False  # gunicorn's run loop enables accepting at its next turn
-        held, self.held = self.held, []
-        for conn in held:
-            self.worker.enqueue_req(conn)
+        self.gate.left()
 
     # -- the work -----------------------------------------------------------------------
 
@@ -353,12 +347,15 @@ class RequestGate:
         self.resumed = None
         resumed.set()
 
+    def hold_while_working(self):
+        if self.resumed is None:
+            self.hold()  # nothing starts while it runs, even in the only worker
+
     def run_work(self):
         if not self.pending or self.in_flight or self.running:
             return  # run already, or a request started since: it comes back here
         self.pending = False
-        if self.resumed is None:
-            self.hold()  # nothing starts while it runs, even in the only worker
+        self.hold_while_working()
         self.running = True
         oob = self.oob
         try:
@@ -367,3 +364,51 @@ class RequestGate:
         finally:
             self.running = False
             self.release(self.resumed)
+
+
+class HeldConnections:
+    """ThreadGate's event: the connections whose request arrived while held, handed to
+    the thread pool when it is set; the timer that sets it at HOLD_LIMIT."""
+
+    def __init__(self, worker, release):
+        self.worker = worker
+        self.conns = []
+        # The timer only queues the release for the main thread, which owns the gate.
+        self.timer = threading.Timer(HOLD_LIMIT, worker.method_queue.defer, (release, self))
+        self.timer.daemon = True
+
+    def set(self):
+        # Ended before the timer (the work ran): no thread may outlive the hold, or a
+        # template would fork with it running.
+        self.timer.cancel()
+        self.timer.join()
+        conns, self.conns = self.conns, []
+        for conn in conns:
+            self.worker.enqueue_req(conn)  # admitted now, counted in flight
+
+
+class ThreadGate(RequestGate):
+    """RequestGate for the gthread worker. Its main thread starts every request
+    (enqueue_req) and learns of each end (finish_request): a request that may not start
+    yet is not awaited but its connection is held (HeldConnections), and the worker stops
+    accepting meanwhile, so that the kernel hands new connections to the other workers."""
+
+    def __init__(self, oob):
+        super().__init__(oob, new_event=None, call_later=self.now)
+
+    @staticmethod
+    def now(_seconds, function):
+        """call_later(0, run_work) from left(), which runs on the main thread after the
+        response: the work can run at once. (The one timed call, hold()'s, is our own.)"""
+        function()
+
+    def hold_while_working(self):
+        """Nothing to do: the work runs on the main thread, which starts every request."""
+
+    def hold(self):
+        if not self.in_flight:
+            return  # left() runs the work at once, on this thread: nothing can start
+        worker = self.oob.worker
+        held = self.resumed = HeldConnections(worker, self.release)
+        held.timer.start()
+        worker.set_accept_enabled(False)

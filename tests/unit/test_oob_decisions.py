@@ -4,6 +4,8 @@ fake `gc` module (the real collector's thresholds are left alone) and a fake loo
 """
 import logging
 import socket
+import threading
+import time
 import types
 
 import pytest
@@ -72,6 +74,8 @@ class Worker:
         self.slot = self.counters.allocate()
         self.accepting = []
         self.enqueued = []
+        self.method_queue = types.SimpleNamespace(deferred=[])
+        self.method_queue.defer = lambda *call: self.method_queue.deferred.append(call)
         self.oob = OutOfBand.for_worker(self, threaded=threaded)
 
     def hook(self, worker):
@@ -89,6 +93,14 @@ class Worker:
 
     def serve(self, requests=1):
         self.nr += requests
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+    return value
 
 
 # -- OutOfBand: what is on ----------------------------------------------------------------
@@ -331,11 +343,32 @@ def test_a_thread_worker_holds_new_requests_until_the_last_one_ends(fake_gc):
     worker.oob.request_finished()              # c1 ends: work due, c2 still running
     assert worker.oob.paused and worker.accepting == [False] and worker.works == []
     assert not worker.oob.admit("c3") and not worker.oob.admit("c4")  # held
-    assert worker.oob.in_flight == 1
+    assert worker.oob.gate.in_flight == 1
     worker.oob.request_finished()              # c2 ends: the work runs, held ones go on
     assert worker.works == [1] and not worker.oob.paused
-    assert worker.enqueued == ["c3", "c4"] and worker.oob.held == []
-    assert worker.oob.admit("c5") and worker.oob.in_flight == 1
+    assert worker.enqueued == ["c3", "c4"]
+    assert worker.oob.admit("c5") and worker.oob.gate.in_flight == 1
+    assert worker.method_queue.deferred == []  # the hold's timer was cancelled
+
+
+def test_a_thread_worker_holds_requests_for_the_hold_limit_at_most(fake_gc, monkeypatch):
+    monkeypatch.setattr(oob, "HOLD_LIMIT", 0.01)
+    worker = Worker(threaded=True)
+    assert worker.oob.admit("stream") and worker.oob.admit("c1")
+    worker.oob.take_header([(HEADER, "true")])
+    worker.oob.request_finished()              # c1 ends: work due, the stream goes on
+    assert not worker.oob.admit("c2") and worker.accepting == [False]
+    # The timer hands the release to the main thread (gunicorn's method queue).
+    deferred = wait_for(lambda: worker.method_queue.deferred)  # the hold's timer
+    release, held = deferred[0]
+    release(held)
+    assert worker.enqueued == ["c2"] and not worker.oob.paused and worker.works == []
+    assert worker.oob.admit("c2")              # enqueued: admitted, held no more
+    worker.oob.request_finished()              # c2 ends: the work waits for the stream
+    assert not worker.oob.paused and worker.works == []
+    worker.oob.request_finished()              # the stream ends: now it runs
+    assert worker.works == [1] and not worker.oob.paused
+    assert threading.active_count() == 1       # no timer outlives its hold
 
 
 def test_a_thread_worker_with_nothing_due_never_pauses(fake_gc):
@@ -344,7 +377,7 @@ def test_a_thread_worker_with_nothing_due_never_pauses(fake_gc):
         assert worker.oob.admit(conn)
     for _ in range(5):
         worker.oob.request_finished()
-    assert worker.accepting == [] and worker.works == [] and worker.oob.in_flight == 0
+    assert worker.accepting == [] and worker.works == [] and worker.oob.gate.in_flight == 0
 
 
 # -- RequestGate (asyncio, gevent) ------------------------------------------------------------
