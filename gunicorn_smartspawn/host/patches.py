@@ -25,7 +25,8 @@ control socket server's thread, through the methods gunicorn's own at-fork handl
 
 And reads one private function: ``gunicorn.sock._sock_type`` (`bind_once`).
 
-tests/test_gunicorn_contract.py pins each of these, and what smartspawn relies on.
+tests/test_gunicorn_contract.py pins each of these, and what smartspawn relies on; the
+last two, tests/unit/test_host_binding.py.
 """
 import contextlib
 import os

@@ -1,12 +1,16 @@
 """What the master asks of gunicorn around a spawn (patches.py), with no process: binding a
 reuse_port worker's sockets once, and the control socket's thread around a fork."""
 import errno
+import inspect
 import os
 import socket
 import time
 import types
 
 import pytest
+from gunicorn import sock
+from gunicorn.arbiter import Arbiter
+from gunicorn.ctl import server as ctl_server
 
 from fakes import LOG
 from gunicorn_smartspawn.host import patches
@@ -94,3 +98,14 @@ def test_nothing_is_restarted_in_a_forked_child_or_when_it_was_not_running():
     assert server.calls == []
     with patches.control_thread_stopped(types.SimpleNamespace(pid=os.getpid())):
         pass  # --no-control-socket
+
+
+def test_what_they_rely_on_in_gunicorn():
+    """Fails loudly when gunicorn moves what bind_once and control_thread_stopped use."""
+    assert "self._control_server = " in inspect.getsource(Arbiter)
+    control = inspect.getsource(ctl_server.ControlSocketServer)
+    for needle in ("def _stop_for_fork(self)", "def _restart_after_fork(self)",
+                   "if not self._was_running_before_fork:", "self._running = True"):
+        assert needle in control, needle
+    assert inspect.signature(sock._sock_type).parameters.keys() == {"addr"}
+    assert sock._sock_type(("127.0.0.1", 80)) is sock.TCPSocket
