@@ -179,9 +179,9 @@ def test_a_hup_that_turns_reuse_port_on_keeps_the_master_serving(run_both):
         write_config(server, "bind = ['127.0.0.1:%d']\nreuse_port = True\n" % port)
         server.signal(signal.SIGHUP)
         if is_smart(server):
-            server.wait_log(r"Worker \d+ was not spawned: the master could not make what "
-                            r"it is sent: \[Errno 98\] Address already in use; the next "
-                            r"spawn in 1s", timeout=30)
+            server.wait_log(r"Worker \d+ was not spawned: the master could not make its "
+                            r"listening sockets \(reuse_port\): \[Errno 98\] Address "
+                            r"already in use; the next spawn in 1s", timeout=30)
             server.wait_log(r"the next spawn in 2s", timeout=30)  # it backs off
         else:
             server.wait_log(r"Connection in use", timeout=30)

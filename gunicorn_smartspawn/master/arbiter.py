@@ -389,9 +389,9 @@ class SmartArbiter(Arbiter):
         with contextlib.ExitStack() as carried:  # what only the request needs
             try:
                 fds, listeners = self.spawn_fds(record, carried)
-            except OSError as exc:
+            except NotMade as failure:
                 self.fleet.forget_pending(worker.age)
-                self.spawn_failed(worker.age, "what it is sent", exc)
+                self.spawn_failed(worker.age, failure.what, failure.error)
                 return
             self.fleet.sent(record)
             try:
@@ -407,20 +407,23 @@ class SmartArbiter(Arbiter):
         """The fds a spawn request carries: the heartbeat, what pre_fork left (a memfd),
         the worker's channel (fork_worker), its seat's sockets (reuse_port); and the
         listeners. What only the request needs is closed by `carried` once it is sent.
-        Each may fail (OSError): EMFILE, or a seat that cannot be bound."""
+        Raises NotMade: no fd left (EMFILE), or a seat that cannot be bound."""
         fds = [record.worker.tmp.fileno()]
         if record.pre_fork_state is not None:
-            state_fd = hookstate.to_memfd(record.pre_fork_state)
+            with making("what pre_fork left for it"):
+                state_fd = hookstate.to_memfd(record.pre_fork_state)
             carried.callback(os.close, state_fd)
             fds.append(state_fd)
         if refork_enabled(self.cfg):
-            record.channel, child_end = protocol.channel_pair()
+            with making("its channel"):
+                record.channel, child_end = protocol.channel_pair()
             carried.callback(child_end.close)
             record.channel.setblocking(False)
             fds.append(child_end.fileno())
         listeners = []
         if per_worker_sockets(self.cfg):
-            listeners = self.seat_for(record)
+            with making("its listening sockets (reuse_port)"):
+                listeners = self.seat_for(record)
             fds += [listener.fileno() for listener in listeners]
         return fds, listeners
 
@@ -925,6 +928,23 @@ class SmartArbiter(Arbiter):
             self.log.warning("spawn_method = 'direct' takes effect on USR2 (re-exec), "
                              "not HUP; still spawning from the preloader")
         return True
+
+
+class NotMade(Exception):
+    """What the master could not make for a spawn (`what`), and the OSError why."""
+
+    def __init__(self, what, error):
+        super().__init__(what, error)
+        self.what, self.error = what, error
+
+
+@contextlib.contextmanager
+def making(what):
+    """Within: an OSError is a NotMade of `what`."""
+    try:
+        yield
+    except OSError as exc:
+        raise NotMade(what, exc) from exc
 
 
 def set_config_env(cfg, on):
