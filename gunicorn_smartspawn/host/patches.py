@@ -20,11 +20,18 @@ And for the length of one call, in a process forked from a spawner (`building_wo
 - ``gunicorn.workers.base.WorkerTmp``, the name ``Worker.__init__`` looks up to make a
   worker's heartbeat file.
 
-tests/test_gunicorn_contract.py pins each of these, and what smartspawn relies on.
+And around each fork smartspawn makes in the master (`control_thread_stopped`): the
+control socket server's thread, through the methods gunicorn's own at-fork handlers call.
+
+And reads one private function: ``gunicorn.sock._sock_type`` (`bind_once`).
+
+tests/test_gunicorn_contract.py pins each of these, and what smartspawn relies on; the
+last two, tests/unit/test_host_binding.py.
 """
 import contextlib
 import os
 
+from gunicorn import sock
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.ctl import handlers as ctl_handlers
@@ -126,3 +133,47 @@ def building_worker(heartbeat):
         yield
     finally:
         base.WorkerTmp = made
+
+
+@contextlib.contextmanager
+def control_thread_stopped(arbiter):
+    """Within: the control socket server's thread is stopped; it starts again on exit.
+
+    gunicorn's own at-fork handlers stop it before a fork and start it again in
+    after_in_parent, but CPython 3.12+ counts the threads for its "This process is
+    multi-threaded, use of fork() may lead to deadlocks in the child" warning after those
+    handlers ran: the new thread is counted. Stopped here, the handlers find it stopped
+    and leave it so, and it starts again only once os.fork() has returned.
+    """
+    server = getattr(arbiter, "_control_server", None)
+    running = server is not None and server._running
+    if running:
+        server._stop_for_fork()
+    try:
+        yield
+    finally:
+        # Not in the child, which leaves the block too when the fork is its last line.
+        if running and os.getpid() == arbiter.pid:
+            server._was_running_before_fork = True
+            server._restart_after_fork()
+
+
+def bind_once(cfg, log):
+    """The listening sockets of `cfg.address`, each bound once; OSError if one cannot be.
+
+    gunicorn's create_sockets retries each address for 5 s and then calls sys.exit(1):
+    fine at start, but in the master's loop (a reuse_port worker's seat) it would end the
+    master. Addresses given as file descriptors are not bound here: create_sockets only
+    wraps them.
+    """
+    if any(isinstance(address, int) for address in cfg.address):
+        return sock.create_sockets(cfg, log)
+    listeners = []
+    try:
+        for address in cfg.address:
+            listeners.append(sock._sock_type(address)(address, cfg, log))
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners

@@ -18,6 +18,8 @@ handle_urg. How it gets to run is in patches.py.
 Signals (master): gunicorn's HUP QUIT INT TERM TTIN TTOU USR1 USR2 WINCH, plus URG:
 refork now (with fork_worker).
 """
+import contextlib
+import errno
 import os
 import queue
 import random
@@ -52,6 +54,9 @@ from gunicorn_smartspawn.worker.base import (
 PSS_SAMPLE_INTERVAL = 30.0
 # Restart delays for a preloader that keeps failing after the first boot (seconds).
 RESTART_DELAYS = (0, 1, 2, 5, 10, 30)
+# The waits after spawns the master could not prepare, in a row (seconds): no fd left
+# for a heartbeat or a channel (EMFILE), a reuse_port seat that cannot be bound.
+SPAWN_FAILURE_DELAYS = (1, 2, 5, 10)
 
 
 class SmartArbiter(Arbiter):
@@ -75,6 +80,7 @@ class SmartArbiter(Arbiter):
         self.ever_ready = False       # a preloader has loaded the app once
         self.restarts = Backoff(RESTART_DELAYS)  # since a preloader last spawned a worker
         self.restart_at = None
+        self.spawn_failures = Backoff(SPAWN_FAILURE_DELAYS)  # since a spawn was prepared
         self.fleet = Fleet(self.log, self.WORKERS)
         self.state_path = state.state_path(os.getpid())
         self.state_published = 0.0
@@ -317,11 +323,15 @@ class SmartArbiter(Arbiter):
     def spawn_workers(self):
         if not self.lifecycle.may_spawn():
             return None  # workers keep failing to boot (lifecycle.py)
+        if self.spawn_failures.waiting():
+            return None  # the master could not prepare the last spawn (spawn_failed)
         fleet = self.fleet
         missing = self.worker_target() - len(self.WORKERS) - len(fleet.pending)
         if fleet.current_spawner() is None:
             if not self.smart:
                 for _ in range(missing):  # gunicorn's spawn_workers, with its pause
+                    if self.spawn_failures.waiting():
+                        break
                     self.spawn_worker()
                     time.sleep(0.1 * random.random())
                 return None
@@ -333,13 +343,19 @@ class SmartArbiter(Arbiter):
             return None  # spawning starts when the preloader is ready
         # No random sleep between spawns as in gunicorn: a fork is cheap and imports nothing.
         for _ in range(missing):
+            if self.spawn_failures.waiting():
+                break
             self.spawn_worker()
         return None
 
     def spawn_worker(self):
         self.worker_age += 1
-        worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
-                                   self.timeout / 2.0, self.cfg, self.log)
+        try:  # its heartbeat file: an fd
+            worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
+                                       self.timeout / 2.0, self.cfg, self.log)
+        except OSError as exc:
+            self.spawn_failed(self.worker_age, "its heartbeat file", exc)
+            return None
         slot = self.fleet.counters.allocate()
         spawner = self.fleet.current_spawner()
         if spawner is None:
@@ -357,8 +373,11 @@ class SmartArbiter(Arbiter):
         return None
 
     def dispatch_spawns(self):
-        """Send each spawner its next queued spawn request (fleet.py)."""
+        """Send each spawner its next queued spawn request (fleet.py); none while the
+        master waits after a spawn it could not prepare."""
         for record in self.fleet.to_send():
+            if self.spawn_failures.waiting():
+                return
             self.send_spawn_request(self.fleet.get(record.spawner_pid), record)
 
     def send_spawn_request(self, spawner, record):
@@ -367,39 +386,71 @@ class SmartArbiter(Arbiter):
             self.log.error("Worker %s was not spawned: its spawner exited", worker.age)
             self.fleet.forget_pending(worker.age)
             return
-        self.fleet.sent(record)
-        fds = [worker.tmp.fileno()]
-        state_fd = child_end = None
+        with contextlib.ExitStack() as carried:  # what only the request needs
+            try:
+                fds, listeners = self.spawn_fds(record, carried)
+            except NotMade as failure:
+                self.fleet.forget_pending(worker.age)
+                self.spawn_failed(worker.age, failure.what, failure.error)
+                return
+            self.fleet.sent(record)
+            try:
+                spawner.request_spawn(worker.age, record.slot, fds, len(listeners),
+                                      hook_state=record.pre_fork_state is not None)
+            except OSError as exc:
+                # The spawner has just exited: its exit is logged (and handled) with its
+                # EOF in read_channels(); the worker is asked of the next spawner.
+                self.log.info("Spawn request to %r failed: %s", spawner, exc)
+                self.fleet.forget_pending(worker.age)
+
+    def spawn_fds(self, record, carried):
+        """The fds a spawn request carries: the heartbeat, what pre_fork left (a memfd),
+        the worker's channel (fork_worker), its seat's sockets (reuse_port); and the
+        listeners. What only the request needs is closed by `carried` once it is sent.
+        Raises NotMade: no fd left (EMFILE), or a seat that cannot be bound."""
+        fds = [record.worker.tmp.fileno()]
         if record.pre_fork_state is not None:
-            state_fd = hookstate.to_memfd(record.pre_fork_state)
+            with making("what pre_fork left for it"):
+                state_fd = hookstate.to_memfd(record.pre_fork_state)
+            carried.callback(os.close, state_fd)
             fds.append(state_fd)
         if refork_enabled(self.cfg):
-            record.channel, child_end = protocol.channel_pair()
+            with making("its channel"):
+                record.channel, child_end = protocol.channel_pair()
+            carried.callback(child_end.close)
             record.channel.setblocking(False)
             fds.append(child_end.fileno())
         listeners = []
         if per_worker_sockets(self.cfg):
-            # The worker's own sockets, bound here, as root, as gunicorn's worker binds them
-            # before it drops privileges (a port below 1024 with `user`); see fleet.seat_for.
-            leaving = {r.pid for r in self.fleet.outgoing()}
-            if self.reforker.leaving() is not None:
-                leaving.add(self.reforker.leaving())
-            listeners = self.fleet.seat_for(record, leaving,
-                                            lambda: sock.create_sockets(self.cfg, self.log))
+            with making("its listening sockets (reuse_port)"):
+                listeners = self.seat_for(record)
             fds += [listener.fileno() for listener in listeners]
-        try:
-            spawner.request_spawn(worker.age, record.slot, fds, len(listeners),
-                                  hook_state=state_fd is not None)
-        except OSError as exc:
-            # The spawner has just exited: its exit is logged (and handled) with its EOF
-            # in read_channels(); the worker is asked of the next spawner.
-            self.log.info("Spawn request to %r failed: %s", spawner, exc)
-            self.fleet.forget_pending(worker.age)
-        finally:
-            if child_end is not None:
-                child_end.close()
-            if state_fd is not None:
-                os.close(state_fd)
+        return fds, listeners
+
+    def seat_for(self, record):
+        """The worker's own sockets (reuse_port), bound here, as root, as gunicorn's worker
+        binds them before it drops privileges (a port below 1024 with `user`); a seat of
+        the same addresses is handed on (fleet.seat_for)."""
+        leaving = {r.pid for r in self.fleet.outgoing()}
+        if self.reforker.leaving() is not None:
+            leaving.add(self.reforker.leaving())
+        listeners = self.fleet.seat_for(record, leaving, tuple(self.cfg.address),
+                                        lambda: patches.bind_once(self.cfg, self.log))
+        for listener in listeners:
+            # A HUP may have changed `backlog`: listen() again takes the new one, and
+            # keeps the connections queued on the socket.
+            listener.listen(self.cfg.backlog)
+        return listeners
+
+    def spawn_failed(self, age, what, exc):
+        """The master could not prepare worker `age`: that spawn fails, the master waits
+        before the next one (SPAWN_FAILURE_DELAYS), and the workers keep serving."""
+        delay = self.spawn_failures.failed()
+        hint = ""
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            hint = " (the master holds fds per worker: see docs/troubleshooting.md)"
+        self.log.error("Worker %s was not spawned: the master could not make %s: %s%s; "
+                       "the next spawn in %ss", age, what, exc, hint, delay)
 
     def spawn_direct(self, worker, slot):
         """gunicorn's own spawn: fork from the master, the worker imports the app."""
@@ -409,17 +460,25 @@ class SmartArbiter(Arbiter):
         worker.counters = self.fleet.counters
         worker.slot = slot
         spawned_mtime = worker.tmp.last_update()
-        self.cfg.pre_fork(self, worker)
         master_end = child_end = None
         if refork_enabled(self.cfg):
-            master_end, child_end = protocol.channel_pair()
-        pid = os.fork()
+            try:
+                master_end, child_end = protocol.channel_pair()
+            except OSError as exc:
+                worker.tmp.close()
+                self.fleet.counters.release(slot)
+                self.spawn_failed(worker.age, "its channel", exc)
+                return None
+        self.cfg.pre_fork(self, worker)
+        with patches.control_thread_stopped(self):
+            pid = os.fork()
         if pid:
             if child_end is not None:
                 child_end.close()
                 master_end.setblocking(False)
             self.fleet.add_direct(worker, pid, self.generation, slot, master_end,
                                   spawned_mtime)
+            self.spawn_failures.succeeded()
             self._stats["workers_spawned"] += 1
             return pid
         try:  # the child (close_master_only ran at the fork); never unwinds into the loop
@@ -438,6 +497,7 @@ class SmartArbiter(Arbiter):
             self.fleet.kill_standby(spawner, pid)
             return
         record = self.fleet.checked_in(age, pid)
+        self.spawn_failures.succeeded()
         self._stats["workers_spawned"] += 1
         if record.spawned_from == "preloader":
             self.restarts.succeeded()  # a preloader that spawns is a healthy one
@@ -611,10 +671,26 @@ class SmartArbiter(Arbiter):
 
     def start_preloader(self, generation, next_generation=False):
         """Fork a preloader for `generation`: the preloader, or (a HUP) the next one."""
-        pid, channel = start_preloader(self, generation)
+        try:
+            with patches.control_thread_stopped(self):
+                pid, channel = start_preloader(self, generation)
+        except OSError as exc:  # no fd left for its channel (EMFILE), no process (EAGAIN)
+            if not self.ever_ready:
+                raise  # at start: gunicorn's own failures to start end the server too
+            self.preloader_not_started(exc, next_generation)
+            return
         preloader = self.fleet.add_preloader(pid, channel, generation,
                                              self.cfg.preloader_boot_timeout, next_generation)
         self.log.info("Started %r", preloader)
+
+    def preloader_not_started(self, exc, next_generation):
+        if next_generation:
+            self.log.error("Reload failed: could not start a preloader: %s; generation %s "
+                           "keeps serving", exc, self.generation)
+            return
+        delay = self.restarts.failed()
+        self.restart_at = self.restarts.until
+        self.log.error("Could not start a preloader: %s; the next attempt in %ss", exc, delay)
 
     def preloader_starting(self):
         """True while no preloader is ready because one is (re)starting."""
@@ -819,8 +895,18 @@ class SmartArbiter(Arbiter):
         if old_address != self.cfg.address:
             for listener in self.LISTENERS:
                 listener.close()
-            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
-            self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
+            self.LISTENERS = []
+            if per_worker_sockets(self.cfg):
+                # Each worker listens on a seat of its own (seat_for). Unlike gunicorn's
+                # reload, the master binds nothing: a socket of its own in the port's
+                # reuse_port group would take its share of the connections, and nobody
+                # accepts there.
+                self.log.info("Listening at: %s (a socket per worker: reuse_port)",
+                              ",".join(self.cfg.bind))
+            else:
+                self.LISTENERS = sock.create_sockets(self.cfg, self.log)
+                self.log.info("Listening at: %s",
+                              ",".join(str(lnr) for lnr in self.LISTENERS))
         self.cfg.on_reload(self)
         if self.pidfile is not None:
             self.pidfile.unlink()
@@ -832,6 +918,23 @@ class SmartArbiter(Arbiter):
             self.log.warning("spawn_method = 'direct' takes effect on USR2 (re-exec), "
                              "not HUP; still spawning from the preloader")
         return True
+
+
+class NotMade(Exception):
+    """What the master could not make for a spawn (`what`), and the OSError why."""
+
+    def __init__(self, what, error):
+        super().__init__(what, error)
+        self.what, self.error = what, error
+
+
+@contextlib.contextmanager
+def making(what):
+    """Within: an OSError is a NotMade of `what`."""
+    try:
+        yield
+    except OSError as exc:
+        raise NotMade(what, exc) from exc
 
 
 def set_config_env(cfg, on):

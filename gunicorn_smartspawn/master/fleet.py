@@ -129,6 +129,17 @@ class ChildRecord:
                       fds)
 
 
+@dataclasses.dataclass(eq=False)
+class Seat:
+    """reuse_port: one worker's listening sockets, bound by the master for `address`."""
+    address: tuple                    # the configured addresses it was bound for
+    listeners: list
+
+    def close(self):
+        for listener in self.listeners:
+            listener.close()
+
+
 @dataclasses.dataclass(frozen=True)
 class ChannelClosed:
     """Not a message: the spawner's channel hit EOF (it exited; reaped apart)."""
@@ -154,7 +165,7 @@ class Fleet:
         self.by_pid = {}            # every process not reaped yet: pid -> record
         self.pending = {}           # workers queued or sent: age -> record
         self.counters = Counters()  # inherited by every process forked from here on
-        self.seats = {}             # reuse_port: seat number -> its listening sockets
+        self.seats = {}             # reuse_port: seat number -> its Seat
         self.seat_numbers = itertools.count()
         self.preloader = None       # the preloader serving spawn requests
         self.next_preloader = None  # booting after a HUP, for the next generation
@@ -553,31 +564,34 @@ class Fleet:
 
     # -- reuse_port seats ---------------------------------------------------------------
 
-    def seat_for(self, record, leaving, make):
-        """Give `record` a seat no staying worker keeps: one an outgoing or departed worker
-        leaves (`leaving`: pids), else a new one, `make()` (its listening sockets).
+    def seat_for(self, record, leaving, address, make):
+        """Give `record` a seat of `address` (the configured addresses) that no staying
+        worker keeps: one an outgoing or departed worker leaves (`leaving`: pids), else a
+        new one, `make()` (its listening sockets). Returns its listening sockets.
 
         With reuse_port each worker listens on sockets the master binds for it and keeps:
         when a worker is replaced (a HUP, a recycle, a refork) its replacement is given the
         same sockets while the old one still serves, so the connections queued on them
         are served instead of being reset by the kernel when the last copy is closed
-        (plain gunicorn's reuse_port loses them at every HUP)."""
+        (plain gunicorn's reuse_port loses them at every HUP). A seat of other addresses
+        (a HUP changed `bind`) is never handed on: it is closed once its worker is gone."""
         kept = {r.seat for r in (*self.worker_records(), *self.pending.values())
                 if r is not record and (r.pid is None or r.pid not in leaving)}
-        free = [number for number in self.seats if number not in kept]
+        free = [number for number, seat in self.seats.items()
+                if number not in kept and seat.address == address]
         if free:
             record.seat = free[0]
         else:
+            listeners = make()  # first: an OSError leaves the table as it was
             record.seat = next(self.seat_numbers)
-            self.seats[record.seat] = make()
-        return self.seats[record.seat]
+            self.seats[record.seat] = Seat(address, listeners)
+        return self.seats[record.seat].listeners
 
     def close_seats(self):
         """At shutdown (and in a child of the master): the port is released as the
         workers exit, as in gunicorn."""
         for seat in self.seats.values():
-            for listener in seat:
-                listener.close()
+            seat.close()
         self.seats = {}
 
     def close_unused_seats(self):
@@ -586,5 +600,4 @@ class Fleet:
         no spawner can replace it)."""
         held = {r.seat for r in (*self.worker_records(), *self.pending.values())}
         for number in [number for number in self.seats if number not in held]:
-            for listener in self.seats.pop(number):
-                listener.close()
+            self.seats.pop(number).close()

@@ -6,6 +6,8 @@ import pytest
 from fakes import Table, Worker
 from gunicorn_smartspawn.master.fleet import Role, State
 
+ADDRESS = (("127.0.0.1", 8000),)
+
 
 @pytest.fixture
 def table(monkeypatch):
@@ -131,11 +133,11 @@ def test_seats_are_handed_from_a_leaving_worker_to_its_replacement(table):
     old = table.spawn()
     made = []
     make = lambda: made.append(object()) or [made[-1]]  # noqa: E731
-    first = fleet.seat_for(old, set(), make)
+    first = fleet.seat_for(old, set(), ADDRESS, make)
     new = fleet.queue(Worker(9), table.preloader, None, None)
-    assert fleet.seat_for(new, {old.pid}, make) == first and len(made) == 1
+    assert fleet.seat_for(new, {old.pid}, ADDRESS, make) == first and len(made) == 1
     other = fleet.queue(Worker(10), table.preloader, None, None)
-    assert fleet.seat_for(other, set(), make) != first and len(made) == 2
+    assert fleet.seat_for(other, set(), ADDRESS, make) != first and len(made) == 2
 
 
 def test_a_reaped_candidate_given_back_leaves_the_table(table):
@@ -154,9 +156,46 @@ def test_two_workers_asked_at_once_get_two_seats(table):
     old = table.spawn()
     made = []
     make = lambda: made.append(object()) or [made[-1]]  # noqa: E731
-    fleet.seat_for(old, set(), make)
+    fleet.seat_for(old, set(), ADDRESS, make)
     first, second = (fleet.queue(Worker(age), table.preloader, None, None) for age in (8, 9))
     # A worker asked for has no pid yet: it keeps its seat whatever `leaving` holds.
     leaving = {old.pid, None}
-    seats = {fleet.seat_for(first, leaving, make)[0], fleet.seat_for(second, leaving, make)[0]}
+    seats = {fleet.seat_for(record, leaving, ADDRESS, make)[0] for record in (first, second)}
     assert len(seats) == 2
+
+
+class Listener:
+    def __init__(self):
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_seat_is_handed_on_only_for_the_same_addresses(table):
+    fleet = table.fleet
+    old = table.spawn()
+    made = []
+    make = lambda: made.append(Listener()) or [made[-1]]  # noqa: E731
+    first = fleet.seat_for(old, set(), ADDRESS, make)
+    # A HUP changed `bind`: the replacement of a leaving worker gets a new seat.
+    moved = (("127.0.0.1", 9000),)
+    new = fleet.queue(Worker(9), table.preloader, None, None)
+    assert fleet.seat_for(new, {old.pid}, moved, make) != first and len(made) == 2
+    table.reap(old)
+    fleet.release_departed()
+    fleet.close_unused_seats()
+    assert made[0].closed and not made[1].closed
+    assert [seat.address for seat in fleet.seats.values()] == [moved]
+
+
+def test_a_seat_that_cannot_be_bound_leaves_the_table_as_it_was(table):
+    fleet = table.fleet
+    record = fleet.queue(Worker(1), table.preloader, None, None)
+
+    def make():
+        raise OSError(98, "Address already in use")
+
+    with pytest.raises(OSError):
+        fleet.seat_for(record, set(), ADDRESS, make)
+    assert fleet.seats == {} and record.seat is None
