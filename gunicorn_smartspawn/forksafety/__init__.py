@@ -26,6 +26,7 @@ for each new set, and the strict mode refuses.
 import collections
 import fcntl
 import gc
+import logging
 import os
 import socket
 import stat
@@ -169,11 +170,12 @@ def unnamed_threads(descriptions):
 _mapped: dict[int, set[str]] = {}
 
 
-def mapped_files():
-    """The files mapped into this process. From /proc/self/maps itself: psutil's
-    memory_maps() reads smaps, whose page accounting costs ~100x more, at every fork."""
+def mapped_files(fresh=False):
+    """The files mapped into this process (read again if `fresh`). From /proc/self/maps
+    itself: psutil's memory_maps() reads smaps, whose page accounting costs ~100x more, at
+    every fork."""
     pid = os.getpid()
-    if pid not in _mapped:
+    if fresh or pid not in _mapped:
         with open("/proc/self/maps") as maps:
             _mapped[pid] = {line.split(None, 5)[5].strip() for line in maps
                             if len(line.split(None, 5)) == 6}
@@ -226,6 +228,7 @@ def object_findings(objects, hook):
 
 def fd_findings(known_fds, claimed_fds, claimed_peers, hook):
     findings = []
+    log_fds = logging_fds()
     for fd in open_fds():
         if fd in known_fds or fd in claimed_fds:
             continue
@@ -246,20 +249,53 @@ def fd_findings(known_fds, claimed_fds, claimed_peers, hook):
             findings.append(shared_finding("fd %d is a pipe (%s)" % (fd, target), target,
                                            hook))
         elif fd > 2:
-            findings.append(file_finding(fd, target, hook))
+            findings.append(file_finding(fd, target, hook, log_fds))
     return findings
 
 
-def file_finding(fd, target, hook):
+def file_finding(fd, target, hook, log_fds):
     what = "fd %d is %s" % (fd, target)
-    if not read_at_a_shared_offset(fd, target):
+    if shared_lock(fd):
+        return Finding("unsafe", "%s, locked with flock(): the lock belongs to the open file, "
+                       "which every worker would share, so every worker would hold it; take "
+                       "the lock in each worker (post_fork, post_worker_init) instead, or "
+                       "close the file in the %s hook" % (what, hook), what)
+    if fd in log_fds or not read_at_a_shared_offset(fd, target):
         return Finding("debug", what + ", shared with every worker", what)
+    if target in mapped_files(fresh=True):
+        return Finding("debug", what + ", mapped into memory (mmap keeps its own fd): "
+                       "shared with every worker, as a mapping is", what)
     return Finding("unsafe", "%s, open for reading: every worker would share its offset, so a "
                    "seek() and read() in one worker reads where another moved it (a reader "
                    "kept from import: a MaxMind database in file mode, a zipfile.ZipFile, a "
                    "tarfile, shelve/dbm, an index); close it in the %s hook and open it in "
                    "each worker (post_fork, or on first use); reopening it in post_fork, or "
                    "reading it only with os.pread(), also fixes the reads" % (what, hook), what)
+
+
+def shared_lock(fd):
+    """Whether `fd`'s open file holds an flock() or OFD lock: one that belongs to the open
+    file, so a fork shares it (a POSIX fcntl lock belongs to the process: a child has none)."""
+    try:
+        with open("/proc/self/fdinfo/%d" % fd) as info:
+            locks = [line.split()[2] for line in info if line.startswith("lock:")]
+    except OSError:
+        return False
+    return any(kind in ("FLOCK", "OFDLCK") for kind in locks)
+
+
+def logging_fds():
+    """The fds of the logging module's file handlers: a log opened "a+" is written, never
+    read."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    fds = set()
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            try:
+                fds.add(handler.stream.fileno())
+            except (AttributeError, OSError, ValueError):
+                pass  # not a stream handler, or closed
+    return fds
 
 
 def read_at_a_shared_offset(fd, target):

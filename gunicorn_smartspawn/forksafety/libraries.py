@@ -209,7 +209,21 @@ def sqlite_connection(conn):
     if not name:
         return None  # in memory: no file, no lock; each worker has its own copy
     return SharedObject("sqlite3", "an open connection to %s" % name, SQLITE_ACROSS_FORK,
-                        CLOSE_AND_RECONNECT)
+                        CLOSE_AND_RECONNECT, fds=fds_open_on(name))
+
+
+def fds_open_on(path):
+    """The fds open on `path` or on its journal (-journal, -wal, -shm): a database's files,
+    reported as its connection, not as bare files."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            continue
+        if target == path or target.startswith(path + "-"):
+            fds.append(int(name))
+    return tuple(fds)
 
 
 def postgres_connection(conn):

@@ -218,8 +218,10 @@ class ForkSafety(Setting):
         Not blamed, noted at info level once: the threads that their library starts again
         after fork (OpenTelemetry, Sentry, OpenBLAS and OpenMP pools, grpc with
         ``GRPC_ENABLE_FORK_SUPPORT``), and the fds that were open before the application was
-        imported (inherited from the master or from what started gunicorn). Regular files
-        such as logs are fine to share (logged at debug level). See docs/fork-safety.md.
+        imported (inherited from the master or from what started gunicorn). A regular file
+        the application opened for reading is blamed (its offset is shared), and so is one
+        it locked with ``flock()``; logs and memory-mapped files are fine to share (logged
+        at debug level). See docs/fork-safety.md.
         """
 
 
