@@ -53,6 +53,8 @@ class Spawner:
         self.generation = generation
         self.master_pid = server.pid
         self.pid = os.getpid()
+        # What the app's import set (appsignals.py), for each worker forked from here.
+        self.app_signals = None
 
     def init_signals(self):
         signal.set_wakeup_fd(-1)  # the master's or the worker's pipe, closed here
@@ -177,6 +179,10 @@ class Spawner:
         # A TERM waits until the middle process is reaped (a template exits on TERM by
         # raising SystemExit: not halfway through a fork).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # SIGCHLD is ours until the middle process is reaped: ignored, or handled by a
+        # handler that reaps every child (as an on_preload hook may set it), the middle
+        # process would be gone before our waitpid.
+        sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
             middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
             if middle == 0:
@@ -195,6 +201,8 @@ class Spawner:
             theirs.close()
             return None
         finally:
+            if sigchld is not None:  # None: not set from Python, and left so
+                signal.signal(signal.SIGCHLD, sigchld)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if status != 0:
             self.log.error("%s: second fork failed (wait status %s)", self.spawned_from, status)
@@ -300,6 +308,7 @@ class Spawner:
         worker.spawner_pid = self.pid
         worker.generation = self.generation
         worker.template_class = self.template_class
+        worker.app_signals = self.app_signals
         if state_fd is not None:
             try:
                 hookstate.apply(state_fd, server, worker)

@@ -21,6 +21,7 @@ from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.shared import _linux, protocol
 from gunicorn_smartspawn.spawner.base import Spawner
 from gunicorn_smartspawn.spawner.template import Template
+from gunicorn_smartspawn.worker import appsignals
 from gunicorn_smartspawn.worker.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR
 
 
@@ -93,7 +94,10 @@ class Preloader(Spawner):
         started = time.monotonic()
         try:
             self.server.worker_class.before_app_import()  # gevent: monkey-patching
-            self.app.wsgi()
+            self.app_signals = appsignals.record(self.app.wsgi)
+            if self.app_signals:
+                self.log.debug("preloader: the app's import set %s; each worker gets "
+                               "them", self.app_signals.names())
             self.cfg.on_preload(self)
             forksafety.check(self.cfg, self.log, "preloader", "on_preload", self.known_fds())
         except forksafety.ForkUnsafe as exc:

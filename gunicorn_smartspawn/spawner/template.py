@@ -32,6 +32,7 @@ class Template(Spawner):
         super().__init__(worker.server, worker.channel, worker.generation, worker.counters)
         self.worker = worker
         self.listener_fds = listener_fds
+        self.app_signals = worker.app_signals
 
     def run(self):
         started = time.monotonic()

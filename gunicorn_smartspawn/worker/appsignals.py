@@ -1,0 +1,135 @@
+"""The signal dispositions the application installs at import, given to every worker.
+
+A gunicorn worker (without --preload) runs its init_signals() and then imports the app
+(load_wsgi): whatever the import installs wins in that worker, over gunicorn's own
+handlers (a TERM that flushes a buffer, a custom USR1) and over the defaults (SIGCHLD
+ignored, "no zombies from my subprocesses"). With smart spawning the import runs once, in
+the preloader, which must keep its own dispositions to fork: with SIGCHLD ignored (or
+reaped by the app's handler) the kernel takes the double fork's middle process before the
+spawner's waitpid. So:
+
+- during the import, the preloader has what a gunicorn worker has then: gunicorn's worker
+  handlers, as `GunicornHandler`s that call the handler of whatever worker the process is
+  by the time one runs (an app that chains to the handler it replaced reaches the
+  worker's, as under gunicorn);
+- after it, `record()` keeps what the import changed and the preloader takes its own
+  dispositions back;
+- each worker re-applies them where gunicorn's worker would import the app: first thing
+  in load_wsgi, after gunicorn's init_signals (`AppSignals.apply`).
+
+Only dispositions set from Python are seen (signal.getsignal); a C extension's
+sigaction is inherited by the fork and replaced by init_signals, as with --preload.
+"""
+import os
+import signal
+
+# gunicorn's Worker.init_signals(): the worker's handler, by method name, for each signal
+# it handles (tests/unit/test_app_signals.py checks this against gunicorn).
+GUNICORN_HANDLERS = {
+    signal.SIGQUIT: "handle_quit", signal.SIGTERM: "handle_exit",
+    signal.SIGINT: "handle_quit", signal.SIGWINCH: "handle_winch",
+    signal.SIGUSR1: "handle_usr1", signal.SIGABRT: "handle_abort",
+}
+
+# The worker this process is, once it is one (set by AppSignals.apply).
+current_worker = None
+
+
+class GunicornHandler:
+    """gunicorn's handler for one signal, for the app to see and chain to at import.
+
+    In a worker it calls that worker's method; in the spawner, where the import runs, it
+    does what the spawner's own disposition (`fallback`) would have done.
+    """
+
+    def __init__(self, method, fallback):
+        self.method = method
+        self.fallback = fallback
+
+    def __call__(self, sig, frame):
+        if current_worker is not None:
+            return getattr(current_worker, self.method)(sig, frame)
+        if callable(self.fallback):
+            return self.fallback(sig, frame)
+        if self.fallback == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        return None
+
+    def __repr__(self):
+        return "<gunicorn worker's %s>" % self.method
+
+
+def dispositions():
+    """{signal: handler} of every signal whose handler Python knows."""
+    found = {}
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if handler is not None:  # None: set outside Python, nothing we can restore
+            found[sig] = handler
+    return found
+
+
+def signal_name(sig):
+    try:
+        return signal.Signals(sig).name
+    except ValueError:  # a real-time signal between SIGRTMIN and SIGRTMAX
+        return "SIGRTMIN+%d" % (sig - signal.SIGRTMIN)
+
+
+def changes(before, after):
+    """{signal: handler} of what differs in `after` from `before`."""
+    return {sig: handler for sig, handler in after.items() if before.get(sig) != handler}
+
+
+class AppSignals:
+    """What the app's import changed: {signal: handler}, applied in every worker."""
+
+    def __init__(self, changed):
+        self.changed = changed
+
+    def __bool__(self):
+        return bool(self.changed)
+
+    def names(self):
+        return ", ".join(signal_name(sig) for sig in sorted(self.changed))
+
+    def apply(self, worker, keep=()):
+        """In a worker after gunicorn's init_signals: the app's dispositions on top.
+
+        `keep`: signals smartspawn needs for itself in this worker (URG with fork_worker).
+        """
+        global current_worker
+        current_worker = worker
+        for sig, handler in self.changed.items():
+            if sig not in keep:
+                signal.signal(sig, handler)
+
+
+def record(load):
+    """Run `load` (the app's import) as a gunicorn worker would, then take this
+    process's own dispositions back; returns what the import changed (AppSignals)."""
+    own = dispositions()
+    for sig, method in GUNICORN_HANDLERS.items():
+        signal.signal(sig, GunicornHandler(method, own.get(sig, signal.SIG_DFL)))
+    before = dispositions()
+    try:
+        load()
+    finally:
+        after = dispositions()
+        changed = changes(before, after)
+        for sig in set(changed) | set(GUNICORN_HANDLERS):
+            if sig in own:
+                signal.signal(sig, own[sig])
+    return AppSignals(changed)
+
+
+def record_in_worker(load):
+    """Run `load` (the app's import) in a worker that imports the app itself; returns
+    what it changed, for the workers a template will fork from this one."""
+    before = dispositions()
+    load()
+    return AppSignals(changes(before, dispositions()))

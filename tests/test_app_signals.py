@@ -1,0 +1,136 @@
+"""The signal dispositions an app installs at import are each worker's, as under gunicorn
+without --preload (where the import runs in the worker after gunicorn's init_signals), and
+never the spawners': they keep their own to fork.
+
+Each test runs plain gunicorn (sync or gthread) beside smartspawn on the same app and
+compares what a worker has and does.
+"""
+import os
+import re
+import signal
+
+import pytest
+
+from conftest import wait_for
+
+RTMIN1 = signal.SIGRTMIN + 1
+
+# The deregister-and-re-raise pattern, from a module the app imports through importlib:
+# TERM flushes, puts back the handler it replaced (gunicorn's) and sends itself TERM again.
+LAZY_SIGNALS = '''
+import os, signal
+
+from app import record, recorder
+
+previous = signal.getsignal(signal.SIGTERM)
+
+
+def flush_and_deregister(sig, frame):
+    record("term")
+    signal.signal(signal.SIGTERM, previous)
+    os.kill(os.getpid(), sig)
+
+
+flush_and_deregister.__qualname__ = "app:term"
+signal.signal(signal.SIGTERM, flush_and_deregister)
+signal.signal(signal.SIGUSR1, recorder("usr1"))
+signal.signal(signal.SIGUSR2, recorder("usr2"))
+signal.signal(signal.SIGRTMIN + 1, recorder("rtmin1"))
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+'''
+
+
+def start(make_server, mode, worker_class, threads=1, config="", workers=1):
+    server = make_server("app_signals.py", workers=workers, worker_class=worker_class,
+                         env={"SIGNALS_MODE": mode}, args=("--threads", str(threads)),
+                         config=config)
+    (server.root / "lazy_signals.py").write_text(LAZY_SIGNALS)
+    return server.start()
+
+
+def recorded(server):
+    """[(handler name, pid)] from signals.txt."""
+    return [(name, int(pid)) for name, pid in
+            (line.split() for line in (server.root / "signals.txt").read_text().splitlines())
+            ] if (server.root / "signals.txt").exists() else []
+
+
+def assert_no_spawner_errors(server):
+    log = server.log()
+    assert "Traceback" not in log and "fork failed" not in log, log
+
+
+@pytest.mark.parametrize("mode", ["ignore_chld", "reap_chld"])
+def test_sigchld_the_app_sets_at_import_is_each_workers_and_workers_spawn(make_server, mode):
+    """With SIGCHLD ignored or reaped by the app's handler (set at import), workers are
+    forked and replaced as usual, and each has the app's SIGCHLD, as under plain gunicorn:
+    the spawner keeps its own while it forks."""
+    plain = start(make_server, mode, "sync")
+    smart = start(make_server, mode, "smartspawn.Worker")
+    expected = plain.get_json()["dispositions"]
+    assert expected["SIGCHLD"] == {"ignore_chld": "SIG_IGN", "reap_chld": "app:reap"}[mode]
+    assert smart.get_json()["dispositions"] == expected
+    # The app's subprocesses still run and are waited for.
+    assert smart.get_json("/spawn")["returncode"] == plain.get_json("/spawn")["returncode"] == 0
+    # A worker that dies is replaced from the preloader, which still forks.
+    first = smart.worker_pids()[0]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: (smart.worker_pids() or [first])[0] != first and smart.get_ok(),
+             what="a replacement worker\n" + smart.log())
+    assert smart.get_json()["dispositions"] == expected
+    assert_no_spawner_errors(smart)
+    assert smart.stop() == plain.stop() == 0
+
+
+def check_handlers_are_the_workers(server):
+    """Signals to the worker run the app's handlers there; its TERM handler chains to
+    gunicorn's, which stops the worker gracefully (the master replaces it)."""
+    worker = server.worker_pids()[0]
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, RTMIN1):
+        os.kill(worker, sig)
+    names = {"usr1", "usr2", "rtmin1"}
+    wait_for(lambda: {n for n, pid in recorded(server) if pid == worker} == names,
+             what="the app's handlers to run in worker %s" % worker)
+    os.kill(worker, signal.SIGTERM)
+    wait_for(lambda: ("term", worker) in recorded(server), what="the app's TERM handler")
+    wait_for(lambda: worker not in server.worker_pids() and server.worker_pids()
+             and server.get_ok(), what="worker %s to stop and be replaced" % worker)
+    assert re.search(r"Worker exiting \(pid: %d\)" % worker, server.log()), server.log()
+
+
+@pytest.mark.parametrize("mode,threads", [("handlers", 1), ("lazy", 2)])
+def test_handlers_the_app_installs_at_import_are_each_workers(make_server, mode, threads):
+    """The app's handlers (TERM chaining to the one it replaced, USR1, USR2, a real-time
+    signal, INT back to SIG_DFL) are each worker's, as under plain gunicorn: gunicorn's
+    handlers stay for the signals the app left alone; the preloader never runs the app's
+    handlers, not even when it is stopped."""
+    plain = start(make_server, mode, "sync", threads)
+    smart = start(make_server, mode, "smartspawn.Worker", threads)
+    expected = plain.get_json()["dispositions"]
+    assert expected["SIGTERM"] == "app:term" and expected["SIGQUIT"] == "gunicorn:handle_quit"
+    assert smart.get_json()["dispositions"] == expected
+    preloader = smart.preloader_pid()
+    for server in (plain, smart):
+        check_handlers_are_the_workers(server)
+    assert smart.get_json()["dispositions"] == expected
+    assert smart.stop() == plain.stop() == 0
+    assert preloader not in {pid for _, pid in recorded(smart)}
+    assert_no_spawner_errors(smart)
+
+
+def test_a_templates_workers_get_the_apps_handlers(make_server):
+    """After a refork, the workers forked from the template have the app's dispositions
+    too, and the template (a spawner now) does not run them."""
+    plain = start(make_server, "handlers", "sync")
+    smart = start(make_server, "handlers", "smartspawn.Worker",
+                  config="fork_worker = 1000000\n", workers=2)
+    smart.signal(signal.SIGURG)
+    smart.wait_log(r"refork to generation 2 .* done", timeout=30)
+    template = smart.single("smartspawn template")
+    expected = plain.get_json()["dispositions"]
+    assert smart.get_json()["dispositions"] == expected
+    check_handlers_are_the_workers(smart)
+    assert smart.stop() == plain.stop() == 0
+    assert template not in {pid for _, pid in recorded(smart)}
+    assert_no_spawner_errors(smart)
+

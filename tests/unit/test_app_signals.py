@@ -1,0 +1,102 @@
+"""What the app's import installs is recorded, the spawner's own dispositions come back,
+and a worker gets the app's on top of gunicorn's (appsignals.py), in-process."""
+import os
+import signal
+
+import pytest
+from gunicorn.workers import base
+
+from gunicorn_smartspawn.worker import appsignals
+
+
+@pytest.fixture(autouse=True)
+def own_dispositions():
+    """Every test leaves this process's dispositions as it found them."""
+    saved = appsignals.dispositions()
+    yield saved
+    for sig, handler in saved.items():
+        try:
+            signal.signal(sig, handler)
+        except (OSError, ValueError):
+            pass  # SIGKILL, SIGSTOP
+    appsignals.current_worker = None
+
+
+class FakeWorker:
+    def __init__(self):
+        self.calls = []
+
+    def handle_exit(self, sig, frame):
+        self.calls.append(("handle_exit", sig))
+
+
+def test_the_handler_table_is_what_gunicorns_worker_installs():
+    worker = base.Worker.__new__(base.Worker)
+    worker.PIPE = os.pipe()
+    os.set_blocking(worker.PIPE[1], False)
+    try:
+        worker.init_signals()
+        installed = {sig: handler.__name__ for sig, handler in appsignals.dispositions().items()
+                     if getattr(handler, "__self__", None) is worker}
+    finally:
+        signal.set_wakeup_fd(-1)
+        for fd in worker.PIPE:
+            os.close(fd)
+    assert installed == appsignals.GUNICORN_HANDLERS
+
+
+def test_record_keeps_what_the_import_changed_and_gives_the_spawner_its_own_back(
+        own_dispositions):
+    def handler(sig, frame):
+        pass
+
+    def load():
+        signal.signal(signal.SIGUSR2, handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # gunicorn's TERM, replaced
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    recorded = appsignals.record(load)
+    assert recorded.changed == {signal.SIGUSR2: handler, signal.SIGTERM: signal.SIG_DFL,
+                                signal.SIGCHLD: signal.SIG_IGN}
+    assert recorded.names() == "SIGUSR2, SIGTERM, SIGCHLD"
+    assert appsignals.dispositions() == own_dispositions
+
+
+def test_what_the_app_sees_at_import_calls_the_workers_handler():
+    seen = {}
+
+    def load():
+        seen["term"] = signal.getsignal(signal.SIGTERM)
+
+        def flush_then_chain(sig, frame):
+            seen["flushed"] = True
+            seen["term"](sig, frame)
+
+        signal.signal(signal.SIGTERM, flush_then_chain)
+
+    recorded = appsignals.record(load)
+    worker = FakeWorker()
+    recorded.apply(worker)
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    assert seen["flushed"] and worker.calls == [("handle_exit", signal.SIGTERM)]
+
+
+def test_gunicorns_handler_does_the_spawners_own_before_any_worker_exists():
+    calls = []
+    handler = appsignals.GunicornHandler("handle_exit", lambda sig, frame: calls.append(sig))
+    handler(signal.SIGTERM, None)
+    assert calls == [signal.SIGTERM]
+    appsignals.GunicornHandler("handle_winch", signal.SIG_IGN)(signal.SIGWINCH, None)
+
+
+def test_apply_leaves_the_signals_the_worker_keeps():
+    recorded = appsignals.AppSignals({signal.SIGURG: signal.SIG_IGN,
+                                      signal.SIGUSR2: signal.SIG_IGN})
+    signal.signal(signal.SIGURG, signal.SIG_DFL)
+    recorded.apply(FakeWorker(), keep={signal.SIGURG})
+    assert signal.getsignal(signal.SIGURG) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+
+
+def test_a_real_time_signal_is_named():
+    assert appsignals.signal_name(signal.SIGRTMIN + 1) == "SIGRTMIN+1"
