@@ -134,3 +134,54 @@ def test_a_templates_workers_get_the_apps_handlers(make_server):
     assert template not in {pid for _, pid in recorded(smart)}
     assert_no_spawner_errors(smart)
 
+
+
+# -- an exception in a spawner is logged -------------------------------------------------
+
+def breaking_the_spawner(hook, argument):
+    """A hook that makes this spawner's next fork raise, in its own process only."""
+    return '''
+def %s(%s):
+    from gunicorn_smartspawn.spawner.base import Spawner
+
+    def broken(self, inherited=()):
+        raise RuntimeError("the spawner broke after boot")
+
+    Spawner.start_standby = broken
+''' % (hook, argument)
+
+
+def test_an_exception_in_the_preloader_is_logged_with_its_traceback(make_server):
+    """An exception in the preloader after it loaded the app is logged with its traceback
+    before the process ends, as plain gunicorn logs one in a worker after it loaded the
+    app; the master does not claim that workers serve when none exists."""
+    plain = make_server(worker_class="sync", workers=1, config='''
+def post_worker_init(worker):
+    raise RuntimeError("the worker broke after boot")
+''').start(wait=False)
+    smart = make_server(workers=1, config=breaking_the_spawner("on_preload", "preloader"))
+    smart.start(wait=False)
+    assert plain.wait_exit() == 3
+    assert re.search(r"Exception in worker process\nTraceback(.|\n)*"
+                     r"RuntimeError: the worker broke after boot", plain.log()), plain.log()
+    smart.wait_log(r"Exception in preloader \(pid: \d+, gen=1\)\nTraceback(.|\n)*"
+                   r"RuntimeError: the spawner broke after boot")
+    smart.wait_log(r"preloader \(pid: \d+, gen=1\) exited.*; no worker is serving; "
+                   r"a new preloader starts")
+    assert "workers keep serving" not in smart.log()
+    assert smart.stop() == 0
+
+
+def test_an_exception_in_the_template_is_logged_and_the_workers_keep_serving(make_server):
+    """An exception in a refork's template is logged with its traceback as the
+    template's; the master spawns from the preloader again and the workers serve."""
+    smart = make_server(workers=2, config="fork_worker = 1000000\n"
+                        + breaking_the_spawner("pre_template_fork", "worker")).start()
+    smart.signal(signal.SIGURG)
+    smart.wait_log(r"Exception in template \(pid: \d+, gen=2\)\nTraceback(.|\n)*"
+                   r"RuntimeError: the spawner broke after boot", timeout=30)
+    smart.wait_log(r"template .*exited; spawning from the preloader")
+    wait_for(lambda: len(smart.worker_pids()) == 2 and smart.get_ok(),
+             what="two workers serving\n" + smart.log())
+    assert "Exception in worker process" not in smart.log()
+    assert smart.stop() == 0

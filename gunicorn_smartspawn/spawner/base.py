@@ -231,6 +231,9 @@ class Spawner:
             if forksafety.fork_again() == 0:
                 self.run_standby(ours, theirs)
             code = 0
+        except BaseException:
+            self.log.exception("%s: the middle process of a fork (pid: %s) failed",
+                               self.spawned_from, os.getpid())
         finally:
             os._exit(code)
 

@@ -40,6 +40,9 @@ def start_preloader(arbiter, generation):
     try:
         master_end.close()
         code = Preloader(arbiter, child_end, generation, counters).run()
+    except BaseException:
+        arbiter.log.exception("Exception in preloader (pid: %s, gen=%s)",
+                              os.getpid(), generation)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
