@@ -24,7 +24,7 @@ import os
 import signal
 
 # gunicorn's Worker.init_signals(): the worker's handler, by method name, for each signal
-# it handles (tests/unit/test_app_signals.py checks this against gunicorn).
+# it handles (tests/unit/test_appsignals.py checks this against gunicorn).
 GUNICORN_HANDLERS = {
     signal.SIGQUIT: "handle_quit", signal.SIGTERM: "handle_exit",
     signal.SIGINT: "handle_quit", signal.SIGWINCH: "handle_winch",
