@@ -41,7 +41,9 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start(make_server, mode, worker_class, threads=1, config="", workers=1):
+    asgi = worker_class in ("asgi", "smartspawn.ASGIWorker")
     server = make_server("app_signals.py", workers=workers, worker_class=worker_class,
+                         app="app:asgi_app" if asgi else "app:app",
                          env={"SIGNALS_MODE": mode}, args=("--threads", str(threads)),
                          config=config)
     (server.root / "lazy_signals.py").write_text(LAZY_SIGNALS)
@@ -98,16 +100,21 @@ def check_handlers_are_the_workers(server):
     assert re.search(r"Worker exiting \(pid: %d\)" % worker, server.log()), server.log()
 
 
-@pytest.mark.parametrize("mode,threads", [("handlers", 1), ("lazy", 2)])
-def test_handlers_the_app_installs_at_import_are_each_workers(make_server, mode, threads):
+@pytest.mark.parametrize("mode,threads,classes", [
+    ("handlers", 1, ("sync", "smartspawn.Worker")),
+    ("lazy", 2, ("sync", "smartspawn.Worker")),
+    ("handlers", 1, ("asgi", "smartspawn.ASGIWorker")),
+])
+def test_handlers_the_app_installs_at_import_are_each_workers(make_server, mode, threads,
+                                                               classes):
     """The app's handlers (TERM chaining to the one it replaced, USR1, USR2, a real-time
     signal, INT back to SIG_DFL) are each worker's, as under plain gunicorn: gunicorn's
     handlers stay for the signals the app left alone; the preloader never runs the app's
     handlers, not even when it is stopped."""
-    plain = start(make_server, mode, "sync", threads)
-    smart = start(make_server, mode, "smartspawn.Worker", threads)
+    plain = start(make_server, mode, classes[0], threads)
+    smart = start(make_server, mode, classes[1], threads)
     expected = plain.get_json()["dispositions"]
-    assert expected["SIGTERM"] == "app:term" and expected["SIGQUIT"] == "gunicorn:handle_quit"
+    assert expected["SIGTERM"] == "app:term" and expected["SIGQUIT"] != "SIG_DFL"
     assert smart.get_json()["dispositions"] == expected
     preloader = smart.preloader_pid()
     for server in (plain, smart):

@@ -9,9 +9,9 @@ reaped by the app's handler) the kernel takes the double fork's middle process b
 spawner's waitpid. So:
 
 - during the import, the preloader has what a gunicorn worker has then: gunicorn's worker
-  handlers, as `GunicornHandler`s that call the handler of whatever worker the process is
-  by the time one runs (an app that chains to the handler it replaced reaches the
-  worker's, as under gunicorn);
+  handlers, as `GunicornHandler`s that, once the process is a worker, call what that
+  worker had (an app that chains to the handler it replaced reaches the worker's, as
+  under gunicorn);
 - after it, `record()` keeps what the import changed and the preloader takes its own
   dispositions back;
 - each worker re-applies them where gunicorn's worker would import the app: first thing
@@ -23,41 +23,39 @@ sigaction is inherited by the fork and replaced by init_signals, as with --prelo
 import os
 import signal
 
-# gunicorn's Worker.init_signals(): the worker's handler, by method name, for each signal
-# it handles (tests/unit/test_appsignals.py checks this against gunicorn).
-GUNICORN_HANDLERS = {
-    signal.SIGQUIT: "handle_quit", signal.SIGTERM: "handle_exit",
-    signal.SIGINT: "handle_quit", signal.SIGWINCH: "handle_winch",
-    signal.SIGUSR1: "handle_usr1", signal.SIGABRT: "handle_abort",
-}
+# The signals gunicorn's Worker.init_signals() gives a handler of its own, that a worker
+# has when it imports the app (tests/unit/test_appsignals.py checks this against gunicorn).
+GUNICORN_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
+                              signal.SIGWINCH, signal.SIGUSR1, signal.SIGABRT})
 
-# The worker this process is, once it is one (set by AppSignals.apply).
-current_worker = None
+# In a worker: its dispositions where it would have imported the app (AppSignals.apply).
+worker_dispositions = None
 
 
 class GunicornHandler:
     """gunicorn's handler for one signal, for the app to see and chain to at import.
 
-    In a worker it calls that worker's method; in the spawner, where the import runs, it
-    does what the spawner's own disposition (`fallback`) would have done.
+    In a worker it does what the worker had for that signal before the app's dispositions
+    were applied (gunicorn's, or the event-loop worker's); in the spawner, where the
+    import runs, what the spawner's own disposition (`fallback`) does.
     """
 
-    def __init__(self, method, fallback):
-        self.method = method
+    def __init__(self, fallback):
         self.fallback = fallback
 
     def __call__(self, sig, frame):
-        if current_worker is not None:
-            return getattr(current_worker, self.method)(sig, frame)
-        if callable(self.fallback):
-            return self.fallback(sig, frame)
-        if self.fallback == signal.SIG_DFL:
+        target = self.fallback
+        if worker_dispositions is not None:
+            target = worker_dispositions.get(sig, signal.SIG_DFL)
+        if callable(target):
+            return target(sig, frame)
+        if target == signal.SIG_DFL:
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
         return None
 
     def __repr__(self):
-        return "<gunicorn worker's %s>" % self.method
+        return "<gunicorn worker's handler>"
 
 
 def dispositions():
@@ -97,13 +95,13 @@ class AppSignals:
     def names(self):
         return ", ".join(signal_name(sig) for sig in sorted(self.changed))
 
-    def apply(self, worker, keep=()):
+    def apply(self, keep=()):
         """In a worker after gunicorn's init_signals: the app's dispositions on top.
 
         `keep`: signals smartspawn needs for itself in this worker (URG with fork_worker).
         """
-        global current_worker
-        current_worker = worker
+        global worker_dispositions
+        worker_dispositions = dispositions()
         for sig, handler in self.changed.items():
             if sig not in keep:
                 signal.signal(sig, handler)
@@ -113,15 +111,15 @@ def record(load):
     """Run `load` (the app's import) as a gunicorn worker would, then take this
     process's own dispositions back; returns what the import changed (AppSignals)."""
     own = dispositions()
-    for sig, method in GUNICORN_HANDLERS.items():
-        signal.signal(sig, GunicornHandler(method, own.get(sig, signal.SIG_DFL)))
+    for sig in GUNICORN_SIGNALS:
+        signal.signal(sig, GunicornHandler(own.get(sig, signal.SIG_DFL)))
     before = dispositions()
     try:
         load()
     finally:
         after = dispositions()
         changed = changes(before, after)
-        for sig in set(changed) | set(GUNICORN_HANDLERS):
+        for sig in set(changed) | GUNICORN_SIGNALS:
             if sig in own:
                 signal.signal(sig, own[sig])
     return AppSignals(changed)

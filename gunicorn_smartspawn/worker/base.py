@@ -164,7 +164,7 @@ class SmartWorkerMixin:
         if self.app_signals is None:
             self.app_signals = appsignals.record_in_worker(super().load_wsgi)
         else:
-            self.app_signals.apply(self, keep=self.own_signals())
+            self.app_signals.apply(keep=self.own_signals())
             super().load_wsgi()
         # After the app is loaded: its gc thresholds are the ones oob_gc works from.
         self.oob = OutOfBand.for_worker(self, threaded=isinstance(self, gthread.ThreadWorker))

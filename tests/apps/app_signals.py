@@ -10,6 +10,7 @@ SIGNALS_MODE (environment) says what the import does:
 
 Each handler appends "<name> <pid>" to signals.txt in TEST_DIR.
 GET /        -> {"pid", "dispositions": {signal name: description}}
+(`app` for WSGI, `asgi_app` for the ASGI workers)
 GET /spawn   -> runs `true` in a subprocess, {"pid", "returncode"}
 """
 import importlib
@@ -86,14 +87,28 @@ def describe(handler):
     return "other"
 
 
+def respond(path):
+    if path == "/spawn":
+        return {"pid": os.getpid(), "returncode": subprocess.run(["true"]).returncode}
+    return {"pid": os.getpid(),
+            "dispositions": {name: describe(signal.getsignal(signum(name))) for name in WATCHED}}
+
+
 def app(environ, start_response):
-    if environ["PATH_INFO"] == "/spawn":
-        body = {"pid": os.getpid(), "returncode": subprocess.run(["true"]).returncode}
-    else:
-        body = {"pid": os.getpid(),
-                "dispositions": {name: describe(signal.getsignal(signum(name)))
-                                 for name in WATCHED}}
-    data = json.dumps(body).encode()
+    data = json.dumps(respond(environ["PATH_INFO"])).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(data)))])
     return [data]
+
+
+async def asgi_app(scope, receive, send):
+    """The same, for the ASGI workers."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    data = json.dumps(respond(scope["path"])).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})

@@ -19,15 +19,7 @@ def own_dispositions():
             signal.signal(sig, handler)
         except (OSError, ValueError):
             pass  # SIGKILL, SIGSTOP
-    appsignals.current_worker = None
-
-
-class FakeWorker:
-    def __init__(self):
-        self.calls = []
-
-    def handle_exit(self, sig, frame):
-        self.calls.append(("handle_exit", sig))
+    appsignals.worker_dispositions = None
 
 
 def test_the_handler_table_is_what_gunicorns_worker_installs():
@@ -36,13 +28,13 @@ def test_the_handler_table_is_what_gunicorns_worker_installs():
     os.set_blocking(worker.PIPE[1], False)
     try:
         worker.init_signals()
-        installed = {sig: handler.__name__ for sig, handler in appsignals.dispositions().items()
+        installed = {sig for sig, handler in appsignals.dispositions().items()
                      if getattr(handler, "__self__", None) is worker}
     finally:
         signal.set_wakeup_fd(-1)
         for fd in worker.PIPE:
             os.close(fd)
-    assert installed == appsignals.GUNICORN_HANDLERS
+    assert installed == appsignals.GUNICORN_SIGNALS
 
 
 def test_record_keeps_what_the_import_changed_and_gives_the_spawner_its_own_back(
@@ -62,38 +54,39 @@ def test_record_keeps_what_the_import_changed_and_gives_the_spawner_its_own_back
     assert appsignals.dispositions() == own_dispositions
 
 
-def test_what_the_app_sees_at_import_calls_the_workers_handler():
-    seen = {}
+def test_what_the_app_sees_at_import_calls_the_workers_own_handler():
+    seen, calls = {}, []
 
     def load():
         seen["term"] = signal.getsignal(signal.SIGTERM)
 
         def flush_then_chain(sig, frame):
-            seen["flushed"] = True
+            calls.append("flushed")
             seen["term"](sig, frame)
 
         signal.signal(signal.SIGTERM, flush_then_chain)
 
     recorded = appsignals.record(load)
-    worker = FakeWorker()
-    recorded.apply(worker)
+    # Later, in a worker: gunicorn's init_signals, then the app's dispositions.
+    signal.signal(signal.SIGTERM, lambda sig, frame: calls.append("the worker's"))
+    recorded.apply()
     signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
-    assert seen["flushed"] and worker.calls == [("handle_exit", signal.SIGTERM)]
+    assert calls == ["flushed", "the worker's"]
 
 
 def test_gunicorns_handler_does_the_spawners_own_before_any_worker_exists():
     calls = []
-    handler = appsignals.GunicornHandler("handle_exit", lambda sig, frame: calls.append(sig))
+    handler = appsignals.GunicornHandler(lambda sig, frame: calls.append(sig))
     handler(signal.SIGTERM, None)
     assert calls == [signal.SIGTERM]
-    appsignals.GunicornHandler("handle_winch", signal.SIG_IGN)(signal.SIGWINCH, None)
+    appsignals.GunicornHandler(signal.SIG_IGN)(signal.SIGWINCH, None)
 
 
 def test_apply_leaves_the_signals_the_worker_keeps():
     recorded = appsignals.AppSignals({signal.SIGURG: signal.SIG_IGN,
                                       signal.SIGUSR2: signal.SIG_IGN})
     signal.signal(signal.SIGURG, signal.SIG_DFL)
-    recorded.apply(FakeWorker(), keep={signal.SIGURG})
+    recorded.apply(keep={signal.SIGURG})
     assert signal.getsignal(signal.SIGURG) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
 
