@@ -125,12 +125,14 @@ def test_handlers_the_app_installs_at_import_are_each_workers(make_server, mode,
     assert_no_spawner_errors(smart)
 
 
-def test_a_templates_workers_get_the_apps_handlers(make_server):
+@pytest.mark.parametrize("spawn_method", ["smart", "direct"])
+def test_a_templates_workers_get_the_apps_handlers(make_server, spawn_method):
     """After a refork, the workers forked from the template have the app's dispositions
-    too, and the template (a spawner now) does not run them."""
+    too (its TERM handler chaining to each one's own gunicorn handler), also when the
+    template imported the app itself; the template (a spawner now) does not run them."""
     plain = start(make_server, "handlers", "sync")
-    smart = start(make_server, "handlers", "smartspawn.Worker",
-                  config="fork_worker = 1000000\n", workers=2)
+    smart = start(make_server, "handlers", "smartspawn.Worker", workers=2,
+                  config="fork_worker = 1000000\nspawn_method = %r\n" % spawn_method)
     smart.signal(signal.SIGURG)
     smart.wait_log(r"refork to generation 2 .* done", timeout=30)
     template = smart.single("smartspawn template")

@@ -125,9 +125,17 @@ def record(load):
     return AppSignals(changed)
 
 
-def record_in_worker(load):
+def record_in_worker(load, may_fork):
     """Run `load` (the app's import) in a worker that imports the app itself; returns
-    what it changed, for the workers a template will fork from this one."""
+    what it changed. `may_fork`: the worker may become a template (fork_worker), whose
+    children get what it records: what the app chains to must then be a stand-in, which
+    calls each child's own handler, not this worker's."""
+    global worker_dispositions
+    worker_dispositions = own = dispositions()
+    if may_fork:
+        for sig in GUNICORN_SIGNALS:
+            if callable(own.get(sig)):
+                signal.signal(sig, GunicornHandler(own[sig]))
     before = dispositions()
     load()
     return AppSignals(changes(before, dispositions()))

@@ -162,7 +162,8 @@ class SmartWorkerMixin:
         # Where a gunicorn worker imports the app, after its init_signals: what the import
         # installed wins here as it does there.
         if self.app_signals is None:
-            self.app_signals = appsignals.record_in_worker(super().load_wsgi)
+            self.app_signals = appsignals.record_in_worker(super().load_wsgi,
+                                                           may_fork=self.channel is not None)
         else:
             self.app_signals.apply(keep=self.own_signals())
             super().load_wsgi()

@@ -93,3 +93,32 @@ def test_apply_leaves_the_signals_the_worker_keeps():
 
 def test_a_real_time_signal_is_named():
     assert appsignals.signal_name(signal.SIGRTMIN + 1) == "SIGRTMIN+1"
+
+
+def test_a_worker_that_may_become_a_template_records_stand_ins_for_its_children():
+    calls = []
+    signal.signal(signal.SIGTERM, lambda sig, frame: calls.append("worker-0's"))
+    seen = {}
+
+    def load():
+        seen["term"] = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda sig, frame: seen["term"](sig, frame))
+
+    recorded = appsignals.record_in_worker(load, may_fork=True)
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    # In a child of the template: its own gunicorn handler, then the app's on top.
+    signal.signal(signal.SIGTERM, lambda sig, frame: calls.append("the child's"))
+    recorded.apply()
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    assert calls == ["worker-0's", "the child's"]
+
+
+def test_a_worker_that_imports_the_app_for_itself_only_shows_it_its_own_handlers():
+    def handler(sig, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, handler)
+    seen = []
+    recorded = appsignals.record_in_worker(
+        lambda: seen.append(signal.getsignal(signal.SIGTERM)), may_fork=False)
+    assert seen == [handler] and not recorded
