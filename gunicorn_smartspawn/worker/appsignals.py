@@ -33,29 +33,31 @@ worker_dispositions = None
 
 
 class GunicornHandler:
-    """gunicorn's handler for one signal, for the app to see and chain to at import.
+    """gunicorn's handler for `signum`, for the app to see and chain to at import.
 
-    In a worker it does what the worker had for that signal before the app's dispositions
+    In a worker it does what the worker had for `signum` before the app's dispositions
     were applied (gunicorn's, or the event-loop worker's); in the spawner, where the
-    import runs, what the spawner's own disposition (`fallback`) does.
+    import runs, what the spawner's own disposition (`fallback`) does. It acts for
+    `signum` whichever signal it is installed for, as gunicorn's bound method would.
     """
 
-    def __init__(self, fallback):
+    def __init__(self, signum, fallback):
+        self.signum = signum
         self.fallback = fallback
 
     def __call__(self, sig, frame):
         target = self.fallback
         if worker_dispositions is not None:
-            target = worker_dispositions.get(sig, signal.SIG_DFL)
+            target = worker_dispositions.get(self.signum, signal.SIG_DFL)
         if callable(target):
             return target(sig, frame)
-        if target == signal.SIG_DFL:
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
+        if target == signal.SIG_DFL:  # the default action: stop (or dump core) now
+            signal.signal(self.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), self.signum)
         return None
 
     def __repr__(self):
-        return "<gunicorn worker's handler>"
+        return "<gunicorn worker's handler for %s>" % signal_name(self.signum)
 
 
 def dispositions():
@@ -112,7 +114,7 @@ def record(load):
     process's own dispositions back; returns what the import changed (AppSignals)."""
     own = dispositions()
     for sig in GUNICORN_SIGNALS:
-        signal.signal(sig, GunicornHandler(own.get(sig, signal.SIG_DFL)))
+        signal.signal(sig, GunicornHandler(sig, own.get(sig, signal.SIG_DFL)))
     before = dispositions()
     try:
         load()
@@ -135,7 +137,7 @@ def record_in_worker(load, may_fork):
     if may_fork:
         for sig in GUNICORN_SIGNALS:
             if callable(own.get(sig)):
-                signal.signal(sig, GunicornHandler(own[sig]))
+                signal.signal(sig, GunicornHandler(sig, own[sig]))
     before = dispositions()
     load()
     return AppSignals(changes(before, dispositions()))

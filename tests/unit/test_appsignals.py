@@ -76,10 +76,24 @@ def test_what_the_app_sees_at_import_calls_the_workers_own_handler():
 
 def test_gunicorns_handler_does_the_spawners_own_before_any_worker_exists():
     calls = []
-    handler = appsignals.GunicornHandler(lambda sig, frame: calls.append(sig))
+    handler = appsignals.GunicornHandler(signal.SIGTERM, lambda sig, frame: calls.append(sig))
     handler(signal.SIGTERM, None)
     assert calls == [signal.SIGTERM]
-    appsignals.GunicornHandler(signal.SIG_IGN)(signal.SIGWINCH, None)
+    appsignals.GunicornHandler(signal.SIGWINCH, signal.SIG_IGN)(signal.SIGWINCH, None)
+
+
+def test_gunicorns_handler_installed_for_another_signal_acts_for_its_own():
+    calls = []
+
+    def load():
+        signal.signal(signal.SIGUSR2, signal.getsignal(signal.SIGTERM))
+
+    recorded = appsignals.record(load)
+    signal.signal(signal.SIGTERM, lambda sig, frame: calls.append("TERM's handler"))
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)   # gunicorn's reset
+    recorded.apply()
+    signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)
+    assert calls == ["TERM's handler"]
 
 
 def test_apply_leaves_the_signals_the_worker_keeps():
