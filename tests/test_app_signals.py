@@ -84,6 +84,22 @@ def test_sigchld_the_app_sets_at_import_is_each_workers_and_workers_spawn(make_s
     assert smart.stop() == plain.stop() == 0
 
 
+def test_the_preloader_forks_when_its_on_preload_hook_ignores_sigchld(make_server):
+    """SIGCHLD set by on_preload (the preloader's own, not the app's import) is the
+    spawner's to own while it forks: workers are forked and replaced."""
+    server = make_server("app_signals.py", workers=2, env={"SIGNALS_MODE": "none"}, config='''
+import signal
+def on_preload(preloader):
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+''').start()
+    first = server.worker_pids()[0]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: first not in server.worker_pids() and len(server.worker_pids()) == 2
+             and server.get_ok(), what="a replacement worker\n" + server.log())
+    assert_no_spawner_errors(server)
+    assert server.stop() == 0
+
+
 def check_handlers_are_the_workers(server):
     """Signals to the worker run the app's handlers there; its TERM handler chains to
     gunicorn's, which stops the worker gracefully (the master replaces it)."""

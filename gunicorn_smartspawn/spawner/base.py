@@ -36,6 +36,22 @@ def ignore_signal(_signum, _frame):
     pass
 
 
+def take_sigchld():
+    """SIGCHLD at its default until the middle process of a fork is reaped; returns the
+    disposition to put back, or None if there is none to.
+
+    Ignored, or with a handler that reaps every child (an on_preload hook may set
+    either), the middle process would be gone before our waitpid. Left alone when it is
+    already the default: under gevent, setting it resets the event loop's own SIGCHLD
+    handler, which its waitpid relies on.
+    """
+    current = signal.getsignal(signal.SIGCHLD)
+    if current in (signal.SIG_DFL, None):  # None: not set from Python; left so
+        return None
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    return current
+
+
 class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
@@ -179,10 +195,7 @@ class Spawner:
         # A TERM waits until the middle process is reaped (a template exits on TERM by
         # raising SystemExit: not halfway through a fork).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        # SIGCHLD is ours until the middle process is reaped: ignored, or handled by a
-        # handler that reaps every child (as an on_preload hook may set it), the middle
-        # process would be gone before our waitpid.
-        sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sigchld = take_sigchld()
         try:
             middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
             if middle == 0:
@@ -201,7 +214,7 @@ class Spawner:
             theirs.close()
             return None
         finally:
-            if sigchld is not None:  # None: not set from Python, and left so
+            if sigchld is not None:
                 signal.signal(signal.SIGCHLD, sigchld)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if status != 0:
