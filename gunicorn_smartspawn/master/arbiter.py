@@ -864,8 +864,9 @@ class SmartArbiter(Arbiter):
             raise HaltServer("%s (%r exited%s)" % (reason, spawner, detail), code)
         delay = self.restarts.failed()
         self.restart_at = self.restarts.until
-        self.log.error("%r exited%s; the workers keep serving; a new preloader starts "
-                       "in %ss", spawner, detail, delay)
+        serving = "the workers keep serving" if self.WORKERS else "no worker is serving"
+        self.log.error("%r exited%s; %s; a new preloader starts in %ss",
+                       spawner, detail, serving, delay)
 
     # -- HUP --------------------------------------------------------------------------
 

@@ -36,6 +36,22 @@ def ignore_signal(_signum, _frame):
     pass
 
 
+def take_sigchld():
+    """SIGCHLD at its default until the middle process of a fork is reaped; returns the
+    disposition to put back, or None if there is none to.
+
+    Ignored, or with a handler that reaps every child (an on_preload hook may set
+    either), the middle process would be gone before our waitpid. Left alone when it is
+    already the default: under gevent, setting it resets the event loop's own SIGCHLD
+    handler, which its waitpid relies on.
+    """
+    current = signal.getsignal(signal.SIGCHLD)
+    if current in (signal.SIG_DFL, None):  # None: not set from Python; left so
+        return None
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    return current
+
+
 class Spawner:
     """The serving half of a spawner process. Subclasses set `spawned_from`."""
 
@@ -53,6 +69,8 @@ class Spawner:
         self.generation = generation
         self.master_pid = server.pid
         self.pid = os.getpid()
+        # What the app's import set (appsignals.py), for each worker forked from here.
+        self.app_signals = None
 
     def init_signals(self):
         signal.set_wakeup_fd(-1)  # the master's or the worker's pipe, closed here
@@ -177,6 +195,7 @@ class Spawner:
         # A TERM waits until the middle process is reaped (a template exits on TERM by
         # raising SystemExit: not halfway through a fork).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        sigchld = take_sigchld()
         try:
             middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
             if middle == 0:
@@ -195,6 +214,8 @@ class Spawner:
             theirs.close()
             return None
         finally:
+            if sigchld is not None:
+                signal.signal(signal.SIGCHLD, sigchld)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if status != 0:
             self.log.error("%s: second fork failed (wait status %s)", self.spawned_from, status)
@@ -223,6 +244,9 @@ class Spawner:
             if forksafety.fork_again() == 0:
                 self.run_standby(ours, theirs)
             code = 0
+        except BaseException:
+            self.log.exception("%s: the middle process of a fork (pid: %s) failed",
+                               self.spawned_from, os.getpid())
         finally:
             os._exit(code)
 
@@ -300,6 +324,7 @@ class Spawner:
         worker.spawner_pid = self.pid
         worker.generation = self.generation
         worker.template_class = self.template_class
+        worker.app_signals = self.app_signals
         if state_fd is not None:
             try:
                 hookstate.apply(state_fd, server, worker)

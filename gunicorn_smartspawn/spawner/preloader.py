@@ -21,6 +21,7 @@ from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.shared import _linux, protocol
 from gunicorn_smartspawn.spawner.base import Spawner
 from gunicorn_smartspawn.spawner.template import Template
+from gunicorn_smartspawn.worker import appsignals
 from gunicorn_smartspawn.worker.base import APP_LOAD_ERROR, WORKER_BOOT_ERROR
 
 
@@ -39,6 +40,9 @@ def start_preloader(arbiter, generation):
     try:
         master_end.close()
         code = Preloader(arbiter, child_end, generation, counters).run()
+    except BaseException:
+        arbiter.log.exception("Exception in preloader (pid: %s, gen=%s)",
+                              os.getpid(), generation)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -93,7 +97,10 @@ class Preloader(Spawner):
         started = time.monotonic()
         try:
             self.server.worker_class.before_app_import()  # gevent: monkey-patching
-            self.app.wsgi()
+            self.app_signals = appsignals.record(self.app.wsgi)
+            if self.app_signals:
+                self.log.debug("preloader: the app's import set %s; each worker gets "
+                               "them", self.app_signals.names())
             self.cfg.on_preload(self)
             forksafety.check(self.cfg, self.log, "preloader", "on_preload", self.known_fds())
         except forksafety.ForkUnsafe as exc:

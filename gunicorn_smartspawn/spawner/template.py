@@ -32,8 +32,19 @@ class Template(Spawner):
         super().__init__(worker.server, worker.channel, worker.generation, worker.counters)
         self.worker = worker
         self.listener_fds = listener_fds
+        self.app_signals = worker.app_signals
 
     def run(self):
+        """Become the template and fork until retired; an exception ends the process
+        (exit code 1), logged here: the master falls back to the preloader."""
+        try:
+            self.become_template()
+        except Exception:
+            self.log.exception("Exception in template (pid: %s, gen=%s)",
+                               self.pid, self.generation)
+            raise SystemExit(1) from None
+
+    def become_template(self):
         started = time.monotonic()
         self.channel.settimeout(ORDERS_TIMEOUT)
         try:

@@ -25,7 +25,7 @@ from gunicorn.errors import AppImportError
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
-from gunicorn_smartspawn.worker import forkgate
+from gunicorn_smartspawn.worker import appsignals, forkgate
 from gunicorn_smartspawn.worker.oob import OutOfBand
 
 # gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
@@ -59,6 +59,9 @@ class SmartWorkerMixin:
     over_limit = 0
     served = False
     pre_fork_state = None     # what pre_fork left, pickled for the spawner (hookstate.py)
+    # The signal dispositions the app's import installed (appsignals.py): recorded by the
+    # spawner that imported it, or by this worker when it imports the app itself.
+    app_signals = None
 
     @property
     def preloaded(self):
@@ -69,6 +72,11 @@ class SmartWorkerMixin:
         super().init_signals()
         # The master's URG handler (direct spawns) or the spawner's SIG_IGN is inherited.
         signal.signal(signal.SIGURG, self.handle_urg if self.channel else signal.SIG_DFL)
+
+    def own_signals(self):
+        """Signals the app's dispositions must not replace in this worker: with
+        fork_worker, URG is how the master asks for a template."""
+        return {signal.SIGURG} if self.channel is not None else set()
 
     @classmethod
     def before_app_import(cls):
@@ -151,7 +159,14 @@ class SmartWorkerMixin:
     oob = None
 
     def load_wsgi(self):
-        super().load_wsgi()
+        # Where a gunicorn worker imports the app, after its init_signals: what the import
+        # installed wins here as it does there.
+        if self.app_signals is None:
+            self.app_signals = appsignals.record_in_worker(super().load_wsgi,
+                                                           may_fork=self.channel is not None)
+        else:
+            self.app_signals.apply(keep=self.own_signals())
+            super().load_wsgi()
         # After the app is loaded: its gc thresholds are the ones oob_gc works from.
         self.oob = OutOfBand.for_worker(self, threaded=isinstance(self, gthread.ThreadWorker))
         self.wrap_app()
