@@ -7,7 +7,10 @@ import re
 import signal
 import time
 
+import pytest
+
 from conftest import LoadLoop, wait_for
+from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.master.refork import LONG_REQUEST
 
 POST_FORK = '''
@@ -371,3 +374,40 @@ def test_an_on_refork_hook_that_fails_once_lets_a_later_refork_through(make_serv
     assert log.count("Exception in on_refork hook") == 1
     assert log.index("abandoned: on_refork raised OSError") < log.index("Refork to generation 2")
     assert generations(server) == [2, 2]
+
+
+
+# Floats in one list: the template's immortal pass goes through them again, which takes
+# longer than BIG_HEAP_TIMEOUT here (it logs how long; asserted below).
+BIG_HEAP = 10_000_000
+BIG_HEAP_TIMEOUT = 2
+
+
+@pytest.mark.skipif(immortal.unsupported() is not None, reason=str(immortal.unsupported()))
+@pytest.mark.parametrize("kind", ["floats", "pairs"])
+def test_a_templates_immortal_pass_longer_than_timeout_keeps_its_heartbeat(make_server,
+                                                                            kind):
+    """gc_freeze = "immortal" + fork_worker on a heap whose pass outlasts `timeout` (one
+    list of floats; or tuples, each tracked by the collector): the candidate is a worker
+    until ready, and its heartbeat goes on through the pass: no WORKER TIMEOUT, the refork
+    completes. Plain gunicorn -k sync serves the same app with the same `timeout`
+    without a timeout."""
+    limits = "timeout = %d\ngraceful_timeout = 1\n" % BIG_HEAP_TIMEOUT
+    env = {"BIG_HEAP": str(BIG_HEAP), "BIG_HEAP_KIND": kind}
+    smart = make_server(app_file="long_requests.py", env=env,
+                        config='gc_freeze = "immortal"\nfork_worker = True\n' + limits)
+    plain = make_server(app_file="long_requests.py", env=env, config=limits,
+                        worker_class="sync")
+    smart.start(wait=False)
+    plain.start(wait=False)
+    smart.wait_ready(timeout=60)
+    plain.wait_ready(timeout=60)
+    smart.signal(signal.SIGURG)
+    smart.wait_log(r"refork to generation 2 \(URG\) done", timeout=60)
+    seconds = float(smart.wait_log(r"template \(pid: \d+, gen=2\) made \d+ objects "
+                                   r"immortal in ([\d.]+)s").group(1))
+    assert seconds > BIG_HEAP_TIMEOUT, "the pass must outlast timeout to show anything"
+    assert smart.get_ok() and plain.get_ok()
+    for server in (smart, plain):
+        assert "WORKER TIMEOUT" not in server.log()
+    assert "abandoned" not in smart.log()

@@ -4,14 +4,19 @@ GET /            -> {"pid"}
 GET /sleep?S     -> sleeps S seconds, then {"pid"}
 GET /stream?S    -> streams a chunk every 0.25 s for S seconds, then {"pid"}
 A long request appends "<pid>" to TEST_DIR/started.txt as it begins.
-BIG_HEAP=N (environment): N floats in one list, built at import.
+BIG_HEAP=N (environment): N floats in one list, built at import; with BIG_HEAP_KIND=pairs,
+N // 3 tuples of two floats (N objects, each tuple tracked by the collector).
 """
 import json
 import os
 import time
 
 TEST_DIR = os.environ["TEST_DIR"]
-HEAP = [float(i) for i in range(int(os.environ.get("BIG_HEAP", "0")))]
+SIZE = int(os.environ.get("BIG_HEAP", "0"))
+if os.environ.get("BIG_HEAP_KIND") == "pairs":
+    HEAP = [(float(i), float(-i)) for i in range(SIZE // 3)]
+else:
+    HEAP = [float(i) for i in range(SIZE)]
 
 
 def started():
