@@ -1,17 +1,22 @@
 """Refork policy and sequence, as the master sees them (fork_worker).
 
-A refork: the oldest booted worker (the candidate) that the application did not mark
-with no_longer_fork_safe() is to become the template. Spawn before retire: first a
-stand-in is spawned, one worker over `workers`, so that capacity does not drop while the
-candidate leaves service; once it serves, the candidate gets BecomeTemplate + SIGURG,
-finishes its requests and reports ready as a template; the master then replaces every
-older worker, one at a time (lifecycle.py): an old worker is stopped only once its
-replacement and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
+A refork: a booted worker (the candidate) that the application did not mark with
+no_longer_fork_safe() is to become the template, an idle one first (choose_candidate).
+Spawn before retire: first a stand-in is spawned, one worker over `workers`, so that
+capacity does not drop while the candidate leaves service; once it serves, and the
+candidate is not in a long request, the candidate gets BecomeTemplate + SIGURG, finishes
+its requests and reports ready as a template; the master then replaces every older
+worker, one at a time (lifecycle.py): an old worker is stopped only once its replacement
+and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
 control socket's `refork`, and `refork_on_memory` (lifecycle.py).
 
+A refork past its deadline is abandoned, never by killing the candidate: a request it
+serves within `timeout` finishes, as across a HUP. Every abandoned refork but a HUP's
+makes the next one wait (RETRY_DELAYS).
+
 The Reforker is a policy (actions.py): it owns the refork in progress, the one requested
-meanwhile, the thresholds and the gate retries; it reads the table of children
-(fleet.py) and yields what the arbiter is to do.
+meanwhile, the thresholds and the retries; it reads the table of children (fleet.py) and
+yields what the arbiter is to do.
 """
 import signal
 import time
@@ -259,8 +264,10 @@ class Reforker:
         return busy_for(self.fleet.counters, record, self.clock())
 
     def stand_in_serves(self, refork, situation):
+        # SERVING: not outgoing, not stopping, nor an abandoned refork's candidate
+        # finishing its request.
         serving = [r for r in self.fleet.worker_records()
-                   if r is not refork.candidate and not r.outgoing and r.heartbeat_moved()]
+                   if r.state is State.SERVING and r.heartbeat_moved()]
         return not self.fleet.pending and len(serving) >= situation.workers
 
     def worker_stopping(self, record, sig):

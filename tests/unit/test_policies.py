@@ -379,3 +379,36 @@ def test_a_memory_refork_waits_while_the_same_sample_replaces_a_worker(table):
         decisions = decide(policy, table, situation(), NO, may_refork)
         clock.advance(1.0)
     assert kinds(decisions) == ["Replace", "Replace"]
+
+
+def test_a_refork_abandoned_while_its_candidate_is_named_goes_no_further(table):
+    """What the arbiter does when on_refork raises: it abandons the refork as it carries
+    out BeginRefork; the policy then neither logs nor counts a started refork."""
+    policy = reforker(table, fork_worker=[10 ** 9])
+    candidate, _other = table.spawn(), table.spawn()
+    steps = policy.request("URG", situation())
+    assert next(steps) == actions.BeginRefork(candidate)
+    assert list(policy.abort("on_refork raised RuntimeError()")) == [
+        actions.GiveBack(candidate)]
+    assert list(steps) == []
+    assert policy.current is None and policy.busy(situation()) == (
+        "waiting to retry after an abandoned refork")
+
+
+def test_an_abandoned_candidate_finishing_its_request_is_no_stand_in(table):
+    """A told candidate left finishing its request after an abandoned refork still serves
+    as far as gunicorn knows; the next refork's stand-in must be a worker of its own."""
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[10 ** 9], graceful_timeout=5)
+    first, second = table.spawn(), table.spawn()
+    apply(table.fleet, policy.request("URG", situation()))
+    table.spawn()
+    assert decide(policy, table, situation()) == [actions.TellCandidate(first, 2)]
+    clock.advance(16)
+    decide(policy, table, situation(workers=3))  # abandoned; `first` is still a candidate
+    clock.advance(RETRY_DELAYS[0])
+    assert kinds(apply(table.fleet, policy.request("URG", situation()))) == ["BeginRefork"]
+    assert policy.current.candidate is second
+    assert decide(policy, table, situation()) == []  # stand-in: not `first`, not yet
+    table.spawn()
+    assert decide(policy, table, situation()) == [actions.TellCandidate(second, 2)]
