@@ -287,12 +287,14 @@ def long_requests(pool, server, path, count):
 def test_a_refork_never_kills_a_long_request_on_its_candidate(make_server):
     """Every worker in a request longer than graceful_timeout + 10, within `timeout`: the
     candidate is not told while it serves one, the refork is abandoned at its deadline,
-    nothing is killed, every request finishes, and a later refork works. Plain gunicorn
-    -k sync lets the same requests finish across a HUP."""
+    nothing is killed, every request finishes, the candidate keeps serving (its stand-in
+    leaves), and a later refork works. Plain gunicorn -k sync lets the same requests
+    finish across a HUP."""
     smart = make_server(app_file="long_requests.py",
                         config="fork_worker = True\n" + LONG_LIMITS).start()
     plain = make_server(app_file="long_requests.py", config=LONG_LIMITS,
                         worker_class="sync").start()
+    workers = smart.worker_pids()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         on_smart = long_requests(pool, smart, "/sleep?%d" % LONG, 2)
         on_plain = long_requests(pool, plain, "/sleep?%d" % LONG, 2)
@@ -307,6 +309,8 @@ def test_a_refork_never_kills_a_long_request_on_its_candidate(make_server):
         assert [f.result()[0] for f in on_plain] == [200, 200]
         smart_bodies = [json.loads(f.result()[1]) for f in on_smart]
     assert int(abandoned.group(1)) in {body["pid"] for body in smart_bodies}
+    # The candidate, never told, keeps serving; the stand-in spawned for it leaves.
+    wait_for(lambda: smart.worker_pids() == workers, what="the workers from before")
     log = smart.log()
     assert "killing it" not in log and "SIGKILL" not in log and "WORKER TIMEOUT" not in log
     assert "Refork to generation 2" in log

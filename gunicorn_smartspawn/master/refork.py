@@ -68,8 +68,11 @@ def busy_for(counters, record, now):
 class Refork:
     """One refork in progress."""
 
-    def __init__(self, candidate, generation, reason, threshold, started, promote_timeout):
+    def __init__(self, candidate, generation, reason, threshold, started, promote_timeout,
+                 newest_age):
         self.candidate = candidate          # its record
+        self.newest_age = newest_age        # of the workers at its start: younger ones
+                                            # came after (its stand-in)
         self.generation = generation
         self.reason = reason
         self.threshold = threshold          # the request count that triggered it, or None
@@ -200,8 +203,9 @@ class Reforker:
             return
         generation = situation.generation + 1
         self.last_refork_at = self.clock()
+        newest = max(r.worker.age for r in self.fleet.worker_records())
         refork = self.current = Refork(candidate, generation, reason, threshold, self.clock(),
-                                       promote_timeout=self.cfg.graceful_timeout + 10)
+                                       self.cfg.graceful_timeout + 10, newest)
         yield BeginRefork(candidate)
         if self.current is not refork:
             return  # on_refork raised: abandoned already
@@ -241,8 +245,8 @@ class Reforker:
                 yield from self.promotion_timed_out(refork)
             elif (not refork.signalled and self.stand_in_serves(refork, situation)
                     and self.busy_for(refork.candidate) <= LONG_REQUEST):
-                # Told between requests: a request it is serving would hold the
-                # promotion until it ends, however long that is within `timeout`.
+                # Not told while in a long request: that request would hold the
+                # promotion until it ends, however long `timeout` lets it run.
                 refork.signalled = True
                 yield TellCandidate(refork.candidate, refork.generation)
             return
@@ -292,14 +296,22 @@ class Reforker:
                     candidate.pid, busy)
             else:
                 why = "no stand-in served within %.0fs" % seconds
-            yield from self.abort(why)  # it keeps serving, never told
+            yield from self.abort(why)
+            # Never told, it keeps serving: the stand-in is the worker over `workers`.
+            stand_ins = [r for r in self.fleet.worker_records()
+                         if r.worker.age > refork.newest_age and r.state is State.SERVING]
+            if stand_ins:
+                yield Replace(stand_ins[0], "%r was abandoned: its stand-in is not needed"
+                              % refork)
             return
         # Told, and still not ready: a request that came in as it was told, a slow
-        # pre_template_fork. It finishes that; then, as a template nobody waits for, it is
-        # retired (or stopped first as the worker over `workers`).
+        # pre_template_fork. It finishes that, then, ready as a template nobody waits
+        # for, is retired. Outgoing meanwhile: not counted, so no other worker is
+        # stopped as the one over `workers`.
         yield from self.abort("the candidate (pid: %s) did not become the template within "
                               "%.0fs; it is not stopped: what it serves may finish"
                               % (candidate.pid, seconds))
+        yield Replace(candidate, "%r was abandoned after it was told" % refork)
 
     def finish(self):
         refork, self.current = self.current, None

@@ -233,9 +233,10 @@ def test_a_told_candidate_that_never_gets_ready_is_abandoned_not_killed(table):
     assert decide(policy, table, situation()) == [actions.TellCandidate(candidate, 2)]
     in_request(table, candidate, clock, 0.5)  # one that came in as it was told
     clock.advance(16)
-    assert decide(policy, table, situation(workers=3)) == []
+    decisions = decide(policy, table, situation(workers=3))
+    assert kinds(decisions) == ["Replace"] and decisions[0].record is candidate
     assert policy.current is None and candidate.state is State.CANDIDATE
-    assert table.signals == []
+    assert candidate.outgoing and table.signals == []  # not counted toward `workers`
     # Once its request ends it reports ready: retired, not made the template.
     table.fleet.template_ready(candidate)
     assert apply(table.fleet, policy.template_ready(candidate, 0.1)) == [
@@ -250,14 +251,16 @@ def test_a_candidate_in_a_long_request_is_not_told_and_keeps_serving(table):
     table.fleet.counters.set(candidate.slot, "requests", 1)
     decide(policy, table, situation())
     in_request(table, candidate, clock, LONG_REQUEST + 1)
-    table.spawn()  # the stand-in serves
+    stand_in = table.spawn()
     for _ in range(15):
         assert decide(policy, table, situation()) == []
         clock.advance(1)
     clock.advance(1)  # graceful_timeout + 10
     decisions = decide(policy, table, situation(workers=3))
-    assert decisions == [actions.GiveBack(candidate)]
-    assert candidate.state is State.SERVING and table.signals == []
+    assert kinds(decisions) == ["GiveBack", "Replace"]
+    # The stand-in, not the candidate, is the worker over `workers` now.
+    assert decisions[0].candidate is candidate and decisions[1].record is stand_in
+    assert candidate.state is State.SERVING and stand_in.outgoing and table.signals == []
 
 
 def test_a_candidate_told_once_its_request_ends(table):
@@ -395,9 +398,9 @@ def test_a_refork_abandoned_while_its_candidate_is_named_goes_no_further(table):
         "waiting to retry after an abandoned refork")
 
 
-def test_an_abandoned_candidate_finishing_its_request_is_no_stand_in(table):
-    """A told candidate left finishing its request after an abandoned refork still serves
-    as far as gunicorn knows; the next refork's stand-in must be a worker of its own."""
+def test_no_refork_starts_while_an_abandoned_candidate_finishes_its_request(table):
+    """A told candidate left finishing its request after an abandoned refork is outgoing:
+    a new refork waits until it is gone, and its stand-in is a worker of its own."""
     clock = Clock()
     policy = reforker(table, clock, fork_worker=[10 ** 9], graceful_timeout=5)
     first, second = table.spawn(), table.spawn()
@@ -407,8 +410,12 @@ def test_an_abandoned_candidate_finishing_its_request_is_no_stand_in(table):
     clock.advance(16)
     decide(policy, table, situation(workers=3))  # abandoned; `first` is still a candidate
     clock.advance(RETRY_DELAYS[0])
-    assert kinds(apply(table.fleet, policy.request("URG", situation()))) == ["BeginRefork"]
+    assert apply(table.fleet, policy.request("URG", situation())) == []
+    assert policy.busy(situation()) == "workers are being replaced"
+    table.fleet.template_ready(first)  # its request is over: ready, and retired
+    assert apply(table.fleet, policy.template_ready(first, 0.1)) == [actions.Retire(first)]
+    assert kinds(decide(policy, table, situation())) == ["BeginRefork"]
     assert policy.current.candidate is second
-    assert decide(policy, table, situation()) == []  # stand-in: not `first`, not yet
+    assert decide(policy, table, situation()) == []  # its own stand-in: not yet
     table.spawn()
     assert decide(policy, table, situation()) == [actions.TellCandidate(second, 2)]
