@@ -381,23 +381,21 @@ def test_an_on_refork_hook_that_fails_once_lets_a_later_refork_through(make_serv
 
 
 
-# Floats in one list: the template's immortal pass goes through them again, which takes
-# longer than BIG_HEAP_TIMEOUT here (it logs how long; asserted below).
+# Objects of the app's heap (long_requests.py): the template's immortal pass goes through
+# them again, which takes longer than BIG_HEAP_TIMEOUT here (it logs how long; asserted).
 BIG_HEAP = 10_000_000
 BIG_HEAP_TIMEOUT = 2
 
 
 @pytest.mark.skipif(immortal.unsupported() is not None, reason=str(immortal.unsupported()))
-@pytest.mark.parametrize("kind", ["floats", "pairs"])
-def test_a_templates_immortal_pass_longer_than_timeout_keeps_its_heartbeat(make_server,
-                                                                            kind):
+def test_a_templates_immortal_pass_longer_than_timeout_keeps_its_heartbeat(make_server):
     """gc_freeze = "immortal" + fork_worker on a heap whose pass outlasts `timeout` (one
-    list of floats; or tuples, each tracked by the collector): the candidate is a worker
-    until ready, and its heartbeat goes on through the pass: no WORKER TIMEOUT, the refork
-    completes. Plain gunicorn -k sync serves the same app with the same `timeout`
-    without a timeout."""
+    big list of floats, and millions of small lists the collector tracks): the candidate
+    is a worker until ready, and its heartbeat goes on through the pass: no WORKER
+    TIMEOUT, the refork completes. Plain gunicorn -k sync serves the same app with the
+    same `timeout` without a timeout."""
     limits = "timeout = %d\ngraceful_timeout = 1\n" % BIG_HEAP_TIMEOUT
-    env = {"BIG_HEAP": str(BIG_HEAP), "BIG_HEAP_KIND": kind}
+    env = {"BIG_HEAP": str(BIG_HEAP)}
     smart = make_server(app_file="long_requests.py", env=env,
                         config='gc_freeze = "immortal"\nfork_worker = True\n' + limits)
     plain = make_server(app_file="long_requests.py", env=env, config=limits,
@@ -415,3 +413,30 @@ def test_a_templates_immortal_pass_longer_than_timeout_keeps_its_heartbeat(make_
     for server in (smart, plain):
         assert "WORKER TIMEOUT" not in server.log()
     assert "abandoned" not in smart.log()
+
+
+def log_seconds(line):
+    """The time of a gunicorn log line, in seconds (its resolution)."""
+    stamp = re.match(r"\[(\d+-\d+-\d+ \d+:\d+:\d+)", line).group(1)
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+
+
+def test_a_candidate_timed_out_in_its_preparation_is_not_replaced_by_another_at_once(
+        make_server):
+    """A preparation longer than `timeout` (here a slow pre_template_fork) gets the
+    candidate killed as WORKER TIMEOUT, as gunicorn kills any worker past it; the refork
+    is abandoned and each next attempt waits longer (1 s, then 2 s, ...) instead of
+    starting at once on the next worker past the threshold."""
+    config = ("fork_worker = [3]\ntimeout = 2\ngraceful_timeout = 1\n"
+              "def pre_template_fork(worker):\n"
+              "    import time\n"
+              "    time.sleep(30)\n")
+    server = make_server(workers=2, config=config).start()
+    with LoadLoop(server):
+        server.wait_log(r"abandoned: [^\n]*; no refork for 2s\n(.*\n)*.*Refork to generation",
+                        timeout=40)
+    lines = server.log().splitlines()
+    waited = next(i for i, line in enumerate(lines) if "no refork for 2s" in line)
+    retried = next(i for i in range(waited, len(lines)) if "Refork to generation" in lines[i])
+    assert log_seconds(lines[retried]) - log_seconds(lines[waited]) >= 2
+    assert "WORKER TIMEOUT" in server.log() and server.get_ok()

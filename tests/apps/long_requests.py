@@ -4,8 +4,8 @@ GET /            -> {"pid"}
 GET /sleep?S     -> sleeps S seconds, then {"pid"}
 GET /stream?S    -> streams a chunk every 0.25 s for S seconds, then {"pid"}
 A long request appends "<pid>" to TEST_DIR/started.txt as it begins.
-BIG_HEAP=N (environment): N floats in one list, built at import; with BIG_HEAP_KIND=pairs,
-N // 3 tuples of two floats (N objects, each tuple tracked by the collector).
+BIG_HEAP=N (environment): about N objects built at import, half of them floats in one
+list, half in N // 6 lists of two floats (each list tracked by the collector).
 """
 import json
 import os
@@ -13,10 +13,8 @@ import time
 
 TEST_DIR = os.environ["TEST_DIR"]
 SIZE = int(os.environ.get("BIG_HEAP", "0"))
-if os.environ.get("BIG_HEAP_KIND") == "pairs":
-    HEAP = [(float(i), float(-i)) for i in range(SIZE // 3)]
-else:
-    HEAP = [float(i) for i in range(SIZE)]
+FLOATS = [float(i) for i in range(SIZE // 2)]
+PAIRS = [[float(i), float(-i)] for i in range(SIZE // 6)]
 
 
 def started():
