@@ -7,7 +7,11 @@ import re
 import signal
 import time
 
+import pytest
+
 from conftest import LoadLoop, wait_for
+from gunicorn_smartspawn.forksafety import immortal
+from gunicorn_smartspawn.master.refork import LONG_REQUEST
 
 POST_FORK = '''
 import json, os
@@ -264,3 +268,175 @@ def test_strict_fork_safety_refusal_uses_up_the_threshold(make_server):
     for _ in range(60):
         assert server.request()[0] == 200
     assert server.log().count("becomes the template") == 1
+
+
+# -- long requests, hooks and slow passes during a refork ---------------------------------
+
+LONG = 14  # seconds: past a promotion's deadline (graceful_timeout + 10), within timeout
+LONG_LIMITS = "graceful_timeout = 1\ntimeout = 30\n"
+
+
+def long_requests(pool, server, path, count):
+    """Start `count` long requests on `server`; returns their futures once all began."""
+    futures = [pool.submit(server.request, path, LONG + 30) for _ in range(count)]
+    wait_for(lambda: len(server.lines("started.txt")) >= count, timeout=15,
+             what="%d long requests in flight\n%s" % (count, server.log()))
+    return futures
+
+
+def test_a_refork_never_kills_a_long_request_on_its_candidate(make_server):
+    """Every worker in a request longer than graceful_timeout + 10, within `timeout`: the
+    candidate is not told while it serves one, the refork is abandoned at its deadline,
+    nothing is killed, every request finishes, the candidate keeps serving (its stand-in
+    leaves), and a later refork works. Plain gunicorn -k sync lets the same requests
+    finish across a HUP."""
+    smart = make_server(app_file="refork_long_requests.py",
+                        config="fork_worker = True\n" + LONG_LIMITS).start()
+    plain = make_server(app_file="refork_long_requests.py", config=LONG_LIMITS,
+                        worker_class="sync").start()
+    workers = smart.worker_pids()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        on_smart = long_requests(pool, smart, "/sleep?%d" % LONG, 2)
+        on_plain = long_requests(pool, plain, "/sleep?%d" % LONG, 2)
+        began = time.monotonic()
+        # What the master calls a long request (one that began just now may be short).
+        wait_for(lambda: time.monotonic() - began > LONG_REQUEST + 0.5, what="long requests")
+        smart.signal(signal.SIGURG)
+        plain.signal(signal.SIGHUP)
+        abandoned = smart.wait_log(r"abandoned: the candidate \(pid: (\d+)\) has been "
+                                   r"serving a request for \d+s", timeout=LONG + 10)
+        assert not all(f.done() for f in on_smart)  # abandoned while they still ran
+        assert [f.result()[0] for f in on_plain] == [200, 200]
+        smart_bodies = [json.loads(f.result()[1]) for f in on_smart]
+    assert int(abandoned.group(1)) in {body["pid"] for body in smart_bodies}
+    # The candidate, never told, keeps serving; the stand-in spawned for it leaves.
+    wait_for(lambda: smart.worker_pids() == workers, what="the workers from before")
+    log = smart.log()
+    assert "killing it" not in log and "SIGKILL" not in log and "WORKER TIMEOUT" not in log
+    assert "Refork to generation 2" in log
+    smart.signal(signal.SIGURG)
+    smart.wait_log(r"refork to generation 2 \(URG\) done", timeout=30)
+    assert smart.get_ok()
+
+
+def test_a_refork_prefers_a_worker_that_is_not_streaming_a_long_response(make_server):
+    """Two of three workers stream a response for longer than the promotion's deadline:
+    the idle one becomes the template; the streams finish whole (the busy workers are
+    replaced gracefully), and nothing is killed."""
+    server = make_server(app_file="refork_long_requests.py", workers=3,
+                         config="fork_worker = True\n" + LONG_LIMITS).start()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        streams = long_requests(pool, server, "/stream?%d" % LONG, 2)
+        server.signal(signal.SIGURG)
+        server.wait_log(r"template \(pid: \d+, gen=2\) ready", timeout=20)
+        template = server.single("smartspawn template")
+        results = [f.result() for f in streams]
+    assert [status for status, _body in results] == [200, 200]
+    streamers = {json.loads(body.strip())["pid"] for _status, body in results}
+    assert template not in streamers
+    assert {int(pid) for pid in server.lines("started.txt")} == streamers
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    log = server.log()
+    assert "killing it" not in log and "SIGKILL" not in log and "abandoned" not in log
+
+
+def test_an_on_refork_hook_that_raises_abandons_that_refork_and_the_server_serves(make_server):
+    """The exception is logged with its traceback, that refork is abandoned, the master
+    and its workers serve on; the next attempt waits (a threshold is not used up)."""
+    config = ("fork_worker = [5]\n"
+              "def on_refork(server):\n"
+              "    raise RuntimeError('on_refork failed')\n")
+    server = make_server(workers=2, config=config).start()
+    workers = server.worker_pids()
+    hammer(server, "/", lambda: "abandoned: on_refork raised" in server.log(), "the failure")
+    first = server.wait_log(r"Exception in on_refork hook\nTraceback[\s\S]*?"
+                            r"RuntimeError: on_refork failed")
+    server.wait_log(r"abandoned: on_refork raised RuntimeError\('on_refork failed'\); "
+                    r"no refork for 1s")
+    for _ in range(20):
+        assert server.request()[0] == 200
+    server.signal(signal.SIGURG)
+    wait_for(lambda: server.log().count("Exception in on_refork hook") >= 2,
+             what="a second attempt")
+    assert server.exited() is None and server.worker_pids() == workers
+    assert "Refork to generation" not in server.log()[first.start():]
+    assert server.stop() == 0
+
+
+def test_an_on_refork_hook_that_fails_once_lets_a_later_refork_through(make_server):
+    """A hook that fails at its first call (a service it reports to is down): after the
+    wait, the threshold starts the refork again, and it completes."""
+    config = ("import os\nfork_worker = [5]\n"
+              "def on_refork(server):\n"
+              "    marker = os.path.join(os.environ['TEST_DIR'], 'on_refork_called')\n"
+              "    if not os.path.exists(marker):\n"
+              "        open(marker, 'w').close()\n"
+              "        raise OSError('reporting service unavailable')\n")
+    server = make_server(workers=2, config=config).start()
+    hammer(server, "/", lambda: refork_done(server, 2), "a refork after the failed one")
+    log = server.log()
+    assert log.count("Exception in on_refork hook") == 1
+    assert log.index("abandoned: on_refork raised OSError") < log.index("Refork to generation 2")
+    assert generations(server) == [2, 2]
+
+
+
+# Objects of the app's heap (refork_long_requests.py): the template's immortal pass goes through
+# them again, which takes longer than BIG_HEAP_TIMEOUT here (it logs how long; asserted).
+BIG_HEAP = 10_000_000
+BIG_HEAP_TIMEOUT = 2
+
+
+@pytest.mark.skipif(immortal.unsupported() is not None, reason=str(immortal.unsupported()))
+def test_a_templates_immortal_pass_longer_than_timeout_keeps_its_heartbeat(make_server):
+    """gc_freeze = "immortal" + fork_worker on a heap whose pass outlasts `timeout` (one
+    big list of floats, and millions of small lists the collector tracks): the candidate
+    is a worker until ready, and its heartbeat goes on through the pass: no WORKER
+    TIMEOUT, the refork completes. Plain gunicorn -k sync serves the same app with the
+    same `timeout` without a timeout."""
+    limits = "timeout = %d\ngraceful_timeout = 1\n" % BIG_HEAP_TIMEOUT
+    env = {"BIG_HEAP": str(BIG_HEAP)}
+    smart = make_server(app_file="refork_long_requests.py", env=env,
+                        config='gc_freeze = "immortal"\nfork_worker = True\n' + limits)
+    plain = make_server(app_file="refork_long_requests.py", env=env, config=limits,
+                        worker_class="sync")
+    smart.start(wait=False)
+    plain.start(wait=False)
+    smart.wait_ready(timeout=60)
+    plain.wait_ready(timeout=60)
+    smart.signal(signal.SIGURG)
+    smart.wait_log(r"refork to generation 2 \(URG\) done", timeout=60)
+    seconds = float(smart.wait_log(r"template \(pid: \d+, gen=2\) made \d+ objects "
+                                   r"immortal in ([\d.]+)s").group(1))
+    assert seconds > BIG_HEAP_TIMEOUT, "the pass must outlast timeout to show anything"
+    assert smart.get_ok() and plain.get_ok()
+    for server in (smart, plain):
+        assert "WORKER TIMEOUT" not in server.log()
+    assert "abandoned" not in smart.log()
+
+
+def log_seconds(line):
+    """The time of a gunicorn log line, in seconds (its resolution)."""
+    stamp = re.match(r"\[(\d+-\d+-\d+ \d+:\d+:\d+)", line).group(1)
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+
+
+def test_a_candidate_timed_out_in_its_preparation_is_not_replaced_by_another_at_once(
+        make_server):
+    """A preparation longer than `timeout` (here a slow pre_template_fork) gets the
+    candidate killed as WORKER TIMEOUT, as gunicorn kills any worker past it; the refork
+    is abandoned and each next attempt waits longer (1 s, then 2 s, ...) instead of
+    starting at once on the next worker past the threshold."""
+    config = ("fork_worker = [3]\ntimeout = 2\ngraceful_timeout = 1\n"
+              "def pre_template_fork(worker):\n"
+              "    import time\n"
+              "    time.sleep(30)\n")
+    server = make_server(workers=2, config=config).start()
+    with LoadLoop(server):
+        server.wait_log(r"abandoned: [^\n]*; no refork for 2s\n(.*\n)*.*Refork to generation",
+                        timeout=40)
+    lines = server.log().splitlines()
+    waited = next(i for i, line in enumerate(lines) if "no refork for 2s" in line)
+    retried = next(i for i in range(waited, len(lines)) if "Refork to generation" in lines[i])
+    assert log_seconds(lines[retried]) - log_seconds(lines[waited]) >= 2
+    assert "WORKER TIMEOUT" in server.log() and server.get_ok()

@@ -34,6 +34,10 @@ else:
     KEPT_BITS = 0
     SET_BITS = 0xFFFF_FFFF               # _Py_IMMORTAL_REFCNT
 BATCH = 10_000                     # objects per gc.get_referents() call
+SLICE = 100_000                    # objects made immortal between two pacer ticks
+# How often a long pass calls its `beat` (seconds): a template is still a worker to
+# gunicorn's master, which kills a worker whose heartbeat is older than `timeout`.
+BEAT_INTERVAL = 0.5
 
 
 class WalkFailed(RuntimeError):
@@ -90,7 +94,17 @@ def header_as_expected():
 ATOMS = frozenset({str, int, float, bytes, bool, complex})
 
 
-def make_immortal(objects, words, again):
+def make_immortal(objects, words, again, pacer):
+    """make_some_immortal() on `objects`, a slice at a time (one list may hold tens of
+    millions), ticking `pacer` after each."""
+    made = 0
+    for start in range(0, len(objects), SLICE):
+        made += make_some_immortal(objects[start:start + SLICE], words, again)
+        pacer.tick()
+    return made
+
+
+def make_some_immortal(objects, words, again):
     """Make each mortal object of `objects` immortal; returns how many it changed. Adds
     to `again` those of them that may refer to others, and the untracked dicts that were
     immortal already (filled since, maybe)."""
@@ -127,9 +141,25 @@ def hidden_referents(objects):
     return found
 
 
-def make_heap_immortal():
+class Pacer:
+    """Calls `beat` at most every BEAT_INTERVAL seconds, when ticked."""
+
+    def __init__(self, beat):
+        self.beat = beat
+        self.last = time.monotonic()
+
+    def tick(self):
+        now = time.monotonic()
+        if now - self.last >= BEAT_INTERVAL:
+            self.beat()
+            self.last = now
+
+
+def make_heap_immortal(beat=lambda: None):
     """Make every object the collector tracks, and everything they reach, immortal; then
     freeze the heap. Call after gc.collect(): garbage made immortal is never freed.
+    `beat` is called every BEAT_INTERVAL seconds or so (a worker's heartbeat): on tens of
+    millions of objects the pass takes longer than gunicorn's `timeout`.
 
     Returns (objects made immortal, objects walked, seconds). The walk goes past an
     object that was immortal already only when the collector tracks it (each is walked
@@ -144,10 +174,11 @@ def make_heap_immortal():
     gc.unfreeze()  # frozen objects are not in gc.get_objects()
     try:
         tracked = gc.get_objects()
+        pacer = Pacer(beat)  # made after the snapshot: not made immortal
         words = address_space()
         try:
-            made = make_immortal(tracked, words, [])
-            untracked = walk_from(tracked, words)
+            made = make_immortal(tracked, words, [], pacer)
+            untracked = walk_from(tracked, words, pacer)
         except IndexError:
             raise WalkFailed("an object lies above the 2**48 bytes of address space "
                              "this walk covers") from None
@@ -158,7 +189,7 @@ def make_heap_immortal():
     return made + untracked, len(tracked) + untracked, time.perf_counter() - started
 
 
-def walk_from(objects, words):
+def walk_from(objects, words, pacer):
     """Make immortal what `objects` refer to, and on down, a batch at a time (so that the
     walk holds no list of every reference in the heap); returns how many it made so."""
     made = 0
@@ -168,6 +199,6 @@ def walk_from(objects, words):
             batch = objects[start:start + BATCH]
             # Untracked, all of them (the tracked ones were made immortal first): no cycle.
             made += make_immortal(gc.get_referents(*batch) + hidden_referents(batch),
-                                  words, following)
+                                  words, following, pacer)
         objects = following
     return made

@@ -233,8 +233,7 @@ class SmartArbiter(Arbiter):
                         self.carry_out(self.reforker.abort(why))
                     self.fleet.retire(template)
                 case actions.BeginRefork(candidate=candidate):
-                    self.cfg.on_refork(self)
-                    self.fleet.make_candidate(candidate)
+                    self.begin_refork(candidate)
                 case actions.TellCandidate(candidate=candidate, generation=generation):
                     self.tell_candidate(candidate, generation)
                 case actions.GiveBack(candidate=candidate):
@@ -251,6 +250,16 @@ class SmartArbiter(Arbiter):
             extra = {"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"}
         self.log.info("Replacing worker (pid: %s): %s; it serves until its replacement "
                       "does", record.pid, why, extra=extra)
+
+    def begin_refork(self, candidate):
+        """Run on_refork; a hook that raises abandons that refork, not the master."""
+        try:
+            self.cfg.on_refork(self)
+        except Exception as exc:
+            self.log.exception("Exception in on_refork hook")
+            self.carry_out(self.reforker.abort("on_refork raised %r" % exc))
+            return
+        self.fleet.make_candidate(candidate)
 
     def tell_candidate(self, candidate, generation):
         """The stand-in serves: the candidate may leave service now."""
@@ -593,7 +602,7 @@ class SmartArbiter(Arbiter):
             self.fall_back_to_direct_spawning()
             return None
         if self.reforker.current is not None:
-            self.carry_out(self.reforker.abort("HUP"))
+            self.carry_out(self.reforker.abort("HUP", failed=False))
         if self.fleet.next_preloader is not None:
             self.log.info("HUP supersedes the reload already booting in %r",
                           self.fleet.next_preloader)

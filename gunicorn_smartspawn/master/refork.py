@@ -1,50 +1,78 @@
 """Refork policy and sequence, as the master sees them (fork_worker).
 
-A refork: the oldest booted worker (the candidate) that the application did not mark
-with no_longer_fork_safe() is to become the template. Spawn before retire: first a
-stand-in is spawned, one worker over `workers`, so that capacity does not drop while the
-candidate leaves service; once it serves, the candidate gets BecomeTemplate + SIGURG,
-finishes its requests and reports ready as a template; the master then replaces every
-older worker, one at a time (lifecycle.py): an old worker is stopped only once its
-replacement and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
+A refork: a booted worker (the candidate) that the application did not mark with
+no_longer_fork_safe() is to become the template, an idle one first (choose_candidate).
+Spawn before retire: first a stand-in is spawned, one worker over `workers`, so that
+capacity does not drop while the candidate leaves service; once it serves, and the
+candidate is not in a long request, the candidate gets BecomeTemplate + SIGURG, finishes
+its requests and reports ready as a template; the master then replaces every older
+worker, one at a time (lifecycle.py): an old worker is stopped only once its replacement
+and every other new worker is serving. Triggers: `fork_worker` thresholds, URG, the
 control socket's `refork`, and `refork_on_memory` (lifecycle.py).
 
+A refork past its deadline is abandoned, never by killing the candidate: a request it
+serves within `timeout` finishes, as across a HUP. Every abandoned refork but a HUP's
+makes the next one wait (RETRY_DELAYS).
+
 The Reforker is a policy (actions.py): it owns the refork in progress, the one requested
-meanwhile, the thresholds and the gate retries; it reads the table of children
-(fleet.py) and yields what the arbiter is to do.
+meanwhile, the thresholds and the retries; it reads the table of children (fleet.py) and
+yields what the arbiter is to do.
 """
 import signal
 import time
 
 from gunicorn_smartspawn.master.actions import (
-    BeginRefork, GiveBack, NewTemplate, Replace, Retire, Stop, TellCandidate,
+    BeginRefork, GiveBack, NewTemplate, Replace, Retire, TellCandidate,
 )
 from gunicorn_smartspawn.master.backoff import Backoff
 from gunicorn_smartspawn.master.fleet import State
 from gunicorn_smartspawn.spawner.template import GATE_CLOSED
 
-# Delays before a refork refused by a prevent_fork() block is tried again (seconds).
-GATE_RETRY_DELAYS = (1, 2, 5, 10, 30)
+# Delays before a refork is tried again after one was abandoned, in a row (seconds): a
+# refork that failed (its candidate timed out, crashed, was busy, a prevent_fork() block)
+# would otherwise be tried at once on the next worker past the threshold, and fail the
+# same way.
+RETRY_DELAYS = (1, 2, 5, 10, 30)
+# A request running longer than this on a worker makes it a poor candidate: told to
+# become the template, it would leave service only once that request ends.
+LONG_REQUEST = 1.0
 
 
 def refork_enabled(cfg):
     return bool(cfg.fork_worker) or cfg.refork_on_memory
 
 
-def choose_candidate(records, counters):
-    """The oldest booted, fork-safe serving worker that has a channel to the master, or
-    None. `records`: the live workers' records."""
+def choose_candidate(records, counters, now, min_requests=0):
+    """The booted, fork-safe serving worker with a channel to the master that has served
+    `min_requests` or more, or None: an idle one first, then one in a short request, then
+    one in a long request; the oldest among equals. `records`: the live workers' records;
+    `now`: time.monotonic()."""
     eligible = [r for r in records if r.channel is not None
                 and r.state in (State.SERVING, State.OUTGOING) and r.heartbeat_moved()
-                and not counters.get(r.slot, "fork_unsafe")]
-    return min(eligible, key=lambda r: r.worker.age, default=None)
+                and not counters.get(r.slot, "fork_unsafe")
+                and counters.requests(r.slot) >= min_requests]
+
+    def preference(record):
+        busy = busy_for(counters, record, now)
+        return busy > LONG_REQUEST, busy > 0, record.worker.age
+    return min(eligible, key=preference, default=None)
+
+
+def busy_for(counters, record, now):
+    """How long (seconds) `record`'s current request has run, 0 between requests. Known
+    of the sync worker only (counters.py); 0 for the others."""
+    since = counters.get(record.slot, "busy_since_us")
+    return max(now - since / 1e6, 1e-6) if since else 0.0
 
 
 class Refork:
     """One refork in progress."""
 
-    def __init__(self, candidate, generation, reason, threshold, started, promote_timeout):
+    def __init__(self, candidate, generation, reason, threshold, started, promote_timeout,
+                 newest_age):
         self.candidate = candidate          # its record
+        self.newest_age = newest_age        # of the workers at its start: younger ones
+                                            # came after (its stand-in)
         self.generation = generation
         self.reason = reason
         self.threshold = threshold          # the request count that triggered it, or None
@@ -74,7 +102,8 @@ class Reforker:
         self.threshold_index = 0      # the next fork_worker threshold to wait for
         self.done = 0
         self.last_refork_at = clock()  # or the start (refork_min_interval)
-        self.gate_refusals = Backoff(GATE_RETRY_DELAYS, clock)  # by a prevent_fork() block
+        self.retries = Backoff(RETRY_DELAYS, clock)  # after abandoned reforks, in a row
+        self.retry_why = None         # what the last abandoned one failed on
         self.published = self.snapshot()
         if refork_enabled(cfg) and workers < 2:
             self.log.warning("fork_worker/refork_on_memory: a refork needs two or more workers; "
@@ -121,8 +150,8 @@ class Reforker:
             return "workers are being spawned"
         if fleet.outgoing():
             return "workers are being replaced"
-        if self.gate_refusals.waiting():
-            return "waiting to retry after a prevent_fork() block"
+        if self.retries.waiting():
+            return "waiting to retry after %s" % self.retry_why
         return None
 
     def ready_for_memory_refork(self, situation):
@@ -153,31 +182,33 @@ class Reforker:
         elif self.requested is None:
             yield from self.check_threshold(situation)
 
-    def candidate(self):
-        return choose_candidate(self.fleet.worker_records(), self.fleet.counters)
+    def candidate(self, min_requests=0):
+        return choose_candidate(self.fleet.worker_records(), self.fleet.counters,
+                                self.clock(), min_requests)
 
     def check_threshold(self, situation):
         thresholds = self.cfg.fork_worker
         if self.threshold_index >= len(thresholds) or self.busy(situation):
             return
-        candidate = self.candidate()
         threshold = thresholds[self.threshold_index]
-        if (candidate is not None
-                and self.fleet.counters.requests(candidate.slot) >= threshold):
-            yield from self.start("worker-0 served %s requests" % threshold, threshold,
+        if self.candidate(threshold) is not None:
+            yield from self.start("a worker served %s requests" % threshold, threshold,
                                   situation)
 
     def start(self, reason, threshold, situation):
-        candidate = self.candidate()
+        candidate = self.candidate(threshold or 0)
         if candidate is None:
             self.log.warning("Refork (%s) skipped: no serving worker can become the "
                              "template", reason)
             return
         generation = situation.generation + 1
         self.last_refork_at = self.clock()
-        self.current = Refork(candidate, generation, reason, threshold, self.clock(),
-                              promote_timeout=self.cfg.graceful_timeout + 10)
+        newest = max(r.worker.age for r in self.fleet.worker_records())
+        refork = self.current = Refork(candidate, generation, reason, threshold, self.clock(),
+                                       self.cfg.graceful_timeout + 10, newest)
         yield BeginRefork(candidate)
+        if self.current is not refork:
+            return  # on_refork raised: abandoned already
         self.log.info("Refork to generation %s (%s): worker (pid: %s, %s requests) "
                       "becomes the template once a stand-in serves", generation, reason,
                       candidate.pid, self.fleet.counters.requests(candidate.slot))
@@ -212,7 +243,10 @@ class Reforker:
         if refork.promoting:
             if self.clock() > refork.promote_deadline:
                 yield from self.promotion_timed_out(refork)
-            elif not refork.signalled and self.stand_in_serves(refork, situation):
+            elif (not refork.signalled and self.stand_in_serves(refork, situation)
+                    and self.busy_for(refork.candidate) <= LONG_REQUEST):
+                # Not told while in a long request: that request would hold the
+                # promotion until it ends, however long `timeout` lets it run.
                 refork.signalled = True
                 yield TellCandidate(refork.candidate, refork.generation)
             return
@@ -230,9 +264,14 @@ class Reforker:
         refork.old.remove(remaining[0])
         yield Replace(ages[remaining[0]], repr(refork))
 
+    def busy_for(self, record):
+        return busy_for(self.fleet.counters, record, self.clock())
+
     def stand_in_serves(self, refork, situation):
+        # SERVING: not outgoing, not stopping, nor an abandoned refork's candidate
+        # finishing its request.
         serving = [r for r in self.fleet.worker_records()
-                   if r is not refork.candidate and not r.outgoing and r.heartbeat_moved()]
+                   if r.state is State.SERVING and r.heartbeat_moved()]
         return not self.fleet.pending and len(serving) >= situation.workers
 
     def worker_stopping(self, record, sig):
@@ -246,19 +285,38 @@ class Reforker:
                                   % (record.pid, signal.Signals(sig).name))
 
     def promotion_timed_out(self, refork):
+        """Never a kill: the candidate may be serving a request that `timeout` allows, and
+        gunicorn's own heartbeat check still watches it (it is a worker until ready)."""
+        seconds = refork.promote_deadline - refork.started
+        candidate = refork.candidate
         if not refork.signalled:
-            yield from self.abort("no stand-in served within %.0fs" % (
-                refork.promote_deadline - refork.started))
+            busy = self.busy_for(candidate)
+            if busy > LONG_REQUEST:
+                why = "the candidate (pid: %s) has been serving a request for %.0fs" % (
+                    candidate.pid, busy)
+            else:
+                why = "no stand-in served within %.0fs" % seconds
+            yield from self.abort(why)
+            # Never told, it keeps serving: the stand-in is the worker over `workers`.
+            stand_ins = [r for r in self.fleet.worker_records()
+                         if r.worker.age > refork.newest_age and r.state is State.SERVING]
+            if stand_ins:
+                yield Replace(stand_ins[0], "%r was abandoned: its stand-in is not needed"
+                              % refork)
             return
-        self.log.error("%r: the candidate (pid: %s) did not become the template "
-                       "in time; killing it", refork, refork.candidate.pid)
-        yield from self.abort("promotion timed out")
-        yield Stop(refork.candidate, signal.SIGKILL)
+        # Told, and still not ready: a request that came in as it was told, a slow
+        # pre_template_fork. It finishes that, then, ready as a template nobody waits
+        # for, is retired. Outgoing meanwhile: not counted, so no other worker is
+        # stopped as the one over `workers`.
+        yield from self.abort("the candidate (pid: %s) did not become the template within "
+                              "%.0fs; it is not stopped: what it serves may finish"
+                              % (candidate.pid, seconds))
+        yield Replace(candidate, "%r was abandoned after it was told" % refork)
 
     def finish(self):
         refork, self.current = self.current, None
         self.done += 1
-        self.gate_refusals.succeeded()
+        self.retries.succeeded()
         if refork.threshold is not None:
             self.threshold_index += 1
         self.log.info("%r done in %.2fs", refork, self.clock() - refork.started)
@@ -266,21 +324,26 @@ class Reforker:
     def end_generation(self):
         """A HUP: abandon any refork, retire the template; thresholds start again."""
         if self.current is not None:
-            yield from self.abort("HUP")
+            yield from self.abort("HUP", failed=False)
         if self.fleet.template is not None:
             yield Retire(self.fleet.template)
         self.threshold_index = 0
+        self.retries.succeeded()
 
-    def abort(self, why):
+    def abort(self, why, failed=True, retry_why="an abandoned refork"):
+        """Abandon the refork in progress. `failed` (all but a HUP): the next one waits,
+        longer after each failure in a row (RETRY_DELAYS); returns that wait."""
         refork, self.current = self.current, None
-        self.log.warning("%r abandoned: %s", refork, why)
+        delay = None
+        if failed:
+            self.retry_why = retry_why
+            delay = self.retries.failed()
+            self.log.warning("%r abandoned: %s; no refork for %ss", refork, why, delay)
+        else:
+            self.log.warning("%r abandoned: %s", refork, why)
         if not refork.signalled:
             yield GiveBack(refork.candidate)  # it never heard of it: a worker again
-
-    def retry_after_gate(self, refork):
-        delay = self.gate_refusals.failed()
-        self.requested = (refork.reason, refork.threshold)
-        self.log.info("Refork (%s) will be tried again in %ss", refork.reason, delay)
+        return delay
 
     def template_gone(self, record):
         """Spawner `record`, a candidate or a template, has exited."""
@@ -292,9 +355,13 @@ class Reforker:
                                   "a crash)" % record.pid)
             return
         why = record.failure.reason if record.failure else "it exited"
-        yield from self.abort("the template (pid: %s) gave up: %s" % (record.pid, why))
-        if record.failure and record.failure.exit_code == GATE_CLOSED:
-            self.retry_after_gate(refork)
+        gate = record.failure is not None and record.failure.exit_code == GATE_CLOSED
+        delay = yield from self.abort(
+            "the template (pid: %s) gave up: %s" % (record.pid, why),
+            retry_why="a prevent_fork() block" if gate else "an abandoned refork")
+        if gate:
+            self.requested = (refork.reason, refork.threshold)  # it keeps its threshold
+            self.log.info("Refork (%s) will be tried again in %ss", refork.reason, delay)
         elif refork.threshold is not None:
             # Else the next worker to reach it would be sacrificed the same way.
             self.threshold_index += 1

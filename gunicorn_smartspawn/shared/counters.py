@@ -11,8 +11,12 @@ import mmap
 
 SLOTS = 1024
 # retire: 1 once the worker reached max_requests and waits to be replaced (lifecycle.py);
-# fork_unsafe: 1 once it called smartspawn.no_longer_fork_safe() (forkgate.py).
-FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe")
+# fork_unsafe: 1 once it called smartspawn.no_longer_fork_safe() (forkgate.py);
+# busy_since_us: when the request the sync worker is serving began (time.monotonic(), in
+# microseconds; 0 between requests): the master prefers a refork candidate that is not
+# in a long request (refork.py).
+FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe",
+          "busy_since_us")
 
 
 class Counters:

@@ -104,15 +104,17 @@ class Spawner:
             pass  # the master has gone; nobody to tell
         return exit_code
 
-    def announce_ready(self, started):
+    def announce_ready(self, started, heartbeat=lambda: None):
         """Tell the master we take spawn requests; `started`: when we began (monotonic).
         With gc_freeze = "immortal", the heap is made immortal first, once: before every
-        later fork, freeze_heap() only collects and freezes what is new."""
+        later fork, freeze_heap() only collects and freezes what is new. `heartbeat`: a
+        template's, still a worker's to the master until it is ready."""
         objects = walked = seconds = None
         if self.cfg.gc_freeze == "immortal":
             gc.collect()  # garbage made immortal would never be freed
+            heartbeat()
             try:
-                objects, walked, seconds = immortal.make_heap_immortal()
+                objects, walked, seconds = immortal.make_heap_immortal(heartbeat)
             except immortal.WalkFailed as exc:  # what it made immortal stays so; frozen
                 self.log.warning('%s: gc_freeze = "immortal": %s; the heap is only '
                                  'partly immortal', self.spawned_from, exc)

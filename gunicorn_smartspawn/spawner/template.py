@@ -79,7 +79,7 @@ class Template(Spawner):
             self.log.error("%s", exc)
             protocol.send(self.channel, protocol.BootFailed(1, str(exc)))
             return
-        self.announce_ready(started)
+        self.announce_ready(started, heartbeat=worker.notify)
         worker.tmp.close()  # no longer a worker: the master stopped watching it
         self.serve()
 

@@ -181,11 +181,17 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
     """gunicorn's sync worker; with ``--threads N`` (N > 1) the master uses ThreadWorker."""
 
     def handle(self, listener, client, addr):
-        super().handle(listener, client, addr)
-        # Out-of-band work goes here: the response is sent and the connection closed
-        # (post_request runs before the close), and the next accept() has not happened.
-        if self.oob is not None:
-            self.oob.after_request()
+        if self.slot is not None:  # one connection at a time: one writer
+            self.counters.set(self.slot, "busy_since_us", int(time.monotonic() * 1e6))
+        try:
+            super().handle(listener, client, addr)
+            # Out-of-band work goes here: the response is sent and the connection closed
+            # (post_request runs before the close), and the next accept() has not happened.
+            if self.oob is not None:
+                self.oob.after_request()
+        finally:
+            if self.slot is not None:
+                self.counters.set(self.slot, "busy_since_us", 0)
 
 
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):

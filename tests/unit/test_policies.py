@@ -8,7 +8,7 @@ from fakes import LOG, Clock, Table, apply, config, kinds, situation
 from gunicorn_smartspawn.master import actions
 from gunicorn_smartspawn.master.fleet import Role, State
 from gunicorn_smartspawn.master.lifecycle import SAMPLES_IN_A_ROW, Lifecycle
-from gunicorn_smartspawn.master.refork import GATE_RETRY_DELAYS, Reforker
+from gunicorn_smartspawn.master.refork import LONG_REQUEST, RETRY_DELAYS, Reforker
 from gunicorn_smartspawn.spawner.template import GATE_CLOSED
 from gunicorn_smartspawn.shared import protocol
 
@@ -216,16 +216,114 @@ def test_an_unsignalled_candidate_is_given_back_when_the_refork_is_abandoned(tab
     assert candidate.state is State.SERVING and policy.current is None
 
 
-def test_a_told_candidate_that_never_gets_ready_is_killed(table):
+def in_request(table, record, clock, seconds):
+    """`record` (a sync worker) has been serving one request for `seconds`."""
+    table.fleet.counters.set(record.slot, "busy_since_us", int((clock() - seconds) * 1e6))
+
+
+def test_a_told_candidate_that_never_gets_ready_is_abandoned_not_killed(table):
+    """What it serves may be a request `timeout` allows; gunicorn's heartbeat check still
+    watches it. It is neither stopped nor given back (it was told)."""
     clock = Clock()
     policy = reforker(table, clock, fork_worker=[1], graceful_timeout=5)
     candidate, _other = table.spawn(), table.spawn()
     table.fleet.counters.set(candidate.slot, "requests", 1)
     decide(policy, table, situation())
     table.spawn()
-    decide(policy, table, situation())  # TellCandidate
+    assert decide(policy, table, situation()) == [actions.TellCandidate(candidate, 2)]
+    in_request(table, candidate, clock, 0.5)  # one that came in as it was told
     clock.advance(16)
-    assert decide(policy, table, situation()) == [actions.Stop(candidate, signal.SIGKILL)]
+    decisions = decide(policy, table, situation(workers=3))
+    assert kinds(decisions) == ["Replace"] and decisions[0].record is candidate
+    assert policy.current is None and candidate.state is State.CANDIDATE
+    assert candidate.outgoing and table.signals == []  # not counted toward `workers`
+    # Once its request ends it reports ready: retired, not made the template.
+    table.fleet.template_ready(candidate)
+    assert apply(table.fleet, policy.template_ready(candidate, 0.1)) == [
+        actions.Retire(candidate)]
+    assert table.fleet.template is None
+
+
+def test_a_candidate_in_a_long_request_is_not_told_and_keeps_serving(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[1], graceful_timeout=5)
+    candidate, _other = table.spawn(), table.spawn()
+    table.fleet.counters.set(candidate.slot, "requests", 1)
+    decide(policy, table, situation())
+    in_request(table, candidate, clock, LONG_REQUEST + 1)
+    stand_in = table.spawn()
+    for _ in range(15):
+        assert decide(policy, table, situation()) == []
+        clock.advance(1)
+    clock.advance(1)  # graceful_timeout + 10
+    decisions = decide(policy, table, situation(workers=3))
+    assert kinds(decisions) == ["GiveBack", "Replace"]
+    # The stand-in, not the candidate, is the worker over `workers` now.
+    assert decisions[0].candidate is candidate and decisions[1].record is stand_in
+    assert candidate.state is State.SERVING and stand_in.outgoing and table.signals == []
+
+
+def test_a_candidate_told_once_its_request_ends(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[1])
+    candidate, _other = table.spawn(), table.spawn()
+    table.fleet.counters.set(candidate.slot, "requests", 1)
+    decide(policy, table, situation())
+    in_request(table, candidate, clock, LONG_REQUEST + 1)
+    table.spawn()
+    assert decide(policy, table, situation()) == []
+    table.fleet.counters.set(candidate.slot, "busy_since_us", 0)
+    assert decide(policy, table, situation()) == [actions.TellCandidate(candidate, 2)]
+
+
+def test_a_threshold_prefers_a_worker_past_it_not_in_a_long_request(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[10])
+    busy, idle, young = table.spawn(), table.spawn(), table.spawn()
+    for record in (busy, idle):
+        table.fleet.counters.set(record.slot, "requests", 10)
+    in_request(table, busy, clock, LONG_REQUEST + 1)
+    assert decide(policy, table, situation(workers=3)) == [actions.BeginRefork(idle)]
+    assert young.state is State.SERVING
+
+
+def test_an_abandoned_refork_waits_longer_after_each_failure_in_a_row(table):
+    """A candidate killed as WORKER TIMEOUT (say, a slow pass) abandons the refork: the
+    next worker past the threshold is not made the candidate at once."""
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[1])
+    workers = [table.spawn(), table.spawn()]
+    for delay in RETRY_DELAYS:
+        for record in workers:
+            table.fleet.counters.set(record.slot, "requests", 1)
+        begun = decide(policy, table, situation())
+        assert kinds(begun) == ["BeginRefork"], delay
+        candidate = begun[0].candidate
+        apply(table.fleet, policy.worker_stopping(candidate, signal.SIGABRT))
+        table.fleet.told_to_stop(candidate.pid)
+        table.reap(candidate)
+        table.fleet.release_departed()
+        workers = [r for r in workers if r is not candidate] + [table.spawn()]
+        assert policy.busy(situation()) == "waiting to retry after an abandoned refork"
+        clock.advance(delay - 0.5)
+        assert decide(policy, table, situation()) == []
+        clock.advance(0.5)
+    assert policy.threshold_index == 0  # the threshold is kept
+
+
+def test_a_refork_done_starts_the_row_of_failures_over(table):
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[10 ** 9])
+    table.spawn(), table.spawn()
+    apply(table.fleet, policy.request("URG", situation()))
+    apply(table.fleet, policy.abort("a test"))
+    assert policy.retries.failures == 1
+    clock.advance(RETRY_DELAYS[0])
+    policy.retries.succeeded()  # what finish() does
+    apply(table.fleet, policy.request("URG", situation()))
+    assert policy.current is not None
+    apply(table.fleet, policy.end_generation())  # a HUP is no failure
+    assert policy.retries.failures == 0 and not policy.retries.waiting()
 
 
 def test_a_template_refused_by_a_fork_gate_is_tried_again_later(table):
@@ -240,7 +338,7 @@ def test_a_template_refused_by_a_fork_gate_is_tried_again_later(table):
     assert policy.current is None and policy.requested == ("URG", None)
     assert policy.busy(situation(workers=3)) == (
         "waiting to retry after a prevent_fork() block")
-    clock.advance(GATE_RETRY_DELAYS[0])
+    clock.advance(RETRY_DELAYS[0])
     assert policy.busy(situation(workers=3)) is None
 
 
@@ -284,3 +382,40 @@ def test_a_memory_refork_waits_while_the_same_sample_replaces_a_worker(table):
         decisions = decide(policy, table, situation(), NO, may_refork)
         clock.advance(1.0)
     assert kinds(decisions) == ["Replace", "Replace"]
+
+
+def test_a_refork_abandoned_while_its_candidate_is_named_goes_no_further(table):
+    """What the arbiter does when on_refork raises: it abandons the refork as it carries
+    out BeginRefork; the policy then neither logs nor counts a started refork."""
+    policy = reforker(table, fork_worker=[10 ** 9])
+    candidate, _other = table.spawn(), table.spawn()
+    steps = policy.request("URG", situation())
+    assert next(steps) == actions.BeginRefork(candidate)
+    assert list(policy.abort("on_refork raised RuntimeError()")) == [
+        actions.GiveBack(candidate)]
+    assert list(steps) == []
+    assert policy.current is None and policy.busy(situation()) == (
+        "waiting to retry after an abandoned refork")
+
+
+def test_no_refork_starts_while_an_abandoned_candidate_finishes_its_request(table):
+    """A told candidate left finishing its request after an abandoned refork is outgoing:
+    a new refork waits until it is gone, and its stand-in is a worker of its own."""
+    clock = Clock()
+    policy = reforker(table, clock, fork_worker=[10 ** 9], graceful_timeout=5)
+    first, second = table.spawn(), table.spawn()
+    apply(table.fleet, policy.request("URG", situation()))
+    table.spawn()
+    assert decide(policy, table, situation()) == [actions.TellCandidate(first, 2)]
+    clock.advance(16)
+    decide(policy, table, situation(workers=3))  # abandoned; `first` is still a candidate
+    clock.advance(RETRY_DELAYS[0])
+    assert apply(table.fleet, policy.request("URG", situation())) == []
+    assert policy.busy(situation()) == "workers are being replaced"
+    table.fleet.template_ready(first)  # its request is over: ready, and retired
+    assert apply(table.fleet, policy.template_ready(first, 0.1)) == [actions.Retire(first)]
+    assert kinds(decide(policy, table, situation())) == ["BeginRefork"]
+    assert policy.current.candidate is second
+    assert decide(policy, table, situation()) == []  # its own stand-in: not yet
+    table.spawn()
+    assert decide(policy, table, situation()) == [actions.TellCandidate(second, 2)]
