@@ -57,7 +57,7 @@ class ThreadWorker(_InstallsSmartspawn, worker.ThreadWorker):
     """``-k smartspawn.ThreadWorker``: gunicorn's gthread worker."""
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> type:
     if name not in EVENT_LOOP_WORKERS:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
     module, doc = EVENT_LOOP_WORKERS[name]

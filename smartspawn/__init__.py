@@ -6,6 +6,6 @@ __all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "GeventWorke
            "__version__", "prevent_fork", "no_longer_fork_safe"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> type:
     # The event-loop workers (ASGIWorker, UvicornWorker, GeventWorker): imported on demand.
     return getattr(gunicorn_smartspawn, name)

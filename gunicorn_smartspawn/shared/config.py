@@ -6,14 +6,24 @@ Config and applies the values from the config module through each Setting's vali
 After a HUP gunicorn parses them natively: importing this module registered them in
 gunicorn's KNOWN_SETTINGS.
 """
+from __future__ import annotations
+
 import difflib
 import math
 import gc
 import re
 import sys
+from typing import TYPE_CHECKING, Protocol
 
 from gunicorn.config import KNOWN_SETTINGS, Setting, validate_bool, validate_callable
 from gunicorn.errors import ConfigError
+
+if TYPE_CHECKING:  # the hooks' annotations
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+    from gunicorn.workers.base import Worker
 
 SECTION = "Smart Spawning"
 
@@ -106,13 +116,21 @@ class PreloaderBootTimeout(Setting):
         """
 
 
+class PreloaderView(Protocol):
+    """What ``on_preload`` is given: spawner/preloader.py's Preloader, as hooks see it."""
+    app: BaseApplication
+    cfg: Config
+    log: Logger
+    generation: int
+
+
 class OnPreload(Setting):
     name = "on_preload"
     section = "Server Hooks"
     validator = validate_callable(1)
     type = callable
 
-    def on_preload(preloader):
+    def on_preload(preloader: PreloaderView) -> None:
         pass
     default = staticmethod(on_preload)
     desc = """\
@@ -166,7 +184,7 @@ class OnRefork(Setting):
     validator = validate_callable(1)
     type = callable
 
-    def on_refork(server):
+    def on_refork(server: Arbiter) -> None:
         pass
     default = staticmethod(on_refork)
     desc = """\
@@ -182,7 +200,7 @@ class PreTemplateFork(Setting):
     validator = validate_callable(1)
     type = callable
 
-    def pre_template_fork(worker):
+    def pre_template_fork(worker: Worker) -> None:
         pass
     default = staticmethod(pre_template_fork)
     desc = """\
@@ -342,7 +360,7 @@ class OnOobWork(Setting):
     validator = validate_callable(1)
     type = callable
 
-    def on_oob_work(worker):
+    def on_oob_work(worker: Worker) -> None:
         gc.collect()
     default = staticmethod(on_oob_work)
     desc = """\

@@ -40,9 +40,9 @@ RETIRE_FALLBACK = 60.0
 
 
 class SmartWorkerMixin:
-    spawned_from = "master"
-    spawner_pid = None
-    generation = 1
+    spawned_from: str = "master"  # "master" | "preloader" | "template" (module doc)
+    spawner_pid: int | None = None
+    generation: int = 1
     server = None             # the arbiter, as copied into this process
     slot = None               # this worker's slot in the counters
     counters = None           # the master's per-worker counters (counters.py), shared:
@@ -64,7 +64,7 @@ class SmartWorkerMixin:
     app_signals = None
 
     @property
-    def preloaded(self):
+    def preloaded(self) -> bool:
         """True when forked from a process that already loaded the app (Passenger's `forked`)."""
         return self.spawned_from != "master"
 

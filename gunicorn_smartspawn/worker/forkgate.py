@@ -14,6 +14,7 @@ Two calls let the application keep that from happening at a bad moment:
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 _gate = threading.Condition()
 _held = 0              # prevent_fork() blocks running in this process
@@ -22,7 +23,7 @@ _publish_unsafe = None  # set by a worker: tells the master (counters.py)
 
 
 @contextlib.contextmanager
-def prevent_fork():
+def prevent_fork() -> Iterator[None]:
     """Keep this process from being forked while the block runs (see the module doc)."""
     global _held
     with _gate:
@@ -35,7 +36,7 @@ def prevent_fork():
             _gate.notify_all()
 
 
-def no_longer_fork_safe():
+def no_longer_fork_safe() -> None:
     """Never make this worker the template (see the module doc)."""
     global _fork_safe
     _fork_safe = False
