@@ -4,7 +4,6 @@ fake `gc` module (the real collector's thresholds are left alone) and a fake loo
 """
 import logging
 import socket
-import threading
 import time
 import types
 
@@ -368,7 +367,7 @@ def test_a_thread_worker_holds_requests_for_the_hold_limit_at_most(fake_gc, monk
     assert not worker.oob.paused and worker.works == []
     worker.oob.request_finished()              # the stream ends: now it runs
     assert worker.works == [1] and not worker.oob.paused
-    assert threading.active_count() == 1       # no timer outlives its hold
+    assert not held.timer.is_alive()           # no timer outlives its hold
 
 
 def test_a_thread_worker_with_nothing_due_never_pauses(fake_gc):
