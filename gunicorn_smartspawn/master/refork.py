@@ -42,17 +42,19 @@ def refork_enabled(cfg):
     return bool(cfg.fork_worker) or cfg.refork_on_memory
 
 
-def choose_candidate(records, counters, now, min_requests=0):
+def choose_candidate(records, counters, now, min_requests=0, by_age=False):
     """The booted, fork-safe serving worker with a channel to the master that has served
     `min_requests` or more, or None: an idle one first, then one in a short request, then
-    one in a long request; the oldest among equals. `records`: the live workers' records;
-    `now`: time.monotonic()."""
+    one in a long request; the oldest among equals (`by_age`: the oldest, worker-0).
+    `records`: the live workers' records; `now`: time.monotonic()."""
     eligible = [r for r in records if r.channel is not None
                 and r.state in (State.SERVING, State.OUTGOING) and r.heartbeat_moved()
                 and not counters.get(r.slot, "fork_unsafe")
                 and counters.requests(r.slot) >= min_requests]
 
     def preference(record):
+        if by_age:
+            return record.worker.age
         busy = busy_for(counters, record, now)
         return busy > LONG_REQUEST, busy > 0, record.worker.age
     return min(eligible, key=preference, default=None)
@@ -182,17 +184,20 @@ class Reforker:
         elif self.requested is None:
             yield from self.check_threshold(situation)
 
-    def candidate(self, min_requests=0):
+    def candidate(self, min_requests=0, by_age=False):
         return choose_candidate(self.fleet.worker_records(), self.fleet.counters,
-                                self.clock(), min_requests)
+                                self.clock(), min_requests, by_age)
 
     def check_threshold(self, situation):
         thresholds = self.cfg.fork_worker
         if self.threshold_index >= len(thresholds) or self.busy(situation):
             return
         threshold = thresholds[self.threshold_index]
-        if self.candidate(threshold) is not None:
-            yield from self.start("a worker served %s requests" % threshold, threshold,
+        # Counted on worker-0 (Puma's fork_worker); the candidate is then the best of the
+        # workers past the threshold, worker-0 among them.
+        worker_0 = self.candidate(by_age=True)
+        if worker_0 is not None and self.fleet.counters.requests(worker_0.slot) >= threshold:
+            yield from self.start("worker-0 served %s requests" % threshold, threshold,
                                   situation)
 
     def start(self, reason, threshold, situation):

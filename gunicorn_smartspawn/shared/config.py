@@ -165,14 +165,14 @@ class ForkWorker(Setting):
     desc = """\
         Refork every worker from a warmed worker ("template") after it served N requests.
 
-        ``fork_worker = 1000``: once a worker of the current generation has served 1000
-        requests, one of the workers past that count (an idle one first, then the
-        oldest) stops accepting, finishes its requests, runs ``gc.collect()`` +
-        ``gc.freeze()`` and becomes the template; every other worker is then replaced,
-        one at a time, by a fork of it, so that memory filled after boot (caches, lazy
-        imports) is shared too. ``True`` means 1000; a list such as ``[50, 500, 5000]``
-        reforks at each threshold in turn, each counted on the worker that becomes the
-        next template; after the last one, no automatic refork.
+        ``fork_worker = 1000``: once worker-0 (the oldest worker of the current
+        generation) has served 1000 requests, one of the workers past that count (an
+        idle one first, worker-0 among equals) stops accepting, finishes its requests,
+        runs ``gc.collect()`` + ``gc.freeze()`` and becomes the template; every other
+        worker is then replaced, one at a time, by a fork of it, so that memory filled
+        after boot (caches, lazy imports) is shared too. ``True`` means 1000; a list such
+        as ``[50, 500, 5000]`` reforks at each threshold in turn, each counted on
+        worker-0 of the generation; after the last one, no automatic refork.
         ``False`` or 0 (the default): off. ``kill -URG <master>`` reforks at any time
         when it is on. Needs ``workers >= 2``.
         """

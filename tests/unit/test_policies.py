@@ -287,6 +287,16 @@ def test_a_threshold_prefers_a_worker_past_it_not_in_a_long_request(table):
     assert young.state is State.SERVING
 
 
+def test_a_threshold_is_counted_on_worker_0(table):
+    policy = reforker(table, Clock(), fork_worker=[10])
+    worker_0, other = table.spawn(), table.spawn()
+    table.fleet.counters.set(other.slot, "requests", 50)
+    table.fleet.counters.set(worker_0.slot, "requests", 9)
+    assert decide(policy, table, situation()) == []
+    table.fleet.counters.set(worker_0.slot, "requests", 10)
+    assert kinds(decide(policy, table, situation())) == ["BeginRefork"]
+
+
 def test_an_abandoned_refork_waits_longer_after_each_failure_in_a_row(table):
     """A candidate killed as WORKER TIMEOUT (say, a slow pass) abandons the refork: the
     next worker past the threshold is not made the candidate at once."""
