@@ -210,3 +210,19 @@ def test_an_exception_in_the_template_is_logged_and_the_workers_keep_serving(mak
              what="two workers serving\n" + smart.log())
     assert "Exception in worker process" not in smart.log()
     assert smart.stop() == 0
+
+
+def test_an_interval_timer_and_faulthandler_set_at_import_are_each_workers(make_server):
+    """A sampling profiler's interval timer (ITIMER_PROF + a SIGPROF handler) and a
+    faulthandler.register(SIGUSR2) made at import: each worker gets the ticks and dumps
+    its stack on USR2 and serves on, as under plain gunicorn; the preloader, which a fork
+    does not give the timer, neither gets ticks nor dies of them."""
+    for server in (start(make_server, "timer", "sync", workers=2),
+                   start(make_server, "timer", "smartspawn.Worker", workers=2)):
+        assert server.get_json("/ticks")["ticks"] > 0, server.log()
+        worker = server.worker_pids()[0]
+        os.kill(worker, signal.SIGUSR2)
+        server.wait_log(r"Current thread 0x[0-9a-f]+ \(most recent call first\)")
+        wait_for(server.get_ok, what="serving after the dump")
+        assert worker in server.worker_pids(), server.log()
+        assert "was sent SIGPROF" not in server.log() and "was sent SIGUSR2" not in server.log()

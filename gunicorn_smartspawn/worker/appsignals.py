@@ -17,9 +17,14 @@ spawner's waitpid. So:
 - each worker re-applies them where gunicorn's worker would import the app: first thing
   in load_wsgi, after gunicorn's init_signals (`AppSignals.apply`).
 
-Only dispositions set from Python are seen (signal.getsignal); a C extension's
-sigaction is inherited by the fork and replaced by init_signals, as with --preload.
+Two things the import may set that signal.getsignal does not show are kept too: the
+handlers of faulthandler.register() (C-level: recorded from its calls) and interval
+timers (setitimer: a fork does not carry them, and the preloader, which must not get the
+ticks, disarms them; each worker arms them again). A C extension's own sigaction is not
+seen: inherited by the fork and replaced by init_signals, as with --preload.
 """
+import contextlib
+import faulthandler
 import os
 import signal
 
@@ -30,6 +35,8 @@ GUNICORN_SIGNALS = frozenset({signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
 
 # In a worker: its dispositions where it would have imported the app (AppSignals.apply).
 worker_dispositions = None
+
+TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 
 
 class GunicornHandler:
@@ -85,17 +92,52 @@ def changes(before, after):
     return {sig: handler for sig, handler in after.items() if before.get(sig) != handler}
 
 
-class AppSignals:
-    """What the app's import changed: {signal: handler}, applied in every worker."""
+def armed_timers():
+    """{timer: (value, interval)} of the interval timers armed in this process."""
+    return {which: signal.getitimer(which) for which in TIMERS if signal.getitimer(which)[0]}
 
-    def __init__(self, changed):
+
+def new_timers(before):
+    """The timers armed since `before` (armed_timers()): not armed then, or re-armed with
+    another interval. (A timer counts down: its value alone says nothing.)"""
+    return {which: setting for which, setting in armed_timers().items()
+            if which not in before or before[which][1] != setting[1]}
+
+
+@contextlib.contextmanager
+def faulthandler_registrations():
+    """Within: faulthandler.register() also appends its arguments to the list it yields."""
+    calls, register = [], faulthandler.register
+
+    def recording(signum, *args, **kwargs):
+        register(signum, *args, **kwargs)
+        if faulthandler.register is recording:  # a reference kept past the import
+            calls.append((signum, args, kwargs))
+    faulthandler.register = recording
+    try:
+        yield calls
+    finally:
+        faulthandler.register = register
+
+
+class AppSignals:
+    """What the app's import changed: {signal: handler}, its faulthandler registrations
+    and its armed interval timers; applied in every worker."""
+
+    def __init__(self, changed, faults=(), timers=None):
         self.changed = changed
+        self.faults = list(faults)
+        self.timers = timers or {}
 
     def __bool__(self):
-        return bool(self.changed)
+        return bool(self.changed or self.faults or self.timers)
 
     def names(self):
-        return ", ".join(signal_name(sig) for sig in sorted(self.changed))
+        timer_names = {signal.ITIMER_REAL: "ITIMER_REAL", signal.ITIMER_VIRTUAL: "ITIMER_VIRTUAL",
+                       signal.ITIMER_PROF: "ITIMER_PROF"}
+        return ", ".join([signal_name(sig) for sig in sorted(self.changed)]
+                         + ["%s (faulthandler)" % signal_name(sig) for sig, _, _ in self.faults]
+                         + [timer_names[which] + " (interval timer)" for which in self.timers])
 
     def apply(self, keep=()):
         """In a worker after gunicorn's init_signals: the app's dispositions on top.
@@ -107,6 +149,11 @@ class AppSignals:
         for sig, handler in self.changed.items():
             if sig not in keep:
                 signal.signal(sig, handler)
+        for signum, args, kwargs in self.faults:
+            if signum not in keep:
+                faulthandler.register(signum, *args, **kwargs)
+        for which, (value, interval) in self.timers.items():
+            signal.setitimer(which, value, interval)
 
 
 def record(load):
@@ -115,16 +162,22 @@ def record(load):
     own = dispositions()
     for sig in GUNICORN_SIGNALS:
         signal.signal(sig, GunicornHandler(sig, own.get(sig, signal.SIG_DFL)))
-    before = dispositions()
+    before, timers_before = dispositions(), armed_timers()
     try:
-        load()
+        with faulthandler_registrations() as faults:
+            load()
     finally:
         after = dispositions()
         changed = changes(before, after)
+        timers = new_timers(timers_before)
+        for which in timers:
+            signal.setitimer(which, 0)  # its ticks are for the workers
+        for signum, _, _ in faults:
+            faulthandler.unregister(signum)
         for sig in set(changed) | GUNICORN_SIGNALS:
             if sig in own:
                 signal.signal(sig, own[sig])
-    return AppSignals(changed)
+    return AppSignals(changed, faults, timers)
 
 
 def record_in_worker(load, may_fork):
@@ -138,6 +191,7 @@ def record_in_worker(load, may_fork):
         for sig in GUNICORN_SIGNALS:
             if callable(own.get(sig)):
                 signal.signal(sig, GunicornHandler(sig, own[sig]))
-    before = dispositions()
-    load()
-    return AppSignals(changes(before, dispositions()))
+    before, timers_before = dispositions(), armed_timers()
+    with faulthandler_registrations() as faults:
+        load()
+    return AppSignals(changes(before, dispositions()), faults, new_timers(timers_before))

@@ -6,18 +6,23 @@ SIGNALS_MODE (environment) says what the import does:
 - "handlers": SIGTERM flushes a buffer then chains to the handler it replaced, SIGUSR1
   and SIGUSR2 record themselves, SIGRTMIN+1 records itself, SIGINT is set to SIG_DFL;
 - "lazy": the same handlers, installed by a module the app imports at import time
-  through importlib (written next to this file by the test as `lazy_signals.py`).
+  through importlib (written next to this file by the test as `lazy_signals.py`);
+- "timer": a sampling profiler's setup: an ITIMER_PROF every 5 ms with a SIGPROF handler
+  that counts ticks, and faulthandler.register(SIGUSR2) (a stack dump on demand).
 
 Each handler appends "<name> <pid>" to signals.txt in TEST_DIR.
 GET /        -> {"pid", "dispositions": {signal name: description}}
 (`app` for WSGI, `asgi_app` for the ASGI workers)
 GET /spawn   -> runs `true` in a subprocess, {"pid", "returncode"}
+GET /ticks   -> {"pid", "ticks"}: SIGPROF ticks this process counted ("timer")
 """
+import faulthandler
 import importlib
 import json
 import os
 import signal
 import subprocess
+import time
 
 TEST_DIR = os.environ["TEST_DIR"]
 MODE = os.environ.get("SIGNALS_MODE", "handlers")
@@ -54,8 +59,19 @@ def reap(sig, frame):
 reap.__qualname__ = "app:reap"
 
 
+TICKS = [0]
+
+
+def tick(sig, frame):
+    TICKS[0] += 1
+
+
 def install():
-    if MODE == "ignore_chld":
+    if MODE == "timer":
+        signal.signal(signal.SIGPROF, tick)
+        signal.setitimer(signal.ITIMER_PROF, 0.005, 0.005)
+        faulthandler.register(signal.SIGUSR2)
+    elif MODE == "ignore_chld":
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     elif MODE == "reap_chld":
         signal.signal(signal.SIGCHLD, reap)
@@ -90,6 +106,11 @@ def describe(handler):
 def respond(path):
     if path == "/spawn":
         return {"pid": os.getpid(), "returncode": subprocess.run(["true"]).returncode}
+    if path == "/ticks":
+        deadline = time.process_time() + 0.2  # CPU time: what ITIMER_PROF counts
+        while time.process_time() < deadline:
+            pass
+        return {"pid": os.getpid(), "ticks": TICKS[0]}
     return {"pid": os.getpid(),
             "dispositions": {name: describe(signal.getsignal(signum(name))) for name in WATCHED}}
 

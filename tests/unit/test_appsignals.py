@@ -136,3 +136,27 @@ def test_a_worker_that_imports_the_app_for_itself_only_shows_it_its_own_handlers
     recorded = appsignals.record_in_worker(
         lambda: seen.append(signal.getsignal(signal.SIGTERM)), may_fork=False)
     assert seen == [handler] and not recorded
+
+
+def test_an_interval_timer_and_faulthandler_are_the_workers_not_the_spawners():
+    """setitimer and faulthandler.register() at import: getsignal shows neither. The
+    spawner is left with no timer (its ticks are for the workers) and no dump handler;
+    apply() arms and registers them again."""
+    import faulthandler
+
+    def load():
+        signal.setitimer(signal.ITIMER_VIRTUAL, 30.0, 30.0)
+        faulthandler.register(signal.SIGUSR2, all_threads=False)
+
+    try:
+        recorded = appsignals.record(load)
+        assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
+        assert not faulthandler.unregister(signal.SIGUSR2)  # not registered here any more
+        assert recorded and "ITIMER_VIRTUAL (interval timer)" in recorded.names()
+        assert "SIGUSR2 (faulthandler)" in recorded.names()
+        recorded.apply()
+        assert signal.getitimer(signal.ITIMER_VIRTUAL)[1] == 30.0
+        assert faulthandler.unregister(signal.SIGUSR2)  # registered again by apply()
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        faulthandler.unregister(signal.SIGUSR2)
