@@ -126,9 +126,13 @@ def test_ttou_of_the_candidate_during_its_promotion_abandons_the_refork(chaos_se
     # A candidate being stopped is never taken as the template: a TERM that lands late
     # would make it exit then, taking the spawns sent to it.
     server = chaos_server(workers=3, config=TTOU_FROM_THE_CANDIDATE).start()
+    with Load(server, clients=2) as warm_up:
+        warm_up.wait_ok(10)
+    assert warm_up.failures == [], warm_up.summary()
+    # Every worker idle: the candidate is the oldest, the one TTOU stops.
+    server.signal(signal.SIGURG)
+    server.wait_log(r"Refork to generation 2 \(URG\): worker")
     with Load(server, clients=2) as load:
-        load.wait_ok(10)
-        server.signal(signal.SIGURG)
         server.wait_log(r"refork to generation 2 \(URG\) abandoned: its candidate "
                         r"\(pid: \d+\) is being stopped \(SIGTERM\)", timeout=15)
         settle(server, 2, what="after the TTOU")
