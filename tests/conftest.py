@@ -42,7 +42,9 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
 
 class Server:
     def __init__(self, root, app="app:app", config="", workers=2, args=(), env=None,
-                 worker_class="smartspawn.Worker"):
+                 worker_class="smartspawn.Worker", command=None):
+        """`command`: what starts the server instead of `gunicorn -k worker_class`
+        (tests/test_cli.py: `python -m smartspawn run`)."""
         self.root = root
         self.log_path = root / "server.log"
         self.pidfile = root / "gunicorn.pid"
@@ -52,7 +54,8 @@ class Server:
             config += "\ngc_freeze = %r\n" % GC_FREEZE
         (root / "gunicorn.conf.py").write_text(config)
         self.worker_class = worker_class
-        self.cmd = [GUNICORN, "-k", worker_class, "-c", str(root / "gunicorn.conf.py"),
+        self.cmd = [*(command or [GUNICORN, "-k", worker_class]),
+                    "-c", str(root / "gunicorn.conf.py"),
                     "--bind", "127.0.0.1:0", "--workers", str(workers),
                     "--chdir", str(root), "--pid", str(self.pidfile),
                     "--control-socket", str(root / "gunicorn.ctl"),

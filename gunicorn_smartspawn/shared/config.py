@@ -8,9 +8,10 @@ gunicorn's KNOWN_SETTINGS.
 """
 from __future__ import annotations
 
+import argparse
 import difflib
-import math
 import gc
+import math
 import re
 import sys
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +27,57 @@ if TYPE_CHECKING:  # the hooks' annotations
     from gunicorn.workers.base import Worker
 
 SECTION = "Smart Spawning"
+
+
+# -- command-line values (`smartspawn run --fork-worker 1000`) ----------------------------
+# Each `cli_parse` turns a flag's text into the value a config file would give; the
+# setting's validator then checks it, as for the config file (CliValue, at the end).
+
+def parse_bool_or(parse):
+    def parse_text(text):
+        if text.strip().lower() in ("true", "false"):
+            return text.strip().lower() == "true"
+        return parse(text)
+    return parse_text
+
+
+def parse_int(text):
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def parse_number(text):
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def parse_int_list(text):
+    """"1000" -> 1000; "50,500,5000" -> [50, 500, 5000]."""
+    try:
+        values = [int(part.strip()) for part in text.split(",")]
+    except ValueError:
+        raise ValueError("must be true, false, a number of requests or a comma-separated "
+                         "list of them") from None
+    return values[0] if len(values) == 1 else values
+
+
+def parse_oob_gc(text):
+    """`--oob-gc` alone is "true" (its argparse const); `--oob-gc 25`, `--oob-gc false`.
+    Like gunicorn's `--proxy-protocol [MODE]`, a bare flag takes the next argument as its
+    value: the error says so, for `--oob-gc app:app`."""
+    try:
+        return parse_bool_or(parse_int)(text)
+    except ValueError:
+        raise ValueError("must be true, false or a number of requests (a bare --oob-gc "
+                         "takes the next argument: write --oob-gc=true, or put it after "
+                         "the app)") from None
+
+
+parse_requests = parse_bool_or(parse_int_list)
 
 
 def validate_spawn_method(val):
@@ -49,6 +101,8 @@ def validate_optional_seconds(val):
 class SpawnMethod(Setting):
     name = "spawn_method"
     section = SECTION
+    cli = ["--spawn-method"]
+    meta = "STRING"
     validator = validate_spawn_method
     default = "smart"
     desc = """\
@@ -80,6 +134,8 @@ def validate_gc_freeze(val):
 class GcFreeze(Setting):
     name = "gc_freeze"
     section = SECTION
+    cli = ["--gc-freeze"]
+    meta = "BOOL|immortal"
     validator = validate_gc_freeze
     default = True
     desc = """\
@@ -103,6 +159,9 @@ class GcFreeze(Setting):
 class PreloaderBootTimeout(Setting):
     name = "preloader_boot_timeout"
     section = SECTION
+    cli = ["--preloader-boot-timeout"]
+    meta = "SECONDS"
+    cli_parse = staticmethod(parse_number)
     validator = validate_optional_seconds
     default = None
     desc = """\
@@ -160,6 +219,9 @@ def validate_fork_worker(val):
 class ForkWorker(Setting):
     name = "fork_worker"
     section = SECTION
+    cli = ["--fork-worker"]
+    meta = "N[,N...]"
+    cli_parse = staticmethod(parse_requests)
     validator = validate_fork_worker
     default = False
     desc = """\
@@ -220,6 +282,8 @@ def validate_fork_safety(val):
 class ForkSafety(Setting):
     name = "fork_safety"
     section = SECTION
+    cli = ["--fork-safety"]
+    meta = "STRING"
     validator = validate_fork_safety
     default = "warn"
     desc = """\
@@ -247,6 +311,8 @@ class ForkSafety(Setting):
 class ForkRecipes(Setting):
     name = "fork_recipes"
     section = SECTION
+    cli = ["--fork-recipes"]
+    action = "store_true"
     validator = validate_bool
     default = False
     desc = """\
@@ -300,6 +366,11 @@ def validate_oob_work_header(val):
 class OobGc(Setting):
     name = "oob_gc"
     section = SECTION
+    cli = ["--oob-gc"]
+    meta = "N"
+    nargs = "?"
+    const = "true"
+    cli_parse = staticmethod(parse_oob_gc)
     validator = validate_oob_gc
     default = False
     desc = """\
@@ -328,6 +399,9 @@ class OobGc(Setting):
 class OobGcGeneration(Setting):
     name = "oob_gc_generation"
     section = SECTION
+    cli = ["--oob-gc-generation"]
+    meta = "INT"
+    cli_parse = staticmethod(parse_int)
     validator = validate_oob_gc_generation
     default = None
     desc = """\
@@ -341,6 +415,8 @@ class OobGcGeneration(Setting):
 class OobWorkHeader(Setting):
     name = "oob_work_header"
     section = SECTION
+    cli = ["--oob-work-header"]
+    meta = "STRING"
     validator = validate_oob_work_header
     default = "X-Smartspawn-OOB-Work"
     desc = """\
@@ -405,6 +481,9 @@ def validate_memory_size(val):
 class MemorySampleInterval(Setting):
     name = "memory_sample_interval"
     section = SECTION
+    cli = ["--memory-sample-interval"]
+    meta = "SECONDS"
+    cli_parse = staticmethod(parse_number)
     validator = validate_positive
     default = 5.0
     desc = """\
@@ -419,6 +498,8 @@ class MemorySampleInterval(Setting):
 class ReforkOnMemory(Setting):
     name = "refork_on_memory"
     section = SECTION
+    cli = ["--refork-on-memory"]
+    action = "store_true"
     validator = validate_bool
     default = False
     desc = """\
@@ -437,6 +518,9 @@ class ReforkOnMemory(Setting):
 class ReforkMemoryGrowth(Setting):
     name = "refork_memory_growth"
     section = SECTION
+    cli = ["--refork-memory-growth"]
+    meta = "FLOAT"
+    cli_parse = staticmethod(parse_number)
     validator = validate_positive
     default = 0.1
     desc = """\
@@ -452,6 +536,9 @@ class ReforkMemoryGrowth(Setting):
 class ReforkMinInterval(Setting):
     name = "refork_min_interval"
     section = SECTION
+    cli = ["--refork-min-interval"]
+    meta = "SECONDS"
+    cli_parse = staticmethod(parse_number)
     validator = validate_positive
     default = 30.0
     desc = """\
@@ -463,6 +550,8 @@ class ReforkMinInterval(Setting):
 class MaxWorkerMemory(Setting):
     name = "max_worker_memory"
     section = SECTION
+    cli = ["--max-worker-memory"]
+    meta = "SIZE"
     validator = validate_memory_size
     default = None
     desc = """\
@@ -480,6 +569,9 @@ class MaxWorkerMemory(Setting):
 class PreloaderIdleTimeout(Setting):
     name = "preloader_idle_timeout"
     section = SECTION
+    cli = ["--preloader-idle-timeout"]
+    meta = "SECONDS"
+    cli_parse = staticmethod(parse_number)
     validator = validate_optional_seconds
     default = None
     desc = """\
@@ -494,6 +586,33 @@ class PreloaderIdleTimeout(Setting):
 # Every Setting subclass defined above is smartspawn's, in declaration order.
 SMARTSPAWN_SETTINGS = tuple(s for s in KNOWN_SETTINGS if s.__module__ == __name__)
 SMARTSPAWN_NAMES = tuple(s.name for s in SMARTSPAWN_SETTINGS)
+
+
+class CliValue:
+    """The argparse `type` of a smartspawn flag: its text parsed (`cli_parse`) and checked
+    by the setting's validator, so that a bad value stops the parser with a message that
+    names the setting and the value. An instance, not a function: gunicorn reads
+    `setting.type`, which would bind a function as a method."""
+
+    def __init__(self, setting_class):
+        self.name = setting_class.name
+        self.parse = getattr(setting_class, "cli_parse", str)
+        self.validator = setting_class.validator
+        self.__name__ = setting_class.name  # argparse names it in some messages
+
+    def __call__(self, text):
+        try:
+            value = self.parse(text)
+            self.validator(value)
+        except (TypeError, ValueError, OverflowError, ConfigError) as exc:
+            raise argparse.ArgumentTypeError("%s=%r: %s" % (self.name, text, exc)) from None
+        return value
+
+
+for _setting in SMARTSPAWN_SETTINGS:
+    if _setting.cli and _setting.action is None:
+        _setting.type = CliValue(_setting)
+del _setting
 
 
 def config_namespace(cfg):

@@ -191,3 +191,57 @@ GOOD_SETTINGS = [
 def setting_of(line):
     """The setting a gunicorn.conf.py line sets."""
     return line.split("=", 1)[0].strip()
+
+
+# `smartspawn run` flags (also GUNICORN_CMD_ARGS): (the arguments, the setting, the value
+# it takes). At least one per setting that has a flag (every one but the hooks, which are
+# config-file-only as gunicorn's own hooks are); test_cli_flags.py checks it.
+GOOD_FLAGS = [
+    (["--spawn-method", "direct"], "spawn_method", "direct"),
+    (["--gc-freeze", "immortal"], "gc_freeze", "immortal"),
+    (["--gc-freeze", "false"], "gc_freeze", False),
+    (["--preloader-boot-timeout", "2.5"], "preloader_boot_timeout", 2.5),
+    (["--fork-worker", "1000"], "fork_worker", (1000,)),
+    (["--fork-worker", "50,500,5000"], "fork_worker", (50, 500, 5000)),
+    (["--fork-worker", "true"], "fork_worker", (1000,)),
+    (["--fork-worker", "0"], "fork_worker", ()),
+    (["--fork-safety", "strict"], "fork_safety", "strict"),
+    (["--fork-recipes"], "fork_recipes", True),
+    (["--oob-gc", "--workers", "2"], "oob_gc", True),
+    (["--oob-gc=25"], "oob_gc", 25),
+    (["--oob-gc", "false"], "oob_gc", False),
+    (["--oob-gc-generation", "2"], "oob_gc_generation", 2),
+    (["--oob-work-header", "X-Work"], "oob_work_header", "X-Work"),
+    (["--oob-work-header", ""], "oob_work_header", None),
+    (["--memory-sample-interval", "0.5"], "memory_sample_interval", 0.5),
+    (["--refork-on-memory"], "refork_on_memory", True),
+    (["--refork-memory-growth", "0.25"], "refork_memory_growth", 0.25),
+    (["--refork-min-interval", "10"], "refork_min_interval", 10.0),
+    (["--max-worker-memory", "512MB"], "max_worker_memory", 512 * MIB),
+    (["--max-worker-memory", "1048576"], "max_worker_memory", MIB),
+    (["--preloader-idle-timeout", "60"], "preloader_idle_timeout", 60.0),
+]
+
+# (the arguments, the "setting='value'" the parser's error must name): it exits 2.
+BAD_FLAGS = [
+    (["--spawn-method", "bogus"], "spawn_method='bogus'"),
+    (["--gc-freeze", "maybe"], "gc_freeze='maybe'"),
+    (["--preloader-boot-timeout", "soon"], "preloader_boot_timeout='soon'"),
+    (["--preloader-boot-timeout", "-1"], "preloader_boot_timeout='-1'"),
+    (["--fork-worker", "x"], "fork_worker='x'"),
+    (["--fork-worker", "-5"], "fork_worker='-5'"),
+    (["--fork-worker", "1.5"], "fork_worker='1.5'"),
+    (["--fork-worker", "10,0"], "fork_worker='10,0'"),
+    (["--fork-safety", "bogus"], "fork_safety='bogus'"),
+    (["--oob-gc", "sometimes"], "oob_gc='sometimes'"),
+    (["--oob-gc", "-1"], "oob_gc='-1'"),
+    (["--oob-gc"], "oob_gc='app:app'"),  # a bare --oob-gc before the app takes it
+    (["--oob-gc-generation", "3"], "oob_gc_generation='3'"),
+    (["--oob-work-header", "Content-Length"], "oob_work_header='Content-Length'"),
+    (["--memory-sample-interval", "0"], "memory_sample_interval='0'"),
+    (["--refork-memory-growth", "nan"], "refork_memory_growth='nan'"),
+    (["--refork-min-interval", "inf"], "refork_min_interval='inf'"),
+    (["--max-worker-memory", "lots"], "max_worker_memory='lots'"),
+    (["--max-worker-memory", "1KB"], "max_worker_memory='1KB'"),
+    (["--preloader-idle-timeout", "-1"], "preloader_idle_timeout='-1'"),
+]
