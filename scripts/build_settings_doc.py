@@ -24,9 +24,12 @@ HEADER = """\
 # Configuration
 
 smartspawn adds these settings to gunicorn's own. Set them in the gunicorn config file
-(`-c gunicorn.conf.py`, or the module given as `-c python:module`); they have no
-command-line flags. An invalid value stops gunicorn at start with exit code 1, naming
-the setting and the value; after a HUP it keeps the running configuration.
+(`-c gunicorn.conf.py`, or the module given as `-c python:module`); under `smartspawn run`
+(gunicorn with smartspawn's settings known to its parser) every one but the hooks also has
+a flag, shown below, that works in `GUNICORN_CMD_ARGS` too. `gunicorn -k smartspawn.Worker`
+parses its command line before any smartspawn code runs: there, the config file only. An
+invalid value stops gunicorn at start with exit code 1, naming the setting and the value;
+after a HUP it keeps the running configuration.
 """
 
 
@@ -48,6 +51,7 @@ def render_setting(setting):
         "## `%s`" % setting.name,
         "",
         "- Section: %s" % setting.section,
+        *(["- Flag (`smartspawn run`): `%s`" % " ".join(setting.cli)] if setting.cli else []),
         "- Default:%s" % render_default(setting),
         "",
         rst_to_markdown(setting.desc),  # gunicorn's SettingMeta has dedented it
