@@ -24,3 +24,7 @@ def boot(server, timeout=20.0):
             return False
         time.sleep(0.05)
     return server.exited() is None
+
+
+def is_smart(server):
+    return server.worker_class.startswith("smartspawn")

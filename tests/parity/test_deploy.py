@@ -29,14 +29,10 @@ import uuid
 import psutil
 import pytest
 
-
 from conftest import GUNICORN, LoadLoop, wait_for
+from parity.helpers import is_smart
 
 URG_ONLY = "fork_worker = 10**9\n"
-
-
-def is_smart(server):
-    return server.worker_class.startswith("smartspawn")
 
 
 def set_arg(server, flag, value):

@@ -23,27 +23,9 @@ import psutil
 import pytest
 
 from conftest import wait_for
+from parity.helpers import is_smart
 
 REFORK = "fork_worker = 10**9\n"
-
-
-@pytest.fixture
-def run_both(make_server):
-    """run_both(scenario, **make_server kwargs) -> (plain gunicorn's outcome, smartspawn's)."""
-    def run(scenario, **kwargs):
-        outcomes = []
-        for kind in ("sync", "smartspawn.Worker"):
-            server = make_server(worker_class=kind, **kwargs)
-            try:
-                outcomes.append(scenario(server))
-            finally:
-                server.teardown()
-        return tuple(outcomes)
-    return run
-
-
-def is_smart(server):
-    return server.worker_class.startswith("smartspawn")
 
 
 @contextlib.contextmanager
