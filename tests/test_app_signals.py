@@ -221,8 +221,8 @@ def test_an_interval_timer_and_faulthandler_set_at_import_are_each_workers(make_
                    start(make_server, "timer", "smartspawn.Worker", workers=2)):
         assert server.get_json("/ticks")["ticks"] > 0, server.log()
         worker = server.worker_pids()[0]
-        os.kill(worker, signal.SIGUSR2)
-        server.wait_log(r"Current thread 0x[0-9a-f]+ \(most recent call first\)")
+        os.kill(worker, signal.SIGUSR2)  # 3.14 names the thread in the dump
+        server.wait_log(r"Current thread 0x[0-9a-f]+ (\[[^]]*\] )?\(most recent call first\)")
         wait_for(server.get_ok, what="serving after the dump")
         assert worker in server.worker_pids(), server.log()
         assert "was sent SIGPROF" not in server.log() and "was sent SIGUSR2" not in server.log()
