@@ -1,9 +1,9 @@
 """gunicorn_smartspawn: smart spawning for gunicorn.
 
 Turn it on with ``gunicorn -k smartspawn.Worker`` (or ``smartspawn.ThreadWorker``, and the
-event-loop workers ``smartspawn.ASGIWorker``, ``smartspawn.UvicornWorker`` and
-``smartspawn.GeventWorker``). The subpackages are the process tree, each named for the
-process its code runs in:
+event-loop workers ``smartspawn.ASGIWorker``, ``smartspawn.UvicornWorker``,
+``smartspawn.UvicornH11Worker`` and ``smartspawn.GeventWorker``). The subpackages are the
+process tree, each named for the process its code runs in:
 
 - ``master``: gunicorn's arbiter extended (``arbiter``), the table of its children
   (``fleet``), the policies (``refork``, ``lifecycle``) and what they decide
@@ -27,8 +27,8 @@ from gunicorn_smartspawn.worker import base as worker
 from gunicorn_smartspawn.worker.forkgate import no_longer_fork_safe, prevent_fork
 
 __version__ = "0.1.0"
-__all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "GeventWorker",
-           "__version__", "prevent_fork", "no_longer_fork_safe"]
+__all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "UvicornH11Worker",
+           "GeventWorker", "__version__", "prevent_fork", "no_longer_fork_safe"]
 
 # The event-loop workers: name -> (module, what -k gets). Their modules import gevent or
 # uvicorn, so each is imported when asked for (gunicorn's -k), not with the package.
@@ -36,6 +36,8 @@ EVENT_LOOP_WORKERS = {
     "ASGIWorker": ("asgi", "``-k smartspawn.ASGIWorker``: gunicorn's asgi worker."),
     "UvicornWorker": ("asgi_uvicorn", "``-k smartspawn.UvicornWorker``: uvicorn-worker's "
                       "UvicornWorker (the ``uvicorn`` extra)."),
+    "UvicornH11Worker": ("asgi_uvicorn", "``-k smartspawn.UvicornH11Worker``: uvicorn-worker's "
+                         "UvicornH11Worker, h11 and asyncio (the ``uvicorn`` extra)."),
     "GeventWorker": ("gevent_worker", "``-k smartspawn.GeventWorker``: gunicorn's gevent "
                      "worker."),
 }

@@ -2,10 +2,11 @@
 import gunicorn_smartspawn
 from gunicorn_smartspawn import ThreadWorker, Worker, __version__, no_longer_fork_safe, prevent_fork
 
-__all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "GeventWorker",
-           "__version__", "prevent_fork", "no_longer_fork_safe"]
+__all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "UvicornH11Worker",
+           "GeventWorker", "__version__", "prevent_fork", "no_longer_fork_safe"]
 
 
 def __getattr__(name: str) -> type:
-    # The event-loop workers (ASGIWorker, UvicornWorker, GeventWorker): imported on demand.
+    # The event-loop workers (ASGIWorker, UvicornWorker, UvicornH11Worker, GeventWorker):
+    # imported on demand.
     return getattr(gunicorn_smartspawn, name)

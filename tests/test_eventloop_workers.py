@@ -24,6 +24,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used:Depre
 ASGI = [pytest.param(("smartspawn.ASGIWorker", "asgi"), id="asgi"),
         pytest.param(("smartspawn.UvicornWorker", "uvicorn_worker.UvicornWorker"),
                      id="uvicorn")]
+UVICORN_H11 = pytest.param(("smartspawn.UvicornH11Worker", "uvicorn_worker.UvicornH11Worker"),
+                           id="uvicorn-h11")
 GEVENT = ("smartspawn.GeventWorker", "gevent")
 REFORK = """
 fork_worker = True
@@ -136,7 +138,7 @@ def websockets_on_every_worker(server, count):
 # -- the app is imported once; the lifespan runs in every worker, on its own loop ------
 
 
-@pytest.mark.parametrize("classes", ASGI)
+@pytest.mark.parametrize("classes", [*ASGI, UVICORN_H11])
 def test_asgi_app_is_imported_once_and_every_worker_runs_its_own_lifespan(asgi_server,
                                                                          classes):
     library("websockets")

@@ -1,4 +1,5 @@
-"""``-k smartspawn.UvicornWorker``: uvicorn-worker's UvicornWorker with smart spawning.
+"""``-k smartspawn.UvicornWorker`` and ``-k smartspawn.UvicornH11Worker``: uvicorn-worker's
+two classes with smart spawning.
 
 Needs the ``uvicorn`` extra: ``pip install "gunicorn_smartspawn[uvicorn]"``. What it shares
 with gunicorn's asgi worker (the loop is the worker's, the lifespan runs in each worker,
@@ -11,6 +12,7 @@ try:
     from uvicorn.importer import import_from_string
     from uvicorn._compat import asyncio_run
     from uvicorn.server import Server
+    from uvicorn_worker import UvicornH11Worker as BaseUvicornH11Worker
     from uvicorn_worker import UvicornWorker as BaseUvicornWorker
 except ImportError as exc:
     raise ImportError('smartspawn.UvicornWorker needs uvicorn-worker: pip install '
@@ -108,3 +110,9 @@ class UvicornWorker(EventLoopWorkerMixin, LoopNotingWorker):
         super().stop_serving()
         if self.uvicorn is not None:
             self.uvicorn.should_exit = True  # uvicorn finishes requests, runs lifespan shutdown
+
+
+class UvicornH11Worker(UvicornWorker):
+    """uvicorn-worker's pure-Python one: the h11 parser and asyncio's own loop."""
+
+    CONFIG_KWARGS = BaseUvicornH11Worker.CONFIG_KWARGS
