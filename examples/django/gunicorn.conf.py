@@ -13,11 +13,15 @@ forwarded_allow_ips = "127.0.0.1,::1"   # who may set X-Forwarded-*: nginx's add
 timeout = 30
 graceful_timeout = 20    # below what stops the server (systemd's TimeoutStopSec, k8s's grace period)
 accesslog = "-"
+# /metrics for Prometheus and /healthz for probes, served by the master
+# (pip install "gunicorn-smartspawn[metrics]"; "0.0.0.0:9187" in a container):
+# metrics_bind = "127.0.0.1:9187"
 
 # Recycle workers now and then; each one serves until its replacement serves.
 max_requests = 20000
 max_requests_jitter = 2000
-max_worker_memory = "512MB"   # its private memory (USS): shared pages do not count
+max_worker_memory = "512MB"   # its private memory (USS): shared pages do not count;
+                              # in a container, "10%" is a share of its memory limit
 
 # Refork: once worker-0 has served 1000 requests, the warmed worker becomes the template
 # and the others are forked again from it, sharing what Django built since the import
