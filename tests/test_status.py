@@ -1,14 +1,21 @@
 """`smartspawn status` and the control socket, against a real running server."""
+import concurrent.futures
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import gunicorn
+import pytest
 from gunicorn.ctl.client import ControlClient
 
+import gunicorn_smartspawn
 from conftest import wait_for
+from gunicorn_smartspawn.shared import cgroup
+from services import library
 
 STATUS = [sys.executable, "-m", "smartspawn", "status"]
 
@@ -143,3 +150,97 @@ def test_status_shows_out_of_band_collections(make_server):
         server.request()
     rows = wait_for(oob, what="out-of-band collections in the status")
     assert all(microseconds > 0 for _, microseconds in rows)
+
+
+# (worker class, extra arguments, app file, a request that lasts about 4 s)
+CLASSES = [
+    pytest.param(("smartspawn.Worker", (), "long_requests.py", "/stream?4"), id="sync"),
+    pytest.param(("smartspawn.Worker", ("--threads", "4"), "long_requests.py", "/stream?4"),
+                 id="gthread"),
+    pytest.param(("smartspawn.ASGIWorker", (), "fastapi_lifespan.py", "/sleep?s=4"),
+                 id="asgi"),
+]
+
+
+@pytest.mark.parametrize("kind", CLASSES)
+def test_a_worker_in_a_slow_request_shows_busy_with_one_in_flight(make_server, kind):
+    worker_class, args, app_file, slow = kind
+    if app_file == "fastapi_lifespan.py":
+        library("fastapi")
+    server = make_server(app_file, workers=1, worker_class=worker_class, args=args).start()
+
+    def worker_row():
+        result = status("--pid", str(server.pid), "--json")
+        assert result.returncode == 0, result.stderr
+        rows = [r for r in json.loads(result.stdout)["processes"] if r["role"] == "worker"]
+        return rows[0] if rows else None
+
+    # The readiness probe's request is over: idle, with a last request.
+    row = wait_for(lambda: (lambda r: r if r and r["last_request"] is not None else None)(
+        worker_row()), what="the probe's request in the status")
+    assert (row["busy"], row["in_flight"]) == (False, 0), row
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow_request = pool.submit(server.request, slow, 20.0)
+        row = wait_for(lambda: (lambda r: r if r and r["busy"] else None)(worker_row()),
+                       what="the worker busy in the status")
+        assert row["in_flight"] == 1, row
+        assert 0 <= row["last_heartbeat"] < 31 and row["cpu_seconds"] >= 0, row
+        table = status("--pid", str(server.pid)).stdout
+        assert re.search(r"^worker +%d +1 +\S+ +busy +1 " % row["pid"], table, re.M), table
+        assert slow_request.result()[0] == 200
+    row = wait_for(lambda: (lambda r: r if r and not r["busy"] else None)(worker_row()),
+                   what="the worker idle again")
+    assert row["in_flight"] == 0 and row["last_request"] < 5, row
+
+
+def test_watch_to_a_pipe_writes_no_terminal_codes_and_json_lines(make_server):
+    server = make_server(workers=1).start()
+    result = status("--pid", str(server.pid), "--watch", "0.2", "--count", "3")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    headers = re.findall(r"^smartspawn \S+, gunicorn \S+; .* \(the server's state is "
+                         r"[\d.]+s old\)$", result.stdout, re.M)
+    assert len(headers) == 3, result.stdout
+    assert re.search(r"^ROLE .* RSS MiB +PSS MiB +USS MiB +SHARED MiB +CPU %$",
+                     result.stdout, re.M), result.stdout
+
+    result = status("--pid", str(server.pid), "--watch", "0.2", "--count", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and "\x1b" not in result.stdout
+    reports = [json.loads(line) for line in lines]
+    assert all(r["master"] == server.pid for r in reports)
+    assert [r["time"] for r in reports] == sorted(r["time"] for r in reports)
+    # CPU % is over the interval: from the second report on.
+    assert {row["cpu_percent"] for row in reports[0]["processes"]} == {None}
+    assert all(row["cpu_percent"] is not None for row in reports[2]["processes"])
+
+
+def test_watch_to_a_pipe_until_killed_gives_whole_json_lines(make_server):
+    """Without --count, as `smartspawn status --watch 1 --json | consumer` runs: read a
+    few lines, then stop it."""
+    server = make_server(workers=1).start()
+    proc = subprocess.Popen([*STATUS, "--pid", str(server.pid), "--watch", "0.1", "--json"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):
+            assert json.loads(proc.stdout.readline())["master"] == server.pid
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_status_header_and_cgroup_line(make_server):
+    server = make_server(workers=1).start()
+    result = status("--pid", str(server.pid), "--json")
+    report = json.loads(result.stdout)
+    assert report["smartspawn_version"] == gunicorn_smartspawn.__version__
+    assert report["gunicorn_version"] == gunicorn.__version__
+    assert abs(report["time"] - time.time()) < 30
+    memory = cgroup.memory_of(server.pid)
+    if memory is None:
+        assert report["cgroup"] is None
+    else:
+        assert report["cgroup"]["version"] == memory.version
+        assert report["cgroup"]["path"] == memory.path

@@ -1,9 +1,10 @@
-"""`smartspawn status`: what each process of a running server really costs.
+"""`smartspawn status`: what each process of a running server really costs and does.
 
-Roles, generations and request counts come from the server's state file (state.py);
-memory comes from the kernel through psutil: RSS counts shared pages in every process
-that maps them, so the real cost of the server is the sum of PSS (each shared page
-divided among its sharers); USS is what a process alone holds.
+Roles, generations, request counts, requests in flight and heartbeats come from the
+server's state file (state.py, snapshot.py); memory and CPU time come from the kernel
+through psutil, and the memory cgroup's figures from its files (cgroup.py). RSS counts
+shared pages in every process that maps them, so the real cost of the server is the sum
+of PSS (each shared page divided among its sharers); USS is what a process alone holds.
 """
 import argparse
 import json
@@ -13,7 +14,7 @@ import time
 
 import psutil
 
-from gunicorn_smartspawn.shared import state
+from gunicorn_smartspawn.shared import cgroup, state
 
 MIB = 1024 * 1024
 
@@ -108,51 +109,150 @@ def process_rows(server_state):
             with proc.oneshot():
                 memory = proc.memory_full_info()
                 started = proc.create_time()
+                cpu = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue  # exited since the server wrote its state
         except psutil.AccessDenied:
             raise StatusError("cannot read the memory of pid %d: run as the server's user "
                               "(or root)" % entry["pid"]) from None
         rows.append({**entry, "age_seconds": round(time.time() - started, 1),
+                     "cpu_seconds": round(cpu.user + cpu.system, 2),
                      "rss": memory.rss, "pss": memory.pss, "uss": memory.uss,
                      "shared": memory.rss - memory.uss})
     return rows
 
 
-def report(server_state, rows):
+def add_cpu_percent(rows, previous, now):
+    """--watch: each row's CPU use since the previous report, in % of one core (None for
+    a process that was not in it). `previous`: {pid: (cpu_seconds, when)}; returns the
+    one for the next report."""
+    for row in rows:
+        before = previous.get(row["pid"])
+        row["cpu_percent"] = (round(100 * (row["cpu_seconds"] - before[0]) / (now - before[1]), 1)
+                              if before and now > before[1] else None)
+    return {row["pid"]: (row["cpu_seconds"], now) for row in rows}
+
+
+def cgroup_memory(master_pid):
+    """The master's memory cgroup (the container's, under Docker or Kubernetes), as a
+    dict; None when it is in none, or it cannot be read."""
+    try:
+        memory = cgroup.memory_of(master_pid)
+    except OSError:
+        return None
+    return memory._asdict() if memory else None
+
+
+def report(server_state, rows, cgroup_figures=None):
     totals = {key: sum(row[key] for row in rows) for key in ("rss", "pss", "uss")}
-    return {"master": server_state["master"], "proc_name": server_state["proc_name"],
+    return {"time": round(time.time(), 3), "state_updated": server_state["updated"],
+            "smartspawn_version": server_state["smartspawn_version"],
+            "gunicorn_version": server_state["gunicorn_version"],
+            "master": server_state["master"], "proc_name": server_state["proc_name"],
             "generation": server_state["generation"],
             "spawn_method": server_state["spawn_method"],
             "workers_target": server_state["workers_target"],
             "reforks": server_state["reforks"],
             "preloader_running": server_state["preloader_running"],
-            "lifecycle": server_state["lifecycle"], "processes": rows, "totals": totals}
+            "lifecycle": server_state["lifecycle"], "cgroup": cgroup_figures,
+            "processes": rows, "totals": totals}
+
+
+# The table's columns: (heading, width, the text for a row). Figures the server could not
+# give (a master has no request count) are "-".
+COLUMNS = [
+    ("ROLE", -20, lambda row: row["role"]),
+    ("PID", 7, lambda row: row["pid"]),
+    ("GEN", 3, lambda row: row.get("generation", "-")),
+    ("AGE", 6, lambda row: duration(row["age_seconds"])),
+    ("STATE", 5, lambda row: busy_text(row.get("busy"))),
+    ("INFLT", 5, lambda row: dash(row.get("in_flight"))),
+    ("REQUESTS", 8, lambda row: row.get("requests", "-")),
+    ("LAST REQ", 8, lambda row: dash(row.get("last_request"), duration)),
+    ("BEAT", 5, lambda row: dash(row.get("last_heartbeat"), duration)),
+    ("CPU s", 7, lambda row: "%.1f" % row["cpu_seconds"]),
+    ("OOB GC", 6, lambda row: row.get("oob_collections", "-")),
+    ("OOB s", 6, lambda row: dash(row.get("oob_microseconds"),
+                                  lambda us: "%.3f" % (us / 1e6))),
+    ("RSS MiB", 8, lambda row: mib(row["rss"])),
+    ("PSS MiB", 8, lambda row: mib(row["pss"])),
+    ("USS MiB", 8, lambda row: mib(row["uss"])),
+    ("SHARED MiB", 10, lambda row: mib(row["shared"])),
+]
+# --watch: the CPU use over the last interval, after the total.
+CPU_PERCENT = ("CPU %", 6, lambda row: dash(row.get("cpu_percent"), lambda p: "%.1f" % p))
+
+
+def dash(value, text=str):
+    return "-" if value is None else text(value)
+
+
+def busy_text(busy):
+    return "-" if busy is None else "busy" if busy else "idle"
+
+
+def mib(size):
+    return "%.1f" % (size / MIB)
+
+
+def duration(seconds):
+    """2.5s, 42s, 3m05s, 2h14m: short enough for a column."""
+    if seconds < 10:
+        return "%.1fs" % seconds
+    seconds = int(seconds)
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    return "%dh%02dm" % divmod(seconds // 60, 60)
+
+
+def table_line(columns, texts):
+    cells = ("%*s" % (width, text) for (_, width, _), text in zip(columns, texts, strict=True))
+    return " ".join(cells).rstrip()
 
 
 def render(status):
-    lines = ["smartspawn: %s, master %d, generation %d, %s spawning, %d reforks"
+    watched = any("cpu_percent" in row for row in status["processes"])
+    columns = COLUMNS + ([CPU_PERCENT] if watched else [])
+    lines = [header_line(status),
+             "%s, master %d, generation %d, %s spawning, %d reforks"
              % (status["proc_name"], status["master"], status["generation"],
                 status["spawn_method"], status["reforks"]),
+             cgroup_line(status["cgroup"]),
              lifecycle_line(status),
              *immortal_lines(status),
-             "%-20s %7s %4s %8s %8s %8s %8s %9s %9s %9s %9s" % (
-                 "ROLE", "PID", "GEN", "AGE", "REQUESTS", "OOB GC", "OOB s",
-                 "RSS MiB", "PSS MiB", "USS MiB", "SHARED")]
+             table_line(columns, [heading for heading, _, _ in columns])]
     for row in status["processes"]:
-        lines.append("%-20s %7d %4s %8s %8s %8s %8s %9.1f %9.1f %9.1f %9.1f" % (
-            row["role"], row["pid"], row.get("generation", "-"),
-            "%ds" % row["age_seconds"], row.get("requests", "-"),
-            row.get("oob_collections", "-"),
-            "%.3f" % (row["oob_microseconds"] / 1e6) if "oob_microseconds" in row else "-",
-            row["rss"] / MIB, row["pss"] / MIB, row["uss"] / MIB, row["shared"] / MIB))
+        lines.append(table_line(columns, [text(row) for _, _, text in columns]))
     totals = status["totals"]
-    lines.append("%-20s %7s %4s %8s %8s %8s %8s %9.1f %9.1f %9.1f" % (
-        "total (%d processes)" % len(status["processes"]), "", "", "", "", "", "",
-        totals["rss"] / MIB, totals["pss"] / MIB, totals["uss"] / MIB))
+    total = {heading: mib(totals[key]) for heading, key in (
+        ("RSS MiB", "rss"), ("PSS MiB", "pss"), ("USS MiB", "uss"))}
+    lines.append(table_line(columns, [
+        "total (%d processes)" % len(status["processes"]) if heading == "ROLE"
+        else total.get(heading, "") for heading, _, _ in columns]))
     lines.append("The server's real memory cost is the total PSS; RSS counts shared "
                  "pages once per process.")
     return "\n".join(lines)
+
+
+def header_line(status):
+    return ("smartspawn %s, gunicorn %s; %s (the server's state is %.1fs old)" % (
+        status["smartspawn_version"], status["gunicorn_version"],
+        time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(status["time"])),
+        max(0.0, status["time"] - status["state_updated"])))
+
+
+def cgroup_line(figures):
+    if figures is None:
+        return "memory cgroup: none (no memory controller, or not readable here)"
+    used = "memory cgroup v%d %s: %s MiB used" % (figures["version"], figures["path"],
+                                                   mib(figures["usage_bytes"]))
+    limit = figures["limit_bytes"]
+    if limit is None:
+        return used + ", no limit"
+    return used + " of a %s MiB limit (%.0f%%)" % (mib(limit),
+                                                   100 * figures["usage_bytes"] / limit)
 
 
 def lifecycle_line(status):
@@ -176,7 +276,7 @@ def immortal_lines(status):
 def collect(args):
     master = find_master(args.pid, args.pidfile, args.state_dir)
     server_state = load_state(master, args.state_dir)
-    return report(server_state, process_rows(server_state))
+    return report(server_state, process_rows(server_state), cgroup_memory(master))
 
 
 def main(argv=None):
@@ -189,17 +289,38 @@ def main(argv=None):
     parser.add_argument("--pidfile", help="gunicorn's pidfile (--pid of gunicorn)")
     parser.add_argument("--state-dir", help="where servers publish their state "
                         "(default: %s)" % state.state_dir())
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true", help="print JSON (with --watch: "
+                        "one document per line, JSON Lines)")
     parser.add_argument("--watch", type=float, metavar="SECONDS",
-                        help="refresh every SECONDS until interrupted")
+                        help="refresh every SECONDS until interrupted (or --count)")
+    parser.add_argument("--count", type=int, metavar="N",
+                        help="with --watch: stop after N reports")
     args = parser.parse_args(argv)
+    if args.count is not None and (not args.watch or args.count < 1):
+        parser.error("--count N needs --watch and N >= 1")
+    if args.watch is not None and args.watch <= 0:
+        parser.error("--watch SECONDS must be above 0")
+    # Clear the screen between reports only on a terminal: a pipe or a file gets the
+    # reports one after another, with no control codes.
+    clear = args.watch and not args.json and sys.stdout.isatty()
+    printed, cpu_before = 0, {}
     try:
         while True:
             status = collect(args)
             if args.watch:
+                cpu_before = add_cpu_percent(status["processes"], cpu_before,
+                                             time.monotonic())
+            if clear:
                 print("\033[H\033[J", end="")
-            print(json.dumps(status, indent=2) if args.json else render(status), flush=True)
-            if not args.watch:
+            elif printed and not args.json:
+                print()  # a blank line between two reports
+            if args.json:
+                print(json.dumps(status) if args.watch else json.dumps(status, indent=2))
+            else:
+                print(render(status))
+            sys.stdout.flush()
+            printed += 1
+            if not args.watch or printed == args.count:
                 return 0
             time.sleep(args.watch)
     except StatusError as exc:

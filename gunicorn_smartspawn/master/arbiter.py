@@ -38,7 +38,7 @@ from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.master import actions, snapshot
 from gunicorn_smartspawn.shared import _linux, hookstate, protocol, state
 from gunicorn_smartspawn.master.backoff import Backoff
-from gunicorn_smartspawn.shared.config import install_settings
+from gunicorn_smartspawn.shared.config import ShareOfLimit, install_settings
 from gunicorn_smartspawn.master.fleet import (
     SPAWN_TIMEOUT, STOP_SIGNALS, ChannelBroken, ChannelClosed, Fleet, Role, State,
 )
@@ -73,6 +73,7 @@ class SmartArbiter(Arbiter):
             sys.exit(1)
         for warning in settings_warnings:
             self.log.warning(warning)
+        self.log_memory_share()
         self.worker_class = worker_class_for(self.cfg)
         self.generation = 1
         self.stopping = False
@@ -97,6 +98,11 @@ class SmartArbiter(Arbiter):
         self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
         self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
         return patches.GUNICORN_RUN(self)
+
+    def log_memory_share(self):
+        """max_worker_memory = "10%": what it came to, from the cgroup's limit now."""
+        if isinstance(self.cfg.max_worker_memory, ShareOfLimit):
+            self.log.info(self.cfg.max_worker_memory.describe())
 
     def choose_smart_spawning(self):
         # Any fork from a preloader or a template (fork_worker) needs the subreaper.
@@ -645,6 +651,7 @@ class SmartArbiter(Arbiter):
         super().setup(app)
         for warning in install_settings(self.cfg):
             self.log.warning(warning)
+        self.log_memory_share()
         self.turn_off_what_cannot_work()
         self.worker_class = worker_class_for(self.cfg)
 

@@ -6,22 +6,51 @@ server cannot disagree on a field.
 """
 import time
 
+import gunicorn
+
+import gunicorn_smartspawn
 from gunicorn_smartspawn.master.fleet import Role
 from gunicorn_smartspawn.shared import state
 
 
-def worker_fields(fleet, record):
-    """What smartspawn knows of one serving (or outgoing) worker."""
-    return {"generation": record.generation, "age": record.worker.age,
-            "spawned_from": record.spawned_from, "uss": record.uss,
-            "outgoing": record.outgoing_why, **fleet.counters.snapshot(record.slot)}
+def worker_fields(fleet, record, now=None):
+    """What smartspawn knows of one serving (or outgoing) worker.
+
+    Times are ages in seconds at `now` (time.monotonic(), the clock the workers write),
+    as gunicorn's `last_heartbeat`: `last_request` since the worker last finished one
+    (None before the first); `in_flight`, `busy` and `last_request` are None for a worker
+    without a slot in the counters (past counters.SLOTS workers).
+    """
+    now = time.monotonic() if now is None else now
+    counters = fleet.counters.snapshot(record.slot)
+    last_request = counters.pop("last_request_us")
+    fields = {"generation": record.generation, "age": record.worker.age,
+              "spawned_from": record.spawned_from, "uss": record.uss,
+              "outgoing": record.outgoing_why, **counters,
+              "busy": counters["in_flight"] > 0,
+              "last_request": round(now - last_request / 1e6, 2) if last_request else None,
+              "last_heartbeat": heartbeat_age(record, now)}
+    if record.slot is None:
+        fields.update(in_flight=None, busy=None, last_request=None)
+    return fields
+
+
+def heartbeat_age(record, now):
+    """Seconds since the worker last touched its heartbeat file (gunicorn's WorkerTmp
+    writes time.monotonic() as its mtime); None once the file is closed."""
+    try:
+        return round(now - record.worker.tmp.last_update(), 2)
+    except (OSError, ValueError):
+        return None
 
 
 def server_fields(arbiter):
     """What smartspawn knows of the whole server; `lifecycle` holds the lifecycle's
     counters (the control socket shows them flat, beside gunicorn's own)."""
     fleet = arbiter.fleet
-    return {"generation": arbiter.generation,
+    return {"smartspawn_version": gunicorn_smartspawn.__version__,
+            "gunicorn_version": gunicorn.__version__,
+            "generation": arbiter.generation,
             "spawn_method": "smart" if arbiter.smart else "direct",
             "workers_target": arbiter.num_workers,
             "fork_worker": list(arbiter.cfg.fork_worker),
@@ -38,7 +67,7 @@ def control_socket_worker(fleet, pid):
     if record is None or record.role is not Role.WORKER:
         return {}
     fields = worker_fields(fleet, record)
-    del fields["age"]  # gunicorn's own field already
+    del fields["age"], fields["last_heartbeat"]  # gunicorn's own fields already
     return fields
 
 

@@ -1,4 +1,5 @@
 """What every process shares: the messages between them (protocol), the per-worker
 counters (counters), the settings (config), the state file (state), what a pre_fork
-hook leaves for its worker (hookstate), Linux specifics (_linux).
+hook leaves for its worker (hookstate), a process's memory cgroup (cgroup), Linux
+specifics (_linux).
 """

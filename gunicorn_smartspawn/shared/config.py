@@ -12,12 +12,15 @@ import argparse
 import difflib
 import gc
 import math
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Protocol
 
 from gunicorn.config import KNOWN_SETTINGS, Setting, validate_bool, validate_callable
 from gunicorn.errors import ConfigError
+
+from gunicorn_smartspawn.shared import cgroup
 
 if TYPE_CHECKING:  # the hooks' annotations
     from gunicorn.app.base import BaseApplication
@@ -478,6 +481,53 @@ def validate_memory_size(val):
     return int(size)
 
 
+class ShareOfLimit(int):
+    """max_worker_memory given as a share of the memory cgroup's limit ("10%"): the bytes
+    it came to, and from what (the master logs it at start)."""
+
+    def __new__(cls, size, percent, memory):
+        value = super().__new__(cls, size)
+        value.percent, value.memory = percent, memory
+        return value
+
+    def __getnewargs__(self):  # copy and pickle
+        return int(self), self.percent, self.memory
+
+    def describe(self):
+        return ("max_worker_memory = %g%% of the memory cgroup's limit (%s, %.1f MiB): "
+                "%.1f MiB" % (self.percent, self.memory.path,
+                              self.memory.limit_bytes / 1024 ** 2, self / 1024 ** 2))
+
+
+def validate_worker_memory(val):
+    """-> bytes (int) or None: a size (validate_memory_size) or a share of the limit of
+    this process's memory cgroup ("10%"). The master validates its settings itself, at
+    start and on HUP: the share is of the master's limit, as it is then."""
+    if not (isinstance(val, str) and val.strip().endswith("%")):
+        return validate_memory_size(val)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", val)
+    percent = float(match.group(1)) if match else 0.0
+    if not 0 < percent <= 100:
+        raise ValueError('a share of the memory cgroup\'s limit must be a percentage '
+                         'above 0 and at most 100, such as "10%"')
+    try:
+        memory = cgroup.memory_of(os.getpid())
+    except OSError as exc:
+        raise ValueError("a share of the memory cgroup's limit, which cannot be read: "
+                         "%s" % exc) from None
+    if memory is None or memory.limit_bytes is None:
+        where = ("its memory cgroup %s has no limit" % memory.path if memory
+                 else "it is in no memory cgroup")
+        raise ValueError('a share of the memory cgroup\'s limit, and this server has none '
+                         '(%s): give a size such as "512MB", or set a memory limit'
+                         % where)
+    size = int(memory.limit_bytes * percent / 100)
+    if size < MIN_WORKER_MEMORY:
+        raise ValueError("%s of the memory cgroup's limit (%d bytes) is below 1MB"
+                         % (val.strip(), memory.limit_bytes))
+    return ShareOfLimit(size, percent, memory)
+
+
 class MemorySampleInterval(Setting):
     name = "memory_sample_interval"
     section = SECTION
@@ -552,13 +602,16 @@ class MaxWorkerMemory(Setting):
     section = SECTION
     cli = ["--max-worker-memory"]
     meta = "SIZE"
-    validator = validate_memory_size
+    validator = validate_worker_memory
     default = None
     desc = """\
         Replace a worker whose private memory (USS) stays above this size.
 
-        ``"512MB"``, ``"1.5GB"``, ``"800MiB"`` (K, M and G are powers of 1024) or a number
-        of bytes; ``None`` (the default) is off. USS is what the worker alone holds:
+        ``"512MB"``, ``"1.5GB"``, ``"800MiB"`` (K, M and G are powers of 1024), a number
+        of bytes, or a share of the server's memory cgroup limit: ``"10%"`` (a
+        container's memory limit; the master reads it when it starts and on each HUP,
+        and refuses to start when its cgroup has no limit). ``None`` (the default) is
+        off. USS is what the worker alone holds:
         pages it shares with the preloader, the template or other workers do not count,
         so the limit does not punish sharing as an RSS limit would. A worker above the
         limit for three samples in a row (``memory_sample_interval``) is replaced: its

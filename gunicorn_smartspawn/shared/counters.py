@@ -14,9 +14,13 @@ SLOTS = 1024
 # fork_unsafe: 1 once it called smartspawn.no_longer_fork_safe() (forkgate.py);
 # busy_since_us: when the request the sync worker is serving began (time.monotonic(), in
 # microseconds; 0 between requests): the master prefers a refork candidate that is not
-# in a long request (refork.py).
+# in a long request (refork.py);
+# in_flight: the requests the worker has begun and not finished (every worker class;
+# gthread's threads take a lock to change it, worker/base.py);
+# last_request_us: when the worker last finished a request (time.monotonic(), in
+# microseconds; 0 before the first), for `smartspawn status`.
 FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe",
-          "busy_since_us")
+          "busy_since_us", "in_flight", "last_request_us")
 
 
 class Counters:

@@ -12,7 +12,7 @@ import tempfile
 
 import psutil
 
-VERSION = 2
+VERSION = 3  # 3: the versions, busy, in_flight, last_request, last_heartbeat
 
 
 def state_dir():

@@ -51,10 +51,7 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
 
     def request_ended(self):
         self._nr += 1
-        if self.slot is not None:
-            self.counters.set(self.slot, "requests", self._nr)
-        if self._nr >= self.retire_after:
-            self.ask_for_replacement()
+        super().request_ended()
 
     def wrap_app(self):
         setattr(self, self.app_attribute,
@@ -161,6 +158,7 @@ class ServedRequests:
             while (held := gate.held()) is not None:
                 await held.wait()
             gate.entered()
+        self.worker.request_began()
         try:
             return await self.app(scope, receive, self.sender(send) if self.header else send)
         finally:

@@ -95,6 +95,10 @@ BAD_SETTINGS = [
     ("max_worker_memory = -5", "max_worker_memory=-5"),
     ('max_worker_memory = float("inf")', "max_worker_memory=inf"),
     ("max_worker_memory = [512]", "max_worker_memory=[512]"),
+    ('max_worker_memory = "0%"', "max_worker_memory='0%'"),
+    ('max_worker_memory = "150%"', "max_worker_memory='150%'"),
+    ('max_worker_memory = "ten%"', "max_worker_memory='ten%'"),
+    ('max_worker_memory = "%"', "max_worker_memory='%'"),
     ("preloader_idle_timeout = 0", "preloader_idle_timeout=0"),
     ('preloader_idle_timeout = "60"', "preloader_idle_timeout='60'"),
     ("preloader_idle_timeout = -1", "preloader_idle_timeout=-1"),
@@ -243,5 +247,6 @@ BAD_FLAGS = [
     (["--refork-min-interval", "inf"], "refork_min_interval='inf'"),
     (["--max-worker-memory", "lots"], "max_worker_memory='lots'"),
     (["--max-worker-memory", "1KB"], "max_worker_memory='1KB'"),
+    (["--max-worker-memory", "101%"], "max_worker_memory='101%'"),
     (["--preloader-idle-timeout", "-1"], "preloader_idle_timeout='-1'"),
 ]
