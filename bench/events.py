@@ -8,8 +8,8 @@ SIGURG reforks), runs apps/flask_app.py. For each event (refork, HUP, refork, HU
    every request's start and end recorded) start; after a ramp, a steady window;
 2. the event: SIGURG (refork) or SIGHUP (a new preloader imports the app, then its
    workers replace the old ones); it is over when the log says
-   "refork to generation N ... done", or, for HUP, "Generation N is ready" and none of
-   the old workers is left;
+   "refork to generation N ... done", or, for HUP, "Reload to generation N (HUP) done"
+   (none of the old workers is left);
 3. a short tail, then the load stops.
 
 Reported per event: failed requests during the whole load run (non-2xx answers and
@@ -50,7 +50,7 @@ def trigger(server, kind, before, timeout):
             raise BenchError("the refork was abandoned:\n%s" % server.log()[since:])
     else:
         server.signal(signal.SIGHUP)
-        server.wait_log(r"Generation \d+ is ready", timeout, since)
+        server.wait_log(r"Reload to generation \d+ \(HUP\) done", timeout, since)
     server.wait_workers(timeout, exclude=before)
     return since
 

@@ -8,7 +8,7 @@ in one run, alternating (off, warn, off, warn, ...), fresh servers each round:
 - the preloader's boot: the master's "preloader (pid: P, gen=1) loaded the app in S"
   (the import, then the check, then the freeze);
 - a refork: SIGURG, then "template (pid: P, gen=2) ready in S" (the candidate's
-  pre_template_fork, quiescing, the check, the freeze).
+  pre_template_fork, quiescing, the check, the freeze; logged at debug).
 
 Reported: per setting the median seconds, and the medians of the per-round ratios
 warn/off and differences warn - off.
@@ -32,7 +32,7 @@ def measure(tmp, setting, round_no, args):
     server = Server("%s-%d" % (setting, round_no), tmp / ("%s-%d" % (setting, round_no)),
                     "heavy_import:app", args=SMARTSPAWN, config=config, workers=2,
                     env={"HEAVY_IMPORT_RECORDS": str(args.records),
-                         "HEAVY_IMPORT_SECONDS": "0"})
+                         "HEAVY_IMPORT_SECONDS": "0"}, log_level="debug")
     with Servers() as servers:
         servers.start(server, timeout=args.timeout)
         loaded = float(server.wait_log(LOADED, args.timeout).group(1))

@@ -53,8 +53,10 @@ def passes(log):
 def full_read(value, root, args):
     env = {"LAZY_CACHE_RECORDS": str(args.records)}
     with Servers() as servers:
+        # debug: the template's pass is logged there (the preloader's at info).
         server = servers.start(Server("read " + value, root, "lazy_cache:app", SMARTSPAWN,
-                                      VALUES[value] + "fork_worker = 10**9\n", WORKERS, env),
+                                      VALUES[value] + "fork_worker = 10**9\n", WORKERS, env,
+                                      log_level="debug"),
                                timeout=args.timeout)
         drive(server, 1, 400, args.timeout)
         server.signal(signal.SIGURG)

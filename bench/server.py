@@ -42,7 +42,10 @@ def wait_for(predicate, timeout, what, interval=0.02):
 class Server:
     """`gunicorn [args] -c <root>/gunicorn.conf.py -w W <app>` on an ephemeral port."""
 
-    def __init__(self, name, root, app, args=(), config="", workers=2, env=None, timeout=60):
+    def __init__(self, name, root, app, args=(), config="", workers=2, env=None, timeout=60,
+                 log_level="info"):
+        """`log_level="debug"`: for what the master logs there only (a template's ready
+        time, its immortal pass)."""
         root.mkdir(parents=True)
         (root / "gunicorn.conf.py").write_text(config)
         self.name, self.root, self.workers = name, root, workers
@@ -51,7 +54,7 @@ class Server:
                     "--workers", str(workers), "--bind", "127.0.0.1:0",
                     "--control-socket", str(root / "gunicorn.ctl"),
                     "--pythonpath", str(APP_DIR), "--timeout", str(timeout),
-                    "--graceful-timeout", "10", "--log-level", "info", app]
+                    "--graceful-timeout", "10", "--log-level", log_level, app]
         self.env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
         self.proc = self.port = None
 

@@ -79,7 +79,7 @@ def test_example_serves_through_a_refork_and_a_hup_under_load(example_server, ca
 
     def hup():
         server.signal(signal.SIGHUP)
-        server.wait_log(r"Generation 3 is ready", timeout=20)
+        server.wait_log(r"Reload to generation 3 \(HUP\) done", timeout=30)
         wait_for(lambda: generations(server) == [3] * WORKERS, timeout=20,
                  what="the workers of generation 3\n" + server.log())
 

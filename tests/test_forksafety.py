@@ -115,7 +115,8 @@ def test_a_pipe_the_app_opened_is_warned_about(make_server):
 
 def test_what_gunicorn_inherited_is_noted_once_never_blamed(make_server):
     """A pipe from what started gunicorn (a CI runner, a supervisor) and gunicorn's own
-    access log: open before the import, not the app's, even under strict."""
+    access log: open before the import, not the app's, even under strict; said once per
+    master, at debug (not again by a template, nor by a HUP's preloader)."""
     read_end, write_end = os.pipe()
     try:
         server = make_server(config='fork_safety = "strict"\nfork_worker = True\n',
@@ -123,11 +124,13 @@ def test_what_gunicorn_inherited_is_noted_once_never_blamed(make_server):
         server.start(pass_fds=(write_end,))
         inherited = r"fd %d \(pipe:\[\d+\]\) was open before the app was imported: " \
                     r"inherited from the master, or from what started gunicorn" % write_end
-        server.wait_log(r"INFO\] fork safety \(preloader\): " + inherited)
+        server.wait_log(r"DEBUG\] fork safety \(preloader\): " + inherited)
         server.wait_log(r"DEBUG\] fork safety \(preloader\): fd \d+ \(/\S+/access\.log\) was "
                         r"open before the app was imported")
         server.signal(signal.SIGURG)  # the template has the pipe too: said once, by the preloader
         server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+        server.signal(signal.SIGHUP)  # a new preloader, forked from the same master
+        server.wait_log(r"Reload to generation 3 \(HUP\) done", timeout=20)
         assert len(re.findall(inherited, server.log())) == 1
         assert "WARNING] fork safety" not in server.log()
         # As under plain gunicorn, whose workers have it too: a worker has it.

@@ -65,7 +65,8 @@ def test_a_standby_killed_by_a_real_time_signal(make_server):
     server = make_server(workers=2).start()
     standby = server.single("smartspawn standby")
     os.kill(standby, signal.SIGRTMIN + 6)
-    server.wait_log(r"Standby \(pid: %d\) was sent signal %d" % (standby, signal.SIGRTMIN + 6))
+    server.wait_log(r"standby \(pid: %d, gen=\d+\) was sent signal %d"
+                    % (standby, signal.SIGRTMIN + 6))
     server.signal(signal.SIGTTIN)  # the spawner finds its standby gone and makes another
     wait_for(lambda: len(server.worker_pids()) == 3, what="a third worker")
     assert server.get_ok()

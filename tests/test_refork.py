@@ -303,7 +303,7 @@ def test_a_refork_never_kills_a_long_request_on_its_candidate(make_server):
         wait_for(lambda: time.monotonic() - began > LONG_REQUEST + 0.5, what="long requests")
         smart.signal(signal.SIGURG)
         plain.signal(signal.SIGHUP)
-        abandoned = smart.wait_log(r"abandoned: the candidate \(pid: (\d+)\) has been "
+        abandoned = smart.wait_log(r"abandoned: the chosen worker \(pid: (\d+)\) has been "
                                    r"serving a request for \d+s", timeout=LONG + 10)
         assert not all(f.done() for f in on_smart)  # abandoned while they still ran
         assert [f.result()[0] for f in on_plain] == [200, 200]

@@ -13,8 +13,9 @@ just before the first fork. What it looks for, and how it tells what is the app'
   so a seek() and read() in one worker returns what another positioned. What the
   preloader had before it imported the app is not the app's: the listeners, gunicorn's
   own (its log files), and whatever the master inherited from what started it (plain
-  gunicorn hands those to its workers too): noted once, at info. A file only written to
-  (a log the app opened) is harmless when shared: debug only.
+  gunicorn hands those to its workers too): noted once per master, at debug (not again
+  by the preloader of a HUP). A file only written to (a log the app opened) is harmless
+  when shared: debug only.
 
 A finding is logged once: not again by a later check in the same process, nor by a
 template forked from a spawner that said it (the record is inherited by fork).
@@ -72,14 +73,17 @@ warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, 
                         r"fork\(\) may", DeprecationWarning, module=__name__.replace(".", r"\."))
 
 
-def record_inherited_fds(known_fds):
-    """In the preloader, before the app is imported: what is open now is not the app's."""
+def record_inherited_fds(known_fds, noted=False):
+    """In the preloader, before the app is imported: what is open now is not the app's.
+    `noted`: an earlier preloader of this master has said so already."""
     _inherited.clear()
     for fd in open_fds():
         if fd not in known_fds:
             target = fd_target(fd)
             if target is not None:
                 _inherited[fd] = target
+                if noted:
+                    _reported.add(inherited_finding(fd, target).key)
 
 
 # -- threads --------------------------------------------------------------------------------
@@ -312,9 +316,8 @@ def read_at_a_shared_offset(fd, target):
 
 
 def inherited_finding(fd, target):
-    level = "info" if target.startswith(("socket:", "pipe:")) else "debug"
     what = "fd %d (%s) was open before the app was imported" % (fd, target)
-    return Finding(level, what + ": inherited from the master, or from what started "
+    return Finding("debug", what + ": inherited from the master, or from what started "
                    "gunicorn (plain gunicorn's workers have it too); not the app's", what)
 
 

@@ -91,7 +91,7 @@ POOL_LIBRARIES = {
         "hangs (torch's matrix product does)", False,
         "set OMP_NUM_THREADS=1 in gunicorn's environment, so that the pool is never "
         "started (torch.set_num_threads(1) in post_fork keeps the workers from hanging, "
-        "but the spawner's threads remain: strict still refuses)"),
+        "but its threads remain in the preloader or template: strict still refuses)"),
 }
 # How many threads OpenBLAS's pool has: its thread count but the caller's. The names of the
 # function in OpenBLAS's builds (numpy's wheels carry scipy-openblas, 64-bit integers).

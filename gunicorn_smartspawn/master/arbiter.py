@@ -88,6 +88,7 @@ class SmartArbiter(Arbiter):
         self.state_unwritable = False
         self.pss_sampled = None
         self.logged_worker_count = None  # gunicorn's "N workers" gauge, when it changes
+        self.reload_under_way = None  # a HUP's (generation, workers replaced, start)
         self.hook_state = hookstate.HookState(self.log)
         self.warned_immortal = False
         state.remove_stale()
@@ -210,6 +211,7 @@ class SmartArbiter(Arbiter):
             lambda: refork_enabled(self.cfg)
             and self.reforker.ready_for_memory_refork(self.situation())))
         self.carry_out(self.reforker.decide(self.situation()))
+        self.log_reload_done()
         self.keep_worker_count()
         self.fleet.close_unused_seats()
         self.publish_state()
@@ -248,14 +250,16 @@ class SmartArbiter(Arbiter):
                     self.new_template(template, generation)
 
     def replace(self, record, why, stat=None):
-        """Make worker `record` outgoing: it serves until its replacement does."""
+        """Make worker `record` outgoing: it serves until its replacement does. One of a
+        refork's or a HUP's workers (no `stat`) at DEBUG: their own lines say it at INFO."""
         self.fleet.make_outgoing(record, why)
-        extra = {}
-        if stat is not None:
-            self.lifecycle.replaced(stat)
-            extra = {"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"}
+        if stat is None:
+            self.log.debug("Replacing worker (pid: %s): %s", record.pid, why)
+            return
+        self.lifecycle.replaced(stat)
         self.log.info("Replacing worker (pid: %s): %s; it serves until its replacement "
-                      "does", record.pid, why, extra=extra)
+                      "does", record.pid, why,
+                      extra={"metric": "smartspawn.%s" % stat, "value": 1, "mtype": "counter"})
 
     def begin_refork(self, candidate):
         """Run on_refork; a hook that raises abandons that refork, not the master."""
@@ -275,7 +279,7 @@ class SmartArbiter(Arbiter):
             protocol.send(candidate.channel, protocol.BecomeTemplate(generation))
             os.kill(candidate.pid, signal.SIGURG)
         except OSError as exc:
-            self.carry_out(self.reforker.abort("the candidate is gone (%s)" % exc))
+            self.carry_out(self.reforker.abort("the chosen worker is gone (%s)" % exc))
 
     def new_template(self, template, generation):
         """A refork's candidate is ready: it serves the spawns of `generation` now."""
@@ -398,7 +402,8 @@ class SmartArbiter(Arbiter):
     def send_spawn_request(self, spawner, record):
         worker = record.worker
         if spawner is None or spawner.channel is None:  # it exited while the request waited
-            self.log.error("Worker %s was not spawned: its spawner exited", worker.age)
+            self.log.error("Worker %s was not spawned: its preloader or template exited",
+                           worker.age)
             self.fleet.forget_pending(worker.age)
             return
         with contextlib.ExitStack() as carried:  # what only the request needs
@@ -697,7 +702,11 @@ class SmartArbiter(Arbiter):
             return
         preloader = self.fleet.add_preloader(pid, channel, generation,
                                              self.cfg.preloader_boot_timeout, next_generation)
-        self.log.info("Started %r", preloader)
+        if next_generation:  # a HUP's one line when it starts (its end: log_reload_done)
+            self.log.info("Reload to generation %s (HUP): %r started, loading the app",
+                          generation, preloader)
+        else:
+            self.log.info("Started %r", preloader)
 
     def preloader_not_started(self, exc, next_generation):
         if next_generation:
@@ -795,11 +804,11 @@ class SmartArbiter(Arbiter):
         objects, walked = message.immortal_objects, message.immortal_walked
         seconds = message.immortal_seconds
         spawner.immortal = {"objects": objects, "walked": walked, "seconds": round(seconds, 3)}
-        self.log.info("%r made %d objects immortal in %.3fs (it went through %d: %.2fs "
-                      "per million)", spawner, objects, seconds, walked,
-                      seconds * 1e6 / max(walked, 1),
-                      extra={"metric": "smartspawn.immortal_objects", "value": objects,
-                             "mtype": "gauge"})
+        # At start; a HUP's or a refork's is one of their details.
+        (self.log.debug if self.ever_ready else self.log.info)(
+            "%r made %d objects immortal in %.3fs (it went through %d: %.2fs "
+            "per million)", spawner, objects, seconds, walked, seconds * 1e6 / max(walked, 1),
+            extra={"metric": "smartspawn.immortal_objects", "value": objects, "mtype": "gauge"})
         self.log.debug("immortal pass", extra={"metric": "smartspawn.immortal_pass.duration",
                                                "value": seconds * 1e3, "mtype": "timer"})
 
@@ -826,7 +835,9 @@ class SmartArbiter(Arbiter):
         # The restarts' backoff is reset by its first worker (worker_spawned), not here: a
         # preloader killed as stuck after every restart would restart without a pause.
         self.ever_ready = True
-        self.log.info("%r loaded the app in %.3fs", preloader, seconds)
+        # A HUP's is one of its details.
+        (self.log.debug if preloader is self.fleet.next_preloader else self.log.info)(
+            "%r loaded the app in %.3fs", preloader, seconds)
         if preloader is self.fleet.next_preloader:
             self.switch_generation()
         elif preloader is self.fleet.preloader:
@@ -845,11 +856,27 @@ class SmartArbiter(Arbiter):
         if old is not None:
             fleet.retire(old)
         self.carry_out(self.reforker.end_generation())
-        self.log.info("Generation %s is ready; replacing the workers of the previous "
-                      "generation", self.generation)
-        for record in fleet.worker_records():
-            if record.generation < self.generation and not record.outgoing:
-                self.replace(record, "HUP: generation %s" % self.generation)
+        old_workers = [record for record in fleet.worker_records()
+                       if record.generation < self.generation and not record.outgoing]
+        # One line for them all (not one per worker, as replace() logs).
+        self.log.debug("Generation %s is ready; replacing the %s workers of the previous "
+                       "generation (pid: %s)", self.generation, len(old_workers),
+                       ", ".join(str(record.pid) for record in old_workers))
+        for record in old_workers:
+            fleet.make_outgoing(record, "HUP: generation %s" % self.generation)
+        self.reload_under_way = (self.generation, len(old_workers),
+                                 fleet.preloader.started_at)
+
+    def log_reload_done(self):
+        """A HUP's one line when it ends: no worker of an older generation is left."""
+        if self.reload_under_way is None or self.stopping:
+            return
+        generation, replaced, started = self.reload_under_way
+        if any(record.generation < generation for record in self.fleet.worker_records()):
+            return
+        self.reload_under_way = None
+        self.log.info("Reload to generation %s (HUP) done in %.2fs: %s workers replaced",
+                      generation, time.monotonic() - started, replaced)
 
     def spawner_gone(self, spawner):
         """The spawner's channel is closed: it has exited (its status is reaped apart)."""

@@ -93,7 +93,7 @@ class ChildRecord:
     last_used: float = 0.0            # its last spawn request (preloader_idle_timeout)
     immortal: dict | None = None      # gc_freeze = "immortal": {"objects", "walked", ...}
     stuck: bool = False               # killed for not answering: never asked again
-    killed_on_purpose: bool = False   # its SIGKILL is logged at info
+    killed_on_purpose: bool = False   # its SIGKILL is not logged as an error
     exited: bool = False              # reaped; its channel is read until its EOF
 
     def __repr__(self):
@@ -534,17 +534,17 @@ class Fleet:
         return [record.worker] if record.role is Role.TEMPLATE and record.worker else []
 
     def log_exit(self, record, status):
-        name = "Standby" if record.role is Role.STANDBY else "Spawner"
+        """An expected exit at DEBUG: the lines of what retired it (a HUP, a refork, a
+        shutdown, a kill) say it at INFO or above."""
         if os.WIFSIGNALED(status):
             number = os.WTERMSIG(status)
             expected = number == signal.SIGTERM or record.killed_on_purpose
-            (self.log.info if expected else self.log.error)(
-                "%s (pid: %s) was sent %s", name, record.pid, signal_name(number))
+            (self.log.debug if expected else self.log.error)(
+                "%r was sent %s", record, signal_name(number))
         elif os.WEXITSTATUS(status):
-            self.log.error("%s (pid: %s) exited with code %s",
-                           name, record.pid, os.WEXITSTATUS(status))
+            self.log.error("%r exited with code %s", record, os.WEXITSTATUS(status))
         else:
-            self.log.info("%s (pid: %s) exited", name, record.pid)
+            self.log.debug("%r exited", record)
 
     def wait_all(self, deadline):
         """Reap every helper by `deadline`; SIGKILL those still running then. Returns

@@ -84,6 +84,7 @@ class Refork:
         self.template = None                # its record once the candidate is ready
         self.old = []                       # ages of the workers still to replace
         self.stopping = None                # the age of the old worker being replaced
+        self.replaced = 0                   # old workers replaced so far (for the log)
 
     @property
     def promoting(self):
@@ -214,11 +215,11 @@ class Reforker:
         yield BeginRefork(candidate)
         if self.current is not refork:
             return  # on_refork raised: abandoned already
+        # The refork's one line when it starts (its end: finish()); the rest is at DEBUG.
         self.log.info("Refork to generation %s (%s): worker (pid: %s, %s requests) "
-                      "becomes the template once a stand-in serves", generation, reason,
-                      candidate.pid, self.fleet.counters.requests(candidate.slot))
-        self.log.debug("refork started", extra={"metric": "smartspawn.reforks", "value": 1,
-                                                "mtype": "counter"})
+                      "becomes the template once one more worker serves", generation, reason,
+                      candidate.pid, self.fleet.counters.requests(candidate.slot),
+                      extra={"metric": "smartspawn.reforks", "value": 1, "mtype": "counter"})
 
     def extra_workers(self):
         """Workers over `workers` the refork needs now: its stand-in, until the candidate
@@ -240,8 +241,8 @@ class Reforker:
         refork.template = record
         yield NewTemplate(record, refork.generation)
         refork.old = sorted(r.worker.age for r in self.fleet.worker_records())
-        self.log.info("%r ready in %.3fs; replacing %s workers one at a time",
-                      record, seconds, len(refork.old))
+        self.log.debug("%r ready in %.3fs; replacing %s workers one at a time",
+                       record, seconds, len(refork.old))
 
     def advance(self, situation):
         refork, fleet = self.current, self.fleet
@@ -267,6 +268,7 @@ class Reforker:
             return
         refork.stopping = remaining[0]
         refork.old.remove(remaining[0])
+        refork.replaced += 1
         yield Replace(ages[remaining[0]], repr(refork))
 
     def busy_for(self, record):
@@ -286,7 +288,7 @@ class Reforker:
         stop at once, it could get ready and then exit, taking the spawns sent to it."""
         refork = self.current
         if refork is not None and refork.candidate is record:
-            yield from self.abort("its candidate (pid: %s) is being stopped (%s)"
+            yield from self.abort("the chosen worker (pid: %s) is being stopped (%s)"
                                   % (record.pid, signal.Signals(sig).name))
 
     def promotion_timed_out(self, refork):
@@ -297,23 +299,23 @@ class Reforker:
         if not refork.signalled:
             busy = self.busy_for(candidate)
             if busy > LONG_REQUEST:
-                why = "the candidate (pid: %s) has been serving a request for %.0fs" % (
+                why = "the chosen worker (pid: %s) has been serving a request for %.0fs" % (
                     candidate.pid, busy)
             else:
-                why = "no stand-in served within %.0fs" % seconds
+                why = "no extra worker served within %.0fs" % seconds
             yield from self.abort(why)
             # Never told, it keeps serving: the stand-in is the worker over `workers`.
             stand_ins = [r for r in self.fleet.worker_records()
                          if r.worker.age > refork.newest_age and r.state is State.SERVING]
             if stand_ins:
-                yield Replace(stand_ins[0], "%r was abandoned: its stand-in is not needed"
+                yield Replace(stand_ins[0], "%r was abandoned: the extra worker is not needed"
                               % refork)
             return
         # Told, and still not ready: a request that came in as it was told, a slow
         # pre_template_fork. It finishes that, then, ready as a template nobody waits
         # for, is retired. Outgoing meanwhile: not counted, so no other worker is
         # stopped as the one over `workers`.
-        yield from self.abort("the candidate (pid: %s) did not become the template within "
+        yield from self.abort("the chosen worker (pid: %s) did not become the template within "
                               "%.0fs; it is not stopped: what it serves may finish"
                               % (candidate.pid, seconds))
         yield Replace(candidate, "%r was abandoned after it was told" % refork)
@@ -324,7 +326,8 @@ class Reforker:
         self.retries.succeeded()
         if refork.threshold is not None:
             self.threshold_index += 1
-        self.log.info("%r done in %.2fs", refork, self.clock() - refork.started)
+        self.log.info("%r done in %.2fs: %s workers replaced", refork,
+                      self.clock() - refork.started, refork.replaced)
 
     def end_generation(self):
         """A HUP: abandon any refork, retire the template; thresholds start again."""
@@ -356,7 +359,7 @@ class Reforker:
         if refork is None or refork.candidate is not record:
             return
         if not refork.signalled:
-            yield from self.abort("the candidate (pid: %s) exited before it was told (TTOU, "
+            yield from self.abort("the chosen worker (pid: %s) exited before it was told (TTOU, "
                                   "a crash)" % record.pid)
             return
         why = record.failure.reason if record.failure else "it exited"

@@ -65,7 +65,8 @@ class Preloader(Spawner):
             return 0
         util._setproctitle("smartspawn preloader [%s] gen=%s"
                            % (self.server.proc_name, self.generation))
-        forksafety.record_inherited_fds(self.known_fds())
+        # Once per master: a HUP's preloader has the fds the first one noted.
+        forksafety.record_inherited_fds(self.known_fds(), noted=self.server.ever_ready)
         code = self.load_app()
         if code == 0:
             self.serve()

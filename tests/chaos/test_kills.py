@@ -65,7 +65,7 @@ def test_repeated_sigkill_of_the_preloader_while_workers_come_and_go(chaos_serve
             load.wait_ok(10)
     assert load.failures == [], load.summary()
     assert len(server.lines("imports.txt")) == 4  # one import per preloader
-    check_log(server, allowed=[r"Spawner \(pid: \d+\) was sent SIGKILL",
+    check_log(server, allowed=[r"preloader \(pid: \d+, gen=\d+\) was sent SIGKILL",
                                r"preloader \(pid: \d+, gen=\d+\) exited; the workers keep serving",
                                r"Worker \d+ was not spawned: preloader .* exited"])
     finish(server)
@@ -93,7 +93,7 @@ def test_preloader_and_workers_killed_at_random(chaos_server, request):
         load.wait_ok(20)
     assert len(load.failures) <= len(kills.events), load.summary()
     assert load.unexplained(kills.times) == [], load.summary()
-    check_log(server, allowed=[KILLED, r"Spawner \(pid: \d+\) was sent SIGKILL",
+    check_log(server, allowed=[KILLED, r"preloader \(pid: \d+, gen=\d+\) was sent SIGKILL",
                                r"preloader \(pid: \d+, gen=\d+\) exited",
                                r"Worker \d+ was not spawned: preloader .* exited",
                                r"could not fork worker \d+: no standby"])

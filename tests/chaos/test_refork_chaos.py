@@ -101,7 +101,7 @@ def test_template_killed_during_a_refork(chaos_server, phase):
     assert load.failures == [], load.summary()
     assert_one_refork_at_a_time(server)
     check_log(server, allowed=[
-        r"Spawner \(pid: %d\) was sent SIGKILL" % template,
+        r"template \(pid: %d, gen=2\) was sent SIGKILL" % template,
         r"Worker \(pid:%d\) was sent SIGKILL" % template,
         r"template \(pid: %d, gen=2\) exited; spawning from the preloader" % template,
         r"Worker \d+ was not spawned: template \(pid: %d" % template,
@@ -133,7 +133,7 @@ def test_ttou_of_the_candidate_during_its_promotion_abandons_the_refork(chaos_se
     server.signal(signal.SIGURG)
     server.wait_log(r"Refork to generation 2 \(URG\): worker")
     with Load(server, clients=2) as load:
-        server.wait_log(r"refork to generation 2 \(URG\) abandoned: its candidate "
+        server.wait_log(r"refork to generation 2 \(URG\) abandoned: the chosen worker "
                         r"\(pid: \d+\) is being stopped \(SIGTERM\)", timeout=15)
         settle(server, 2, what="after the TTOU")
         wait_for(lambda: not template_pids(server), what="the candidate to exit")

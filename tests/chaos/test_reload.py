@@ -19,8 +19,8 @@ BROKEN = {
 
 # A failed reload is an error the operator must see: these lines are the expected ones.
 RELOAD_FAILED = [r"Reload failed: ", r"Exception in preloader while loading the application",
-                 r"Traceback", r"^\s", r"Error|Exception: ", r"Spawner \(pid: \d+\) exited "
-                 r"with code [34]"]
+                 r"Traceback", r"^\s", r"Error|Exception: ",
+                 r"preloader \(pid: \d+, gen=\d+\) exited with code [34]"]
 
 
 @pytest.mark.parametrize("broken", list(BROKEN))

@@ -126,7 +126,7 @@ def test_sigstop_of_the_preloader_beyond_the_spawn_timeout(chaos_server):
     assert load.failures == [], load.summary()
     check_log(server, allowed=[
         r"Spawn of worker \d+ got no answer",
-        r"Spawner \(pid: %d\) was sent SIGKILL" % preloader,
+        r"preloader \(pid: %d, gen=1\) was sent SIGKILL" % preloader,
         r"preloader \(pid: %d, gen=1\) exited; the workers keep" % preloader])
     finish(server)
 

@@ -303,7 +303,8 @@ def test_term_during_a_hup_lets_slow_requests_complete(run_both, phase):
                     wait_for(lambda: len(server.worker_pids()) == 4 and server.get_ok(),
                              what="the new workers to serve\n" + server.log())
             elif phase == "the new code imports":
-                server.wait_log(r"Started preloader \(pid: \d+, gen=2\)")
+                server.wait_log(r"Reload to generation 2 \(HUP\): preloader \(pid: \d+, "
+                                r"gen=2\) started")
                 assert "gen=2) loaded the app" not in server.log()
             else:
                 server.wait_log(r"Generation 2 is ready")
