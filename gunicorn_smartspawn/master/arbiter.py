@@ -8,6 +8,8 @@ SmartArbiter is gunicorn's main loop plus:
   arbiter carries out (carry_out): ``reforker`` (refork.py: fork_worker, URG, the
   control socket's `refork`) and ``lifecycle`` (lifecycle.py: spawn before retire,
   memory samples, the idle preloader, a failing template).
+- ``notifier`` (notify.py): what systemd is told (READY=1 once a worker serves,
+  RELOADING=1 around a HUP, STATUS, STOPPING=1).
 
 The arbiter itself keeps what gunicorn's has: signals, HUP, shutdown, and the dispatch of
 the spawners' messages (handle_message). It overrides, each extending the gunicorn method
@@ -43,6 +45,7 @@ from gunicorn_smartspawn.master.fleet import (
     SPAWN_TIMEOUT, STOP_SIGNALS, ChannelBroken, ChannelClosed, Fleet, Role, State,
 )
 from gunicorn_smartspawn.master.lifecycle import Lifecycle
+from gunicorn_smartspawn.master.notify import Notifier
 from gunicorn_smartspawn.spawner.preloader import start_preloader
 from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
 from gunicorn_smartspawn.spawner.template import Template
@@ -96,6 +99,7 @@ class SmartArbiter(Arbiter):
         self.smart = self.choose_smart_spawning()
         self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
         self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
+        self.notifier = Notifier(self.log, self.fleet, enabled=self.smart)
         return patches.GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):
@@ -148,9 +152,11 @@ class SmartArbiter(Arbiter):
     # -- gunicorn's main loop, extended ------------------------------------------------
 
     def start(self):
-        super().start()
-        if self.smart:
-            self.start_preloader(self.generation)
+        if not self.smart:
+            return super().start()
+        with patches.gunicorn_ready_withheld():  # the notifier says it (notify.py)
+            super().start()
+        return self.start_preloader(self.generation)
 
     def init_signals(self):
         super().init_signals()
@@ -166,8 +172,10 @@ class SmartArbiter(Arbiter):
 
     def wait_for_signals(self, timeout=1.0):
         """Wait for a signal or a spawner message; returns the signals."""
-        if self.reforker.current is not None or self.fleet.outgoing():
-            timeout = min(timeout, 0.05)  # a refork or a replacement advances as workers boot
+        if (self.reforker.current is not None or self.fleet.outgoing()
+                or self.notifier.waiting()):
+            # A refork, a replacement or READY=1 advances as workers boot.
+            timeout = min(timeout, 0.05)
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)
         # poll, not select: with fork_worker each worker has a channel, and select()
@@ -206,6 +214,7 @@ class SmartArbiter(Arbiter):
         self.carry_out(self.reforker.decide(self.situation()))
         self.keep_worker_count()
         self.fleet.close_unused_seats()
+        self.notifier.turn(self.generation, self.num_workers, self.reforker.last)
         self.publish_state()
 
     def situation(self):
@@ -591,11 +600,15 @@ class SmartArbiter(Arbiter):
             # template (old code) must not serve those spawns.
             self.carry_out(self.reforker.end_generation())
             self.reloading = True  # its manage_workers() must start no refork
+            self.notifier.reload_started(self.generation)
             try:
-                return super().handle_hup()
+                super().handle_hup()
             finally:
                 self.reloading = False
+            self.notifier.reloaded(self.generation, self.num_workers)
+            return None
         self.log.info("Hang up: %s", self.master_name)
+        self.notifier.reload_started(self.generation + 1)
         if not self.reload_config():
             return None
         if self.cfg.reload:
@@ -640,6 +653,10 @@ class SmartArbiter(Arbiter):
             return
         self.carry_out(self.reforker.request("URG", self.situation()))
 
+    def reload_failed(self, why):
+        """A HUP failed (logged already): generation `self.generation` keeps serving."""
+        self.notifier.reload_failed(why, self.generation, self.num_workers)
+
     def setup(self, app):
         # Runs on HUP only: the first setup() ran before the switch to this class.
         super().setup(app)
@@ -650,6 +667,7 @@ class SmartArbiter(Arbiter):
 
     def stop(self, graceful=True):
         self.stopping = True
+        self.notifier.stopping()
         fleet = self.fleet
         fleet.drop_queued()  # gunicorn spawns nothing once it stops; nor do we
         self.read_channels(fleet.spawners())  # workers forked just now stop too
@@ -696,6 +714,7 @@ class SmartArbiter(Arbiter):
         if next_generation:
             self.log.error("Reload failed: could not start a preloader: %s; generation %s "
                            "keeps serving", exc, self.generation)
+            self.reload_failed("could not start a preloader: %s" % exc)
             return
         delay = self.restarts.failed()
         self.restart_at = self.restarts.until
@@ -864,6 +883,7 @@ class SmartArbiter(Arbiter):
             fleet.drop_preloader(spawner)
             self.log.error("Reload failed: %r exited before it loaded the app%s; "
                            "generation %s keeps serving", spawner, detail, self.generation)
+            self.reload_failed("the preloader exited before it loaded the app%s" % detail)
             return
         fleet.drop_preloader(spawner)
         if not self.ever_ready and fleet.next_preloader is None:
@@ -899,6 +919,7 @@ class SmartArbiter(Arbiter):
             self.log.error("Reload failed: the configuration did not load (error above); "
                            "the running configuration and generation %s keep serving",
                            self.generation)
+            self.reload_failed("the configuration did not load")
             return False
         self.setup(self.app)
         self.log.reopen_files()
