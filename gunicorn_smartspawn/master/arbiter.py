@@ -86,6 +86,7 @@ class SmartArbiter(Arbiter):
         self.spawn_failures = Backoff(SPAWN_FAILURE_DELAYS)  # since a spawn was prepared
         self.fleet = Fleet(self.log, self.WORKERS)
         self.state_path = state.state_path(os.getpid())
+        self.state_dir_fd = None  # held open: how `smartspawn status` finds it (state.held)
         self.state_published = 0.0
         self.state_unwritable = False
         self.pss_sampled = None
@@ -324,6 +325,7 @@ class SmartArbiter(Arbiter):
         content = snapshot.state_file(self)
         try:
             state.write(self.state_path, content)
+            self.state_dir_fd = state.held(os.path.dirname(self.state_path), self.state_dir_fd)
         except OSError as exc:
             # Once at warning: `smartspawn status` cannot see this server.
             (self.log.debug if self.state_unwritable else self.log.warning)(
@@ -545,7 +547,8 @@ class SmartArbiter(Arbiter):
         respawned dirty arbiter) or a hook's os.fork(). A kept copy of a spawner's channel
         would hide its EOF; another worker's heartbeat or channel would leak into every
         process forked from this child. Also the signal wakeup fd: its number may be
-        reused in the child, and a signal would write a byte into that file.
+        reused in the child, and a signal would write a byte into that file; and the state
+        directory: a child holding it would look like a master to `smartspawn status`.
         """
         if not self.forking:
             return  # a fork in some other process of the tree (at-fork hooks are inherited)
@@ -553,6 +556,8 @@ class SmartArbiter(Arbiter):
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.state_dir_fd is not None:
+            os.close(self.state_dir_fd)
         self.fleet.close_in_child()
 
     def kill_worker(self, pid, sig):
@@ -678,6 +683,9 @@ class SmartArbiter(Arbiter):
         fleet.close_all()
         self.templates_exited(fleet.wait_all(deadline=time.monotonic() + 2.0))
         state.remove(self.state_path)
+        if self.state_dir_fd is not None:
+            os.close(self.state_dir_fd)
+            self.state_dir_fd = None
 
     # -- the control socket (called from its thread: only reads, or queues a signal) ----
 
