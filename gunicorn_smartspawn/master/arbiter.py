@@ -100,7 +100,9 @@ class SmartArbiter(Arbiter):
         self.smart = self.choose_smart_spawning()
         self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
         self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
-        self.notifier = Notifier(self.log, self.fleet, enabled=self.smart)
+        # Without $NOTIFY_SOCKET, gunicorn's sd_notify sends nothing: nothing to decide.
+        self.notifier = Notifier(self.log, self.fleet,
+                                 enabled=self.smart and "NOTIFY_SOCKET" in os.environ)
         return patches.GUNICORN_RUN(self)
 
     def choose_smart_spawning(self):

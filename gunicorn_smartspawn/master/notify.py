@@ -18,7 +18,7 @@ says, from the master:
 - ``STOPPING=1`` when the master begins to stop.
 
 A server that spawns directly (``spawn_method = "direct"``, or a fallback at start) keeps
-gunicorn's notifications: its Notifier is off.
+gunicorn's notifications: its Notifier is off, as it is without ``$NOTIFY_SOCKET``.
 """
 import time
 
