@@ -124,12 +124,16 @@ def test_status_refuses_a_state_directory_that_is_not_ours(tmp_path, make_server
     (fake_tmp / ("smartspawn-%d" % os.getuid())).symlink_to(elsewhere)
     server.start()
     (elsewhere / ("%d.json" % server.pid)).write_text('{"version": 2, "planted": true}')
-    result = subprocess.run([sys.executable, "-m", "smartspawn", "status", "--pid",
-                             str(server.pid)], capture_output=True, text=True, timeout=30)
-    assert result.returncode != 0
-    assert "could not write its state file" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "planted" not in result.stdout
+    link = fake_tmp / ("smartspawn-%d" % os.getuid())
+    for args, said in [((), "could not write its state file"),
+                       (("--state-dir", str(link)), "not reading it")]:
+        result = subprocess.run([sys.executable, "-m", "smartspawn", "status", "--pid",
+                                 str(server.pid), *args], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode != 0
+        assert said in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "planted" not in result.stdout
 
 
 def test_a_file_where_the_state_directory_goes(tmp_path, make_server):
