@@ -156,10 +156,11 @@ class SmartArbiter(Arbiter):
 
     def start(self):
         if not self.smart:
-            return super().start()
+            super().start()
+            return
         with patches.gunicorn_ready_withheld():  # the notifier says it (notify.py)
             super().start()
-        return self.start_preloader(self.generation)
+        self.start_preloader(self.generation)
 
     def init_signals(self):
         super().init_signals()
@@ -607,7 +608,7 @@ class SmartArbiter(Arbiter):
             # template (old code) must not serve those spawns.
             self.carry_out(self.reforker.end_generation())
             self.reloading = True  # its manage_workers() must start no refork
-            self.notifier.reload_started(self.generation)
+            self.notifier.reload_started(None)  # READY=1 once gunicorn's reload returns
             try:
                 super().handle_hup()
             finally:

@@ -82,14 +82,15 @@ class Notifier:
             self.send(("READY=1\n" if ready else "") + "STATUS=" + status)
 
     def reload_started(self, generation):
-        """A HUP: the workers of `generation` are to replace the running ones. Before the
-        first READY=1 it changes nothing systemd sees: the start is not over."""
+        """A HUP: the workers of `generation` are to replace the running ones (None:
+        gunicorn's own reload, done when it returns: reloaded). Before the first READY=1
+        it changes nothing systemd sees: the start is not over."""
         if not self.enabled or not self.ready_once:
             return
-        self.awaited = (generation, True)
+        self.awaited = None if generation is None else (generation, True)
         self.reloading = True
         self.reload_failure = None
-        self.status = "Reloading (HUP): generation %d is loading" % generation
+        self.status = "Reloading (HUP)"
         self.send("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=%s"
                   % (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000, self.status))
 
@@ -113,8 +114,7 @@ class Notifier:
         if not self.ready_once:
             what = "Starting: generation %d" % generation
         elif self.reloading:
-            what = "Reloading (HUP) to generation %d: generation %d" % (
-                self.awaited[0], generation)
+            what = "Reloading (HUP): generation %d" % generation
         else:
             what = "Generation %d" % generation
         what += ", workers serving: %d (target %d)" % (serving, target)

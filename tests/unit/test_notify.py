@@ -47,13 +47,12 @@ def test_a_hup_is_ready_once_every_worker_of_the_new_generation_serves(table):
     notify.reload_started(2)
     usec = int(re.search(r"MONOTONIC_USEC=(\d+)", sent[-1]).group(1))
     assert sent[-1].startswith("RELOADING=1\nMONOTONIC_USEC=") and usec > 0
-    assert sent[-1].endswith("\nSTATUS=Reloading (HUP): generation 2 is loading")
+    assert sent[-1].endswith("\nSTATUS=Reloading (HUP)")
     new = table.spawn()
     new.generation = 2
     notify.turn(2, 2, None)
     assert not sent[-1].startswith("READY=1")  # one of two
-    assert sent[-1] == ("STATUS=Reloading (HUP) to generation 2: generation 2, workers "
-                        "serving: 2 (target 2)")
+    assert sent[-1] == "STATUS=Reloading (HUP): generation 2, workers serving: 2 (target 2)"
     other = table.spawn()
     other.generation = 2
     notify.turn(2, 2, None)
@@ -101,3 +100,17 @@ def test_an_off_notifier_says_nothing(table):
     notify.turn(1, 1, None)
     notify.stopping()
     assert sent == [] and not notify.waiting()
+
+
+def test_gunicorns_own_reload_is_ready_when_it_returns(table):
+    """A server that fell back to direct spawning: gunicorn's reload spawns and stops
+    workers of the same generation; READY=1 once it has returned."""
+    notify, sent = notifier(table)
+    table.spawn()
+    notify.turn(1, 1, None)
+    notify.reload_started(None)
+    table.spawn()
+    notify.turn(1, 1, None)  # gunicorn's reload calls manage_workers: not ready yet
+    assert not any(message.startswith("READY=1") for message in sent[1:])
+    notify.reloaded(1, 1)
+    assert sent[-1].startswith("READY=1\nSTATUS=Generation 1, ")
