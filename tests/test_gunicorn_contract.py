@@ -6,9 +6,10 @@ pin names where smartspawn depends on it.
 """
 import hashlib
 import inspect
+import json
 
 import gunicorn
-from gunicorn import sock, util
+from gunicorn import sock, systemd, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.ctl import handlers as ctl_handlers
@@ -104,6 +105,17 @@ def test_control_socket_methods_patched():
         assert params(func) == ["self"]
     assert params(ctl_server.ControlSocketServer._execute_command) == ["self", "parts"]
     assert '"pid": pid' in inspect.getsource(patches.GUNICORN_SHOW_WORKERS)
+
+
+def test_gunicorn_says_ready_as_its_master_boots():
+    # patches.gunicorn_ready_withheld drops exactly this message, for the length of
+    # Arbiter.start(), by swapping the name systemd.sd_notify it calls.
+    call = "systemd.sd_notify(%s, self.log)" % json.dumps(patches.GUNICORN_BOOTED)
+    assert call in inspect.getsource(Arbiter.start)
+    assert params(systemd.sd_notify) == ["state", "logger", "unset_environment"]
+    with patches.gunicorn_ready_withheld():
+        assert systemd.sd_notify is not patches.GUNICORN_SD_NOTIFY
+    assert systemd.sd_notify is patches.GUNICORN_SD_NOTIFY
 
 
 def test_worker_construction_and_heartbeat():

@@ -115,20 +115,26 @@ def post_fork(server, worker):
 
 
 def test_status_refuses_a_state_directory_that_is_not_ours(tmp_path, make_server):
-    server = make_server().start()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / ("%d.json" % server.pid)).write_text('{"version": 2, "planted": true}')
+    """A link planted where the server's state directory goes: the server writes nothing
+    there, and `smartspawn status` reads nothing through it."""
     fake_tmp = tmp_path / "tmp"
     fake_tmp.mkdir()
+    server = make_server(env={"TMPDIR": str(fake_tmp)})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     (fake_tmp / ("smartspawn-%d" % os.getuid())).symlink_to(elsewhere)
-    result = subprocess.run([sys.executable, "-m", "smartspawn", "status", "--pid",
-                             str(server.pid)], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "TMPDIR": str(fake_tmp)})
-    assert result.returncode != 0
-    assert "not reading it" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "planted" not in result.stdout
+    server.start()
+    (elsewhere / ("%d.json" % server.pid)).write_text('{"version": 2, "planted": true}')
+    link = fake_tmp / ("smartspawn-%d" % os.getuid())
+    for args, said in [((), "could not write its state file"),
+                       (("--state-dir", str(link)), "not reading it")]:
+        result = subprocess.run([sys.executable, "-m", "smartspawn", "status", "--pid",
+                                 str(server.pid), *args], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode != 0
+        assert said in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "planted" not in result.stdout
 
 
 def test_a_file_where_the_state_directory_goes(tmp_path, make_server):

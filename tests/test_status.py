@@ -3,18 +3,22 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import gunicorn
 import pytest
 from gunicorn.ctl.client import ControlClient
 
 import gunicorn_smartspawn
-from conftest import wait_for
-from gunicorn_smartspawn.shared import cgroup
+from conftest import GUNICORN, wait_for
+from gunicorn_smartspawn.cli import status as status_module
+from gunicorn_smartspawn.shared import cgroup, state
 from services import library
 
 STATUS = [sys.executable, "-m", "smartspawn", "status"]
@@ -244,3 +248,50 @@ def test_status_header_and_cgroup_line(make_server):
     else:
         assert report["cgroup"]["version"] == memory.version
         assert report["cgroup"]["path"] == memory.path
+
+
+def test_status_finds_a_server_started_with_another_tmpdir(make_server, tmp_path):
+    """The server's state file is in its $TMPDIR; status runs with another one."""
+    server_tmp, our_tmp = tmp_path / "server-tmp", tmp_path / "our-tmp"
+    server_tmp.mkdir()
+    our_tmp.mkdir()
+    server = make_server(workers=1, env={"TMPDIR": str(server_tmp)}).start()
+    wait_for(lambda: list(server_tmp.glob("smartspawn-*/%d.json" % server.pid)),
+             what="the state file in the server's TMPDIR")
+    result = subprocess.run([*STATUS, "--pid", str(server.pid), "--json"], capture_output=True,
+                            text=True, timeout=30, env={**os.environ, "TMPDIR": str(our_tmp)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["master"] == server.pid
+    # Without --pid, each gunicorn process of ours is looked at in its own view.
+    assert server.pid in status_module.live_masters()
+    assert not list(our_tmp.iterdir())
+
+
+@pytest.fixture
+def outside_tmp():
+    """A directory outside /tmp, for a server whose /tmp is a tmpfs of its own."""
+    path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="smartspawn-test-"))
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a mount namespace needs root and unshare(1)")
+def test_status_reads_the_state_of_a_server_with_a_private_tmp(make_server, outside_tmp):
+    """As under systemd's PrivateTmp=true: the server runs in a mount namespace of its own
+    with a tmpfs on /tmp, where it writes its state file; status, outside, reads it
+    through /proc/PID/root."""
+    server = make_server(workers=1, parent=outside_tmp, env={"TMPDIR": "/tmp"}, command=[
+        "unshare", "--mount", "--propagation", "private",
+        "sh", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$0" "$@"',
+        GUNICORN, "-k", "smartspawn.Worker"]).start()
+    assert not os.path.exists(state.state_path(server.pid, "/tmp/smartspawn-%d" % os.getuid()))
+
+    def roles():
+        result = status("--pid", str(server.pid), "--json")
+        assert result.returncode == 0, result.stderr
+        return {row["role"] for row in json.loads(result.stdout)["processes"]} >= {
+            "master", "preloader", "worker"}
+
+    wait_for(roles, what="the server's roles in its status (rewritten once a second)")
+    assert server.pid in status_module.live_masters()

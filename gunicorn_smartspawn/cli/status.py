@@ -1,8 +1,11 @@
 """`smartspawn status`: what each process of a running server really costs and does.
 
 Roles, generations, request counts, requests in flight and heartbeats come from the
-server's state file (state.py, snapshot.py); memory and CPU time come from the kernel
-through psutil, and the memory cgroup's figures from its files (cgroup.py). RSS counts
+server's state file (state.py, snapshot.py), read where the server wrote it: in its own
+temporary directory as it sees it, through /proc/PID/root (systemd's PrivateTmp=true gives
+a service a /tmp of its own, and its $TMPDIR may not be ours). Memory and CPU time come
+from the kernel through psutil, and the memory cgroup's figures from its files
+(cgroup.py). RSS counts
 shared pages in every process that maps them, so the real cost of the server is the sum
 of PSS (each shared page divided among its sharers); USS is what a process alone holds.
 """
@@ -33,12 +36,14 @@ def find_master(pid=None, pidfile=None, directory=None):
             raise StatusError("cannot read a pid from %s: %s" % (pidfile, exc)) from None
     if pid is not None:  # --pid 0 names no process: not "whichever server runs"
         return checked_pid(pid, "--pid")
-    live = live_masters(directory or state.state_dir())
+    live = live_masters(directory)
     if len(live) == 1:
         return live[0]
     if not live:
+        where = directory or ("the temporary directory of each gunicorn process of uid %d"
+                              % os.getuid())
         raise StatusError("no running smartspawn server found in %s (give --pid or --pidfile)"
-                          % (directory or state.state_dir()))
+                          % where)
     raise StatusError("several smartspawn servers are running (masters %s): give --pid"
                       % ", ".join(map(str, live)))
 
@@ -60,7 +65,13 @@ def pid_max():
         return 4194304  # the kernel's ceiling (PID_MAX_LIMIT on 64-bit)
 
 
-def live_masters(directory):
+def live_masters(directory=None):
+    """The live masters with a state file in `directory`; by default, the gunicorn (or
+    smartspawn) processes of our user with a state file in their own view of their
+    temporary directory (server_state_path): the masters of our servers."""
+    if directory is None:
+        return sorted(proc.pid for proc in psutil.process_iter(["uids", "cmdline"])
+                      if maybe_ours(proc.info) and has_state_file(proc.pid))
     try:
         names = os.listdir(trusted_dir(directory))
     except FileNotFoundError:
@@ -69,11 +80,62 @@ def live_masters(directory):
     return sorted(pid for pid in pids if 0 < pid < pid_max() and psutil.pid_exists(pid))
 
 
-def trusted_dir(directory):
-    """`directory` if only we can have written it (state.private_dir); FileNotFoundError
-    when it does not exist."""
+def maybe_ours(info):
+    """A process of our user started as gunicorn or smartspawn (or titled so)."""
+    return (info["uids"] is not None and info["uids"].real == os.getuid()
+            and any("gunicorn" in arg or "smartspawn" in arg for arg in info["cmdline"] or ()))
+
+
+def has_state_file(pid):
     try:
-        return state.private_dir(directory)
+        server_state_path(pid)
+    except StatusError:
+        return False
+    return True
+
+
+def server_state_path(pid):
+    """The state file of master `pid`, as seen from here.
+
+    The master writes it in its own temporary directory (state.state_dir), which may not
+    be ours: a $TMPDIR of its own, or systemd's PrivateTmp=true (a /tmp in its own mount
+    namespace). It keeps that directory open (state.held): /proc/PID/fd names it as the
+    master sees it, and /proc/PID/root resolves that path in the master's mount
+    namespace. Reading either needs the server's user or root.
+    """
+    fds = "/proc/%d/fd" % pid
+    try:
+        uids = psutil.Process(pid).uids()
+        names = os.listdir(fds)
+    except (psutil.NoSuchProcess, FileNotFoundError):
+        raise StatusError("no process %d" % pid) from None
+    except PermissionError:
+        raise StatusError("cannot read %s (where process %d keeps its state directory "
+                          "open): permission denied; run as the server's user (or root)"
+                          % (fds, pid)) from None
+    wanted = state.dir_name(uids.real)
+    for name in names:
+        try:
+            held = os.readlink(os.path.join(fds, name))
+        except OSError:
+            continue  # closed meanwhile
+        if held.startswith("/") and os.path.basename(held) == wanted:
+            directory = "/proc/%d/root%s" % (pid, held)
+            try:
+                trusted_dir(directory, uids.effective)
+            except FileNotFoundError:
+                continue  # removed: the master holds the new one within a second
+            return state.state_path(pid, directory)
+    raise StatusError("no state file at %s/*: process %d is not a smartspawn master (a master "
+                      "keeps its state directory, %s, open), or it could not write its "
+                      "state file (its log says why)" % (fds, pid, wanted))
+
+
+def trusted_dir(directory, owner=None):
+    """`directory` if only we (or uid `owner`) can have written it (state.private_dir);
+    FileNotFoundError when it does not exist."""
+    try:
+        return state.private_dir(directory, owner=owner)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -82,12 +144,15 @@ def trusted_dir(directory):
 
 
 def load_state(master_pid, directory=None):
+    """Master `master_pid`'s state, from `directory` (--state-dir) or where it wrote it."""
     if not psutil.pid_exists(master_pid):
         raise StatusError("no process %d" % master_pid)
-    directory = directory or state.state_dir()
-    path = state.state_path(master_pid, directory)
     try:
-        trusted_dir(directory)
+        if directory is None:
+            path = server_state_path(master_pid)
+        else:
+            path = state.state_path(master_pid, directory)
+            trusted_dir(directory)
         return state.read(path)
     except FileNotFoundError:
         raise StatusError("no state file at %s: process %d is not a smartspawn master, or "
@@ -287,8 +352,8 @@ def main(argv=None):
     parser.add_argument("command", choices=["status"], help="what to show")
     parser.add_argument("--pid", type=int, help="the master's pid")
     parser.add_argument("--pidfile", help="gunicorn's pidfile (--pid of gunicorn)")
-    parser.add_argument("--state-dir", help="where servers publish their state "
-                        "(default: %s)" % state.state_dir())
+    parser.add_argument("--state-dir", help="where servers publish their state (default: "
+                        "each server's own temporary directory, as it sees it)")
     parser.add_argument("--json", action="store_true", help="print JSON (with --watch: "
                         "one document per line, JSON Lines)")
     parser.add_argument("--watch", type=float, metavar="SECONDS",

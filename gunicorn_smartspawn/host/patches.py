@@ -20,6 +20,9 @@ And for the length of one call, in a process forked from a spawner (`building_wo
 - ``gunicorn.workers.base.WorkerTmp``, the name ``Worker.__init__`` looks up to make a
   worker's heartbeat file.
 
+And for the length of a smart server's ``Arbiter.start()`` (`gunicorn_ready_withheld`):
+``gunicorn.systemd.sd_notify``, so that gunicorn's early ``READY=1`` is not sent.
+
 And around each fork smartspawn makes in the master (`control_thread_stopped`): the
 control socket server's thread, through the methods gunicorn's own at-fork handlers call.
 
@@ -31,7 +34,7 @@ last two, tests/unit/test_host_binding.py.
 import contextlib
 import os
 
-from gunicorn import sock
+from gunicorn import sock, systemd
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.ctl import handlers as ctl_handlers
@@ -49,6 +52,9 @@ GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
 GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
 GUNICORN_HELP = ctl_handlers.CommandHandlers.help
 GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
+GUNICORN_SD_NOTIFY = systemd.sd_notify
+# What Arbiter.start() tells systemd once the master has bound its sockets.
+GUNICORN_BOOTED = "READY=1\nSTATUS=Gunicorn arbiter booted"
 
 
 def install(smart_arbiter):
@@ -133,6 +139,26 @@ def building_worker(heartbeat):
         yield
     finally:
         base.WorkerTmp = made
+
+
+@contextlib.contextmanager
+def gunicorn_ready_withheld():
+    """Within: gunicorn's Arbiter.start() does not tell systemd it is ready.
+
+    It says so once the master has bound its sockets; a smart master has not started the
+    preloader yet, so nothing could serve for as long as the app takes to import. The
+    master says READY=1 itself once a worker serves (master/notify.py). Anything else
+    sent meanwhile (an on_starting or when_ready hook's own sd_notify) goes through.
+    """
+    def sd_notify(state, logger, unset_environment=False):
+        if state != GUNICORN_BOOTED:
+            GUNICORN_SD_NOTIFY(state, logger, unset_environment)
+
+    systemd.sd_notify = sd_notify
+    try:
+        yield
+    finally:
+        systemd.sd_notify = GUNICORN_SD_NOTIFY
 
 
 @contextlib.contextmanager

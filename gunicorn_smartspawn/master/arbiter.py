@@ -8,6 +8,8 @@ SmartArbiter is gunicorn's main loop plus:
   arbiter carries out (carry_out): ``reforker`` (refork.py: fork_worker, URG, the
   control socket's `refork`) and ``lifecycle`` (lifecycle.py: spawn before retire,
   memory samples, the idle preloader, a failing template).
+- ``notifier`` (notify.py): what systemd is told (READY=1 once a worker serves,
+  RELOADING=1 around a HUP, STATUS, STOPPING=1).
 
 The arbiter itself keeps what gunicorn's has: signals, HUP, shutdown, and the dispatch of
 the spawners' messages (handle_message). It overrides, each extending the gunicorn method
@@ -43,6 +45,7 @@ from gunicorn_smartspawn.master.fleet import (
     SPAWN_TIMEOUT, STOP_SIGNALS, ChannelBroken, ChannelClosed, Fleet, Role, State,
 )
 from gunicorn_smartspawn.master.lifecycle import Lifecycle
+from gunicorn_smartspawn.master.notify import Notifier
 from gunicorn_smartspawn.spawner.preloader import start_preloader
 from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
 from gunicorn_smartspawn.spawner.template import Template
@@ -84,6 +87,7 @@ class SmartArbiter(Arbiter):
         self.spawn_failures = Backoff(SPAWN_FAILURE_DELAYS)  # since a spawn was prepared
         self.fleet = Fleet(self.log, self.WORKERS)
         self.state_path = state.state_path(os.getpid())
+        self.state_dir_fd = None  # held open: how `smartspawn status` finds it (state.held)
         self.state_published = 0.0
         self.state_unwritable = False
         self.pss_sampled = None
@@ -98,6 +102,9 @@ class SmartArbiter(Arbiter):
         self.smart = self.choose_smart_spawning()
         self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
         self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
+        # Without $NOTIFY_SOCKET, gunicorn's sd_notify sends nothing: nothing to decide.
+        self.notifier = Notifier(self.log, self.fleet,
+                                 enabled=self.smart and "NOTIFY_SOCKET" in os.environ)
         return patches.GUNICORN_RUN(self)
 
     def log_memory_share(self):
@@ -155,9 +162,12 @@ class SmartArbiter(Arbiter):
     # -- gunicorn's main loop, extended ------------------------------------------------
 
     def start(self):
-        super().start()
-        if self.smart:
-            self.start_preloader(self.generation)
+        if not self.smart:
+            super().start()
+            return
+        with patches.gunicorn_ready_withheld():  # the notifier says it (notify.py)
+            super().start()
+        self.start_preloader(self.generation)
 
     def init_signals(self):
         super().init_signals()
@@ -173,8 +183,10 @@ class SmartArbiter(Arbiter):
 
     def wait_for_signals(self, timeout=1.0):
         """Wait for a signal or a spawner message; returns the signals."""
-        if self.reforker.current is not None or self.fleet.outgoing():
-            timeout = min(timeout, 0.05)  # a refork or a replacement advances as workers boot
+        if (self.reforker.current is not None or self.fleet.outgoing()
+                or self.notifier.waiting()):
+            # A refork, a replacement or READY=1 advances as workers boot.
+            timeout = min(timeout, 0.05)
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)
         # poll, not select: with fork_worker each worker has a channel, and select()
@@ -214,6 +226,7 @@ class SmartArbiter(Arbiter):
         self.log_reload_done()
         self.keep_worker_count()
         self.fleet.close_unused_seats()
+        self.notifier.turn(self.generation, self.num_workers, self.reforker.last)
         self.publish_state()
 
     def situation(self):
@@ -325,6 +338,7 @@ class SmartArbiter(Arbiter):
         content = snapshot.state_file(self)
         try:
             state.write(self.state_path, content)
+            self.state_dir_fd = state.held(os.path.dirname(self.state_path), self.state_dir_fd)
         except OSError as exc:
             # Once at warning: `smartspawn status` cannot see this server.
             (self.log.debug if self.state_unwritable else self.log.warning)(
@@ -547,7 +561,8 @@ class SmartArbiter(Arbiter):
         respawned dirty arbiter) or a hook's os.fork(). A kept copy of a spawner's channel
         would hide its EOF; another worker's heartbeat or channel would leak into every
         process forked from this child. Also the signal wakeup fd: its number may be
-        reused in the child, and a signal would write a byte into that file.
+        reused in the child, and a signal would write a byte into that file; and the state
+        directory: a child holding it would look like a master to `smartspawn status`.
         """
         if not self.forking:
             return  # a fork in some other process of the tree (at-fork hooks are inherited)
@@ -555,6 +570,8 @@ class SmartArbiter(Arbiter):
         signal.set_wakeup_fd(-1)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.state_dir_fd is not None:
+            os.close(self.state_dir_fd)
         self.fleet.close_in_child()
 
     def kill_worker(self, pid, sig):
@@ -602,11 +619,15 @@ class SmartArbiter(Arbiter):
             # template (old code) must not serve those spawns.
             self.carry_out(self.reforker.end_generation())
             self.reloading = True  # its manage_workers() must start no refork
+            self.notifier.reload_started(None)  # READY=1 once gunicorn's reload returns
             try:
-                return super().handle_hup()
+                super().handle_hup()
             finally:
                 self.reloading = False
+            self.notifier.reloaded(self.generation, self.num_workers)
+            return None
         self.log.info("Hang up: %s", self.master_name)
+        self.notifier.reload_started(self.generation + 1)
         if not self.reload_config():
             return None
         if self.cfg.reload:
@@ -651,6 +672,10 @@ class SmartArbiter(Arbiter):
             return
         self.carry_out(self.reforker.request("URG", self.situation()))
 
+    def reload_failed(self, why):
+        """A HUP failed (logged already): generation `self.generation` keeps serving."""
+        self.notifier.reload_failed(why, self.generation, self.num_workers)
+
     def setup(self, app):
         # Runs on HUP only: the first setup() ran before the switch to this class.
         super().setup(app)
@@ -662,6 +687,7 @@ class SmartArbiter(Arbiter):
 
     def stop(self, graceful=True):
         self.stopping = True
+        self.notifier.stopping()
         fleet = self.fleet
         fleet.drop_queued()  # gunicorn spawns nothing once it stops; nor do we
         self.read_channels(fleet.spawners())  # workers forked just now stop too
@@ -672,6 +698,9 @@ class SmartArbiter(Arbiter):
         fleet.close_all()
         self.templates_exited(fleet.wait_all(deadline=time.monotonic() + 2.0))
         state.remove(self.state_path)
+        if self.state_dir_fd is not None:
+            os.close(self.state_dir_fd)
+            self.state_dir_fd = None
 
     # -- the control socket (called from its thread: only reads, or queues a signal) ----
 
@@ -712,6 +741,7 @@ class SmartArbiter(Arbiter):
         if next_generation:
             self.log.error("Reload failed: could not start a preloader: %s; generation %s "
                            "keeps serving", exc, self.generation)
+            self.reload_failed("could not start a preloader: %s" % exc)
             return
         delay = self.restarts.failed()
         self.restart_at = self.restarts.until
@@ -898,6 +928,7 @@ class SmartArbiter(Arbiter):
             fleet.drop_preloader(spawner)
             self.log.error("Reload failed: %r exited before it loaded the app%s; "
                            "generation %s keeps serving", spawner, detail, self.generation)
+            self.reload_failed("the preloader exited before it loaded the app%s" % detail)
             return
         fleet.drop_preloader(spawner)
         if not self.ever_ready and fleet.next_preloader is None:
@@ -933,6 +964,7 @@ class SmartArbiter(Arbiter):
             self.log.error("Reload failed: the configuration did not load (error above); "
                            "the running configuration and generation %s keep serving",
                            self.generation)
+            self.reload_failed("the configuration did not load")
             return False
         self.setup(self.app)
         self.log.reopen_files()

@@ -104,6 +104,7 @@ class Reforker:
         self.requested = None         # a trigger that arrived while busy (coalesced)
         self.threshold_index = 0      # the next fork_worker threshold to wait for
         self.done = 0
+        self.last = None              # the last Refork done
         self.last_refork_at = clock()  # or the start (refork_min_interval)
         self.retries = Backoff(RETRY_DELAYS, clock)  # after abandoned reforks, in a row
         self.retry_why = None         # what the last abandoned one failed on
@@ -323,6 +324,7 @@ class Reforker:
     def finish(self):
         refork, self.current = self.current, None
         self.done += 1
+        self.last = refork
         self.retries.succeeded()
         if refork.threshold is not None:
             self.threshold_index += 1

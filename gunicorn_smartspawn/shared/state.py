@@ -1,9 +1,9 @@
 """The master's published state: which process is which, for `smartspawn status`.
 
 The master rewrites one small JSON file (atomically, at most once a second) in a
-per-user directory, named after its pid; `smartspawn status` reads it and adds what the
-kernel knows (memory, start time). Roles and request counts therefore come from the
-server itself, never from guessing at the process tree.
+per-user directory, which it keeps open (held), named after its pid; `smartspawn status`
+reads it and adds what the kernel knows (memory, start time). Roles and request counts
+therefore come from the server itself, never from guessing at the process tree.
 """
 import json
 import os
@@ -15,29 +15,35 @@ import psutil
 VERSION = 3  # 3: the versions, busy, in_flight, last_request, last_heartbeat
 
 
+def dir_name(uid):
+    return "smartspawn-%d" % uid
+
+
 def state_dir():
-    return os.path.join(tempfile.gettempdir(), "smartspawn-%d" % os.getuid())
+    return os.path.join(tempfile.gettempdir(), dir_name(os.getuid()))
 
 
 def state_path(master_pid, directory=None):
     return os.path.join(directory or state_dir(), "%d.json" % master_pid)
 
 
-def private_dir(directory, create=False):
-    """`directory` if it is a real directory of ours that nobody else may write to.
+def private_dir(directory, create=False, owner=None):
+    """`directory` if it is a real directory of ours (or of uid `owner`) that nobody
+    else may write to.
 
     /tmp is shared: another user may have put a file, a symlink or a directory of theirs
     at our path. Such a path is never followed, written or cleaned (OSError).
     """
+    owner = os.geteuid() if owner is None else owner
     if create:
         try:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             pass
     st = os.lstat(directory)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != owner or st.st_mode & 0o022:
         raise OSError("%s is not a directory of uid %d that only it can write to"
-                      % (directory, os.geteuid()))
+                      % (directory, owner))
     return directory
 
 
@@ -60,6 +66,21 @@ def read(path):
         raise ValueError("state file %s has version %r, expected %r"
                          % (path, state.get("version"), VERSION))
     return state
+
+
+def held(directory, fd=None):
+    """An fd open on `directory`: `fd` if it still is, else a new one (`fd` closed).
+
+    The master keeps its state directory open so that `smartspawn status` can find it
+    among its open files (/proc/PID/fd), whatever the master's TMPDIR or mount namespace:
+    its TMPDIR cannot be read from outside (setproctitle overwrites /proc/PID/environ),
+    and under systemd's PrivateTmp=true its /tmp is not the caller's.
+    """
+    if fd is not None:
+        if os.path.samestat(os.fstat(fd), os.stat(directory)):
+            return fd
+        os.close(fd)  # the directory was removed (and made again): hold the new one
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def remove(path):
