@@ -50,6 +50,8 @@ SINCE = {
     # patches.control_thread_stopped: the fork happens with the thread running, as
     # gunicorn's own forks do in 25.1.
     "control thread stopped at fork": (25, 2),
+    # patches.wait_until_serving: a thread still starting is not stopped before.
+    "control thread waited for at fork": (26, 1),
 }
 
 
@@ -83,8 +85,13 @@ def test_features_are_detected_in_the_releases_that_have_them():
     assert ("http_protocols" in {s.name for s in KNOWN_SETTINGS}) == since("http_protocols")
     assert patches.CONTROL_SOCKET == since("control socket")
     if patches.CONTROL_SOCKET:
-        assert (hasattr(patches.ctl_server.ControlSocketServer, "_stop_for_fork")
-                == since("control thread stopped at fork"))
+        control = inspect.getsource(patches.ctl_server.ControlSocketServer)
+        assert ("def _stop_for_fork(self)" in control) == since("control thread stopped at fork")
+        assert (("self._ready = threading.Event()" in control)
+                == since("control thread waited for at fork"))
+        # What patches.wait_until_serving waits for.
+        assert "self._server = await asyncio.start_unix_server(" in control
+        assert "self._thread = threading.Thread(target=self._run_loop" in control
 
 
 def test_every_overridden_arbiter_method_is_pinned():

@@ -33,6 +33,7 @@ last two, tests/unit/test_host_binding.py.
 """
 import contextlib
 import os
+import time
 
 from gunicorn import sock
 from gunicorn.app.base import BaseApplication
@@ -173,6 +174,8 @@ def control_thread_stopped(arbiter):
     running = (server is not None and server._running
                and hasattr(server, "_stop_for_fork"))
     if running:
+        if not hasattr(server, "_ready"):
+            wait_until_serving(server)
         server._stop_for_fork()
     try:
         yield
@@ -181,6 +184,18 @@ def control_thread_stopped(arbiter):
         if running and os.getpid() == arbiter.pid:
             server._was_running_before_fork = True
             server._restart_after_fork()
+
+
+def wait_until_serving(server, timeout=2.0):
+    """Wait (up to `timeout`) for a control thread just started to serve.
+
+    gunicorn 25.2 to 26.0 skip the shutdown of a thread still starting, and the fork
+    happens with it running (gunicorn's #3648); 26.1 waits for it (``_ready``), as here.
+    """
+    deadline = time.monotonic() + timeout
+    while (server._server is None and server._thread is not None
+           and server._thread.is_alive() and time.monotonic() < deadline):
+        time.sleep(0.005)
 
 
 def bind_once(cfg, log):

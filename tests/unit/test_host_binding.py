@@ -4,6 +4,7 @@ import errno
 import inspect
 import os
 import socket
+import threading
 import time
 import types
 
@@ -59,6 +60,7 @@ class ControlServer:
     def __init__(self):
         self._running = True
         self._was_running_before_fork = False
+        self._ready = threading.Event()  # 26.1 and later: _stop_for_fork waits for it
         self.calls = []
 
     def _stop_for_fork(self):
@@ -97,6 +99,34 @@ def test_nothing_is_restarted_in_a_forked_child_or_when_it_was_not_running():
     assert server.calls == []
     with patches.control_thread_stopped(types.SimpleNamespace(pid=os.getpid())):
         pass  # --no-control-socket
+
+
+class StartingControlServer(ControlServer):
+    """gunicorn 25.2 to 26.0's, just restarted: its thread serves a moment later."""
+
+    def __init__(self):
+        super().__init__()
+        del self._ready
+        self._server = None
+        self._thread = threading.Thread(target=self.serve)
+        self._thread.start()
+
+    def serve(self):
+        time.sleep(0.2)
+        self._server = "serving"
+        time.sleep(0.5)  # serve_forever()
+
+    def _stop_for_fork(self):
+        self.calls.append("stop while serving" if self._server else "stop while starting")
+        self._was_running_before_fork, self._running = True, False
+
+
+def test_a_control_thread_still_starting_is_stopped_once_it_serves():
+    server = StartingControlServer()
+    with patches.control_thread_stopped(types.SimpleNamespace(_control_server=server,
+                                                              pid=os.getpid())):
+        assert server.calls == ["stop while serving"]
+    server._thread.join()
 
 
 class ControlServer251:
