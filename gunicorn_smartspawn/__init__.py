@@ -12,7 +12,8 @@ process tree, each named for the process its code runs in:
 - ``worker``: the worker classes (``base``: sync and gthread; ``asgi``,
   ``asgi_uvicorn``, ``gevent_worker``), out-of-band work and the fork gates;
 - ``forksafety``: the check before each fork, the library tables, the immortal heap;
-- ``host``: every change made to gunicorn (``patches``);
+- ``host``: every change made to gunicorn (``patches``), the gunicorn releases it runs on
+  (``versions``);
 - ``shared``: what every process shares (``protocol``, ``counters``, ``config``,
   ``state``, ``hookstate``);
 - ``cli``: the ``smartspawn`` command.
@@ -21,7 +22,7 @@ For the application: ``prevent_fork`` and ``no_longer_fork_safe`` (``worker.fork
 """
 import importlib
 
-from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.host import patches, versions
 from gunicorn_smartspawn.master.arbiter import SmartArbiter
 from gunicorn_smartspawn.worker import base as worker
 from gunicorn_smartspawn.worker.forkgate import no_longer_fork_safe, prevent_fork
@@ -48,6 +49,7 @@ class _InstallsSmartspawn:
     def setup(cls):
         # gunicorn calls this each time it reads cfg.worker_class (at start, and at every
         # HUP), in the master before its arbiter runs: the one moment a -k plugin gets.
+        versions.refuse_unsupported()
         patches.install(SmartArbiter)
 
 

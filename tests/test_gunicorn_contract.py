@@ -1,24 +1,29 @@
 """Fails loudly when something of gunicorn's that smartspawn patches, overrides or relies on
-changes shape.
+changes shape, in the gunicorn installed.
 
-smartspawn pins gunicorn>=27,<28; this is the alarm for anything that moves inside it. Each
-pin names where smartspawn depends on it.
+smartspawn runs on the gunicorn releases of host/versions.py (>=24.1,<28); CI runs this file
+on the newest release of each major in that range (.ci/run). This is the alarm for anything
+that moves inside it. Each pin names where smartspawn depends on it; what a release added
+later in the range is pinned as present from that release on and absent before it, where
+smartspawn detects it.
 """
 import hashlib
 import inspect
 import json
+import tomllib
+from pathlib import Path
 
 import gunicorn
+import pytest
 from gunicorn import sock, systemd, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.ctl import handlers as ctl_handlers
-from gunicorn.ctl import server as ctl_server
+from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
 import smartspawn
-from gunicorn_smartspawn.host import patches
+from gunicorn_smartspawn.host import patches, versions
 from gunicorn_smartspawn.worker import base as worker
 from gunicorn_smartspawn.master.arbiter import SmartArbiter
 
@@ -31,15 +36,63 @@ OVERRIDDEN = {
     "stop": ["self", "graceful"], "kill_worker": ["self", "pid", "sig"],
 }
 # Arbiter methods smartspawn calls without overriding them.
-CALLED = {"reload": ["self"], "murder_workers": ["self"], "kill_dirty_arbiter": ["self", "sig"]}
+CALLED = {"reload": ["self"], "murder_workers": ["self"]}
+# What a release later than 24.1 added, that smartspawn detects: the release, and what stands
+# in for it before.
+SINCE = {
+    # SmartArbiter.dirty_arbiter_pid = 0 (it calls kill_dirty_arbiter only when set).
+    "dirty arbiter": (25, 0),
+    # getattr(cfg, "http_protocols", ()) in OutOfBand.for_worker: no HTTP/2 before.
+    "http_protocols": (25, 0),
+    # patches.count: no counters to add to.
+    "show stats counters": (25, 1),
+    # patches.CONTROL_SOCKET: nothing to patch.
+    "control socket": (25, 1),
+    # patches.control_thread_stopped: the fork happens with the thread running, as
+    # gunicorn's own forks do in 25.1.
+    "control thread stopped at fork": (25, 2),
+    # patches.wait_until_serving: a thread still starting is not stopped before.
+    "control thread waited for at fork": (26, 1),
+}
 
 
 def params(func):
     return list(inspect.signature(func).parameters)
 
 
-def test_gunicorn_major_version_is_27():
-    assert gunicorn.version_info[0] == 27
+def since(feature):
+    return gunicorn.version_info >= SINCE[feature]
+
+
+needs_control_socket = pytest.mark.skipif(not since("control socket"),
+                                          reason="gunicorn < 25.1: no control socket")
+
+
+def test_gunicorn_is_in_the_supported_range():
+    assert versions.unsupported() is None, versions.unsupported()
+    assert versions.unsupported((23, 0, 0)) and versions.unsupported((28, 0, 0))
+    assert versions.unsupported((24, 1, 0)) is None
+
+
+def test_pyproject_requires_the_supported_range():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "gunicorn" + versions.SUPPORTED in pyproject["project"]["dependencies"]
+
+
+def test_features_are_detected_in_the_releases_that_have_them():
+    source = inspect.getsource(Arbiter)
+    assert ("self.dirty_arbiter_pid = 0" in source) == since("dirty arbiter")
+    assert ("self._stats = {" in source) == since("show stats counters")
+    assert ("http_protocols" in {s.name for s in KNOWN_SETTINGS}) == since("http_protocols")
+    assert patches.CONTROL_SOCKET == since("control socket")
+    if patches.CONTROL_SOCKET:
+        control = inspect.getsource(patches.ctl_server.ControlSocketServer)
+        assert ("def _stop_for_fork(self)" in control) == since("control thread stopped at fork")
+        assert (("self._ready = threading.Event()" in control)
+                == since("control thread waited for at fork"))
+        # What patches.wait_until_serving waits for.
+        assert "self._server = await asyncio.start_unix_server(" in control
+        assert "self._thread = threading.Thread(target=self._run_loop" in control
 
 
 def test_every_overridden_arbiter_method_is_pinned():
@@ -50,31 +103,56 @@ def test_every_overridden_arbiter_method_is_pinned():
 def test_arbiter_methods_keep_their_signatures():
     for name, expected in {**OVERRIDDEN, **CALLED}.items():
         assert params(getattr(Arbiter, name)) == expected, name
+    if since("dirty arbiter"):
+        assert params(Arbiter.kill_dirty_arbiter) == ["self", "sig"]
 
 
 def test_arbiter_state_smartspawn_relies_on():
     source = inspect.getsource(Arbiter)
     for needle in (
-        "self.SIG_QUEUE", "WAKEUP_REQUEST", "self.WORKERS", "self._stats", "self.worker_age",
-        "WORKER_BOOT_ERROR = 3", "APP_LOAD_ERROR = 4", "self.dirty_arbiter_pid",
+        "self.SIG_QUEUE = queue.SimpleQueue()", "WAKEUP_REQUEST", "self.WORKERS",
+        "self.worker_age", "WORKER_BOOT_ERROR = 3", "APP_LOAD_ERROR = 4",
+        # SmartArbiter.wait_for_signals is the loop's wait (gunicorn 23 had none).
+        "self.wait_for_signals(timeout=",
     ):
         assert needle in source, needle
+    if since("show stats counters"):
+        assert "self._stats['workers_spawned'] += 1" in source  # patches.count
 
 
 # gunicorn methods smartspawn copies (and adapts) rather than calls, by the sha256 of their
 # source in each gunicorn release tested: a change in gunicorn's body must be read and
 # carried into the copy before the pin moves.
+# SmartArbiter.keep_worker_count: against its own target, not num_workers.
+MANAGE_WORKERS = "518f2dd040ef680922df9748d37248e2ecf137e908e108f2eea199873a1dcce0"
+# SmartArbiter.spawn_workers: the direct-spawning loop, with its pause.
+SPAWN_WORKERS = "8fd09f6b3f3e5047e86d593ceed47df213ee5cbf86ddd793b98d9d4b39062b1a"
+# SmartArbiter.reload_config: up to the spawn loop, which the preloader replaces (before
+# 25.1, without the reload counter: patches.count).
+RELOAD = "fec344d2f774ee32c4351ee15d64dcf16e28d10164ce72f82ff463c59124e41a"
+RELOAD_24 = "f78dca16eec8580bdfc28d2e2803cbb8f671348d83f8f7cf4d14a8fbc6698370"
+# worker.run_worker_process: the child branch, exit codes included. The releases differ
+# in the counter (25.1), a blank line (25.3) and the SO_REUSEPORT check (27: Linux has it).
+SPAWN_WORKER = {
+    "24": "2e448c47bbbbbd8fe0ea5797e66b16453403c66b37dd3eec65548c2dca4eb788",
+    "25.1": "0827386d7be635d66aa4bf307f951848d20069c6eb234ffa0c853bb76f70d5c7",
+    "25.3": "980b34bd12b9516e8225a7a01c344cb3278aa553f9cd60dcbbc4cef7395b3694",
+    "27": "6abc0d90b0b9f80b476a9aa8bbb47a7564f444f017384d1db8fb0ce36b916aea",
+}
+
+
+def copied(spawn_worker, reload=RELOAD):
+    return {"manage_workers": MANAGE_WORKERS, "spawn_worker": SPAWN_WORKER[spawn_worker],
+            "spawn_workers": SPAWN_WORKERS, "reload": reload}
+
+
 COPIED = {
-    "27.0.1": {
-        # SmartArbiter.keep_worker_count: against its own target, not num_workers.
-        "manage_workers": "518f2dd040ef680922df9748d37248e2ecf137e908e108f2eea199873a1dcce0",
-        # worker.run_worker_process: the child branch, exit codes included.
-        "spawn_worker": "6abc0d90b0b9f80b476a9aa8bbb47a7564f444f017384d1db8fb0ce36b916aea",
-        # SmartArbiter.spawn_workers: the direct-spawning loop, with its pause.
-        "spawn_workers": "8fd09f6b3f3e5047e86d593ceed47df213ee5cbf86ddd793b98d9d4b39062b1a",
-        # SmartArbiter.reload_config: up to the spawn loop, which the preloader replaces.
-        "reload": "fec344d2f774ee32c4351ee15d64dcf16e28d10164ce72f82ff463c59124e41a",
-    },
+    "24.1.1": copied("24", RELOAD_24),
+    "25.0.3": copied("24", RELOAD_24),
+    "25.1.0": copied("25.1"),
+    "25.3.0": copied("25.3"),
+    "26.2.0": copied("25.3"),
+    "27.0.1": copied("27"),
 }
 
 
@@ -98,12 +176,13 @@ def test_run_and_wsgi_are_patched_once():
     assert (Arbiter.run, BaseApplication.wsgi) == (first_run, first_wsgi)
 
 
+@needs_control_socket
 def test_control_socket_methods_patched():
     # install() wraps these; show_workers' entries are matched by "pid".
-    for func in (ctl_handlers.CommandHandlers.show_workers,
-                 ctl_handlers.CommandHandlers.show_stats, ctl_handlers.CommandHandlers.help):
+    handlers = patches.ctl_handlers.CommandHandlers
+    for func in (handlers.show_workers, handlers.show_stats, handlers.help):
         assert params(func) == ["self"]
-    assert params(ctl_server.ControlSocketServer._execute_command) == ["self", "parts"]
+    assert params(patches.ctl_server.ControlSocketServer._execute_command) == ["self", "parts"]
     assert '"pid": pid' in inspect.getsource(patches.GUNICORN_SHOW_WORKERS)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import gunicorn
 import pytest
-from gunicorn.ctl.client import ControlClient
 
 import gunicorn_smartspawn
 from conftest import GUNICORN, wait_for
@@ -123,6 +122,8 @@ def test_process_titles_name_each_role(make_server):
 
 
 def test_control_socket_shows_smartspawn_fields_and_reforks(make_server):
+    ControlClient = pytest.importorskip(
+        "gunicorn.ctl.client", reason="gunicorn < 25.1: no control socket").ControlClient
     server = make_server(workers=2, config="fork_worker = True\n").start()
     with ControlClient(str(server.root / "gunicorn.ctl")) as client:
         def served():

@@ -10,7 +10,10 @@ Arbiter.setup(), and calls the class's setup(), which calls `install()` (see the
   ``--preload`` never imports the app there (the preloader does);
 - the control socket's ``CommandHandlers.show_workers`` and ``show_stats`` (they add
   smartspawn's fields), ``CommandHandlers.help`` and
-  ``ControlSocketServer._execute_command`` (add ``refork``).
+  ``ControlSocketServer._execute_command`` (add ``refork``), where gunicorn has a control
+  socket (25.1 and later: `CONTROL_SOCKET`).
+
+And gunicorn's own counters for ``show stats`` (`count`), where it keeps them.
 
 And the live configuration, through `override_setting` alone: a setting this server cannot
 honour (turned off with a warning), and `initgroups` once the preloader has done it.
@@ -33,12 +36,11 @@ last two, tests/unit/test_host_binding.py.
 """
 import contextlib
 import os
+import time
 
 from gunicorn import sock, systemd
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.ctl import handlers as ctl_handlers
-from gunicorn.ctl import server as ctl_server
 from gunicorn.errors import ConfigError
 from gunicorn.workers import base
 
@@ -46,12 +48,20 @@ from gunicorn_smartspawn.shared import _linux
 from gunicorn_smartspawn.shared.config import install_settings
 from gunicorn_smartspawn.worker.base import SmartWorkerMixin
 
+try:  # gunicorn 25.1 and later
+    from gunicorn.ctl import handlers as ctl_handlers
+    from gunicorn.ctl import server as ctl_server
+except ImportError:
+    ctl_handlers = ctl_server = None
+
+CONTROL_SOCKET = ctl_handlers is not None
 GUNICORN_RUN = Arbiter.run
 GUNICORN_WSGI = BaseApplication.wsgi
-GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
-GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
-GUNICORN_HELP = ctl_handlers.CommandHandlers.help
-GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
+if CONTROL_SOCKET:
+    GUNICORN_SHOW_WORKERS = ctl_handlers.CommandHandlers.show_workers
+    GUNICORN_SHOW_STATS = ctl_handlers.CommandHandlers.show_stats
+    GUNICORN_HELP = ctl_handlers.CommandHandlers.help
+    GUNICORN_EXECUTE = ctl_server.ControlSocketServer._execute_command
 GUNICORN_SD_NOTIFY = systemd.sd_notify
 # What Arbiter.start() tells systemd once the master has bound its sockets.
 GUNICORN_BOOTED = "READY=1\nSTATUS=Gunicorn arbiter booted"
@@ -77,6 +87,13 @@ def install(smart_arbiter):
             return None  # the preloader imports the app, never the master
         return GUNICORN_WSGI(self)
 
+    Arbiter.run = run
+    BaseApplication.wsgi = wsgi
+    if CONTROL_SOCKET:
+        patch_control_socket(smart_arbiter)
+
+
+def patch_control_socket(smart_arbiter):
     # The control socket's thread calls these; they read master state, as gunicorn's do.
     def show_workers(self):
         result = GUNICORN_SHOW_WORKERS(self)
@@ -102,8 +119,6 @@ def install(smart_arbiter):
             return self.arbiter.queue_refork()
         return GUNICORN_EXECUTE(self, parts)
 
-    Arbiter.run = run
-    BaseApplication.wsgi = wsgi
     ctl_handlers.CommandHandlers.show_workers = show_workers
     ctl_handlers.CommandHandlers.show_stats = show_stats
     ctl_handlers.CommandHandlers.help = help_
@@ -117,6 +132,14 @@ def smart_spawning_requested(cfg):
         return True  # SmartArbiter.run() reports it before anything starts
     return (cfg.spawn_method == "smart" and not cfg.reload
             and _linux.smart_spawn_unsupported() is None)
+
+
+def count(arbiter, stat):
+    """Add one to gunicorn's `stat` counter of ``show stats``, where gunicorn keeps one
+    (25.1 and later), as its own spawn_worker() and reload() do."""
+    stats = getattr(arbiter, "_stats", None)
+    if stats is not None:
+        stats[stat] += 1
 
 
 def override_setting(cfg, name, value):
@@ -172,8 +195,13 @@ def control_thread_stopped(arbiter):
     and leave it so, and it starts again only once os.fork() has returned.
     """
     server = getattr(arbiter, "_control_server", None)
-    running = server is not None and server._running
+    # gunicorn 25.1 forks its own workers with the thread running (25.2 stops it): so do
+    # smartspawn's forks there.
+    running = (server is not None and server._running
+               and hasattr(server, "_stop_for_fork"))
     if running:
+        if not hasattr(server, "_ready"):
+            wait_until_serving(server)
         server._stop_for_fork()
     try:
         yield
@@ -182,6 +210,18 @@ def control_thread_stopped(arbiter):
         if running and os.getpid() == arbiter.pid:
             server._was_running_before_fork = True
             server._restart_after_fork()
+
+
+def wait_until_serving(server, timeout=2.0):
+    """Wait (up to `timeout`) for a control thread just started to serve.
+
+    gunicorn 25.2 to 26.0 skip the shutdown of a thread still starting, and the fork
+    happens with it running (gunicorn's #3648); 26.1 waits for it (``_ready``), as here.
+    """
+    deadline = time.monotonic() + timeout
+    while (server._server is None and server._thread is not None
+           and server._thread.is_alive() and time.monotonic() < deadline):
+        time.sleep(0.005)
 
 
 def bind_once(cfg, log):

@@ -66,6 +66,7 @@ class SmartArbiter(Arbiter):
     """gunicorn's Arbiter with smart spawning. See the module docstring."""
 
     SIGNALS = [*Arbiter.SIGNALS, signal.SIGURG]
+    dirty_arbiter_pid = 0  # gunicorn before 25.1 has no dirty arbiter (and no attribute)
 
     def run(self):
         try:
@@ -513,7 +514,7 @@ class SmartArbiter(Arbiter):
             self.fleet.add_direct(worker, pid, self.generation, slot, master_end,
                                   spawned_mtime)
             self.spawn_failures.succeeded()
-            self._stats["workers_spawned"] += 1
+            patches.count(self, "workers_spawned")
             return pid
         try:  # the child (close_master_only ran at the fork); never unwinds into the loop
             if master_end is not None:
@@ -532,7 +533,7 @@ class SmartArbiter(Arbiter):
             return
         record = self.fleet.checked_in(age, pid)
         self.spawn_failures.succeeded()
-        self._stats["workers_spawned"] += 1
+        patches.count(self, "workers_spawned")
         if record.spawned_from == "preloader":
             self.restarts.succeeded()  # a preloader that spawns is a healthy one
         if not self.stopping:
@@ -953,7 +954,7 @@ class SmartArbiter(Arbiter):
         load keeps the running one (and its workers) instead of stopping the master.
         Returns whether it loaded.
         """
-        self._stats["reloads"] += 1
+        patches.count(self, "reloads")
         old_cfg, old_address = self.cfg, self.cfg.address
         set_config_env(old_cfg, on=False)
         try:

@@ -116,7 +116,7 @@ class OutOfBand:
         cfg = worker.cfg
         if not cfg.oob_gc and not cfg.oob_work_header:
             return None
-        if threaded and "h2" in cfg.http_protocols:
+        if threaded and "h2" in getattr(cfg, "http_protocols", ()):  # gunicorn 25+
             # An HTTP/2 connection stays "in flight" as long as the client keeps it open:
             # the worker would stop accepting for that long.
             worker.log.warning("oob_gc and out-of-band work are off: HTTP/2 connections "

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from conftest import wait_for
+from gunicorn_smartspawn.host import patches
 from parity.helpers import is_smart
 
 REFORK = "fork_worker = 10**9\n"
@@ -267,7 +268,11 @@ def test_no_fork_in_the_master_while_the_control_thread_runs(run_both, spawning)
     assert plain["threads at fork"] == {"2"}
     # The positive control: 3.13 and later warn there (3.12.1 counts threads otherwise).
     assert plain["warned"] == (sys.version_info >= (3, 13))
-    assert smart == {"threads at fork": {"1"}, "warned": False, "exit": 0}
+    # gunicorn 25.1 cannot stop its thread for a fork (25.2 can): there smartspawn forks
+    # with it running, as gunicorn does (patches.control_thread_stopped).
+    stopped = hasattr(patches.ctl_server.ControlSocketServer, "_stop_for_fork")
+    threads = {"1"} if stopped else plain["threads at fork"]
+    assert smart == {"threads at fork": threads, "warned": False, "exit": 0}
 
 
 # -- out of fds -----------------------------------------------------------------------------------

@@ -4,13 +4,13 @@ import errno
 import inspect
 import os
 import socket
+import threading
 import time
 import types
 
 import pytest
 from gunicorn import sock
 from gunicorn.arbiter import Arbiter
-from gunicorn.ctl import server as ctl_server
 
 from fakes import LOG
 from gunicorn_smartspawn.host import patches
@@ -60,6 +60,7 @@ class ControlServer:
     def __init__(self):
         self._running = True
         self._was_running_before_fork = False
+        self._ready = threading.Event()  # 26.1 and later: _stop_for_fork waits for it
         self.calls = []
 
     def _stop_for_fork(self):
@@ -100,12 +101,59 @@ def test_nothing_is_restarted_in_a_forked_child_or_when_it_was_not_running():
         pass  # --no-control-socket
 
 
-def test_what_they_rely_on_in_gunicorn():
-    """Fails loudly when gunicorn moves what bind_once and control_thread_stopped use."""
+class StartingControlServer(ControlServer):
+    """gunicorn 25.2 to 26.0's, just restarted: its thread serves a moment later."""
+
+    def __init__(self):
+        super().__init__()
+        del self._ready
+        self._server = None
+        self._thread = threading.Thread(target=self.serve)
+        self._thread.start()
+
+    def serve(self):
+        time.sleep(0.2)
+        self._server = "serving"
+        time.sleep(0.5)  # serve_forever()
+
+    def _stop_for_fork(self):
+        self.calls.append("stop while serving" if self._server else "stop while starting")
+        self._was_running_before_fork, self._running = True, False
+
+
+def test_a_control_thread_still_starting_is_stopped_once_it_serves():
+    server = StartingControlServer()
+    with patches.control_thread_stopped(types.SimpleNamespace(_control_server=server,
+                                                              pid=os.getpid())):
+        assert server.calls == ["stop while serving"]
+    server._thread.join()
+
+
+class ControlServer251:
+    """gunicorn 25.1's, which nothing stops at a fork: its own forks leave it running."""
+    _running = True
+
+
+def test_a_control_thread_gunicorn_cannot_stop_for_a_fork_is_left_running():
+    server = ControlServer251()
+    with patches.control_thread_stopped(types.SimpleNamespace(_control_server=server,
+                                                              pid=os.getpid())):
+        assert server._running
+
+
+@pytest.mark.skipif(not (patches.CONTROL_SOCKET and hasattr(
+    patches.ctl_server.ControlSocketServer, "_stop_for_fork")),
+    reason="gunicorn < 25.2: nothing stops the control thread at a fork")
+def test_what_control_thread_stopped_relies_on_in_gunicorn():
+    """Fails loudly when gunicorn moves what control_thread_stopped uses."""
     assert "self._control_server = " in inspect.getsource(Arbiter)
-    control = inspect.getsource(ctl_server.ControlSocketServer)
+    control = inspect.getsource(patches.ctl_server.ControlSocketServer)
     for needle in ("def _stop_for_fork(self)", "def _restart_after_fork(self)",
                    "if not self._was_running_before_fork:", "self._running = True"):
         assert needle in control, needle
+
+
+def test_what_bind_once_relies_on_in_gunicorn():
+    """Fails loudly when gunicorn moves what bind_once uses."""
     assert inspect.signature(sock._sock_type).parameters.keys() == {"addr"}
     assert sock._sock_type(("127.0.0.1", 80)) is sock.TCPSocket
