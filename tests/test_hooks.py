@@ -221,3 +221,47 @@ def test_every_process_that_served_gets_worker_exit_atexit_and_child_exit(
     assert worker_exit == served
     assert atexit_run == served
     assert child_exit == served
+
+
+SLOW_WORKER_EXIT = '''
+import json, os, time
+
+def record(name, **fields):
+    with open(os.path.join(os.environ["TEST_DIR"], "hooks.jsonl"), "a") as f:
+        f.write(json.dumps({"hook": name, "pid": os.getpid(), **fields}) + "\\n")
+
+def worker_exit(server, worker):
+    record("worker_exit begins")
+    time.sleep(1.5)
+    record("worker_exit ends")
+fork_worker = True
+'''
+
+
+@pytest.mark.parametrize("worker_class", ["smartspawn.Worker", "sync"])
+def test_a_term_while_a_worker_runs_its_exit_hooks_does_not_cut_them_short(
+        make_server, worker_class):
+    """A second TERM (systemd's, an operator's) reaching a process that is already ending
+    lets its worker_exit and atexit handlers finish: a gunicorn worker's TERM handler only
+    says "stop serving". A template (retired by the next refork) is such a process too."""
+    server = make_server("atexit_app.py", workers=2, worker_class=worker_class,
+                         config=SLOW_WORKER_EXIT).start()
+    if worker_class == "sync":  # plain gunicorn: a worker retired by TTOU
+        server.signal(signal.SIGTTOU)
+        ending = wait_for(lambda: [h["pid"] for h in called(server, "worker_exit begins")],
+                          timeout=30, what="a worker's worker_exit")[0]
+    else:  # the first refork's template, retired by the second refork
+        server.signal(signal.SIGURG)
+        server.wait_log(r"refork to generation 2 \(URG\) done", timeout=30)
+        ending = int(server.wait_log(r"worker \(pid: (\d+), \d+ requests\) becomes the "
+                                     r"template", timeout=5).group(1))
+        server.signal(signal.SIGURG)
+    wait_for(lambda: ending in {h["pid"] for h in called(server, "worker_exit begins")},
+             timeout=30, what="worker_exit of %d" % ending)
+    os.kill(ending, signal.SIGTERM)
+    wait_for(lambda: not psutil.pid_exists(ending) or psutil.Process(ending).status()
+             == psutil.STATUS_ZOMBIE, timeout=10, what="the end of %d" % ending)
+    assert ending in {h["pid"] for h in called(server, "worker_exit ends")}, hooks(server)
+    assert ending in {int(pid) for pid in server.lines("atexit.txt")}
+    assert "Exception ignored" not in server.log()
+    assert server.stop() == 0

@@ -43,6 +43,10 @@ class Template(Spawner):
             self.log.exception("Exception in template (pid: %s, gen=%s)",
                                self.pid, self.generation)
             raise SystemExit(1) from None
+        finally:
+            # Ending already (worker_exit, then the atexit handlers): a TERM now must not
+            # raise SystemExit inside them, as it does not in a gunicorn worker's exit.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def become_template(self):
         started = time.monotonic()
