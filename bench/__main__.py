@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--out docs/benchmarks]`: every comparison of issue 6 in one run.
+"""`python -m bench [--quick] [--steps S,...] [--out DIR]`: every comparison in one run.
 
 Runs each benchmark as a subprocess with --json (one after the other, never two at once):
 
@@ -9,16 +9,18 @@ Runs each benchmark as a subprocess with --json (one after the other, never two 
   oob       bench/oob_latency.py     plain gunicorn vs smartspawn + oob_gc (if in the tree)
   events    bench.events             refork and HUP under load
   lifecycle bench/memory_lifecycle.py  total PSS over a long run: no refork, fork_worker,
-                                     refork_on_memory (full mode only: ~8 min)
+                                     refork_on_memory (full mode only: 4-65 min)
   recycle   bench/recycle_latency.py p99 during max_requests recycling vs steady, plain
                                      gunicorn beside smartspawn, saturated and paced (full
                                      mode only: ~4 min)
 
-then writes OUT/index.md, the PNGs and OUT/results.json (bench/report.py, bench/plots.py).
+then writes OUT/index.md, the PNGs (with matplotlib) and OUT/results.json
+(bench/report.py, bench/plots.py). OUT is a new bench-results/<UTC time>/ in the current
+directory unless --out names one: `--out docs/benchmarks` rewrites the committed pages.
 A step that fails is reported as failed, its output kept as OUT/<step>.log, and the
-others still run. Every step has a deadline (SIGTERM, then SIGKILL 20 s later). Every
-process started carries SSBENCH_RUN=<token> in its environment: at the end, any such
-process still alive is listed (ps), killed, and makes the exit status 2.
+others still run. Every step has a deadline (STEP_TIMEOUT: SIGTERM, then SIGKILL 20 s
+later). Every process started carries SSBENCH_RUN=<token> in its environment: at the
+end, any such process still alive is listed (ps), killed, and makes the exit status 2.
 """
 import argparse
 import datetime
@@ -36,21 +38,26 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bench import report
+from bench import plots, report
 from bench.server import product_source
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = "docs/benchmarks"
 OOB_SCRIPT = "bench/oob_latency.py"
 QUICK_BUDGET = 120.0  # s: quick mode must stay under it
-STEP_TIMEOUT = {True: 100.0, False: 900.0}  # quick, full
+# s: each step's deadline, quick and full. A full lifecycle serves 2 rounds x 4 servers x
+# 60 000 requests, so its time follows the CPU it gets: 250 s in all on an idle 2-core
+# machine, but 250-350 s per server at load average 8-11 and 470 s at 15-25 (other tests
+# running), ~3 800 s in all, where 900 s cut it off.
+STEP_TIMEOUT = {"lifecycle": (100.0, 5400.0)}
+DEFAULT_STEP_TIMEOUT = (100.0, 900.0)
+STEPS = ("spawn", "template", "memory", "load", "oob", "events", "lifecycle", "recycle")
 GENERATED = ("index.md", "results.json", "spawn_latency.png", "pss.png", "latency.png",
              "oob_latency.png", "events.png", "memory_lifecycle.png")
 FULL_ONLY = "full mode only: it would not fit the quick budget"
 
 
 def steps(quick, tmp):
-    """[(name, argv or None, why not)] in the order they run."""
+    """[(name, argv or None, why not)] in the order of STEPS."""
     q = ["--quick"] if quick else []
 
     def cmd(name, target, options=q):
@@ -84,7 +91,8 @@ def oob_options(quick):
 
 
 def run_step(name, argv, timeout, env):
-    """Run one step, echoing its output; -> (exit status, output, seconds)."""
+    """Run one step, echoing its output; -> (exit status, output, seconds). A step still
+    running at `timeout` s is stopped: SIGTERM, SIGKILL 20 s later."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -119,20 +127,26 @@ def signal_group(pgid, sig):
         pass  # the step has exited meanwhile
 
 
-def run_steps(quick, out, tmp, env):
+def run_steps(quick, selected, out, tmp, env):
     results = {}
     for name, argv, why in steps(quick, tmp):
         (out / ("%s.log" % name)).unlink(missing_ok=True)
+        if name not in selected:
+            argv, why = None, "not selected (--steps)"
         if argv is None:
             print("[%s] skipped: %s" % (name, why), flush=True)
             results[name] = {"status": "not run", "why": why}
             continue
-        code, output, seconds = run_step(name, argv, STEP_TIMEOUT[quick], env)
+        timeout = STEP_TIMEOUT.get(name, DEFAULT_STEP_TIMEOUT)[not quick]
+        code, output, seconds = run_step(name, argv, timeout, env)
         json_path = Path(argv[-1])
         ok = code == 0 and json_path.exists()
         results[name] = {"status": "ok" if ok else "failed", "exit": code, "seconds": seconds,
                          "command": display(argv, tmp),
                          "data": json.loads(json_path.read_text()) if ok else None}
+        if not ok and seconds >= timeout:
+            results[name]["why"] = "cut off by its deadline of %.0f s" % timeout
+            print("[%s] %s" % (name, results[name]["why"]), flush=True)
         if not ok:
             (out / ("%s.log" % name)).write_text(output)
     return results
@@ -213,7 +227,8 @@ def meta(args):
     wrk = wrk_version()
     source = product_source()
     command = "python -m bench" + (" --quick" if args.quick else "") + (
-        " --out %s" % args.out if args.out != DEFAULT_OUT else "")
+        " --steps %s" % ",".join(args.steps) if args.steps != list(STEPS) else "") + (
+        " --out %s" % args.out if args.out else "")
     return {"command": command, "mode": "quick" if args.quick else "full",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
             "loadavg_start": os.getloadavg()[0], **machine(),
@@ -224,23 +239,39 @@ def meta(args):
             "packages": {name: package(name) for name in ("flask", "psutil", "matplotlib")}}
 
 
+def step_list(text):
+    """--steps' argument: names from STEPS, comma-separated."""
+    names = [name for name in text.split(",") if name]
+    unknown = sorted(set(names) - set(STEPS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError("unknown step(s) %s: choose from %s" % (
+            ", ".join(unknown) or "(none given)", ",".join(STEPS)))
+    return names
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="every step in its quick mode: under %.0f s in all" % QUICK_BUDGET)
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help="where index.md, the PNGs and results.json go (%s)" % DEFAULT_OUT)
+    parser.add_argument("--steps", type=step_list, default=list(STEPS),
+                        help="only these steps, comma-separated (all: %s)" % ",".join(STEPS))
+    parser.add_argument("--out", help="where index.md, the PNGs and results.json go (default: "
+                        "a new bench-results/<UTC time>/ here; docs/benchmarks: the "
+                        "committed pages)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
-    out = (ROOT / args.out).resolve()
+    out = Path(args.out or report.new_results_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    print("writing to %s" % out, flush=True)
+    if not plots.AVAILABLE:
+        print(plots.MISSING, flush=True)
     token = uuid.uuid4().hex[:12]
     env = {**os.environ, "SSBENCH_RUN": token, "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONUNBUFFERED": "1"}
     started, run_meta = time.monotonic(), meta(args)
     with tempfile.TemporaryDirectory(prefix="ssbench-all-") as tmp:
         try:
-            step_results = run_steps(args.quick, out, Path(tmp), env)
+            step_results = run_steps(args.quick, args.steps, out, Path(tmp), env)
         finally:
             left = check_leftovers(token)
     for name in GENERATED:

@@ -33,10 +33,10 @@ the median of the per-round ratios smartspawn / plain (or plain / smartspawn for
           Reported: the workers' PSS and the whole server's (master, preloader, template,
           standbys, workers), and plain's "ideal": its master + one warmed worker.
 
-Targets: spawn plain/smart >= 50x and smart < 20 ms (issue 2); whole-server PSS after the
+Targets: spawn plain/smart >= 50x and smart < 20 ms; whole-server PSS after the
 refork <= 1.3x the ideal (memory_lifecycle.py's bound; with 2 workers the ratio to plain
-cannot go much below ~0.5); /garbage p99 <= 0.7x plain at >= 0.97x its throughput
-(issue 4); hello-world throughput >= 0.98x plain.
+cannot go much below ~0.5); /garbage p99 <= 0.7x plain at >= 0.97x its throughput;
+hello-world throughput >= 0.98x plain.
 
     python bench/eventloop.py [--quick] [--pairs asgi,uvicorn,gevent]
                               [--measures spawn,hello,gc,memory] [--json PATH] [--check]
@@ -65,7 +65,7 @@ from urllib.parse import quote
 if not __package__:  # run as `python bench/eventloop.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import loadgen, oob_latency, refork_memory, spawn_latency
+from bench import loadgen, oob_latency, plots, refork_memory, spawn_latency
 from bench.server import (BenchError, Server, Servers, product_source, uss_mb, wait_for,
                           write_json)
 
@@ -78,11 +78,11 @@ PAIRS = {  # name -> (app, smartspawn class, plain class)
 MEASURES = ("spawn", "hello", "gc", "memory")
 SIDES = ("plain", "smart")  # the order of every round
 
-TARGET_SPAWN_RATIO = 50.0    # plain / smart, at least (issue 2)
-TARGET_SPAWN_MS = 20.0       # smart median, below (issue 2)
+TARGET_SPAWN_RATIO = 50.0    # plain / smart, at least
+TARGET_SPAWN_MS = 20.0       # smart median, below
 TARGET_IDEAL_RATIO = 1.3     # whole-server PSS after the refork / ideal, at most
-TARGET_GC_P99 = 0.7          # smart / plain, at most (issue 4)
-TARGET_GC_RPS = 0.97         # smart / plain, at least (issue 4)
+TARGET_GC_P99 = 0.7          # smart / plain, at most
+TARGET_GC_RPS = 0.97         # smart / plain, at least
 TARGET_HELLO_RPS = 0.98      # smart / plain, at least
 
 # Each heap is only built where it is measured (eventloop_core.py).
@@ -659,12 +659,13 @@ def parse_args(argv):
 
 
 def plot(results, directory):
-    from bench import plots  # matplotlib: only when asked for
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    plots.eventloop(results["pairs"], directory / "eventloop.png",
-                    directory / "eventloop_pss.png")
-    log("plots written to %s" % directory)
+    if plots.eventloop(results["pairs"], directory / "eventloop.png",
+                       directory / "eventloop_pss.png"):
+        log("plots written to %s" % directory)
+    else:
+        log(plots.MISSING)
 
 
 def main(argv=None):

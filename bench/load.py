@@ -32,7 +32,7 @@ APPS = {  # name -> (app, [(endpoint label, path)])
 }
 CONFIGS = {"plain": [], "smartspawn": SMARTSPAWN}  # name -> extra gunicorn args
 KEYS = ("rps", "p50", "p99", "p999")
-TARGET_HELLO_RPS = 0.98  # issue 4: hello-world throughput >= 0.98 x plain gunicorn
+TARGET_HELLO_RPS = 0.98  # hello-world throughput >= 0.98 x plain gunicorn
 
 
 def measure_endpoint(servers, path, args, workdir):

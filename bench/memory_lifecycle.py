@@ -237,8 +237,10 @@ def main(argv=None):
     missed = summarize(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plots.memory_lifecycle(result["runs"], out / "memory_lifecycle.png")
-    print("\nplot: %s" % (out / "memory_lifecycle.png"))
+    if plots.memory_lifecycle(result["runs"], out / "memory_lifecycle.png"):
+        print("\nplot: %s" % (out / "memory_lifecycle.png"))
+    else:
+        print("\n" + plots.MISSING)
     write_json(args.json, result)
     return 1 if args.check and missed else 0
 

@@ -1,10 +1,34 @@
-"""The PNG figures of docs/benchmarks/ (matplotlib, no display needed)."""
-import matplotlib
+"""The PNG figures of docs/benchmarks/ (matplotlib, no display needed).
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+Without matplotlib the benchmarks still run: each figure function then draws nothing and
+returns False (True when it wrote its file), and MISSING is the line to print once.
+"""
+import functools
+
+try:
+    import matplotlib
+except ImportError:
+    matplotlib = None
+else:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+AVAILABLE = matplotlib is not None
+MISSING = ("no plots: matplotlib is not installed (`pip install --group bench` in the "
+           "project's root installs what the benchmarks use; pip >= 25.1)")
 
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+
+
+def figure(draw):
+    """A figure function that draws only with matplotlib; -> whether it wrote its file."""
+    @functools.wraps(draw)
+    def maybe(*args, **kwargs):
+        if not AVAILABLE:
+            return False
+        draw(*args, **kwargs)
+        return True
+    return maybe
 
 
 def save(fig, path):
@@ -20,6 +44,7 @@ def label_bars(ax, bars, spec):
                     ha="center", va="bottom", fontsize=8)
 
 
+@figure
 def spawn(methods, path):
     """Median spawn-to-first-response per method, min-max whiskers, the 20 ms target."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -37,6 +62,7 @@ def spawn(methods, path):
     save(fig, path)
 
 
+@figure
 def memory(figures, path):
     """Total PSS per configuration and phase; the target line at 0.5 x --preload."""
     phases = [("warm", "warm"), ("refork", "after refork"), ("more", "after +N requests")]
@@ -59,6 +85,7 @@ def memory(figures, path):
     save(fig, path)
 
 
+@figure
 def latency(endpoints, path):
     """Per endpoint: p50/p99/p99.9 per server (log scale), and requests/s."""
     fig, axes = plt.subplots(2, len(endpoints), figsize=(4.2 * len(endpoints), 7),
@@ -84,6 +111,7 @@ def latency(endpoints, path):
     save(fig, path)
 
 
+@figure
 def events(runs, path):
     """The first refork and the first HUP: latency per 100 ms around the event."""
     firsts = [next(e for e in runs if e["event"] == kind) for kind in ("refork", "hup")]
@@ -109,6 +137,7 @@ def events(runs, path):
     save(fig, path)
 
 
+@figure
 def memory_lifecycle(runs, path):
     """Total PSS against requests served, one line per run (colour: configuration); the
     reforks as dots; the ideal (one warmed process + master) as a dashed line."""
@@ -133,6 +162,7 @@ def memory_lifecycle(runs, path):
     save(fig, path)
 
 
+@figure
 def eventloop(pairs, path, pss_path=None):
     """bench/eventloop.py: per pair, the ratio of each measure to the plain worker class
     (median of per-round ratios, whiskers: the lowest and highest single round) against

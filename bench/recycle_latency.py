@@ -18,9 +18,11 @@ every request's own latency:
 
   saturated  --workers clients back to back: the CPU is always busy, so any work a
              recycle adds (forks, exits, page copies) delays requests;
-  paced      2 x --workers clients sending --rate requests/s in all on a fixed schedule
+  paced      2 x --workers clients sending R requests/s in all on a fixed schedule
              (open loop; a late request counts from when it was due): the headroom a
-             production server keeps.
+             production server keeps. R is --pace (0.5) x the saturated rate of the
+             steady servers (the lower one) in the first round, so that on any machine
+             the paced p99 measures serving, not a queue; --rate R sets it instead.
 
 After one unmeasured warm-up run per server, each round runs, for each load, the four
 windows of --seconds (8) in turn, in alternating order (plain steady, smartspawn steady,
@@ -43,7 +45,7 @@ one is missed): smartspawn's p99 during recycles <= 1.2 x its steady p99, under 
 load, and 0 failed requests for smartspawn. Plain gunicorn's ratios are shown beside
 them, not checked.
 
-    python bench/recycle_latency.py [--quick] [--rounds R] [--seconds S] [--rate R]
+    python bench/recycle_latency.py [--quick] [--rounds R] [--seconds S] [--pace F | --rate R]
                                     [--immortal] [--json PATH] [--check]
 
 --immortal adds a third server kind, smartspawn+immortal (gc_freeze = "immortal").
@@ -136,13 +138,13 @@ def wait_idle(server, timeout):
     wait_for(lambda: server.alive() and idle(), timeout, "%s to be idle" % server.name, 0)
 
 
-def window(server, load, args):
+def window(server, load, args, rate):
     """One measured window -> loadgen figures, the same during recycles, the recycles."""
     wait_idle(server, args.timeout)
     paced = load == "paced"
     clients = args.workers * (2 if paced else 1)
     run = loadgen.PythonLoad(server.port, "/", 0, clients, max_seconds=args.seconds,
-                             rate=args.rate if paced else 0.0).start()
+                             rate=rate if paced else 0.0).start()
     started = time.monotonic()
     time.sleep(args.seconds)
     samples = run.stop(early=not paced)  # paced clients finish their schedule
@@ -156,18 +158,39 @@ def window(server, load, args):
     return result
 
 
+def pace_of(runs, args):
+    """The paced load's requests/s: --rate, or --pace x the lower saturated rate of the
+    steady servers in the first round (below each server's capacity, the same for all)."""
+    if args.rate:
+        return {"rate": args.rate, "fraction": None, "saturated_rps": None}
+    saturated = min(runs[("saturated", kind, "steady")][0]["rps"] for kind in KINDS)
+    return {"rate": args.pace * saturated, "fraction": args.pace, "saturated_rps": saturated}
+
+
+def pace_text(pace):
+    """The paced load's rate as the report says it."""
+    if pace["fraction"] is None:
+        return "%.0f req/s in all (--rate)" % pace["rate"]
+    return ("%.0f req/s in all: %.0f %% of %.0f, the lower saturated rate of the steady "
+            "servers in round 1" % (pace["rate"], 100 * pace["fraction"], pace["saturated_rps"]))
+
+
 def run(args, workdir):
     servers = make_servers(args, workdir)
     runs = {(load, *key): [] for load in LOADS for key in servers}
+    pace = None
     with Servers() as started:
         started.start(*servers.values(), timeout=args.timeout)
         for server in servers.values():
             loadgen.run_python(server.port, "/", 0, args.workers, 2)  # warm-up
         for round_no in range(args.rounds):
-            for load in LOADS:
+            for load in LOADS:  # saturated first: the pace comes from its first round
+                if load == "paced" and pace is None:
+                    pace = pace_of(runs, args)
+                    print("paced load: %s" % pace_text(pace), flush=True)
                 order = list(servers) if round_no % 2 == 0 else list(servers)[::-1]
                 for key in order:
-                    result = window(servers[key], load, args)
+                    result = window(servers[key], load, args, pace and pace["rate"])
                     runs[(load, *key)].append(result)
                     inside = result["during"]
                     print("round %d %-9s %-22s %6.0f req/s  p99 %7.2f  during recycles %s  "
@@ -178,7 +201,7 @@ def run(args, workdir):
                           flush=True)
     if started.killed:
         raise BenchError("processes outlived their server: %s" % started.killed)
-    return {"benchmark": "recycle_latency", "args": vars(args),
+    return {"benchmark": "recycle_latency", "args": vars(args), "pace": pace,
             "revision": product_source()["git"],
             "runs": {"%s %s %s" % key: value for key, value in runs.items()}}
 
@@ -207,11 +230,11 @@ def summarize(result):
                                                runs["%s %s recycling" % (load, kind)])
                for load in LOADS for kind in KINDS}
     print("\n%d workers, GET / of heavy_import (%.1f s import), max_requests %d + jitter %d; "
-          "saturated: %d clients back to back; paced: %d clients, %d req/s in all; %d round(s) "
+          "saturated: %d clients back to back; paced: %d clients, %s; %d round(s) "
           "of %d s windows; medians; gunicorn_smartspawn %s\n" % (
               args["workers"], args["import_seconds"], args["max_requests"], args["jitter"],
-              args["workers"], 2 * args["workers"], args["rate"], args["rounds"],
-              args["seconds"], result["revision"]))
+              args["workers"], 2 * args["workers"], pace_text(result["pace"]),
+              args["rounds"], args["seconds"], result["revision"]))
     print("| load | server | steady p99 ms | recycling p99 ms | × steady | p99 during recycles "
           "ms | × steady | requests during recycles | max recycling ms | req/s steady / "
           "recycling | recycles per window | failed |\n"
@@ -250,8 +273,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, help="rounds of the four windows (3)")
     parser.add_argument("--seconds", type=int, help="seconds per window (8)")
     parser.add_argument("--workers", type=int, default=4, help="workers = clients (4)")
-    parser.add_argument("--rate", type=float, default=2000.0,
-                        help="requests/s of the paced load, in all (2000)")
+    parser.add_argument("--pace", type=float, default=0.5,
+                        help="the paced load's rate as a share of the saturated rate "
+                        "measured in round 1 (0.5)")
+    parser.add_argument("--rate", type=float,
+                        help="requests/s of the paced load, in all, instead of --pace")
     parser.add_argument("--max-requests", type=int, default=1000, help="recycling (1000)")
     parser.add_argument("--jitter", type=int, default=200, help="max_requests_jitter (200)")
     parser.add_argument("--import-seconds", type=float, default=0.7,
@@ -262,6 +288,8 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
+    if not 0 < args.pace <= 1:
+        parser.error("--pace is a share of the saturated rate, in (0, 1]: not %s" % args.pace)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (4 if args.quick else 8)
     if args.immortal:

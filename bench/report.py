@@ -7,8 +7,11 @@ events.py, memory_lifecycle.py, recycle_latency.py). Every figure in the page co
 there; plots.py draws the PNGs.
 """
 import statistics
+import time
+from pathlib import Path
 
 from bench import plots
+from bench.recycle_latency import pace_text
 
 MEMORY_COMMANDS = {  # refork_memory.py's configurations, as a reader would type them
     "plain": "gunicorn -w 4 lazy_cache:app",
@@ -18,6 +21,11 @@ MEMORY_COMMANDS = {  # refork_memory.py's configurations, as a reader would type
     "smart+refork": "... -k smartspawn.Worker, fork_worker on, kill -URG <master>",
 }
 NOT_MEASURED = "not yet measured"
+
+
+def new_results_dir():
+    """Where a run writes unless told: a new folder per run, never the committed pages."""
+    return Path("bench-results") / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
 def fmt(value, spec="%.1f"):
@@ -39,15 +47,20 @@ def step_note(results, step):
     if entry is None or entry["status"] == "not run":
         return "*%s: %s.*" % (step, (entry or {}).get("why", NOT_MEASURED))
     if entry["status"] != "ok":
-        return "*%s failed (exit status %s); its output is in `%s.log` beside this page.*" % (
-            step, entry["exit"], step)
+        return "*%s failed (exit status %s%s); its output is in `%s.log` beside this page.*" % (
+            step, entry["exit"], ", %s" % entry["why"] if "why" in entry else "", step)
     return None
+
+
+def image(drawn, alt, name):
+    """The page's link to a PNG if it was drawn (without matplotlib it is not)."""
+    return ["![%s](%s)" % (alt, name), ""] if drawn else []
 
 
 # -- targets ------------------------------------------------------------------------------
 
 def targets(results):
-    """[(issue, target, measured, met)] for the summary table; met None = not measured."""
+    """[(step, target, measured, met)] for the summary table; met None = not measured."""
     return [*spawn_targets(data(results, "spawn")), *memory_targets(data(results, "memory")),
             *oob_targets(data(results, "oob")), *load_targets(data(results, "load")),
             *event_targets(data(results, "events")),
@@ -57,22 +70,22 @@ def targets(results):
 
 def spawn_targets(spawn):
     if spawn is None:
-        return [("2", "smart ≥ 50× faster than direct", NOT_MEASURED, None),
-                ("2", "smart spawn-to-first-response < 20 ms", NOT_MEASURED, None)]
+        return [("spawn", "smart ≥ 50× faster than direct", NOT_MEASURED, None),
+                ("spawn", "smart spawn-to-first-response < 20 ms", NOT_MEASURED, None)]
     ratio, smart = spawn["ratio_direct_over_smart_median"], spawn["methods"]["smart"]
-    return [("2", "smart ≥ 50× faster than direct", "%.0f×" % ratio, ratio >= 50),
-            ("2", "smart spawn-to-first-response < 20 ms", "%.2f ms" % smart["median_ms"],
+    return [("spawn", "smart ≥ 50× faster than direct", "%.0f×" % ratio, ratio >= 50),
+            ("spawn", "smart spawn-to-first-response < 20 ms", "%.2f ms" % smart["median_ms"],
              smart["median_ms"] < 20)]
 
 
 def memory_targets(memory):
     names = ("total PSS after refork ≤ 0.5× before", "total PSS after refork ≤ 0.5× --preload")
     if memory is None:
-        return [("3", name, NOT_MEASURED, None) for name in names]
+        return [("memory", name, NOT_MEASURED, None) for name in names]
     before = memory["ratios"]["after refork / before refork"]
     preload = memory["ratios"]["after refork / preload"]
-    return [("3", names[0], "%.2f×" % before, before <= 0.5),
-            ("3", names[1], "%.2f×" % preload, preload <= 0.5)]
+    return [("memory", names[0], "%.2f×" % before, before <= 0.5),
+            ("memory", names[1], "%.2f×" % preload, preload <= 0.5)]
 
 
 def oob_targets(oob):
@@ -83,17 +96,17 @@ def oob_targets(oob):
     rows = []
     for _, prefix, label in wanted:
         match = next((t for name, t in found.items() if name.startswith(prefix)), None)
-        rows.append(("4", label, "%.2f×" % match["value"] if match else NOT_MEASURED,
+        rows.append(("oob", label, "%.2f×" % match["value"] if match else NOT_MEASURED,
                      match["met"] if match else None))
     return rows
 
 
 def load_targets(load):
     if load is None:
-        return [("4", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
+        return [("load", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
                  NOT_MEASURED, None)]
     t = load["targets"]["hello throughput smartspawn/plain"]
-    return [("4", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
+    return [("load", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
              "%.2f×" % t["value"], t["met"])]
 
 
@@ -102,7 +115,7 @@ def event_targets(events):
     for kind, label in (("refork", "refork under load: 0 failed requests"),
                         ("hup", "HUP under load: 0 failed requests")):
         s = (events or {}).get("summary", {}).get(kind)
-        rows.append(("6", label, NOT_MEASURED if s is None else
+        rows.append(("events", label, NOT_MEASURED if s is None else
                      "%d of %d" % (s["failed"], s["requests"]),
                      None if s is None else s["failed"] == 0))
     return rows
@@ -130,7 +143,8 @@ def header(results):
             ("load generator", meta["load_generator"]),
             ("other packages", ", ".join("%s %s" % kv for kv in meta["packages"].items()))]
     return ["# Benchmarks", "",
-            "<!-- Generated by `python -m bench`; do not edit by hand: rerun it. -->", "",
+            "<!-- Generated by `python -m bench`; do not edit by hand: rerun it with `--out` "
+            "naming this folder. -->", "",
             "Figures of one run of `%s` on this code; the methods are described in "
             "`bench/README.md`. Ratios are to plain gunicorn unless said otherwise."
             % meta["command"], "", "| | |", "|---|---|",
@@ -149,9 +163,9 @@ def revision(meta):
 
 
 def summary(results):
-    lines = ["## Targets", "", "| issue | target | measured | |", "|---|---|---:|---|"]
-    lines += ["| %s | %s | %s | %s |" % (issue, target, measured, verdict(met))
-              for issue, target, measured, met in targets(results)]
+    lines = ["## Targets", "", "| step | target | measured | |", "|---|---|---:|---|"]
+    lines += ["| %s | %s | %s | %s |" % (step, target, measured, verdict(met))
+              for step, target, measured, met in targets(results)]
     return lines + [""]
 
 
@@ -175,9 +189,9 @@ def spawn_section(results):
         lines.append("| %s | %.2f | %.2f | %.2f | %d | %.0f× | %s |" % (
             name, s["median_ms"], s["min_ms"], s["max_ms"], s["n"], direct / s["median_ms"],
             fmt(s["worker_uss_mb_median"])))
-    lines += ["", "Targets (issue 2): smart ≥ 50× faster than direct, and < 20 ms.", ""]
-    plots.spawn(methods, results["out"] / "spawn_latency.png")
-    return lines + notes + ["![spawn latency](spawn_latency.png)", ""]
+    lines += ["", "Targets: smart ≥ 50× faster than direct, and < 20 ms.", ""]
+    drawn = plots.spawn(methods, results["out"] / "spawn_latency.png")
+    return lines + notes + image(drawn, "spawn latency", "spawn_latency.png")
 
 
 def memory_section(results):
@@ -201,13 +215,13 @@ def memory_section(results):
             name, MEMORY_COMMANDS.get(name, ""), *(fmt(phases[p]["total_pss"])
                                                    for p in ("warm", "refork", "more")),
             last / plain))
-    lines += ["", "| ratio of total PSS, smart+refork | value | target (issue 3) |",
+    lines += ["", "| ratio of total PSS, smart+refork | value | target |",
               "|---|---:|---|"]
     goals = {"after refork / before refork": "≤ 0.50", "after refork / preload": "≤ 0.50"}
     lines += ["| %s | %.2f | %s |" % (name, value, goals.get(name, ""))
               for name, value in memory["ratios"].items()]
-    plots.memory(fig, results["out"] / "pss.png")
-    return lines + ["", "![total PSS](pss.png)", ""]
+    drawn = plots.memory(fig, results["out"] / "pss.png")
+    return lines + [""] + image(drawn, "total PSS", "pss.png")
 
 
 def latency_section(results):
@@ -222,8 +236,8 @@ def latency_section(results):
                   % (load["client"], load["connections"], load["workers"], load["rounds"],
                      load["seconds"]) + client_note(load["client"]), ""]
         lines += latency_table(load["endpoints"], "plain")
-        plots.latency(load["endpoints"], results["out"] / "latency.png")
-        lines += ["![latency and throughput](latency.png)", ""]
+        drawn = plots.latency(load["endpoints"], results["out"] / "latency.png")
+        lines += image(drawn, "latency and throughput", "latency.png")
     return lines + oob_section(results)
 
 
@@ -271,8 +285,8 @@ def oob_section(results):
                                                        oob.get("rounds"), oob.get("seconds"))
               + client_note(oob.get("client")), ""]
     lines += latency_table(endpoints, "A")
-    plots.latency(endpoints, results["out"] / "oob_latency.png")
-    return lines + ["![oob latency](oob_latency.png)", ""]
+    drawn = plots.latency(endpoints, results["out"] / "oob_latency.png")
+    return lines + image(drawn, "oob latency", "oob_latency.png")
 
 
 def oob_endpoints(oob):
@@ -307,8 +321,8 @@ def events_section(results):
             kind, s["failed"], s["requests"], s["seconds"], s["steady_p99"], s["during_p99"],
             s["p99_ratio"], s["during_max"], s["steady_rps"], s["during_rps"],
             s["log_errors"]))
-    plots.events(events["events"], results["out"] / "events.png")
-    return lines + ["", "Target: 0 failed requests.", "", "![events](events.png)", ""]
+    drawn = plots.events(events["events"], results["out"] / "events.png")
+    return lines + ["", "Target: 0 failed requests.", ""] + image(drawn, "events", "events.png")
 
 
 def lifecycle_section(results):
@@ -331,8 +345,8 @@ def lifecycle_section(results):
             name, final[name], final[name] / final["e ideal"], fmt(mean.get(name)),
             ", ".join(str(len(r["reforks"])) for r in runs) if name in mean else "–",
             sum(r["failed"] for r in runs) if name in mean else "–"))
-    plots.memory_lifecycle(lifecycle["runs"], results["out"] / "memory_lifecycle.png")
-    return lines + ["", "![memory over a long run](memory_lifecycle.png)", ""]
+    drawn = plots.memory_lifecycle(lifecycle["runs"], results["out"] / "memory_lifecycle.png")
+    return lines + [""] + image(drawn, "memory over a long run", "memory_lifecycle.png")
 
 
 def recycle_section(results):
@@ -344,13 +358,13 @@ def recycle_section(results):
     lines += ["`--workers %d` on `GET /` of `bench/apps/heavy_import.py` (%.1f s import); a "
               "steady server (`max_requests = 0`) and a recycling one (`max_requests = %d`, "
               "jitter %d) per kind; two loads of Python clients: *saturated* (%d clients back "
-              "to back) and *paced* (%d clients, %.0f requests/s in all, open loop); %d rounds "
-              "of %d s windows, alternating; medians. *During recycles*: the requests in "
+              "to back) and *paced* (%d clients, %s; open loop); %d rounds of %d s "
+              "windows, alternating; medians. *During recycles*: the requests in "
               "flight while a worker was being replaced (from the first to the last of the "
               "replacement's fork and readiness and the old worker's exit, from gunicorn's "
               "hooks)." % (a["workers"], a["import_seconds"], a["max_requests"], a["jitter"],
-                           a["workers"], 2 * a["workers"], a["rate"], a["rounds"],
-                           a["seconds"]), "",
+                           a["workers"], 2 * a["workers"], pace_text(recycle["pace"]),
+                           a["rounds"], a["seconds"]), "",
               "| load | server | steady p99 ms | recycling p99 ms | × steady | p99 during "
               "recycles ms | × steady | requests during recycles | max recycling ms | req/s "
               "steady | req/s recycling | recycles per window | failed |",
