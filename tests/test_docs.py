@@ -1,6 +1,12 @@
-"""docs/configuration.md is generated from the Setting classes and must not go stale."""
+"""docs/configuration.md is generated from the Setting classes and must not go stale; the
+systemd units the docs give parse as systemd reads them."""
 import importlib.util
+import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from gunicorn_smartspawn.shared.config import SMARTSPAWN_SETTINGS
 
@@ -29,3 +35,39 @@ def test_generated_page_names_every_setting_and_converts_literals():
     for setting in SMARTSPAWN_SETTINGS:
         assert "## `%s`" % setting.name in text
     assert "``" not in text.replace("```", "")
+
+
+def doc_units():
+    """(page, file name, text) of each systemd unit in an ```ini block of the docs."""
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for block in re.findall(r"```ini\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            kind = "socket" if "[Socket]" in block else "service"
+            if "[Service]" in block or "[Socket]" in block:
+                yield page.name, "myapp.%s" % kind, block
+
+
+def systemd_version():
+    out = subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return int(re.search(r"systemd (\d+)", out).group(1))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze")
+def test_the_docs_systemd_units_parse(tmp_path):
+    """systemd has no end-of-line comments: `Type=notify  # ...` is an unknown type, and
+    the unit silently runs as Type=simple. Missing binaries and sockets are the example's,
+    not errors of the unit's text."""
+    units = list(doc_units())
+    assert units
+    version = systemd_version()
+    for page, name, text in units:
+        folder = tmp_path / page
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(text)
+        result = subprocess.run(["systemd-analyze", "verify", str(folder / name)],
+                                capture_output=True, text=True, timeout=60)
+        errors = [line for line in result.stderr.splitlines()
+                  if re.search(r"Failed to parse|Unknown (key|section|lvalue)|[Ii]nvalid", line)
+                  and not (version < 253 and line.endswith("service type, ignoring: "
+                                                           "notify-reload"))]
+        assert not errors, "%s, %s:\n%s" % (page, name, "\n".join(errors))
