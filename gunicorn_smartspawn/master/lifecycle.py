@@ -91,6 +91,7 @@ class Lifecycle:
         self.clock, self.measure = clock, measure
         self.next_sample = clock()
         self.memory_growth = None      # MemoryGrowth of the current generation
+        self.warned_born_over = None   # the max_worker_memory a new worker was above
         self.template_child_failures = 0
         self.boot_failures = Backoff(RESPAWN_DELAYS, clock)  # workers that never served
         self.stats = {"memory_samples": 0, "replaced_max_requests": 0,
@@ -151,6 +152,8 @@ class Lifecycle:
             sample = self.measure(record.pid)
             if sample is None:
                 continue
+            if record.uss is None and not self.fleet.counters.requests(record.slot):
+                record.unserved_uss = sample[0]  # its first sample, before it served
             record.uss, record.rss = sample  # the record's memory sample, for status too
             sampled.append(record)
         if not sampled:
@@ -168,6 +171,11 @@ class Lifecycle:
 
     def enforce_memory_limit(self, sampled, limit, refork_running):
         for record in sampled:
+            if record.unserved_uss is not None and record.unserved_uss > limit:
+                # Above the limit before it served a request: its replacement would be
+                # as large, and be replaced in turn, forever.
+                self.warn_born_over(record, limit)
+                continue
             over = record.uss > limit
             record.over_limit = record.over_limit + 1 if over else 0
             if record.over_limit >= SAMPLES_IN_A_ROW and not refork_running():
@@ -176,6 +184,17 @@ class Lifecycle:
                     "max_worker_memory %.1f MiB for %s samples"
                     % (record.uss / MIB, limit / MIB, record.over_limit),
                     "replaced_max_worker_memory")
+
+    def warn_born_over(self, record, limit):
+        if self.warned_born_over == limit:
+            return
+        self.warned_born_over = limit
+        self.log.warning(
+            "max_worker_memory = %.1f MiB is below what a new worker holds: worker (pid: %s) "
+            "had %.1f MiB of private memory (USS) before its first request. Replacing it "
+            "would give a worker as large, so workers above the limit before they serve "
+            "are not replaced for memory; raise max_worker_memory", limit / MIB, record.pid,
+            record.unserved_uss / MIB)
 
     def refork_if_memory_grew(self, sampled, generation, refork_ready):
         if len(sampled) < 2:

@@ -60,7 +60,10 @@ def test_memory_limit_needs_samples_in_a_row(table):
     policy = lifecycle(table, clock, lambda pid: (usage[pid], usage[pid] * 2),
                        max_worker_memory=100 * MIB)
     fat, thin = table.spawn(), table.spawn()
-    usage.update({fat.pid: 150 * MIB, thin.pid: 50 * MIB})
+    usage.update({fat.pid: 50 * MIB, thin.pid: 50 * MIB})  # both born below the limit
+    assert decide(policy, table, situation(), NO, NO) == []
+    clock.advance(1.0)
+    usage[fat.pid] = 150 * MIB
     for sample in range(SAMPLES_IN_A_ROW):
         assert not fat.outgoing, sample
         decisions = decide(policy, table, situation(), NO, NO)
@@ -75,11 +78,38 @@ def test_a_sample_below_the_limit_breaks_the_row(table):
     policy = lifecycle(table, clock, lambda pid: (usage[pid], usage[pid]),
                        max_worker_memory=100 * MIB)
     record = table.spawn()
-    for value in (150, 150, 50, 150, 150):
+    for value in (50, 150, 150, 50, 150, 150):
         usage[record.pid] = value * MIB
         decide(policy, table, situation(), NO, NO)
         clock.advance(1.0)
     assert not record.outgoing
+
+
+def test_a_worker_above_the_limit_before_its_first_request_is_not_replaced(table, caplog):
+    """Its replacement would be as large and be replaced in turn, forever (a limit set
+    below what the app needs, or "10%" of a small container): a warning, once."""
+    clock, usage = Clock(), {}
+    policy = lifecycle(table, clock, lambda pid: (usage[pid], usage[pid]),
+                       max_worker_memory=2 * MIB)
+    workers = [table.spawn(), table.spawn()]
+    usage.update({r.pid: 4 * MIB for r in workers})
+    with caplog.at_level("WARNING", logger=LOG.name):
+        for _ in range(3 * SAMPLES_IN_A_ROW):
+            assert decide(policy, table, situation(), NO, NO) == []
+            clock.advance(1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("max_worker_memory = 2.0 MiB is below what a new worker "
+                                  "holds: worker (pid: %d) had 4.0 MiB" % workers[0].pid)
+    assert not any(r.outgoing for r in workers)
+    # One that served before it was sampled above the limit is replaced as usual.
+    grown = table.spawn()
+    table.fleet.counters.set(grown.slot, "requests", 5)
+    usage[grown.pid] = 4 * MIB
+    for _ in range(SAMPLES_IN_A_ROW):
+        decide(policy, table, situation(), NO, NO)
+        clock.advance(1.0)
+    assert grown.outgoing and not any(r.outgoing for r in workers)
 
 
 def test_memory_growth_asks_for_a_refork_only_when_one_may_start(table):
