@@ -4,6 +4,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import time
 
 import psutil
@@ -189,3 +190,40 @@ def test_app_metrics_in_multiprocess_mode_forget_every_process_that_ended(
     # The two workers and the template (it served, and is alive): each set it to 1.
     wait_for(lambda: scrape(port).get(("app_worker_up", ())) == 3,
              what="app_worker_up 3 in the master's /metrics")
+
+
+def test_a_port_that_cannot_be_bound_stops_the_start(make_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = make_server(config=metrics_config(port)).start(wait=False)
+        assert server.wait_exit() == 1
+    log = server.log()
+    assert "Error: metrics_bind='127.0.0.1:%d': cannot listen there: " % port in log, log
+    assert "Listening at" not in log and not server.pidfile.exists()
+
+
+def test_after_usr2_the_new_master_serves_once_the_old_one_has_gone(make_server):
+    """The old master holds the port until it exits; the new master (re-exec'd by
+    gunicorn's USR2) binds it then."""
+    port = free_port()
+    server = make_server(workers=1, config=metrics_config(port)).start()
+    old_workers = set(server.worker_pids())
+    server.signal(signal.SIGUSR2)
+    new_pidfile = server.pidfile.with_name(server.pidfile.name + ".2")
+    new_master = psutil.Process(int(wait_for(
+        lambda: new_pidfile.exists() and new_pidfile.read_text().strip(),
+        what="the new master's pidfile")))
+    wait_for(lambda: [c for c in new_master.children(recursive=True)
+                      if "worker [" in " ".join(c.cmdline())], what="the new master's worker")
+    assert get(port, "/healthz")[0] == 200  # the old master's
+    assert server.stop() == 0
+    assert server.alive(old_workers) == []
+    try:
+        status, body = wait_for(lambda: (lambda a: a if a and a[0] == 200 else None)(
+            answers(port, "/healthz")), what="the new master's /healthz")
+        assert scrape(port)[("smartspawn_processes", (("role", "master"),))] == 1
+    finally:
+        new_master.terminate()
+        new_master.wait(20)
