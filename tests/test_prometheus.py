@@ -69,6 +69,9 @@ def test_metrics_parse_and_agree_with_the_server(make_server):
             continue
         assert port not in ports, pid
     assert get(port, "/nothing")[0] == 404
+    # INT: gunicorn stops twice (its handler, then halt), the metrics server once.
+    assert server.stop(signal.SIGINT) == 0
+    assert "Traceback" not in server.log()
 
 
 def test_healthz_is_503_while_the_app_imports_then_200(make_server):
@@ -217,7 +220,7 @@ def test_after_usr2_the_new_master_serves_once_the_old_one_has_gone(make_server)
         what="the new master's pidfile")))
     wait_for(lambda: [c for c in new_master.children(recursive=True)
                       if "worker [" in " ".join(c.cmdline())], what="the new master's worker")
-    assert get(port, "/healthz")[0] == 200  # the old master's
+    wait_for(lambda: get(port, "/healthz")[0] == 200, what="the old master's /healthz")
     assert server.stop() == 0
     assert server.alive(old_workers) == []
     try:

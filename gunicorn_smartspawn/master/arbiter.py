@@ -111,7 +111,8 @@ class SmartArbiter(Arbiter):
         # A master started by USR2 binds once the old master, which holds the port, exits.
         retry = "GUNICORN_PID" in os.environ
         try:
-            return MetricsServer(self, self.cfg.metrics_bind, retry)
+            return MetricsServer(self.cfg.metrics_bind, self.log, lambda: self.published,
+                                 retry)
         except OSError as exc:
             print("\nError: metrics_bind=%r: cannot listen there: %s\n"
                   % (self.cfg.metrics_bind, exc), file=sys.stderr)
@@ -697,6 +698,8 @@ class SmartArbiter(Arbiter):
 
     def stop(self, graceful=True):
         self.stopping = True
+        if self.metrics is not None:
+            self.metrics.stopping = True
         fleet = self.fleet
         fleet.drop_queued()  # gunicorn spawns nothing once it stops; nor do we
         self.read_channels(fleet.spawners())  # workers forked just now stop too

@@ -27,8 +27,8 @@ from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
 )
 
-from gunicorn_smartspawn.cli.status import process_rows
 from gunicorn_smartspawn.shared.config import parse_host_port
+from gunicorn_smartspawn.shared.state import process_rows
 
 ROLES = ("master", "preloader", "template", "standby", "worker")
 WORKER_STATES = ("booting", "serving", "outgoing", "stopping", "candidate")
@@ -43,11 +43,11 @@ REBIND_INTERVAL = 1.0
 class SmartspawnCollector:
     """The families of one scrape, from the master's published snapshot."""
 
-    def __init__(self, arbiter):
-        self.arbiter = arbiter
+    def __init__(self, published):
+        self.published = published  # () -> the state file's content, or None
 
     def collect(self):
-        content = self.arbiter.published
+        content = self.published()
         if content is None:
             return  # the master has not published yet: nothing to say
         yield from memory_families(process_rows(content))
@@ -129,11 +129,11 @@ def latency_family(latency):
                                  buckets=buckets, sum_value=latency["sum"])
 
 
-def health(arbiter):
-    """(serving, why): serving while at least one worker has booted and accepts."""
-    if arbiter.stopping:
+def health(content, stopping):
+    """(serving, why): serving while at least one worker has booted and accepts.
+    `content`: the state file's content (None before the first)."""
+    if stopping:
         return False, "stopping"
-    content = arbiter.published
     if content is None:
         return False, "starting: no worker serves yet"
     states = [row["state"] for row in content["processes"] if "state" in row]
@@ -146,9 +146,9 @@ def health(arbiter):
     return False, "no worker serves (%d booting)" % states.count("booting")
 
 
-def make_app(arbiter):
+def make_app(server):
     registry = CollectorRegistry()
-    registry.register(SmartspawnCollector(arbiter))
+    registry.register(SmartspawnCollector(server.published))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # The app's own metrics (prometheus_client's multiprocess mode), read from the
         # workers' files: the master never imports the app (docs/metrics.md).
@@ -162,10 +162,10 @@ def make_app(arbiter):
             if path == "/metrics":
                 return metrics(environ, start_response)
         except Exception:
-            arbiter.log.exception("metrics_bind: /metrics failed")
+            server.log.exception("metrics_bind: /metrics failed")
             return respond(start_response, "500 Internal Server Error", "scrape failed\n")
         if path == "/healthz":
-            serving, why = health(arbiter)
+            serving, why = health(server.published(), server.stopping)
             return respond(start_response, "200 OK" if serving
                            else "503 Service Unavailable", why + "\n")
         return respond(start_response, "404 Not Found", "/metrics or /healthz\n")
@@ -189,12 +189,13 @@ class Handler(simple_server.WSGIRequestHandler):
 class MetricsServer:
     """The HTTP server of `metrics_bind`, one request at a time, in one thread."""
 
-    def __init__(self, arbiter, address, retry=False):
+    def __init__(self, address, log, published, retry=False):
         """Binds `address` now (OSError if it cannot), or with `retry` (a master started
-        by USR2, while the old master holds the port) from its thread, until it can."""
-        self.arbiter, self.address = arbiter, address
-        self.log = arbiter.log
-        self.app = make_app(arbiter)
+        by USR2, while the old master holds the port) from its thread, until it can.
+        `published`: () -> the master's last snapshot (the state file's content)."""
+        self.address, self.log, self.published = address, log, published
+        self.stopping = False  # the master is shutting down: /healthz says so
+        self.app = make_app(self)
         self.httpd = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = None
@@ -286,19 +287,21 @@ class MetricsServer:
     def close_in_child(self):
         """In a process just forked from the master: close the master's socket and pipe."""
         self._running = False
+        self.close_fds()
+
+    def close(self):
+        """At the master's stop (twice on INT and QUIT: gunicorn's handler, then halt)."""
+        self.stop()
+        self.close_fds()
+
+    def close_fds(self):
         if self.httpd is not None:
             self.httpd.socket.close()
             self.httpd = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def close(self):
-        self.stop()
-        if self.httpd is not None:
-            self.httpd.server_close()
-            self.httpd = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        if self._wake_r is not None:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = None
 
 
 class HTTPServer(simple_server.WSGIServer):

@@ -47,10 +47,6 @@ def worker(state, **fields):
     return {"pid": 1, "role": "worker", "state": state, **fields}
 
 
-def server(published, stopping=False):
-    return types.SimpleNamespace(published=published, stopping=stopping)
-
-
 @pytest.mark.parametrize("processes, serving, why", [
     ([{"role": "preloader (booting)"}], False, "starting: the preloader is loading the app"),
     ([{"role": "preloader"}, worker("booting")], False, "no worker serves (1 booting)"),
@@ -62,13 +58,12 @@ def server(published, stopping=False):
     ([worker("candidate"), worker("stopping")], False, "no worker serves (0 booting)"),
 ])
 def test_health(processes, serving, why):
-    assert metrics.health(server(content(processes))) == (serving, why)
+    assert metrics.health(content(processes), stopping=False) == (serving, why)
 
 
 def test_health_before_the_first_snapshot_and_while_stopping():
-    assert metrics.health(server(None)) == (False, "starting: no worker serves yet")
-    assert metrics.health(server(content([worker("serving")]), stopping=True)) == (
-        False, "stopping")
+    assert metrics.health(None, stopping=False) == (False, "starting: no worker serves yet")
+    assert metrics.health(content([worker("serving")]), stopping=True) == (False, "stopping")
 
 
 def samples(families):
