@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import gc
+import importlib.util
 import math
 import re
 import sys
@@ -583,6 +584,7 @@ class PreloaderIdleTimeout(Setting):
         ``None`` (the default): the preloader stays.
         """
 
+
 def parse_host_port(text):
     """"127.0.0.1:9187" -> ("127.0.0.1", 9187); "[::1]:9187" -> ("::1", 9187)."""
     host, sep, port = text.strip().rpartition(":")
@@ -600,11 +602,10 @@ def validate_metrics_bind(val):
     if not isinstance(val, str):
         raise TypeError('must be "host:port", such as "127.0.0.1:9187", or None')
     parse_host_port(val)
-    try:
-        import prometheus_client  # noqa: F401  (the server needs it: master/metrics.py)
-    except ImportError:
+    # Found, not imported: the server imports it (master/metrics.py).
+    if importlib.util.find_spec("prometheus_client") is None:
         raise ValueError("needs prometheus_client, which is not installed: "
-                         "pip install gunicorn-smartspawn[metrics]") from None
+                         "pip install gunicorn-smartspawn[metrics]")
     return val.strip()
 
 
