@@ -210,6 +210,7 @@ class MetricsServer:
         server_class = type("HTTPServer", (HTTPServer,), {"address_family": family})
         httpd = server_class((host, port), Handler)
         httpd.set_app(self.app)
+        httpd.log = self.log
         httpd.socket.setblocking(False)  # a client gone before accept() blocks nothing
         httpd.timeout = 0
         self.log.info("Serving /metrics and /healthz at http://%s/ (metrics_bind)",
@@ -306,6 +307,11 @@ class MetricsServer:
 
 class HTTPServer(simple_server.WSGIServer):
     allow_reuse_address = True
+    log = None  # gunicorn's logger (bind)
+
+    def handle_error(self, request, client_address):
+        # A client that timed out or hung up: not socketserver's traceback on stderr.
+        self.log.debug("metrics_bind: request from %s failed", client_address, exc_info=True)
 
     def server_bind(self):
         # HTTPServer's own looks the host up in DNS (getfqdn): not at every start.
