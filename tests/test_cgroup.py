@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import GUNICORN, LoadLoop
+from conftest import GUNICORN, LoadLoop, wait_for
 from gunicorn_smartspawn.shared import cgroup
+from services import free_port
 
 MIB = 1024 ** 2
 STATUS = [sys.executable, "-m", "smartspawn", "status"]
@@ -77,9 +80,11 @@ def status(server, *args):
                           text=True, timeout=30)
 
 
-def test_status_shows_the_memory_cgroup_of_the_server(memory_group, make_server):
+def test_status_and_metrics_show_the_memory_cgroup_of_the_server(memory_group, make_server):
     memory_group.limit(1024 * MIB)
-    server = make_server(workers=2, command=memory_group.command()).start()
+    port = free_port()
+    server = make_server(workers=2, command=memory_group.command(),
+                         config='metrics_bind = "127.0.0.1:%d"\n' % port).start()
     assert cgroup.memory_of(server.pid).path == memory_group.path
     report = json.loads(status(server, "--json").stdout)
     figures = report["cgroup"]
@@ -92,6 +97,13 @@ def test_status_shows_the_memory_cgroup_of_the_server(memory_group, make_server)
     text = status(server).stdout
     assert re.search(r"^memory cgroup v1 %s: [\d.]+ MiB used of a 1024.0 MiB limit \(\d+%%\)$"
                      % re.escape(memory_group.path), text, re.M), text
+    scraped = wait_for(lambda: (lambda text: text if "smartspawn_cgroup" in text else None)(
+        urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read()
+        .decode()), what="the cgroup figures on /metrics")
+    samples = {sample.name: sample.value for family in text_string_to_metric_families(scraped)
+               for sample in family.samples}
+    assert samples["smartspawn_cgroup_memory_limit_bytes"] == 1024 * MIB
+    assert 10 * MIB < samples["smartspawn_cgroup_memory_usage_bytes"] < 1024 * MIB
 
 
 def test_status_says_when_the_memory_cgroup_has_no_limit(memory_group, make_server):

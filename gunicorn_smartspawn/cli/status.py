@@ -167,24 +167,11 @@ def load_state(master_pid, directory=None):
 
 def process_rows(server_state):
     """One dict per process: the server's fields plus the kernel's figures."""
-    rows = []
-    for entry in server_state["processes"]:
-        try:
-            proc = psutil.Process(entry["pid"])
-            with proc.oneshot():
-                memory = proc.memory_full_info()
-                started = proc.create_time()
-                cpu = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue  # exited since the server wrote its state
-        except psutil.AccessDenied:
-            raise StatusError("cannot read the memory of pid %d: run as the server's user "
-                              "(or root)" % entry["pid"]) from None
-        rows.append({**entry, "age_seconds": round(time.time() - started, 1),
-                     "cpu_seconds": round(cpu.user + cpu.system, 2),
-                     "rss": memory.rss, "pss": memory.pss, "uss": memory.uss,
-                     "shared": memory.rss - memory.uss})
-    return rows
+    try:
+        return state.process_rows(server_state)
+    except psutil.AccessDenied as exc:
+        raise StatusError("cannot read the memory of pid %d: run as the server's user "
+                          "(or root)" % exc.pid) from None
 
 
 def add_cpu_percent(rows, previous, now):

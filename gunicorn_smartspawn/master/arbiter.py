@@ -78,6 +78,7 @@ class SmartArbiter(Arbiter):
         for warning in settings_warnings:
             self.log.warning(warning)
         self.log_memory_share()
+        self.metrics = self.metrics_server()
         self.worker_class = worker_class_for(self.cfg)
         self.generation = 1
         self.stopping = False
@@ -92,6 +93,8 @@ class SmartArbiter(Arbiter):
         self.state_published = 0.0
         self.state_unwritable = False
         self.pss_sampled = None
+        self.published = None  # the last content of the state file, for /metrics
+        self.spawn_latency = snapshot.Latencies()
         self.logged_worker_count = None  # gunicorn's "N workers" gauge, when it changes
         self.reload_under_way = None  # a HUP's (generation, workers replaced, start)
         self.hook_state = hookstate.HookState(self.log)
@@ -99,7 +102,8 @@ class SmartArbiter(Arbiter):
         state.remove_stale()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.forking = False  # the master is forking (close_master_only)
-        os.register_at_fork(before=self.note_fork, after_in_child=self.close_master_only)
+        os.register_at_fork(before=self.note_fork, after_in_parent=self.forked,
+                            after_in_child=self.close_master_only)
         self.smart = self.choose_smart_spawning()
         self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
         self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
@@ -112,6 +116,23 @@ class SmartArbiter(Arbiter):
         """max_worker_memory = "10%": what it came to, from the cgroup's limit now."""
         if isinstance(self.cfg.max_worker_memory, ShareOfLimit):
             self.log.info(self.cfg.max_worker_memory.describe())
+
+    def metrics_server(self):
+        """The server of `metrics_bind` (or None), bound before the pidfile is written: a
+        port that cannot be bound stops the start (exit 1), as a bad setting does."""
+        if not self.cfg.metrics_bind:
+            return None
+        from gunicorn_smartspawn.master.metrics import MetricsServer  # an optional extra
+        # A master started by USR2 binds once the old master, which holds the port, exits.
+        retry = "GUNICORN_PID" in os.environ
+        try:
+            return MetricsServer(self.cfg.metrics_bind, self.log, lambda: self.published,
+                                 retry)
+        except OSError as exc:
+            print("\nError: metrics_bind=%r: cannot listen there: %s\n"
+                  % (self.cfg.metrics_bind, exc), file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
 
     def choose_smart_spawning(self):
         # Any fork from a preloader or a template (fork_worker) needs the subreaper.
@@ -165,10 +186,12 @@ class SmartArbiter(Arbiter):
     def start(self):
         if not self.smart:
             super().start()
-            return
-        with patches.gunicorn_ready_withheld():  # the notifier says it (notify.py)
-            super().start()
-        self.start_preloader(self.generation)
+        else:
+            with patches.gunicorn_ready_withheld():  # the notifier says it (notify.py)
+                super().start()
+            self.start_preloader(self.generation)
+        if self.metrics is not None:
+            self.metrics.start()
 
     def init_signals(self):
         super().init_signals()
@@ -337,6 +360,7 @@ class SmartArbiter(Arbiter):
             return
         self.state_published = now
         content = snapshot.state_file(self)
+        self.published = content  # one assignment: the metrics thread reads it whole
         try:
             state.write(self.state_path, content)
             self.state_dir_fd = state.held(os.path.dirname(self.state_path), self.state_dir_fd)
@@ -505,7 +529,7 @@ class SmartArbiter(Arbiter):
                 self.spawn_failed(worker.age, "its channel", exc)
                 return None
         self.cfg.pre_fork(self, worker)
-        with patches.control_thread_stopped(self):
+        with self.threads_stopped():
             pid = os.fork()
         if pid:
             if child_end is not None:
@@ -539,6 +563,7 @@ class SmartArbiter(Arbiter):
         if not self.stopping:
             self.dispatch_spawns()
         latency_ms = (time.monotonic() - record.asked_at) * 1000
+        self.spawn_latency.observe(latency_ms / 1000)
         self.log.debug("Worker %s (pid: %s) checked in %.1f ms after its spawn request",
                        age, pid, latency_ms, extra={"metric": "smartspawn.spawn_latency",
                                                     "value": latency_ms, "mtype": "histogram"})
@@ -550,10 +575,26 @@ class SmartArbiter(Arbiter):
 
     # -- forks from the master --------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def threads_stopped(self):
+        """Within: the master runs no thread but its main one (the control socket's and
+        the metrics server's are stopped), so that a child forked now inherits no lock
+        that a thread held, and CPython 3.12+ has no thread to warn about."""
+        with patches.control_thread_stopped(self), \
+                (self.metrics.stopped() if self.metrics else contextlib.nullcontext()):
+            yield
+
     def note_fork(self):
         # os.getppid() in the child cannot tell: a grandchild whose parent has exited
         # already is re-parented to the master (a subreaper).
         self.forking = os.getpid() == getattr(self, "pid", None)
+        if self.forking and self.metrics is not None:
+            self.metrics.before_fork()  # a fork not made in threads_stopped()
+
+    def forked(self):
+        """At every fork, in the parent."""
+        if os.getpid() == getattr(self, "pid", None) and self.metrics is not None:
+            self.metrics.after_fork_in_parent()
 
     def close_master_only(self):
         """At every fork from the master, in the child: close what only the master holds.
@@ -574,6 +615,8 @@ class SmartArbiter(Arbiter):
         if self.state_dir_fd is not None:
             os.close(self.state_dir_fd)
         self.fleet.close_in_child()
+        if self.metrics is not None:
+            self.metrics.close_in_child()
 
     def kill_worker(self, pid, sig):
         record = self.fleet.get(pid)
@@ -685,10 +728,17 @@ class SmartArbiter(Arbiter):
         self.log_memory_share()
         self.turn_off_what_cannot_work()
         self.worker_class = worker_class_for(self.cfg)
+        serving_at = self.metrics.address if self.metrics else None
+        if self.cfg.metrics_bind != serving_at:
+            self.log.warning("metrics_bind = %r takes effect on USR2 (re-exec), not HUP; "
+                             "still %s", self.cfg.metrics_bind,
+                             "serving at %s" % serving_at if serving_at else "off")
 
     def stop(self, graceful=True):
         self.stopping = True
         self.notifier.stopping()
+        if self.metrics is not None:
+            self.metrics.stopping = True
         fleet = self.fleet
         fleet.drop_queued()  # gunicorn spawns nothing once it stops; nor do we
         self.read_channels(fleet.spawners())  # workers forked just now stop too
@@ -702,6 +752,8 @@ class SmartArbiter(Arbiter):
         if self.state_dir_fd is not None:
             os.close(self.state_dir_fd)
             self.state_dir_fd = None
+        if self.metrics is not None:
+            self.metrics.close()
 
     # -- the control socket (called from its thread: only reads, or queues a signal) ----
 
@@ -723,7 +775,7 @@ class SmartArbiter(Arbiter):
     def start_preloader(self, generation, next_generation=False):
         """Fork a preloader for `generation`: the preloader, or (a HUP) the next one."""
         try:
-            with patches.control_thread_stopped(self):
+            with self.threads_stopped():
                 pid, channel = start_preloader(self, generation)
         except OSError as exc:  # no fd left for its channel (EMFILE), no process (EAGAIN)
             if not self.ever_ready:

@@ -1,16 +1,39 @@
-"""What the master shows of itself: one source for the state file and the control socket.
+"""What the master shows of itself: one source for the state file, the control socket
+and /metrics.
 
 `smartspawn status` reads the state file; `gunicornc show workers` and `show stats` read
-the control socket. Both are built from the two functions here, so the two views of a
-server cannot disagree on a field.
+the control socket; /metrics (metrics.py) reads the state file's content as the master
+last published it. All are built from the two functions here, so the views of a server
+cannot disagree on a field.
 """
+import bisect
 import time
 
 import gunicorn
 
 import gunicorn_smartspawn
-from gunicorn_smartspawn.master.fleet import Role
+from gunicorn_smartspawn.master.fleet import Role, State
 from gunicorn_smartspawn.shared import state
+
+# The upper bounds of the spawn latency histogram's buckets (seconds): a spawn from a
+# standby takes a few milliseconds, one that waits for a fork of a large heap tens.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Latencies:
+    """A histogram of durations (seconds), kept by the master for /metrics."""
+
+    def __init__(self):
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: above them all
+        self.sum = 0.0
+
+    def observe(self, seconds):
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def fields(self):
+        return {"buckets": list(LATENCY_BUCKETS), "counts": list(self.counts),
+                "sum": self.sum}
 
 
 def worker_fields(fleet, record, now=None):
@@ -25,6 +48,7 @@ def worker_fields(fleet, record, now=None):
     counters = fleet.counters.snapshot(record.slot)
     last_request = counters.pop("last_request_us")
     fields = {"generation": record.generation, "age": record.worker.age,
+              "state": worker_state(record),
               "spawned_from": record.spawned_from, "uss": record.uss,
               "outgoing": record.outgoing_why, **counters,
               "busy": counters["in_flight"] > 0,
@@ -44,6 +68,14 @@ def heartbeat_age(record, now):
         return None
 
 
+def worker_state(record):
+    """The fleet's state of a worker, "booting" until it has notified its heartbeat (in
+    its serving loop, accepting)."""
+    if record.state in (State.SERVING, State.OUTGOING) and not record.heartbeat_moved():
+        return "booting"
+    return record.state.value
+
+
 def server_fields(arbiter):
     """What smartspawn knows of the whole server; `lifecycle` holds the lifecycle's
     counters (the control socket shows them flat, beside gunicorn's own)."""
@@ -58,7 +90,10 @@ def server_fields(arbiter):
             "preloader_running": fleet.preloader is not None,
             "template_pid": fleet.template.pid if fleet.template else None,
             **arbiter.reforker.stats(),
-            "lifecycle": dict(arbiter.lifecycle.stats)}
+            "lifecycle": dict(arbiter.lifecycle.stats),
+            # The counters' totals of the workers that have exited (counters.py).
+            "departed_workers": dict(fleet.counters.departed),
+            "spawn_latency": arbiter.spawn_latency.fields()}
 
 
 def control_socket_worker(fleet, pid):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import gc
+import importlib.util
 import math
 import os
 import re
@@ -635,6 +636,51 @@ class PreloaderIdleTimeout(Setting):
         else from a preloader started on demand, which imports the application again.
         ``None`` (the default): the preloader stays.
         """
+
+
+def parse_host_port(text):
+    """"127.0.0.1:9187" -> ("127.0.0.1", 9187); "[::1]:9187" -> ("::1", 9187)."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('must be "host:port", such as "127.0.0.1:9187" ("0.0.0.0:9187" '
+                         'for every interface, "[::1]:9187" for IPv6)')
+    return host, int(port)
+
+
+def validate_metrics_bind(val):
+    if val is None:
+        return None
+    if not isinstance(val, str):
+        raise TypeError('must be "host:port", such as "127.0.0.1:9187", or None')
+    parse_host_port(val)
+    # Found, not imported: the server imports it (master/metrics.py).
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ValueError("needs prometheus_client, which is not installed: "
+                         "pip install gunicorn-smartspawn[metrics]")
+    return val.strip()
+
+
+class MetricsBind(Setting):
+    name = "metrics_bind"
+    section = SECTION
+    cli = ["--metrics-bind"]
+    meta = "ADDRESS"
+    validator = validate_metrics_bind
+    default = None
+    desc = """\
+        Serve ``/metrics`` (Prometheus) and ``/healthz`` from the master at this
+        ``"host:port"``, such as ``"127.0.0.1:9187"``.
+
+        ``None`` (the default) is off. Needs the ``metrics`` extra
+        (``pip install gunicorn-smartspawn[metrics]``: prometheus_client). ``/metrics``
+        has the memory (PSS and USS) of each kind of process, the workers by state,
+        spawn latency, reforks, replacements and out-of-band GC time; ``/healthz`` answers
+        200 while a worker serves, else 503 (docs/metrics.md). Read at start: a change
+        takes effect on USR2, not HUP.
+        """
+
 
 # Every Setting subclass defined above is smartspawn's, in declaration order.
 SMARTSPAWN_SETTINGS = tuple(s for s in KNOWN_SETTINGS if s.__module__ == __name__)

@@ -21,6 +21,9 @@ SLOTS = 1024
 # microseconds; 0 before the first), for `smartspawn status`.
 FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe",
           "busy_since_us", "in_flight", "last_request_us")
+# The fields that only grow: their sums over the workers that have exited are kept
+# (`departed`), so that a server-wide total never goes down when a worker exits.
+TOTALS = ("requests", "oob_collections", "oob_microseconds")
 
 
 class Counters:
@@ -30,6 +33,7 @@ class Counters:
         self._fields = {name: table[i * slots:(i + 1) * slots]
                         for i, name in enumerate(FIELDS)}
         self._free = list(range(slots - 1, -1, -1))
+        self.departed = dict.fromkeys(TOTALS, 0)
 
     def allocate(self):
         """A free slot, zeroed; None when all are taken (that worker is not counted)."""
@@ -41,7 +45,10 @@ class Counters:
         return slot
 
     def release(self, slot):
+        """Free `slot` (its worker has exited), adding its totals to `departed`."""
         if slot is not None:
+            for name in TOTALS:
+                self.departed[name] += self._fields[name][slot]
             self._free.append(slot)
 
     def get(self, slot, field):

@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 
 import psutil
 
@@ -114,6 +115,26 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def process_rows(server_state):
+    """One dict per process of `server_state` (the state file's content) that still
+    runs: its fields plus the kernel's figures. psutil.AccessDenied: not ours to read."""
+    rows = []
+    for entry in server_state["processes"]:
+        try:
+            proc = psutil.Process(entry["pid"])
+            with proc.oneshot():
+                memory = proc.memory_full_info()
+                started = proc.create_time()
+                cpu = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue  # exited since the server wrote its state
+        rows.append({**entry, "age_seconds": round(time.time() - started, 1),
+                     "cpu_seconds": round(cpu.user + cpu.system, 2),
+                     "rss": memory.rss, "pss": memory.pss, "uss": memory.uss,
+                     "shared": memory.rss - memory.uss})
+    return rows
 
 
 def total_pss(pids):

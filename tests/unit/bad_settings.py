@@ -103,6 +103,12 @@ BAD_SETTINGS = [
     ('preloader_idle_timeout = "60"', "preloader_idle_timeout='60'"),
     ("preloader_idle_timeout = -1", "preloader_idle_timeout=-1"),
     ('preloader_idle_timeout = float("nan")', "preloader_idle_timeout=nan"),
+    ('metrics_bind = "9187"', "metrics_bind='9187'"),
+    ('metrics_bind = ":9187"', "metrics_bind=':9187'"),
+    ('metrics_bind = "127.0.0.1:99999"', "metrics_bind='127.0.0.1:99999'"),
+    ('metrics_bind = "127.0.0.1:http"', "metrics_bind='127.0.0.1:http'"),
+    ("metrics_bind = 9187", "metrics_bind=9187"),
+    ('metrics_bind = "localhost"', "metrics_bind='localhost'"),
 ]
 
 # Rejected at a HUP (gunicorn's own parse) but not at start: install_settings() catches
@@ -136,6 +142,7 @@ BAD_ON_HUP = {
     "refork_min_interval": "refork_min_interval = 0",
     "max_worker_memory": 'max_worker_memory = "lots"',
     "preloader_idle_timeout": "preloader_idle_timeout = -1",
+    "metrics_bind": 'metrics_bind = "localhost"',
 }
 
 MIB = 1024 ** 2
@@ -189,6 +196,9 @@ GOOD_SETTINGS = [
     ("max_worker_memory = None", "max_worker_memory", None),
     ("preloader_idle_timeout = 60", "preloader_idle_timeout", 60.0),
     ("preloader_idle_timeout = None", "preloader_idle_timeout", None),
+    ('metrics_bind = " 127.0.0.1:9187 "', "metrics_bind", "127.0.0.1:9187"),
+    ('metrics_bind = "[::1]:9187"', "metrics_bind", "[::1]:9187"),
+    ("metrics_bind = None", "metrics_bind", None),
 ]
 
 
@@ -224,6 +234,7 @@ GOOD_FLAGS = [
     (["--max-worker-memory", "512MB"], "max_worker_memory", 512 * MIB),
     (["--max-worker-memory", "1048576"], "max_worker_memory", MIB),
     (["--preloader-idle-timeout", "60"], "preloader_idle_timeout", 60.0),
+    (["--metrics-bind", "0.0.0.0:9187"], "metrics_bind", "0.0.0.0:9187"),
 ]
 
 # (the arguments, the "setting='value'" the parser's error must name): it exits 2.
@@ -249,4 +260,5 @@ BAD_FLAGS = [
     (["--max-worker-memory", "1KB"], "max_worker_memory='1KB'"),
     (["--max-worker-memory", "101%"], "max_worker_memory='101%'"),
     (["--preloader-idle-timeout", "-1"], "preloader_idle_timeout='-1'"),
+    (["--metrics-bind", "9187"], "metrics_bind='9187'"),
 ]

@@ -14,7 +14,8 @@ def server(monkeypatch):
         fleet=table.fleet, pid=1, proc_name="app:app", generation=1, smart=True,
         num_workers=3, cfg=types.SimpleNamespace(fork_worker=[1000]),
         reforker=types.SimpleNamespace(stats=lambda: {"reforks": 2, "refork_pending": False}),
-        lifecycle=types.SimpleNamespace(stats={"memory_samples": 5}))
+        lifecycle=types.SimpleNamespace(stats={"memory_samples": 5}),
+        spawn_latency=snapshot.Latencies())
     return table, arbiter
 
 
