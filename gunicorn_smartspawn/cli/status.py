@@ -127,8 +127,10 @@ def server_state_path(pid):
                 continue  # removed: the master holds the new one within a second
             return state.state_path(pid, directory)
     raise StatusError("no state file at %s/*: process %d is not a smartspawn master (a master "
-                      "keeps its state directory, %s, open), or it could not write its "
-                      "state file (its log says why)" % (fds, pid, wanted))
+                      "keeps its state directory, %s, open), it is stopping, its state "
+                      "directory was just removed (it makes a new one within a second: try "
+                      "again), or it could not write its state file (its log says why)"
+                      % (fds, pid, wanted))
 
 
 def trusted_dir(directory, owner=None):
