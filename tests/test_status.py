@@ -21,6 +21,7 @@ from gunicorn_smartspawn.shared import cgroup, state
 from services import library
 
 STATUS = [sys.executable, "-m", "smartspawn", "status"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def status(*args):
@@ -282,9 +283,21 @@ def test_status_reads_the_state_of_a_server_with_a_private_tmp(make_server, outs
     """As under systemd's PrivateTmp=true: the server runs in a mount namespace of its own
     with a tmpfs on /tmp, where it writes its state file; status, outside, reads it
     through /proc/PID/root."""
-    server = make_server(workers=1, parent=outside_tmp, env={"TMPDIR": "/tmp"}, command=[
-        "unshare", "--mount", "--propagation", "private",
-        "sh", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$0" "$@"',
+    # What the server runs from stays visible if it lives under /tmp (a clone there, its
+    # virtualenv): mounted back into the new /tmp, as systemd's BindPaths= would.
+    needed = {Path(path).resolve() for path in (
+        ROOT, sys.prefix, sys.base_prefix, GUNICORN,
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)))}
+    keep = sorted({path.relative_to("/tmp").parts[0] for path in needed
+                   if path.is_relative_to("/tmp")})
+    hidden = outside_tmp / "host-tmp"
+    hidden.mkdir()
+    script = ('mount --bind /tmp "$HIDDEN" && mount -t tmpfs tmpfs /tmp && '
+              'for name in $KEEP; do mkdir "/tmp/$name" && '
+              'mount --bind "$HIDDEN/$name" "/tmp/$name" || exit 1; done && exec "$0" "$@"')
+    server = make_server(workers=1, parent=outside_tmp, env={
+        "TMPDIR": "/tmp", "HIDDEN": str(hidden), "KEEP": " ".join(keep)}, command=[
+        "unshare", "--mount", "--propagation", "private", "sh", "-c", script,
         GUNICORN, "-k", "smartspawn.Worker"]).start()
     assert not os.path.exists(state.state_path(server.pid, "/tmp/smartspawn-%d" % os.getuid()))
 
