@@ -70,6 +70,7 @@ class Server:
         self.proc = None
         self.port = None
         self.seen_pids = set()
+        self.ready_timeout = 20.0  # start(): seconds for the server to listen and serve
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class Server:
                                      env=self.env, cwd=self.root, start_new_session=True,
                                      pass_fds=pass_fds)
         if wait:
-            self.wait_ready()
+            self.wait_ready(timeout=self.ready_timeout)
         return self
 
     def wait_ready(self, workers=None, timeout=20.0):

@@ -51,8 +51,13 @@ def libs_server(make_server, request):
         for var, (fixture, users) in SERVERS.items():
             if names & users:
                 env[var] = str(request.getfixturevalue(fixture))
-        return make_server(app_file="libraries.py", config="fork_worker = True\n" + config,
-                           env=env, **kwargs)
+        server = make_server(app_file="libraries.py", config="fork_worker = True\n" + config,
+                             env=env, **kwargs)
+        # Real libraries import slowly: sentry_sdk.init() alone imports FastAPI, Django
+        # and more for its integrations (2.5 s on an idle machine), ten times that on two
+        # cores busy with the rest of the suite.
+        server.ready_timeout = 60.0
+        return server
     return make
 
 
