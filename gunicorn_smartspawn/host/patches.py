@@ -26,6 +26,9 @@ And for the length of one call, in a process forked from a spawner (`building_wo
 And for the length of a smart server's ``Arbiter.start()`` (`gunicorn_ready_withheld`):
 ``gunicorn.systemd.sd_notify``, so that gunicorn's early ``READY=1`` is not sent.
 
+And for the length of a gevent worker's ``run()`` (`gevent_servers_noted`):
+``gunicorn.workers.ggevent.StreamServer``, so that the worker knows its servers.
+
 And around each fork smartspawn makes in the master (`control_thread_stopped`): the
 control socket server's thread, through the methods gunicorn's own at-fork handlers call.
 
@@ -112,11 +115,20 @@ def patch_control_socket(smart_arbiter):
         result = GUNICORN_HELP(self)
         if isinstance(self.arbiter, smart_arbiter):
             result["commands"]["refork"] = "Re-fork every worker from a warmed one (URG)"
+            result["commands"]["worker disable <pid>"] = (
+                "Take a worker out of rotation; another is spawned in its place")
+            result["commands"]["worker enable <pid>"] = "Put a disabled worker back"
         return result
 
     def execute_command(self, parts):
-        if parts and parts[0].lower() == "refork" and isinstance(self.arbiter, smart_arbiter):
-            return self.arbiter.queue_refork()
+        if isinstance(self.arbiter, smart_arbiter):
+            if parts and parts[0].lower() == "refork":
+                return self.arbiter.queue_refork()
+            if (len(parts) >= 2 and parts[0].lower() == "worker"
+                    and parts[1].lower() in self.arbiter.WORKER_VERBS):
+                if len(parts) != 3 or not parts[2].isdigit():
+                    raise ValueError("usage: worker %s PID" % parts[1].lower())
+                return self.arbiter.queue_worker_command(parts[1].lower(), int(parts[2]))
         return GUNICORN_EXECUTE(self, parts)
 
     ctl_handlers.CommandHandlers.show_workers = show_workers
@@ -162,6 +174,25 @@ def building_worker(heartbeat):
         yield
     finally:
         base.WorkerTmp = made
+
+
+@contextlib.contextmanager
+def gevent_servers_noted():
+    """In a gevent worker: the StreamServers gunicorn's run() makes (a local list
+    there), so that `worker disable` can stop them accepting."""
+    from gunicorn.workers import ggevent
+    made = []
+
+    class NotedStreamServer(ggevent.StreamServer):
+        def start(self):
+            super().start()
+            made.append(self)
+
+    original, ggevent.StreamServer = ggevent.StreamServer, NotedStreamServer
+    try:
+        yield made
+    finally:
+        ggevent.StreamServer = original
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.master import actions, snapshot
 from gunicorn_smartspawn.shared import _linux, hookstate, protocol, state
+from gunicorn_smartspawn.shared.signals import SIG_COMMAND
 from gunicorn_smartspawn.master.backoff import Backoff
 from gunicorn_smartspawn.shared.config import ShareOfLimit, install_settings
 from gunicorn_smartspawn.master.fleet import (
@@ -46,6 +47,7 @@ from gunicorn_smartspawn.master.fleet import (
 )
 from gunicorn_smartspawn.master.lifecycle import Lifecycle
 from gunicorn_smartspawn.master.notify import Notifier
+from gunicorn_smartspawn.master.outofband import Coordinator, Grant
 from gunicorn_smartspawn.spawner.preloader import start_preloader
 from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
 from gunicorn_smartspawn.spawner.template import Template
@@ -107,6 +109,8 @@ class SmartArbiter(Arbiter):
         self.smart = self.choose_smart_spawning()
         self.reforker = Reforker(self.cfg, self.log, self.fleet, self.num_workers)
         self.lifecycle = Lifecycle(self.cfg, self.log, self.fleet)
+        self.coordinator = Coordinator(self.cfg, self.log, self.fleet)
+        self.worker_commands = queue.SimpleQueue()  # (verb, pid) from the control socket
         # Without $NOTIFY_SOCKET, gunicorn's sd_notify sends nothing: nothing to decide.
         self.notifier = Notifier(self.log, self.fleet,
                                  enabled=self.smart and "NOTIFY_SOCKET" in os.environ)
@@ -247,6 +251,8 @@ class SmartArbiter(Arbiter):
             lambda: refork_enabled(self.cfg)
             and self.reforker.ready_for_memory_refork(self.situation())))
         self.carry_out(self.reforker.decide(self.situation()))
+        self.run_worker_commands()
+        self.carry_out(self.coordinator.decide(self.situation()))
         self.log_reload_done()
         self.keep_worker_count()
         self.fleet.close_unused_seats()
@@ -285,6 +291,9 @@ class SmartArbiter(Arbiter):
                     self.fleet.give_back_candidate(candidate)
                 case actions.NewTemplate(template=template, generation=generation):
                     self.new_template(template, generation)
+                case Grant(record=record, ask=ask) if not record.exited:
+                    self.fleet.counters.set(record.slot, "oob_granted", ask)
+                    self.send_orders(record)
 
     def replace(self, record, why, stat=None):
         """Make worker `record` outgoing: it serves until its replacement does. One of a
@@ -331,7 +340,8 @@ class SmartArbiter(Arbiter):
         """`workers`, plus the workers that serve without counting toward it: outgoing
         ones (until their replacements serve) and a refork's candidate (until it leaves
         for the template)."""
-        return self.num_workers + self.lifecycle.not_counted() + self.reforker.extra_workers()
+        return (self.num_workers + self.lifecycle.not_counted()
+                + self.reforker.extra_workers() + self.coordinator.not_counted())
 
     def keep_worker_count(self):
         """gunicorn's Arbiter.manage_workers (pinned in the contract test), against
@@ -769,6 +779,58 @@ class SmartArbiter(Arbiter):
         self.wakeup()
         return {"status": "refork requested" if refork_enabled(self.cfg)
                 else "ignored: fork_worker is off"}
+
+    # -- the operator's orders to one worker: `worker disable|enable PID` -------------------
+
+    WORKER_VERBS = ("disable", "enable")
+
+    def queue_worker_command(self, verb, pid):
+        """The control socket's thread: checked here, carried out by the master's loop."""
+        if pid not in self.WORKERS:
+            raise ValueError("no worker has pid %s" % pid)
+        if verb == "disable" and not self.worker_class.can_disable:
+            raise ValueError("%s workers cannot stop accepting while they run: use "
+                             "`worker kill %s`" % (self.worker_class.__name__, pid))
+        self.worker_commands.put_nowait((verb, pid))
+        self.wakeup()
+        return {"status": "%s requested" % verb, "pid": pid}
+
+    def run_worker_commands(self):
+        while True:
+            try:
+                verb, pid = self.worker_commands.get_nowait()
+            except queue.Empty:
+                return
+            record = self.fleet.get(pid)
+            if record is None or record.exited or record.slot is None:
+                self.log.warning("worker %s %s: it is no longer a worker", verb, pid)
+                continue
+            getattr(self, "%s_worker" % verb)(record)
+
+    def disable_worker(self, record):
+        if record.disabled:
+            return
+        self.coordinator.disable(record)
+        self.fleet.counters.set(record.slot, "disabled", 1)
+        self.send_orders(record)
+        self.log.info("Worker (pid: %s) disabled (worker disable): it finishes its requests "
+                      "and accepts no more; another worker is spawned in its place", record.pid)
+
+    def enable_worker(self, record):
+        if not record.disabled:
+            return
+        self.carry_out(self.coordinator.enable(record))
+        self.fleet.counters.set(record.slot, "disabled", 0)
+        self.send_orders(record)
+        self.log.info("Worker (pid: %s) enabled (worker enable): it accepts again",
+                      record.pid)
+
+    def send_orders(self, record):
+        """Wake the worker to read what the master wrote in its slot."""
+        try:
+            os.kill(record.pid, SIG_COMMAND)
+        except ProcessLookupError:
+            pass  # exited: reaped at the next turn
 
     # -- spawners: the preloader and templates --------------------------------------------
 

@@ -84,6 +84,7 @@ class ChildRecord:
     uss: int | None = None            # the last memory sample (lifecycle.py)
     rss: int | None = None
     over_limit: int = 0               # samples in a row above max_worker_memory
+    disabled: bool = False            # out of rotation (`worker disable`, outofband.py)
     unserved_uss: int | None = None   # its first sample, if before its first request
     # -- spawners
     started_at: float = 0.0

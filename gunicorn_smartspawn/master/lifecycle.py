@@ -147,7 +147,8 @@ class Lifecycle:
         self.next_sample = now + cfg.memory_sample_interval
         sampled = []
         for record in self.fleet.worker_records():
-            if record.outgoing or not record.heartbeat_moved():
+            # A disabled worker is kept as it is: the operator is looking into it.
+            if record.outgoing or record.disabled or not record.heartbeat_moved():
                 continue
             sample = self.measure(record.pid)
             if sample is None:

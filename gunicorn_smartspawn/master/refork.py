@@ -154,6 +154,9 @@ class Reforker:
             return "workers are being spawned"
         if fleet.outgoing():
             return "workers are being replaced"
+        if any(r.disabled for r in fleet.worker_records()):
+            # A refork would replace it: the operator is looking into it.
+            return "a worker is disabled (worker enable PID puts it back)"
         if self.retries.waiting():
             return "waiting to retry after %s" % self.retry_why
         return None

@@ -352,6 +352,14 @@ def validate_oob_gc_generation(val):
     return val
 
 
+def validate_oob_concurrency(val):
+    if val is None:
+        return None
+    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        raise ValueError("must be an int >= 1, or None (a quarter of the workers)")
+    return val
+
+
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 # Stripping one of these from every response would break HTTP framing.
 FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection", "content-type"}
@@ -413,6 +421,27 @@ class OobGcGeneration(Setting):
 
         ``None`` (the default): what the collector's counters call for, as CPython
         would choose. ``2`` makes every out-of-band collection a full one.
+        """
+
+
+class OobConcurrency(Setting):
+    name = "oob_concurrency"
+    section = SECTION
+    cli = ["--oob-concurrency"]
+    meta = "INT"
+    cli_parse = staticmethod(parse_int)
+    validator = validate_oob_concurrency
+    default = None
+    desc = """\
+        How many workers may be in out-of-band work (``oob_gc``, the work header) at once.
+
+        A worker that wants out-of-band work asks the master, which grants at most this
+        many at once, the oldest ask first; the others keep serving until their turn.
+        ``None`` (the default): a quarter of ``workers``, at least 1. When the worker
+        asking is the only one that would serve meanwhile (``workers = 1``, or every other
+        worker is in out-of-band work, being replaced or disabled), the master first
+        spawns one more worker, grants once it serves, and lets it go when the work is
+        done. See docs/out-of-band.md.
         """
 
 

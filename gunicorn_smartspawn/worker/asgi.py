@@ -53,6 +53,12 @@ class EventLoopWorkerMixin(SmartWorkerMixin):
         self._nr += 1
         super().request_ended()
 
+    command_loop = None  # the worker's loop, where the master's orders are read
+
+    def handle_command(self, sig, frame):
+        if self.command_loop is not None:
+            self.command_loop.call_soon_threadsafe(self.read_orders)
+
     def wrap_app(self):
         setattr(self, self.app_attribute,
                 ServedRequests(self, getattr(self, self.app_attribute)))
@@ -101,6 +107,7 @@ class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
 
     def init_signals(self):
         super().init_signals()
+        self.command_loop = self.loop
         if self.channel is not None:
             # Through the loop, like the base class's own handlers: it wakes the loop.
             self.loop.add_signal_handler(signal.SIGURG, self.handle_urg_signal)

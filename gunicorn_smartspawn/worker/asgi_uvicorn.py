@@ -58,7 +58,7 @@ class LoopNotingWorker(BaseUvicornWorker):
         make_loop = self.config.get_loop_factory() or asyncio.new_event_loop
 
         def loop_factory():
-            loop = make_loop()
+            loop = self.command_loop = make_loop()
             self.note_loop_fds()
             return loop
         return asyncio_run(self._serve(), loop_factory=loop_factory)

@@ -14,7 +14,9 @@ With `fork_worker` on, a worker also holds a channel to the master: on SIGURG it
 accepting, finishes its requests and becomes the template (template.py).
 """
 import atexit
+import errno
 import os
+import select
 import signal
 import socket
 import sys
@@ -26,6 +28,7 @@ from gunicorn.errors import AppImportError
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
+from gunicorn_smartspawn.shared.signals import SIG_COMMAND
 from gunicorn_smartspawn.worker import appsignals, forkgate
 from gunicorn_smartspawn.worker.oob import OutOfBand
 
@@ -73,11 +76,42 @@ class SmartWorkerMixin:
         super().init_signals()
         # The master's URG handler (direct spawns) or the spawner's SIG_IGN is inherited.
         signal.signal(signal.SIGURG, self.handle_urg if self.channel else signal.SIG_DFL)
+        signal.signal(SIG_COMMAND, self.handle_command)
 
     def own_signals(self):
-        """Signals the app's dispositions must not replace in this worker: with
-        fork_worker, URG is how the master asks for a template."""
-        return {signal.SIGURG} if self.channel is not None else set()
+        """Signals the app's dispositions must not replace in this worker: the master's
+        orders, and with fork_worker URG, how the master asks for a template."""
+        return {SIG_COMMAND, signal.SIGURG} if self.channel is not None else {SIG_COMMAND}
+
+    # -- the master's orders: in our slot of the counters, then SIG_COMMAND ---------------
+    disabled = False          # taken out of rotation by the operator (`worker disable`)
+    can_disable = False       # the class can stop accepting and start again (accepting_changed)
+
+    def handle_command(self, sig, frame):
+        """SIG_COMMAND's handler: the sync worker reads its orders in wait(), woken by
+        gunicorn's wakeup pipe; the others override this to read them on their loop."""
+        self.orders_pending = True
+
+    orders_pending = False
+
+    def read_orders(self):
+        """Carry out what the master wrote in our slot: disabled or not, an out-of-band
+        grant (oob.py)."""
+        self.orders_pending = False
+        if self.slot is None:
+            return
+        disabled = bool(self.counters.get(self.slot, "disabled"))
+        if disabled != self.disabled:
+            self.disabled = disabled
+            self.log.info("Worker %s by the operator: %s", "disabled" if disabled
+                          else "enabled", "it accepts no connection; its requests finish"
+                          if disabled else "it accepts connections again")
+            self.accepting_changed()
+        if self.oob is not None:
+            self.oob.master_spoke()
+
+    def accepting_changed(self):
+        """`disabled` changed: stop or start accepting (each worker class)."""
 
     @classmethod
     def before_app_import(cls):
@@ -202,6 +236,28 @@ class SmartWorkerMixin:
 class Worker(SmartWorkerMixin, sync.SyncWorker):
     """gunicorn's sync worker; with ``--threads N`` (N > 1) the master uses ThreadWorker."""
 
+    can_disable = True
+
+    def accept(self, listener):
+        if self.orders_pending:
+            self.read_orders()
+        if self.disabled:
+            raise BlockingIOError(errno.EAGAIN, "disabled")  # gunicorn's loop waits then
+        super().accept(listener)
+
+    def wait(self, timeout):
+        # Between requests, woken by a signal or a connection: the master's orders first.
+        if self.orders_pending:
+            self.read_orders()
+        if not self.disabled:
+            return super().wait(timeout)
+        # Out of rotation: wait for orders only, beating the heartbeat as gunicorn does.
+        self.notify()
+        ready, _, _ = select.select([self.PIPE[0]], [], [], timeout)
+        if ready:
+            os.read(self.PIPE[0], 1)
+        return []
+
     def handle(self, listener, client, addr):
         if self.slot is not None:  # one connection at a time: one writer
             self.counters.set(self.slot, "busy_since_us", int(time.monotonic() * 1e6))
@@ -219,6 +275,8 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
     """gunicorn's gthread worker."""
 
+    can_disable = True
+
     def leave_serving(self):
         if self.tpool is not None:
             self.tpool.shutdown(wait=True)  # no thread may be running at fork
@@ -235,8 +293,16 @@ class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
     # again (oob.py). enqueue_req and finish_request both run on the main thread.
 
     def set_accept_enabled(self, enabled):
-        # gunicorn's run loop turns accepting back on at every turn: not while paused.
-        super().set_accept_enabled(enabled and not (self.oob is not None and self.oob.paused))
+        # gunicorn's run loop turns accepting back on at every turn: not while paused
+        # (out-of-band work) or disabled.
+        super().set_accept_enabled(enabled and not self.disabled
+                                   and not (self.oob is not None and self.oob.paused))
+
+    def handle_command(self, sig, frame):
+        self.method_queue.defer(self.read_orders)  # SimpleQueue.put is reentrant
+
+    def accepting_changed(self):
+        self.set_accept_enabled(not self.disabled)
 
     def enqueue_req(self, conn):
         if self.oob is None or self.oob.admit(conn):

@@ -15,6 +15,7 @@ import gevent
 from gevent import event
 from gunicorn.workers import ggevent
 
+from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.worker.oob import RequestGate
 from gunicorn_smartspawn.worker.base import SmartWorkerMixin
 
@@ -23,6 +24,27 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
     """gunicorn's gevent worker (``-k gevent``)."""
 
     gate = None
+    can_disable = True
+    servers = ()   # gevent's StreamServers, one per listener, once run() made them
+
+    def run(self):
+        with patches.gevent_servers_noted() as self.servers:
+            super().run()
+
+    def handle_command(self, sig, frame):
+        # On the hub, in a greenlet: on_oob_work may do I/O.
+        gevent.get_hub().loop.run_callback_threadsafe(gevent.spawn, self.read_orders)
+
+    def accepting_changed(self):
+        self.set_accepting(True)
+
+    def set_accepting(self, on):
+        """Accept, unless disabled (or `on` is False: out-of-band work holds requests)."""
+        for server in self.servers:
+            if on and not self.disabled:
+                server.start_accepting()
+            else:
+                server.stop_accepting()
 
     @classmethod
     def before_app_import(cls):
@@ -40,7 +62,8 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
         if self.oob is not None:
             # The work in a greenlet of its own: on_oob_work may do I/O, which gevent
             # forbids in a callback of the hub.
-            self.gate = RequestGate(self.oob, event.Event, gevent.spawn_later)
+            self.gate = RequestGate(self.oob, event.Event, gevent.spawn_later,
+                                    accepting=self.set_accepting)
 
     def handle_request(self, listener_name, req, sock, addr):
         gate = self.gate

@@ -18,7 +18,9 @@ on its loop, a thread worker (`ThreadGate`) on its main thread, which also stops
 accepting while it holds the requests that arrive on kept-alive connections.
 """
 import gc
+import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -134,9 +136,14 @@ class OutOfBand:
         self.gc_on = bool(cfg.oob_gc)
         self.generation = cfg.oob_gc_generation
         self.header = (cfg.oob_work_header or "").lower()
-        # Passenger spawns another process before it takes its only one out of service;
-        # a worker cannot, so the only worker never starts work while a client waits.
-        self.solo = cfg.workers == 1
+        # Coordinated by the master (it has a slot for us in its counters): we ask, it
+        # grants at most oob_concurrency workers at once, and spawns another worker
+        # first when we are the only one serving (master/outofband.py).
+        self.coordinated = worker.slot is not None
+        self.asks = 0                # our asks so far (counters: oob_asked)
+        # Without the master's table (every slot taken): the only worker never starts
+        # work while a client waits.
+        self.solo = cfg.workers == 1 and not self.coordinated
         self.requested = False       # the application asked for work (header)
         self.collected_at = 0        # worker.nr at the last out-of-band collection
         self.lowered = False         # the application's thresholds are back for a request
@@ -146,7 +153,7 @@ class OutOfBand:
         self.works = 0
         self.work_seconds = 0.0
         # Thread workers only (see ThreadWorker in worker/base.py).
-        self.gate = ThreadGate(self) if threaded else None
+        self.gate = ThreadGate(self) if threaded else None  # a RequestGate sets its own
         if self.gc_on:
             if _app_thresholds is None:
                 _app_thresholds = gc.get_threshold()
@@ -197,6 +204,8 @@ class OutOfBand:
             gc.set_threshold(*serving_thresholds())
             self.lowered = False
         work, collect = self.requested, self.gc_due()
+        if self.coordinated:
+            return self.as_granted(work, collect)
         if (work or collect) and self.solo and self.client_waiting():
             # The only worker: serve the waiting client first. A collection due then runs
             # inside its request, as it would without oob_gc; the work waits.
@@ -207,6 +216,56 @@ class OutOfBand:
                 self.lowered = True
             return False, False
         return work, collect
+
+    # -- coordination (counters: we write oob_asked, oob_done, oob_since_us; the master
+    # oob_granted) -----------------------------------------------------------------------
+
+    def as_granted(self, work, collect):
+        """What due() returns when the master coordinates: nothing until it grants our
+        ask. A request-count trigger (oob_gc = N, the work header) waits for its turn
+        and keeps serving meanwhile; an adaptive collection that is no longer due when
+        the grant comes (the safety net collected inside a request) gives it back."""
+        if not (work or collect):
+            if self.waiting():
+                self.finished()
+            return False, False
+        if self.granted():
+            return work, collect
+        if not self.waiting():
+            self.asks += 1
+            self.set("oob_asked", self.asks)
+            self.wake_master()
+        return False, False
+
+    def waiting(self):
+        """We asked, and have not finished that ask."""
+        return self.asks > self.worker.counters.get(self.worker.slot, "oob_done")
+
+    def granted(self):
+        return self.waiting() and self.worker.counters.get(
+            self.worker.slot, "oob_granted") == self.asks
+
+    def finished(self):
+        self.set("oob_done", self.asks)
+        self.wake_master()  # the next worker's turn, and a worker spawned for us leaves
+
+    def set(self, field, value):
+        self.worker.counters.set(self.worker.slot, field, value)
+
+    def wake_master(self):
+        try:
+            os.kill(self.worker.ppid, signal.SIGCHLD)  # a no-op reap that wakes its loop
+        except OSError:
+            pass
+
+    def master_spoke(self):
+        """SIG_COMMAND, on the worker's loop: a grant may have come."""
+        if not (self.coordinated and self.granted()):
+            return
+        if self.gate is not None:
+            self.gate.check()
+        else:
+            self.after_request()  # the sync worker, between requests
 
     def client_waiting(self):
         try:
@@ -245,6 +304,16 @@ class OutOfBand:
     # -- the work -----------------------------------------------------------------------
 
     def run(self, work, collect):
+        if self.coordinated:
+            self.set("oob_since_us", int(time.monotonic() * 1e6))
+        try:
+            self.run_granted(work, collect)
+        finally:
+            if self.coordinated:
+                self.set("oob_since_us", 0)
+                self.finished()
+
+    def run_granted(self, work, collect):
         # Notified before and after: the work gets `timeout` seconds, like a request.
         self.worker.notify()
         if work:
@@ -308,8 +377,12 @@ class RequestGate:
     a request: a request held is a client waiting.
     """
 
-    def __init__(self, oob, new_event, call_later):
+    def __init__(self, oob, new_event, call_later, accepting=None):
         self.oob = oob
+        # accepting(bool), where the worker can stop accepting (gevent): off while
+        # requests are held, so that the kernel hands new connections to other workers.
+        self.accepting = accepting
+        oob.gate = self  # the master's grant arrives through it (OutOfBand.master_spoke)
         self.new_event = new_event    # asyncio.Event or gevent.event.Event
         self.call_later = call_later  # call_later(seconds, function) on the loop
         self.in_flight = 0
@@ -326,6 +399,11 @@ class RequestGate:
 
     def left(self):
         self.in_flight -= 1
+        self.check()
+
+    def check(self):
+        """After a request, or when the master granted our ask: run the work once no
+        request is in flight, holding new ones meanwhile."""
         if not self.pending:
             if self.running or not any(self.oob.due()):
                 return
@@ -338,6 +416,8 @@ class RequestGate:
     def hold(self):
         resumed = self.resumed = self.new_event()
         self.call_later(HOLD_LIMIT, lambda: self.release(resumed))
+        if self.accepting is not None:
+            self.accepting(False)
 
     def release(self, resumed):
         """Let the requests held on `resumed` go on (not while the work runs; a timer of
@@ -346,6 +426,8 @@ class RequestGate:
             return
         self.resumed = None
         resumed.set()
+        if self.accepting is not None:
+            self.accepting(True)
 
     def hold_while_working(self):
         if self.resumed is None:

@@ -58,7 +58,7 @@ def fake_gc(monkeypatch):
 class Worker:
     """What OutOfBand reads and calls on gunicorn's worker."""
 
-    def __init__(self, workers=2, threaded=False, **settings):
+    def __init__(self, workers=2, threaded=False, coordinated=False, **settings):
         cfg = dict(oob_gc=False, oob_gc_generation=None, oob_work_header=HEADER,
                    workers=workers, http_protocols=["h1"], on_oob_work=self.hook)
         cfg.update(settings)
@@ -75,7 +75,13 @@ class Worker:
         self.enqueued = []
         self.method_queue = types.SimpleNamespace(deferred=[])
         self.method_queue.defer = lambda *call: self.method_queue.deferred.append(call)
+        self.ppid = None
         self.oob = OutOfBand.for_worker(self, threaded=threaded)
+        if self.oob is not None and not coordinated:
+            # As when the master has no slot for it: it decides alone (the tests of the
+            # master's coordination are further down).
+            self.oob.coordinated = False
+            self.oob.solo = workers == 1
 
     def hook(self, worker):
         assert worker is self

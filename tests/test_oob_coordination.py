@@ -1,0 +1,159 @@
+"""Out-of-band work coordinated by the master (oob_concurrency; a worker spawned first when
+the one asking is alone) and workers taken out of rotation (`worker disable|enable PID`),
+with real servers of each worker class.
+"""
+import concurrent.futures
+import json
+import os
+import time
+
+import pytest
+
+from conftest import wait_for
+from services import library
+
+# (worker class, app, extra arguments, a path that asks for work, a quick path)
+SYNC = ("smartspawn.Worker", "oob.py", (), "/oob?true", "/")
+GTHREAD = ("smartspawn.Worker", "oob.py", ("--threads", "4"), "/oob?true", "/")
+ASGI = ("smartspawn.ASGIWorker", "fastapi_lifespan.py", (), "/oob?value=true", "/")
+GEVENT = ("smartspawn.GeventWorker", "gevent_app.py", (), "/oob?true", "/gc")
+CLASSES = [pytest.param(SYNC, id="sync"), pytest.param(GTHREAD, id="gthread"),
+           pytest.param(ASGI, id="asgi"), pytest.param(GEVENT, id="gevent")]
+
+WORK_HOOK = '''
+import json, os, time
+
+def on_oob_work(worker):
+    def note(name):
+        with open(os.path.join(os.environ["TEST_DIR"], name), "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "at": time.time()}) + "\\n")
+    note("work-start.jsonl")
+    time.sleep(float(os.environ.get("WORK_SECONDS", "0")))
+    note("work-end.jsonl")
+'''
+
+
+@pytest.fixture
+def server_of(make_server):
+    def make(classes, workers, config="", env=None, args=()):
+        worker_class, app_file, class_args, _, _ = classes
+        if "ASGI" in worker_class:
+            library("fastapi")
+        if "Gevent" in worker_class:
+            library("gevent")
+        return make_server(app_file, worker_class=worker_class, workers=workers,
+                           config=WORK_HOOK + config, env=env,
+                           args=[*class_args, *args]).start()
+    return make
+
+
+def notes(server, name):
+    path = server.root / name
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def timed_get(server, path):
+    started = time.monotonic()
+    body = server.get_json(path)
+    return time.monotonic() - started, body["pid"]
+
+
+# -- spawn first when alone ------------------------------------------------------------------
+
+@pytest.mark.parametrize("classes", CLASSES)
+def test_the_only_worker_gets_a_second_one_before_its_work(server_of, classes):
+    server = server_of(classes, workers=1, env={"WORK_SECONDS": "2"})
+    (alone,) = server.worker_pids()
+    assert server.request(classes[3])[0] == 200
+    wait_for(lambda: notes(server, "work-start.jsonl"), what="on_oob_work to start")
+    # While the only worker of the configuration works for 2 s, another one answers.
+    answers = [timed_get(server, classes[4]) for _ in range(5)]
+    assert not notes(server, "work-end.jsonl"), "the work should still be running"
+    assert all(pid != alone for _, pid in answers), answers
+    assert max(seconds for seconds, _ in answers) < 0.5, answers
+    assert "no other worker would serve meanwhile: spawning one first" in server.log()
+    assert notes(server, "work-start.jsonl")[0]["pid"] == alone
+    wait_for(lambda: notes(server, "work-end.jsonl"), what="on_oob_work to end")
+
+
+def test_the_extra_worker_leaves_after_the_work(server_of, monkeypatch):
+    server = server_of(SYNC, workers=1, env={"WORK_SECONDS": "0.5"})
+    (alone,) = server.worker_pids()
+    server.request("/oob?true")
+    wait_for(lambda: notes(server, "work-end.jsonl"), what="on_oob_work to end")
+    assert len(server.worker_pids()) == 2
+    # EXTRA_LINGER (10 s) after the work, the extra worker is replaced away.
+    wait_for(lambda: server.worker_pids() == [alone], timeout=20,
+             what="the extra worker to leave")
+    server.wait_log(r"the out-of-band work of worker %d is done: the worker spawned for it "
+                    r"leaves" % alone)
+
+
+# -- at most oob_concurrency at once --------------------------------------------------------
+
+def most_at_once(server):
+    starts = sorted((n["at"], n["pid"]) for n in notes(server, "work-start.jsonl"))
+    ends = sorted((n["at"], n["pid"]) for n in notes(server, "work-end.jsonl"))
+    events = sorted([(at, 1) for at, _ in starts] + [(at, -1) for at, _ in ends])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("classes", [pytest.param(SYNC, id="sync"),
+                                     pytest.param(GTHREAD, id="gthread"),
+                                     pytest.param(ASGI, id="asgi")])
+def test_no_more_than_oob_concurrency_workers_work_at_once(server_of, classes):
+    server = server_of(classes, workers=4, config="oob_concurrency = 1\n",
+                       env={"WORK_SECONDS": "0.3"})
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: server.request(classes[3])[0], range(40)))
+    assert statuses == [200] * 40
+    wait_for(lambda: len(notes(server, "work-end.jsonl")) >= 4
+             and len(notes(server, "work-end.jsonl")) == len(notes(server, "work-start.jsonl")),
+             timeout=30, what="the works to end")
+    time.sleep(1.0)  # any work still granted would start by now
+    assert len(notes(server, "work-end.jsonl")) == len(notes(server, "work-start.jsonl"))
+    assert most_at_once(server) == 1
+    assert len({n["pid"] for n in notes(server, "work-start.jsonl")}) >= 2
+    assert "spawning one first" not in server.log()
+
+
+# -- worker disable / enable -----------------------------------------------------------------
+
+@pytest.mark.parametrize("classes", [CLASSES[0], CLASSES[1], CLASSES[3]])
+def test_a_disabled_worker_stays_alive_out_of_rotation_until_enabled(server_of, classes):
+    server = server_of(classes, workers=2, args=["--timeout", "2"])
+    disabled = server.worker_pids()[0]
+    answer = server.control("worker disable %d" % disabled)
+    assert answer["pid"] == disabled, answer
+    server.wait_log(r"Worker \(pid: %d\) disabled" % disabled)
+    wait_for(lambda: len(server.worker_pids()) == 3, what="a worker in its place")
+    started = time.monotonic()
+    pids = set()
+    while time.monotonic() - started < 6.5:  # 3x timeout, idle
+        pids.add(server.get_json(classes[4])["pid"])
+        time.sleep(0.2)
+    assert disabled not in pids and len(pids) >= 1
+    assert disabled in server.worker_pids() and len(server.worker_pids()) == 3
+    assert "WORKER TIMEOUT" not in server.log()
+
+    server.control("worker enable %d" % disabled)
+    server.wait_log(r"Worker \(pid: %d\) enabled" % disabled)
+    wait_for(lambda: len(server.worker_pids()) == 2 and disabled in server.worker_pids(),
+             timeout=15, what="the worker spawned in its place to leave")
+    wait_for(lambda: server.get_json(classes[4])["pid"] == disabled, timeout=15,
+             interval=0.05, what="the enabled worker to serve")
+
+
+def test_worker_disable_names_what_it_cannot_do(server_of):
+    server = server_of(ASGI, workers=1)
+    with pytest.raises(Exception, match="ASGIWorker workers cannot stop accepting"):
+        server.control("worker disable %d" % server.worker_pids()[0])
+    with pytest.raises(Exception, match="no worker has pid 1"):
+        server.control("worker enable 1")
+    assert os.path.exists(server.root / "gunicorn.ctl")
