@@ -3,6 +3,7 @@
 tests/apps/oob.py records every collection of a worker, and whether gunicorn's own
 request handling (`handle` of the sync or gthread worker) was on a thread's stack.
 """
+import collections
 import concurrent.futures
 import http.client
 import json
@@ -125,32 +126,29 @@ def test_an_application_threshold_of_zero_keeps_automatic_collection_off(make_se
 
 
 def test_oob_gc_n_collects_every_n_requests(make_server):
-    server = make_server(app_file="oob.py", workers=1, config="oob_gc = 4\n").start()
-
-    def request(path):
-        # A pause, so that no client is waiting when this only worker finishes a request
-        # (it would serve that client first).
-        time.sleep(0.1)
-        return server.get_json(path)
-
-    # /gc answers from inside a request: every request before it has had its turn.
-    before = len(request("/gc")["between"])
-    for _ in range(11):
-        request("/")
-    after = request("/gc")
-    # 12 requests (the first /gc included) hold exactly three multiples of 4.
-    assert len(after["between"]) - before == 3
-    assert after["in_request"] == []
+    server = make_server(app_file="oob.py", workers=2, config="oob_gc = 4\n").start()
+    served = collections.Counter()
+    for _ in range(24):
+        served[server.get_json("/")["pid"]] += 1
+    # Each worker's /gc: its collections between requests so far, one per 4 requests it
+    # finished (the readiness checks' included, hence the range), none inside one.
+    for pid in served:
+        body = wait_for(lambda: (b := server.get_json("/gc"))["pid"] == pid and b,
+                        interval=0, what="worker %s to answer /gc" % pid)
+        assert body["in_request"] == [], body
+        assert served[pid] // 4 <= len(body["between"]) <= (served[pid] + 8) // 4, (
+            served, body)
 
 
-def test_the_only_worker_collects_inside_requests_while_clients_wait(make_server):
+def test_the_only_worker_collects_out_of_band_while_a_worker_spawned_first_serves(
+        make_server):
     server = make_server(app_file="oob.py", workers=1, config="oob_gc = 4\n").start()
     # Three clients at once: when a response is sent, another client is already queued.
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda _: server.get_json("/garbage?3000"), range(36)))
     body = server.get_json("/gc")
-    assert body["in_request"], body  # as without oob_gc: CPython's own thresholds
-    assert "Out-of-band work postponed: a client is waiting" in server.log()
+    assert body["in_request"] == [] and body["between"], body
+    assert "no other worker would serve meanwhile: spawning one first" in server.log()
 
 
 def test_safety_net_bounds_memory_of_a_huge_request(make_server):
@@ -232,7 +230,7 @@ def test_the_only_worker_serves_a_waiting_client_before_the_work(make_server):
     (work,) = wait_for(lambda: works(server), what="on_oob_work")
     # Not before the client was answered (the work takes 3 s; the test may be descheduled).
     assert work["started"] >= answered_at - 1.0
-    assert "Out-of-band work postponed: a client is waiting" in server.log()
+    assert "no other worker would serve meanwhile: spawning one first" in server.log()
 
 
 def test_work_longer_than_timeout_is_killed_like_a_request(make_server):

@@ -219,7 +219,7 @@ COLUMNS = [
     ("PID", 7, lambda row: row["pid"]),
     ("GEN", 3, lambda row: row.get("generation", "-")),
     ("AGE", 6, lambda row: duration(row["age_seconds"])),
-    ("STATE", 5, lambda row: busy_text(row.get("busy"))),
+    ("STATE", 8, lambda row: state_text(row)),
     ("INFLT", 5, lambda row: dash(row.get("in_flight"))),
     ("REQUESTS", 8, lambda row: row.get("requests", "-")),
     ("LAST REQ", 8, lambda row: dash(row.get("last_request"), duration)),
@@ -241,7 +241,14 @@ def dash(value, text=str):
     return "-" if value is None else text(value)
 
 
-def busy_text(busy):
+def state_text(row):
+    """disabled (worker disable), oob (out-of-band work; "oob wait": asked, not granted
+    yet), busy (a request in flight) or idle."""
+    if row.get("disabled"):
+        return "disabled"
+    if row.get("oob"):
+        return "oob" if row["oob"] == "working" else "oob wait"
+    busy = row.get("busy")
     return "-" if busy is None else "busy" if busy else "idle"
 
 

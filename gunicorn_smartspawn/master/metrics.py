@@ -135,6 +135,17 @@ def oob_families(content):
     yield CounterMetricFamily("smartspawn_oob_gc_seconds", "Time the workers spent in "
                               "out-of-band garbage collections",
                               value=totals["oob_microseconds"] / 1e6)
+    oob = GaugeMetricFamily("smartspawn_oob_workers", "Workers waiting for the master's "
+                            "grant of out-of-band work, and working", labels=["state"])
+    rows = [row for row in content["processes"] if "oob" in row]
+    for state in ("waiting", "working"):
+        oob.add_metric([state], sum(row["oob"] == state for row in rows))
+    yield oob
+    yield CounterMetricFamily("smartspawn_oob_grants", "Out-of-band work granted by the "
+                              "master (oob_concurrency)", value=content["oob_grants"])
+    yield GaugeMetricFamily("smartspawn_disabled_workers", "Workers out of rotation "
+                            "(worker disable)", value=sum(bool(row.get("disabled"))
+                                                          for row in rows))
 
 
 def latency_family(latency):

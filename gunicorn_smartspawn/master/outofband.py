@@ -71,6 +71,11 @@ class Coordinator:
         since = self.fleet.counters.get(record.slot, "oob_since_us")
         return since / 1e6 if since else None
 
+    def stats(self, workers):
+        return {"oob_concurrency": oob_concurrency(self.cfg, workers),
+                "oob_grants": self.grants, "oob_most_at_once": self.most_at_once,
+                "oob_extra_workers": len(self.extra_for)}
+
     # -- the master's turn --------------------------------------------------------------------
 
     def not_counted(self):

@@ -47,13 +47,21 @@ def worker_fields(fleet, record, now=None):
     now = time.monotonic() if now is None else now
     counters = fleet.counters.snapshot(record.slot)
     last_request = counters.pop("last_request_us")
+    oob_since = counters.pop("oob_since_us")
+    asked, done, granted = (counters.pop(name) for name in ("oob_asked", "oob_done",
+                                                            "oob_granted"))
+    del counters["disabled"]  # the master's own record says it
+    # Out-of-band work (outofband.py): "waiting" for the master's grant, "working".
+    oob = None if asked <= done else "working" if granted == asked else "waiting"
     fields = {"generation": record.generation, "age": record.worker.age,
               "state": worker_state(record),
               "spawned_from": record.spawned_from, "uss": record.uss,
               "outgoing": record.outgoing_why, **counters,
               "busy": counters["in_flight"] > 0,
               "last_request": round(now - last_request / 1e6, 2) if last_request else None,
-              "last_heartbeat": heartbeat_age(record, now)}
+              "last_heartbeat": heartbeat_age(record, now),
+              "disabled": record.disabled, "oob": oob,
+              "oob_working_for": round(now - oob_since / 1e6, 2) if oob_since else None}
     if record.slot is None:
         fields.update(in_flight=None, busy=None, last_request=None)
     return fields
@@ -91,6 +99,7 @@ def server_fields(arbiter):
             "template_pid": fleet.template.pid if fleet.template else None,
             **arbiter.reforker.stats(),
             "lifecycle": dict(arbiter.lifecycle.stats),
+            **arbiter.coordinator.stats(arbiter.num_workers),
             # The counters' totals of the workers that have exited (counters.py).
             "departed_workers": dict(fleet.counters.departed),
             "spawn_latency": arbiter.spawn_latency.fields()}

@@ -40,7 +40,7 @@ def content(processes, **fields):
             "departed_workers": {"requests": 0, "oob_collections": 5,
                                  "oob_microseconds": 2_000_000},
             "spawn_latency": {"buckets": [0.01, 0.1], "counts": [4, 1, 2], "sum": 3.5},
-            "processes": processes, **fields}
+            "oob_grants": 6, "processes": processes, **fields}
 
 
 def worker(state, **fields):
@@ -85,10 +85,14 @@ def test_memory_by_role_and_in_total():
 
 def test_the_server_families():
     processes = [{"role": "master"},
-                 worker("serving", oob_collections=2, oob_microseconds=500_000),
-                 worker("booting", oob_collections=0, oob_microseconds=0)]
+                 worker("serving", oob_collections=2, oob_microseconds=500_000, oob=None,
+                        disabled=True),
+                 worker("serving", oob_collections=0, oob_microseconds=0, oob="working",
+                        disabled=False),
+                 worker("booting", oob_collections=0, oob_microseconds=0, oob="waiting",
+                        disabled=False)]
     found = samples(metrics.server_families(content(processes)))
-    assert found[("smartspawn_workers", (("state", "serving"),))] == 1
+    assert found[("smartspawn_workers", (("state", "serving"),))] == 2
     assert found[("smartspawn_workers", (("state", "booting"),))] == 1
     assert found[("smartspawn_workers", (("state", "outgoing"),))] == 0
     assert found[("smartspawn_reforks_total", ())] == 1
@@ -96,6 +100,10 @@ def test_the_server_families():
     # The workers that exited still count: a counter never goes down.
     assert found[("smartspawn_oob_gc_collections_total", ())] == 7
     assert found[("smartspawn_oob_gc_seconds_total", ())] == 2.5
+    assert found[("smartspawn_oob_workers", (("state", "waiting"),))] == 1
+    assert found[("smartspawn_oob_workers", (("state", "working"),))] == 1
+    assert found[("smartspawn_oob_grants_total", ())] == 6
+    assert found[("smartspawn_disabled_workers", ())] == 1
     assert found[("smartspawn_spawn_latency_seconds_bucket", (("le", "0.01"),))] == 4
     assert found[("smartspawn_spawn_latency_seconds_bucket", (("le", "0.1"),))] == 5
     assert found[("smartspawn_spawn_latency_seconds_bucket", (("le", "+Inf"),))] == 7

@@ -3,6 +3,7 @@ the thread worker's pause) and RequestGate (event-loop workers), over a fake wor
 fake `gc` module (the real collector's thresholds are left alone) and a fake loop.
 """
 import logging
+import os
 import socket
 import time
 import types
@@ -75,7 +76,7 @@ class Worker:
         self.enqueued = []
         self.method_queue = types.SimpleNamespace(deferred=[])
         self.method_queue.defer = lambda *call: self.method_queue.deferred.append(call)
-        self.ppid = None
+        self.ppid = os.getpid()  # woken with SIGCHLD, which a process ignores by default
         self.oob = OutOfBand.for_worker(self, threaded=threaded)
         if self.oob is not None and not coordinated:
             # As when the master has no slot for it: it decides alone (the tests of the
@@ -545,3 +546,31 @@ def test_an_exiting_worker_runs_no_work(fake_gc):
     worker.alive = False
     loop.run(0)
     assert worker.works == [] and gate.held() is None and not gate.running
+
+
+# -- coordinated by the master (master/outofband.py grants) --------------------------------
+
+def test_a_coordinated_worker_asks_once_and_works_when_granted(fake_gc):
+    worker = Worker(oob_gc=2, coordinated=True)
+    counters, slot = worker.counters, worker.slot
+    worker.serve(2)
+    assert worker.oob.due() == (False, False)  # it asks
+    assert counters.get(slot, "oob_asked") == 1 and worker.oob.due() == (False, False)
+    worker.serve(1)
+    worker.oob.after_request()
+    assert counters.get(slot, "oob_asked") == 1 and worker.oob.collections == 0  # waits
+    counters.set(slot, "oob_granted", 1)
+    worker.oob.master_spoke()  # SIG_COMMAND, between requests
+    assert worker.oob.collections == 1
+    assert counters.get(slot, "oob_done") == 1 and counters.get(slot, "oob_since_us") == 0
+
+
+def test_an_adaptive_collection_no_longer_due_gives_its_ask_back(fake_gc):
+    worker = Worker(oob_gc=True, coordinated=True)
+    counters, slot = worker.counters, worker.slot
+    fake_gc.count = [SAFETY_NET, 0, 0]
+    assert worker.oob.due() == (False, False)
+    assert counters.get(slot, "oob_asked") == 1
+    fake_gc.count = [0, 0, 0]  # the safety net collected inside a request
+    assert worker.oob.due() == (False, False)
+    assert counters.get(slot, "oob_done") == 1 and worker.oob.collections == 0

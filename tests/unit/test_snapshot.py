@@ -15,6 +15,7 @@ def server(monkeypatch):
         num_workers=3, cfg=types.SimpleNamespace(fork_worker=[1000]),
         reforker=types.SimpleNamespace(stats=lambda: {"reforks": 2, "refork_pending": False}),
         lifecycle=types.SimpleNamespace(stats={"memory_samples": 5}),
+        coordinator=types.SimpleNamespace(stats=lambda workers: {"oob_grants": 4}),
         spawn_latency=snapshot.Latencies())
     return table, arbiter
 
