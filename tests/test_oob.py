@@ -133,7 +133,7 @@ def test_oob_gc_n_collects_every_n_requests(make_server):
     # Each worker's /gc: its collections between requests so far, one per 4 requests it
     # finished (the readiness checks' included, hence the range), none inside one.
     for pid in served:
-        body = wait_for(lambda: (b := server.get_json("/gc"))["pid"] == pid and b,
+        body = wait_for(lambda pid=pid: (b := server.get_json("/gc"))["pid"] == pid and b,
                         interval=0, what="worker %s to answer /gc" % pid)
         assert body["in_request"] == [], body
         assert served[pid] // 4 <= len(body["between"]) <= (served[pid] + 8) // 4, (
