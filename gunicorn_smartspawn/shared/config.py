@@ -402,9 +402,9 @@ class OobGc(Setting):
         is still collected inside the request: the safety net that keeps its memory
         bounded alike on every CPython. While a worker collects it does not accept; with
         ``--threads`` it stops accepting, lets its requests finish, collects, then
-        accepts again. With ``workers = 1`` it
-        collects only when no client is waiting, else lets the collection run inside
-        the next request as without ``oob_gc``. See docs/out-of-band.md.
+        accepts again. The master grants at most ``oob_concurrency`` workers at once,
+        and spawns one first when the worker asking would be alone (``workers = 1``).
+        See docs/out-of-band.md.
         """
 
 
