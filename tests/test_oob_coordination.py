@@ -157,3 +157,26 @@ def test_worker_disable_names_what_it_cannot_do(server_of):
     with pytest.raises(Exception, match="no worker has pid 1"):
         server.control("worker enable 1")
     assert os.path.exists(server.root / "gunicorn.ctl")
+
+
+def test_the_masters_order_signal_kills_no_process_that_is_not_a_worker(server_of):
+    """SIGRTMIN+5's default action ends a process: the master, the preloader and the
+    standby it forked ahead of need (whose worker has no handler yet) must ignore it."""
+    import psutil
+    from gunicorn_smartspawn.shared.signals import SIG_COMMAND
+
+    server = server_of(SYNC, workers=1)
+    master = psutil.Process(server.pid)
+    wait_for(lambda: len(master.children(recursive=True)) >= 3,
+             what="the preloader, its standby and the worker")
+    others = [p.pid for p in [master, *master.children(recursive=True)]
+              if p.pid not in server.worker_pids()]
+    assert len(others) >= 3, others
+    for pid in others:
+        os.kill(pid, SIG_COMMAND)
+    time.sleep(0.5)
+    assert all(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+               for pid in others)
+    server.control("worker add 1")  # the standby becomes a worker, and reads its orders
+    wait_for(lambda: len(server.worker_pids()) == 2, what="the standby to serve")
+    assert server.get_ok()

@@ -201,6 +201,9 @@ class SmartArbiter(Arbiter):
         super().init_signals()
         # Wakes the poll() in wait_for_signals(); gunicorn's handlers only queue.
         signal.set_wakeup_fd(self._wake_w)
+        # What a directly spawned worker inherits until it installs its own handler: a
+        # realtime signal's default action would kill it (spawner/base.py does the same).
+        signal.signal(SIG_COMMAND, lambda *_: None)
 
     def wakeup(self):
         super().wakeup()

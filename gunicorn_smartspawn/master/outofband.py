@@ -87,7 +87,10 @@ class Coordinator:
         return [r for r in self.fleet.worker_records() if r.disabled and not r.outgoing]
 
     def decide(self, situation):
-        records = [r for r in self.fleet.worker_records() if r.slot is not None]
+        # Serving ones: a refork's candidate is leaving for the template (the master's
+        # orders must not reach a template), a stopping worker is leaving.
+        records = [r for r in self.fleet.worker_records() if r.slot is not None
+                   and r.state in (State.SERVING, State.OUTGOING)]
         asking = {r.pid: ask for r in records if (ask := self.ask_of(r))}
         self.asked_at = {key: at for key, at in self.asked_at.items()
                          if asking.get(key[0]) == key[1]}

@@ -77,6 +77,9 @@ class SmartWorkerMixin:
         # The master's URG handler (direct spawns) or the spawner's SIG_IGN is inherited.
         signal.signal(signal.SIGURG, self.handle_urg if self.channel else signal.SIG_DFL)
         signal.signal(SIG_COMMAND, self.handle_command)
+        # Orders the master wrote before the handler was in place (a worker disabled as
+        # it booted) are read as if they came now.
+        self.handle_command(SIG_COMMAND, None)
 
     def own_signals(self):
         """Signals the app's dispositions must not replace in this worker: the master's
