@@ -71,6 +71,8 @@ def test_the_only_worker_gets_a_second_one_before_its_work(server_of, classes):
     # While the only worker of the configuration works for 2 s, another one answers.
     answers = [timed_get(server, classes[4]) for _ in range(5)]
     assert not notes(server, "work-end.jsonl"), "the work should still be running"
+    shown = {w["pid"]: w for w in server.control("show workers")["workers"]}
+    assert shown[alone]["oob"] == "working" and shown[alone]["oob_working_for"] > 0, shown
     assert all(pid != alone for _, pid in answers), answers
     assert max(seconds for seconds, _ in answers) < 0.5, answers
     assert "no other worker would serve meanwhile: spawning one first" in server.log()
@@ -139,6 +141,9 @@ def test_a_disabled_worker_stays_alive_out_of_rotation_until_enabled(server_of, 
         pids.add(server.get_json(classes[4])["pid"])
         time.sleep(0.2)
     assert disabled not in pids and len(pids) >= 1
+    shown = {w["pid"]: w for w in server.control("show workers")["workers"]}
+    assert shown[disabled]["disabled"] and not any(
+        w["disabled"] for pid, w in shown.items() if pid != disabled), shown
     assert disabled in server.worker_pids() and len(server.worker_pids()) == 3
     assert "WORKER TIMEOUT" not in server.log()
 
