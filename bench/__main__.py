@@ -7,6 +7,8 @@ Runs each benchmark as a subprocess with --json (one after the other, never two 
   memory    bench/refork_memory.py   total PSS: plain, --preload, +gc.freeze, smart, refork
   load      bench.load               latency/throughput: plain gunicorn vs smartspawn
   oob       bench/oob_latency.py     plain gunicorn vs smartspawn + oob_gc (if in the tree)
+  oobcoord  bench.oob_coordination   oob_concurrency 1 vs 4 under load; a lone worker's
+                                     2 s of out-of-band work vs plain gunicorn
   events    bench.events             refork and HUP under load
   lifecycle bench/memory_lifecycle.py  total PSS over a long run: no refork, fork_worker,
                                      refork_on_memory (full mode only: 4-65 min)
@@ -50,7 +52,8 @@ QUICK_BUDGET = 120.0  # s: quick mode must stay under it
 # running), ~3 800 s in all, where 900 s cut it off.
 STEP_TIMEOUT = {"lifecycle": (100.0, 5400.0)}
 DEFAULT_STEP_TIMEOUT = (100.0, 900.0)
-STEPS = ("spawn", "template", "memory", "load", "oob", "events", "lifecycle", "recycle")
+STEPS = ("spawn", "template", "memory", "load", "oob", "oobcoord", "events", "lifecycle",
+         "recycle")
 GENERATED = ("index.md", "results.json", "spawn_latency.png", "pss.png", "latency.png",
              "oob_latency.png", "events.png", "memory_lifecycle.png")
 FULL_ONLY = "full mode only: it would not fit the quick budget"
@@ -70,6 +73,7 @@ def steps(quick, tmp):
             ("load", cmd("load", ["-m", "bench.load"]), None),
             ("oob", cmd("oob", [OOB_SCRIPT], oob_options(quick)) if oob else None,
              None if oob else "not yet measured: %s is not in this tree" % OOB_SCRIPT),
+            ("oobcoord", cmd("oobcoord", ["-m", "bench.oob_coordination"]), None),
             ("events", cmd("events", ["-m", "bench.events"]), None),
             ("lifecycle", None if quick else cmd(
                 "lifecycle", ["bench/memory_lifecycle.py", "--out", str(tmp)]),

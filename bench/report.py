@@ -62,7 +62,9 @@ def image(drawn, alt, name):
 def targets(results):
     """[(step, target, measured, met)] for the summary table; met None = not measured."""
     return [*spawn_targets(data(results, "spawn")), *memory_targets(data(results, "memory")),
-            *oob_targets(data(results, "oob")), *load_targets(data(results, "load")),
+            *oob_targets(data(results, "oob")),
+            *script_targets(data(results, "oobcoord"), "oobcoord"),
+            *load_targets(data(results, "load")),
             *event_targets(data(results, "events")),
             *script_targets(data(results, "lifecycle"), "lifecycle"),
             *script_targets(data(results, "recycle"), "recycle")]
@@ -238,7 +240,7 @@ def latency_section(results):
         lines += latency_table(load["endpoints"], "plain")
         drawn = plots.latency(load["endpoints"], results["out"] / "latency.png")
         lines += image(drawn, "latency and throughput", "latency.png")
-    return lines + oob_section(results)
+    return lines + oob_section(results) + oobcoord_section(results)
 
 
 def client_note(client):
@@ -287,6 +289,43 @@ def oob_section(results):
     lines += latency_table(endpoints, "A")
     drawn = plots.latency(endpoints, results["out"] / "oob_latency.png")
     return lines + image(drawn, "oob latency", "oob_latency.png")
+
+
+def oobcoord_section(results):
+    lines = ["### Out-of-band work coordinated by the master (bench/oob_coordination.py)", ""]
+    found = data(results, "oobcoord")
+    if found is None:
+        return lines + [step_note(results, "oobcoord"), ""]
+    a, coord, work = found["args"], found["coordination"], found["spawn_first"]
+    lines += ["`-k smartspawn.Worker --workers %d`, `oob_gc = True`, `GET /garbage` of "
+              "`bench/apps/oob_app.py`, %d Python client processes back to back; %d rounds "
+              "of %d s, alternating. *most at once*: the master's `oob_most_at_once` (its "
+              "maximum over the run) against the server's `oob_concurrency`. Ratios: "
+              "%s, per round: median (lowest–highest)." % (
+                  a["workers"], a["connections"], a["rounds"], a["seconds"],
+                  coord["ratio_of"]), "",
+              "| arm | req/s | p50 ms | p99 ms | p99.9 ms | failed | grants | most at once |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, arm in coord["arms"].items():
+        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %d | %d | %d of %d |" % (
+            name, arm["rps"], arm["p50"], arm["p99"], arm["p999"], arm["errors"],
+            arm["grants"], arm["most_at_once"], arm["oob_concurrency"]))
+    lines.append("| ratio A/B | %s |  |  |  |" % " | ".join(
+        "%.2f (%.2f–%.2f)" % (r["median"], r["min"], r["max"])
+        for r in coord["ratios"].values()))
+    lines += ["", "`--workers 1`, a response with the work header and %.1f s of work "
+              "(smartspawn: `on_oob_work`; plain gunicorn has no out-of-band work: a "
+              "`post_request` hook sleeping as long is its closest analogue); a paced probe "
+              "of %d clients, %.0f req/s in all; the requests due during the work, over %d "
+              "rounds." % (a["work_seconds"], a["probes"], a["rate"], a["rounds"]), "",
+              "| server | requests | median ms | max ms | failed | asked → work ms | "
+              "spawned a worker first |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, arm in work["arms"].items():
+        lines.append("| %s | %d | %.2f | %.2f | %d | %.0f | %d of %d |" % (
+            name, arm["requests"], arm["p50"], arm["max"], arm["failed"],
+            arm["asked_to_work_ms"], arm["spawned_first"], a["rounds"]))
+    return lines + ["", "Targets: most at once ≤ `oob_concurrency`; requests during the "
+                    "work < 50 ms.", ""]
 
 
 def oob_endpoints(oob):

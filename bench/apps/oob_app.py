@@ -8,6 +8,8 @@ GET /garbage  builds CYCLES rows (3 tracked objects each) that reference their s
               which lists them (ORM rows and their session, say), alive until the response
               is built: cyclic garbage once the request ends.
 GET /hello    a constant body: the per-request cost of the server itself.
+GET /work     /hello's body with the out-of-band work header (X-Smartspawn-OOB-Work:
+              true): the worker runs on_oob_work once it has answered.
 """
 import json
 import os
@@ -38,6 +40,8 @@ def app(environ, start_response):
         body = json.dumps(garbage()).encode()
     else:
         body = b"hello\n"
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
+    headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    if environ["PATH_INFO"] == "/work":
+        headers.append(("X-Smartspawn-OOB-Work", "true"))
+    start_response("200 OK", headers)
     return [body]

@@ -11,7 +11,7 @@ import pytest
 sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 from bench import plots  # noqa: E402
-from bench.__main__ import STEPS, step_list  # noqa: E402
+from bench.__main__ import STEPS, step_list, steps  # noqa: E402
 from bench.recycle_latency import KINDS, pace_of, pace_text  # noqa: E402
 
 
@@ -22,6 +22,14 @@ def test_steps_are_checked_by_name():
     with pytest.raises(argparse.ArgumentTypeError, match="none given"):
         step_list(",")
     assert "lifecycle" in STEPS
+    assert step_list("oobcoord") == ["oobcoord"]
+
+
+def test_every_step_has_a_command_in_the_order_of_steps(tmp_path):
+    """A name in STEPS that steps() does not know would never run (nor be said skipped)."""
+    assert [name for name, _, _ in steps(False, tmp_path)] == list(STEPS)
+    oobcoord = dict((name, argv) for name, argv, _ in steps(True, tmp_path))["oobcoord"]
+    assert oobcoord[1:4] == ["-m", "bench.oob_coordination", "--quick"]
 
 
 def test_the_paced_load_is_a_share_of_the_lower_saturated_rate():
