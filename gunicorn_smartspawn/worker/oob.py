@@ -49,6 +49,11 @@ if INCREMENTAL_GC:
 # no more than this.
 HOLD_LIMIT = 0.5
 
+# What due() says to collect: what the counters call for (DUE, re-checked after the work,
+# which may have collected); the young generations only (YOUNG: a coordinated worker
+# waiting for its turn); what the master granted a turn for (TURN: possibly a full one).
+DUE, YOUNG, TURN = True, "young", "turn"
+
 # Header values that ask for work; others are ignored (logged at debug level).
 WORK_VALUES = ("true", "1", "yes")
 
@@ -221,21 +226,42 @@ class OutOfBand:
     # oob_granted) -----------------------------------------------------------------------
 
     def as_granted(self, work, collect):
-        """What due() returns when the master coordinates: nothing until it grants our
-        ask. A request-count trigger (oob_gc = N, the work header) waits for its turn
-        and keeps serving meanwhile; an adaptive collection that is no longer due when
-        the grant comes (the safety net collected inside a request) gives it back."""
-        if not (work or collect):
+        """What due() returns when the master coordinates.
+
+        The master serializes what is costly: the work a header asked for, a collection
+        every N requests, and an adaptive collection that may be a full one (gen2's
+        count past its threshold). Until the grant comes, the worker serves; a young
+        collection due meanwhile runs at once (YOUNG: gen0 or gen1, a millisecond or
+        so), so that the wait never lets garbage pile up to the safety net and a full
+        collection run inside a request. A cheap adaptive collection needs no turn. An
+        ask whose reason is gone when its turn comes (the work of a header already ran,
+        a full collection no longer due) is given back.
+        """
+        costly = self.costly_collection(collect)
+        if not (work or costly):
             if self.waiting():
                 self.finished()
-            return False, False
+            return False, collect
         if self.granted():
-            return work, collect
+            return work, (costly or collect) and TURN
         if not self.waiting():
             self.asks += 1
             self.set("oob_asked", self.asks)
             self.wake_master()
-        return False, False
+        # oob_gc = N and oob_gc_generation say what to collect, and when: nothing else.
+        return False, collect and not self.every and self.generation is None and YOUNG
+
+    def costly_collection(self, due):
+        """Whether a collection must wait for the master's grant: every collection of
+        `oob_gc = N` or of `oob_gc_generation = 2` that is `due`, and an adaptive one
+        (due or not yet) that may be full."""
+        if not self.gc_on or not self.worker.alive:
+            return False
+        if self.every or self.generation == 2:
+            return due
+        if self.generation is not None or INCREMENTAL_GC or not automatic_gc_on():
+            return False  # a young collection, or an increment: bounded work
+        return gc.get_count()[2] > _app_thresholds[2]
 
     def waiting(self):
         """We asked, and have not finished that ask."""
@@ -304,12 +330,14 @@ class OutOfBand:
     # -- the work -----------------------------------------------------------------------
 
     def run(self, work, collect):
-        if self.coordinated:
+        """Run what due() returned: `work` (on_oob_work), `collect` (DUE, YOUNG or TURN)."""
+        turn = self.coordinated and self.granted()
+        if turn:
             self.set("oob_since_us", int(time.monotonic() * 1e6))
         try:
             self.run_granted(work, collect)
         finally:
-            if self.coordinated:
+            if turn:
                 self.set("oob_since_us", 0)
                 self.finished()
 
@@ -330,8 +358,12 @@ class OutOfBand:
                            "in all)", seconds * 1e3, self.works, self.work_seconds * 1e3,
                            extra={"metric": "smartspawn.oob_work.duration",
                                   "value": seconds * 1e3, "mtype": "timer"})
-        if collect and self.gc_due():  # the work may have collected already
-            self.collect()
+        if collect is DUE and not self.gc_due():
+            collect = False  # the work collected already
+        elif collect == TURN and work and not self.costly_collection(self.gc_due()):
+            collect = False
+        if collect:
+            self.collect(young=collect == YOUNG)
         self.worker.notify()
 
     def publish(self):
@@ -342,9 +374,12 @@ class OutOfBand:
             worker.counters.set(worker.slot, "oob_microseconds",
                                        int(self.collect_seconds * 1e6))
 
-    def collect(self):
+    def collect(self, young=False):
         started = time.perf_counter()
-        if self.generation is not None:
+        if young:
+            generation = 1 if gc.get_count()[1] > _app_thresholds[1] else 0
+            gc.collect(generation)
+        elif self.generation is not None:
             generation = self.generation
             gc.collect(generation)
         elif automatic_gc_on():
@@ -442,7 +477,7 @@ class RequestGate:
         oob = self.oob
         try:
             if oob.worker.alive:
-                oob.run(oob.requested, oob.gc_due())
+                oob.run(*oob.due())
         finally:
             self.running = False
             self.release(self.resumed)

@@ -565,12 +565,31 @@ def test_a_coordinated_worker_asks_once_and_works_when_granted(fake_gc):
     assert counters.get(slot, "oob_done") == 1 and counters.get(slot, "oob_since_us") == 0
 
 
-def test_an_adaptive_collection_no_longer_due_gives_its_ask_back(fake_gc):
+def test_a_young_adaptive_collection_runs_at_once_without_a_turn(fake_gc):
+    worker = Worker(oob_gc=True, coordinated=True)
+    fake_gc.count = [SAFETY_NET, 5, 3]  # gen2's count under its threshold: not a full one
+    assert worker.oob.due() == (False, True)
+    assert worker.counters.get(worker.slot, "oob_asked") == 0
+
+
+def test_a_collection_that_may_be_full_waits_its_turn_collecting_young_meanwhile(fake_gc):
     worker = Worker(oob_gc=True, coordinated=True)
     counters, slot = worker.counters, worker.slot
-    fake_gc.count = [SAFETY_NET, 0, 0]
-    assert worker.oob.due() == (False, False)
+    fake_gc.count = [SAFETY_NET, 0, 11]  # gen2's count past its threshold (10)
+    assert worker.oob.due() == (False, oob.YOUNG)
     assert counters.get(slot, "oob_asked") == 1
-    fake_gc.count = [0, 0, 0]  # the safety net collected inside a request
+    worker.oob.run(*worker.oob.due())
+    assert fake_gc.collected == [0] and counters.get(slot, "oob_done") == 0  # still asks
+    fake_gc.count = [0, 0, 11]
+    counters.set(slot, "oob_granted", 1)
+    assert worker.oob.due() == (False, oob.TURN)
+
+
+def test_an_ask_whose_full_collection_is_no_longer_due_is_given_back(fake_gc):
+    worker = Worker(oob_gc=True, coordinated=True)
+    counters, slot = worker.counters, worker.slot
+    fake_gc.count = [SAFETY_NET, 0, 11]
+    worker.oob.due()
+    fake_gc.count = [0, 0, 0]  # collected fully meanwhile (the safety net, the app)
     assert worker.oob.due() == (False, False)
     assert counters.get(slot, "oob_done") == 1 and worker.oob.collections == 0
