@@ -38,7 +38,7 @@ from gunicorn.pidfile import Pidfile
 from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.master import actions, snapshot
-from gunicorn_smartspawn.shared import _linux, hookstate, protocol, state
+from gunicorn_smartspawn.shared import _linux, hookstate, protocol, signals, state
 from gunicorn_smartspawn.master.backoff import Backoff
 from gunicorn_smartspawn.shared.config import ShareOfLimit, install_settings
 from gunicorn_smartspawn.master.fleet import (
@@ -46,6 +46,7 @@ from gunicorn_smartspawn.master.fleet import (
 )
 from gunicorn_smartspawn.master.lifecycle import Lifecycle
 from gunicorn_smartspawn.master.notify import Notifier
+from gunicorn_smartspawn.master.watchdog import Watchdog
 from gunicorn_smartspawn.spawner.preloader import start_preloader
 from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
 from gunicorn_smartspawn.spawner.template import Template
@@ -110,6 +111,9 @@ class SmartArbiter(Arbiter):
         # Without $NOTIFY_SOCKET, gunicorn's sd_notify sends nothing: nothing to decide.
         self.notifier = Notifier(self.log, self.fleet,
                                  enabled=self.smart and "NOTIFY_SOCKET" in os.environ)
+        self.watchdog = Watchdog(self.fleet.counters)
+        # The control socket's `worker <verb> PID`, for the loop (worker_command).
+        self.worker_commands = queue.SimpleQueue()
         return patches.GUNICORN_RUN(self)
 
     def log_memory_share(self):
@@ -197,6 +201,7 @@ class SmartArbiter(Arbiter):
         super().init_signals()
         # Wakes the poll() in wait_for_signals(); gunicorn's handlers only queue.
         signal.set_wakeup_fd(self._wake_w)
+        signals.ignore_dumps()  # inherited by each worker until it takes SIG_DUMP
 
     def wakeup(self):
         super().wakeup()
@@ -239,6 +244,8 @@ class SmartArbiter(Arbiter):
 
     def manage_workers(self):
         self.fleet.release_departed()
+        self.run_worker_commands()
+        self.report_soft_timeouts()
         self.manage_spawners()
         self.dispatch_spawns()
         # The refork's state is read at each step (an earlier action may have changed it).
@@ -285,6 +292,45 @@ class SmartArbiter(Arbiter):
                     self.fleet.give_back_candidate(candidate)
                 case actions.NewTemplate(template=template, generation=generation):
                     self.new_template(template, generation)
+
+    def report_soft_timeouts(self):
+        """soft_timeout: each request past it, once (watchdog.py)."""
+        if not self.cfg.soft_timeout:
+            return
+        for overdue in self.watchdog.overdue(self.fleet.worker_records()):
+            record = overdue.record
+            self.log.warning("Worker (pid: %s) soft timeout: a request has run %.1f s "
+                             "(soft_timeout %g s); its stacks follow", record.pid,
+                             overdue.ran, self.cfg.soft_timeout,
+                             extra={"metric": "smartspawn.soft_timeouts", "value": 1,
+                                    "mtype": "counter"})
+            counters = self.fleet.counters
+            # Before the signal: how the worker's handler tells a soft timeout.
+            counters.set(record.slot, "soft_timeouts",
+                         counters.get(record.slot, "soft_timeouts") + 1)
+            self.send_dump(record.pid)
+
+    def send_dump(self, pid):
+        try:
+            os.kill(pid, signals.SIG_DUMP)
+        except OSError as exc:
+            self.log.debug("Could not ask worker (pid: %s) for its stacks: %s", pid, exc)
+
+    def run_worker_commands(self):
+        """What the control socket queued (queue_worker_command): `worker <verb> PID`
+        runs worker_<verb>(pid) here, in the loop."""
+        while True:
+            try:
+                verb, pid = self.worker_commands.get_nowait()
+            except queue.Empty:
+                return
+            if pid in self.WORKERS:  # it may have exited since
+                getattr(self, "worker_" + verb)(pid)
+
+    def worker_dump(self, pid):
+        self.log.info("Worker (pid: %s): writing its stacks to the error log (control "
+                      "socket: worker dump)", pid)
+        self.send_dump(pid)
 
     def replace(self, record, why, stat=None):
         """Make worker `record` outgoing: it serves until its replacement does. One of a
@@ -619,6 +665,13 @@ class SmartArbiter(Arbiter):
             self.metrics.close_in_child()
 
     def kill_worker(self, pid, sig):
+        if sig == signal.SIGABRT and pid in self.WORKERS:
+            # gunicorn sends SIGABRT only for WORKER TIMEOUT (murder_workers, pinned in
+            # the contract test): the worker writes its stacks first. faulthandler cannot
+            # take SIGABRT itself, one of its fatal signals; both pending, the kernel
+            # delivers SIGABRT first, whose Python handler runs only after SIG_DUMP's
+            # C-level dump.
+            self.send_dump(pid)
         record = self.fleet.get(pid)
         if sig in STOP_SIGNALS and record is not None:
             # First the refork it may be the candidate of (it is a worker again then).
@@ -762,6 +815,17 @@ class SmartArbiter(Arbiter):
 
     def smartspawn_stats(self):
         return snapshot.control_socket_stats(self)
+
+    WORKER_VERBS = ("dump",)  # `worker <verb> PID`: each runs worker_<verb>(pid)
+
+    def queue_worker_command(self, verb, pid):
+        """The control socket's `worker <verb> PID`: checked here, run by the loop."""
+        if pid not in self.WORKERS:
+            raise ValueError("%s is not the pid of a worker of this server (gunicornc -c "
+                             "'show workers' lists them)" % pid)
+        self.worker_commands.put_nowait((verb, pid))
+        self.wakeup()
+        return {"status": "%s requested" % verb, "pid": pid}
 
     def queue_refork(self):
         """The control socket's `refork`: the same as `kill -URG <master>`."""

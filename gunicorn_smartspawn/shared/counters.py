@@ -18,9 +18,15 @@ SLOTS = 1024
 # in_flight: the requests the worker has begun and not finished (every worker class;
 # gthread's threads take a lock to change it, worker/base.py);
 # last_request_us: when the worker last finished a request (time.monotonic(), in
-# microseconds; 0 before the first), for `smartspawn status`.
+# microseconds; 0 before the first), for `smartspawn status`;
+# soft_deadline_us, soft_began_us: the earliest soft deadline among the worker's requests
+# in flight not yet reported, and when that request began (time.monotonic(), in
+# microseconds; 0: none, or soft_timeout is off), written by the worker (deadline.py);
+# soft_timeouts: the soft timeouts the master reported for this worker, written by the
+# master before it sends SIG_DUMP (master/watchdog.py): the worker's handler sees it move.
 FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe",
-          "busy_since_us", "in_flight", "last_request_us")
+          "busy_since_us", "in_flight", "last_request_us", "soft_deadline_us",
+          "soft_began_us", "soft_timeouts")
 # The fields that only grow: their sums over the workers that have exited are kept
 # (`departed`), so that a server-wide total never goes down when a worker exits.
 TOTALS = ("requests", "oob_collections", "oob_microseconds")

@@ -21,7 +21,7 @@ from gunicorn import sock, util
 from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
-from gunicorn_smartspawn.shared import _linux, hookstate, protocol
+from gunicorn_smartspawn.shared import _linux, hookstate, protocol, signals
 from gunicorn_smartspawn.worker.base import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
@@ -85,6 +85,7 @@ class Spawner:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGUSR1, lambda *_: self.log.reopen_files())
+        signals.ignore_dumps()  # a template was a worker, which dumped its stacks
 
     def known_fds(self):
         """Our own fds, expected to be shared: stdio, the listeners, our channel, and
