@@ -1,7 +1,8 @@
 """Test app: requests stuck where a stack dump must find them.
 
 GET /                -> {"pid"}
-GET /stuck?S         -> sleeps S s inside stuck_in_the_export() -> {"pid"}
+GET /stuck?S         -> sleeps S s inside stuck_in_the_export() -> {"pid"}; writes its
+                        pid to $TEST_DIR/stuck as it starts
 GET /extend?E&S      -> smartspawn.extend_deadline(E), then as /stuck?S
                         -> {"pid", "granted": what extend_deadline returned}
 """
@@ -13,6 +14,8 @@ import smartspawn
 
 
 def stuck_in_the_export(seconds):
+    with open(os.path.join(os.environ["TEST_DIR"], "stuck"), "a") as f:
+        f.write("%d\n" % os.getpid())
     time.sleep(seconds)
 
 
