@@ -118,6 +118,10 @@ def test_arbiter_state_smartspawn_relies_on():
         assert needle in source, needle
     if since("show stats counters"):
         assert "self._stats['workers_spawned'] += 1" in source  # patches.count
+    # SmartArbiter.kill_worker sends SIG_DUMP before every SIGABRT: gunicorn sends one
+    # only for WORKER TIMEOUT, in murder_workers.
+    assert source.count("signal.SIGABRT") == 1
+    assert "self.kill_worker(pid, signal.SIGABRT)" in inspect.getsource(Arbiter.murder_workers)
 
 
 # gunicorn methods smartspawn copies (and adapts) rather than calls, by the sha256 of their
