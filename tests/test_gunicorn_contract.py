@@ -240,7 +240,8 @@ def test_sockets_from_fds():
 
 # Every gunicorn worker method smartspawn's worker classes override, with its parameters.
 COMMON = {"init_signals": ["self"], "handle_exit": ["self", "sig", "frame"],
-          "init_process": ["self"], "run": ["self"], "load_wsgi": ["self"]}
+          "init_process": ["self"], "run": ["self"], "load_wsgi": ["self"],
+          "handle_usr1": ["self", "sig", "frame"]}
 WORKER_OVERRIDES = {
     sync.SyncWorker: {**COMMON, "handle": ["self", "listener", "client", "addr"],
                       "handle_request": ["self", "listener", "req", "client", "addr"]},
@@ -261,3 +262,12 @@ def test_every_overridden_worker_method_is_pinned():
         assert overriding & set(dir(theirs)) == set(pinned), theirs
         for name, expected in pinned.items():
             assert params(getattr(theirs, name)) == expected, (theirs, name)
+
+
+def test_usr1_reopens_the_log_files_where_smartspawn_hands_faulthandler_the_new_one():
+    # deadline.take_dump_signal runs after each of these (worker/base.py, asgi.py,
+    # gevent_worker.py): faulthandler keeps the fd it was given.
+    assert "self.log.reopen_files()" in inspect.getsource(base.Worker.handle_usr1)
+    from gunicorn.workers import gasgi
+    assert "self.log.reopen_files()" in inspect.getsource(gasgi.ASGIWorker.handle_usr1_signal)
+    assert params(gasgi.ASGIWorker.handle_usr1_signal) == ["self"]
