@@ -4,7 +4,9 @@ control socket's `worker dump PID`. The stuck request is in stuck_in_the_export(
 (tests/apps/stuck.py, stuck_asgi.py): the stacks must name it.
 """
 import concurrent.futures
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,28 @@ def test_a_request_past_soft_timeout_is_reported_with_its_stacks_and_keeps_runni
     assert re.search(STACK, log[warning.end():]), log
     assert log.count("soft timeout:") == 1, log  # once per request
     assert server.lines("soft_timeouts") == [str(worker)]
+
+
+def test_after_usr1_reopens_the_error_log_the_stacks_go_to_the_new_one(make_server):
+    server = make_server("stuck.py", workers=1, config=HOOK + (
+        'errorlog = os.path.join(os.environ["TEST_DIR"], "error.log")\n'))
+    server.log_path = server.root / "error.log"  # stdout too, until the rotation
+    server.start()
+    (worker,) = server.worker_pids()
+    server.log_path.rename(server.root / "error.log.1")  # as logrotate does
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: str(server.log_path) in writes_to(worker),
+             what="the worker writing to the new error log")
+    answer = in_background(server, "/stuck?3")
+    wait_for(lambda: server.lines("soft_timeouts"), what="on_soft_timeout in the worker")
+    assert answer.result()[0] == 200
+    assert re.search(SOFT_TIMEOUT % worker + r".*\n(.*\n)*.*" + STACK, server.log()), (
+        server.log())
+
+
+def writes_to(pid):
+    fds = "/proc/%d/fd" % pid
+    return {os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)}
 
 
 def test_worker_timeout_logs_the_stacks_before_the_kill_where_gunicorn_logs_none(

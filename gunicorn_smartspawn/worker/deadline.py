@@ -60,6 +60,9 @@ class Deadlines:
         signal handlers are set; again after USR1 reopened the log files: faulthandler
         keeps the fd it was given)."""
         stream = error_stream(self.log)
+        # Again after USR1: register() only updates the file of a signal it holds, and
+        # signal.signal() would take the signal from its C handler.
+        faulthandler.unregister(SIG_DUMP)
         signal.signal(SIG_DUMP, self.dumped)  # first: faulthandler chains to it
         try:
             faulthandler.register(SIG_DUMP, file=stream, all_threads=True, chain=True)
