@@ -58,6 +58,9 @@ def test_a_request_past_soft_timeout_is_reported_with_its_stacks_and_keeps_runni
     assert re.search(STACK, log[warning.end():]), log
     assert log.count("soft timeout:") == 1, log  # once per request
     assert server.lines("soft_timeouts") == [str(worker)]
+    if CONTROL_SOCKET:
+        (row,) = server.control("show workers")["workers"]
+        assert row["soft_timeouts"] == 1, row
 
 
 def test_after_usr1_reopens_the_error_log_the_stacks_go_to_the_new_one(make_server):
