@@ -18,18 +18,21 @@ process tree, each named for the process its code runs in:
   ``state``, ``hookstate``);
 - ``cli``: the ``smartspawn`` command.
 
-For the application: ``prevent_fork`` and ``no_longer_fork_safe`` (``worker.forkgate``).
+For the application: ``prevent_fork`` and ``no_longer_fork_safe`` (``worker.forkgate``),
+``extend_deadline`` (``worker.deadline``).
 """
 import importlib
 
 from gunicorn_smartspawn.host import patches, versions
 from gunicorn_smartspawn.master.arbiter import SmartArbiter
 from gunicorn_smartspawn.worker import base as worker
+from gunicorn_smartspawn.worker.deadline import extend_deadline
 from gunicorn_smartspawn.worker.forkgate import no_longer_fork_safe, prevent_fork
 
 __version__ = "0.1.0"
 __all__ = ["Worker", "ThreadWorker", "ASGIWorker", "UvicornWorker", "UvicornH11Worker",
-           "GeventWorker", "__version__", "prevent_fork", "no_longer_fork_safe"]
+           "GeventWorker", "__version__", "prevent_fork", "no_longer_fork_safe",
+           "extend_deadline"]
 
 # The event-loop workers: name -> (module, what -k gets). Their modules import gevent or
 # uvicorn, so each is imported when asked for (gunicorn's -k), not with the package.

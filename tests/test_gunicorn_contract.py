@@ -34,9 +34,10 @@ OVERRIDDEN = {
     "spawn_workers": ["self"], "spawn_worker": ["self"], "reap_workers": ["self"],
     "handle_hup": ["self"], "handle_usr1": ["self"], "setup": ["self", "app"],
     "stop": ["self", "graceful"], "kill_worker": ["self", "pid", "sig"],
+    "murder_workers": ["self"],
 }
 # Arbiter methods smartspawn calls without overriding them.
-CALLED = {"reload": ["self"], "murder_workers": ["self"]}
+CALLED = {"reload": ["self"]}
 # What a release later than 24.1 added, that smartspawn detects: the release, and what stands
 # in for it before.
 SINCE = {
@@ -118,6 +119,12 @@ def test_arbiter_state_smartspawn_relies_on():
         assert needle in source, needle
     if since("show stats counters"):
         assert "self._stats['workers_spawned'] += 1" in source  # patches.count
+    # SmartArbiter.kill_worker sends SIG_DUMP before every SIGABRT: gunicorn sends one
+    # only for WORKER TIMEOUT, in murder_workers.
+    assert source.count("signal.SIGABRT") == 1
+    assert "self.kill_worker(pid, signal.SIGABRT)" in inspect.getsource(Arbiter.murder_workers)
+    # SmartArbiter.murder_workers leaves disabled workers out of self.WORKERS meanwhile.
+    assert "list(self.WORKERS.items())" in inspect.getsource(Arbiter.murder_workers)
 
 
 # gunicorn methods smartspawn copies (and adapts) rather than calls, by the sha256 of their
@@ -236,9 +243,11 @@ def test_sockets_from_fds():
 
 # Every gunicorn worker method smartspawn's worker classes override, with its parameters.
 COMMON = {"init_signals": ["self"], "handle_exit": ["self", "sig", "frame"],
-          "init_process": ["self"], "run": ["self"], "load_wsgi": ["self"]}
+          "init_process": ["self"], "run": ["self"], "load_wsgi": ["self"],
+          "handle_usr1": ["self", "sig", "frame"]}
 WORKER_OVERRIDES = {
     sync.SyncWorker: {**COMMON, "handle": ["self", "listener", "client", "addr"],
+                      "accept": ["self", "listener"], "wait": ["self", "timeout"],
                       "handle_request": ["self", "listener", "req", "client", "addr"]},
     gthread.ThreadWorker: {**COMMON, "handle_request": ["self", "req", "conn"],
                            "handle_quit": ["self", "sig", "frame"],
@@ -257,3 +266,20 @@ def test_every_overridden_worker_method_is_pinned():
         assert overriding & set(dir(theirs)) == set(pinned), theirs
         for name, expected in pinned.items():
             assert params(getattr(theirs, name)) == expected, (theirs, name)
+
+
+def test_usr1_reopens_the_log_files_where_smartspawn_hands_faulthandler_the_new_one():
+    # deadline.take_dump_signal runs after each of these (worker/base.py, asgi.py,
+    # gevent_worker.py): faulthandler keeps the fd it was given.
+    assert "self.log.reopen_files()" in inspect.getsource(base.Worker.handle_usr1)
+    from gunicorn.workers import gasgi
+    assert "self.log.reopen_files()" in inspect.getsource(gasgi.ASGIWorker.handle_usr1_signal)
+    assert params(gasgi.ASGIWorker.handle_usr1_signal) == ["self"]
+
+
+def test_the_gevent_worker_makes_its_servers_through_the_module_name_smartspawn_patches():
+    # patches.gevent_servers_noted replaces ggevent.StreamServer while run() runs.
+    pytest.importorskip("gevent")
+    from gunicorn.workers import ggevent
+    assert "server = StreamServer(s, handle=hfun" in inspect.getsource(ggevent.GeventWorker.run)
+    assert "server.start()" in inspect.getsource(ggevent.GeventWorker.run)

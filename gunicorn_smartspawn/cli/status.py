@@ -257,7 +257,10 @@ def mib(size):
 
 
 def duration(seconds):
-    """2.5s, 42s, 3m05s, 2h14m: short enough for a column."""
+    """2.5s, 42s, 3m05s, 2h14m: short enough for a column; below zero, -2.5s, -3m05s (a
+    heartbeat that extend_deadline put in the future)."""
+    if seconds < 0:
+        return "-" + duration(-seconds)
     if seconds < 10:
         return "%.1fs" % seconds
     seconds = int(seconds)

@@ -10,8 +10,8 @@ Arbiter.setup(), and calls the class's setup(), which calls `install()` (see the
   ``--preload`` never imports the app there (the preloader does);
 - the control socket's ``CommandHandlers.show_workers`` and ``show_stats`` (they add
   smartspawn's fields), ``CommandHandlers.help`` and
-  ``ControlSocketServer._execute_command`` (add ``refork``), where gunicorn has a control
-  socket (25.1 and later: `CONTROL_SOCKET`).
+  ``ControlSocketServer._execute_command`` (add ``refork`` and ``worker <verb> PID``:
+  ``dump``), where gunicorn has a control socket (25.1 and later: `CONTROL_SOCKET`).
 
 And gunicorn's own counters for ``show stats`` (`count`), where it keeps them.
 
@@ -118,23 +118,32 @@ def patch_control_socket(smart_arbiter):
             result["commands"]["worker disable <pid>"] = (
                 "Take a worker out of rotation; another is spawned in its place")
             result["commands"]["worker enable <pid>"] = "Put a disabled worker back"
+            result["commands"]["worker dump <pid>"] = ("Write a worker's stacks (every "
+                                                       "thread) to the error log")
         return result
 
     def execute_command(self, parts):
-        if isinstance(self.arbiter, smart_arbiter):
-            if parts and parts[0].lower() == "refork":
+        if isinstance(self.arbiter, smart_arbiter) and parts:
+            if parts[0].lower() == "refork":
                 return self.arbiter.queue_refork()
-            if (len(parts) >= 2 and parts[0].lower() == "worker"
-                    and parts[1].lower() in self.arbiter.WORKER_VERBS):
-                if len(parts) != 3 or not parts[2].isdigit():
-                    raise ValueError("usage: worker %s PID" % parts[1].lower())
-                return self.arbiter.queue_worker_command(parts[1].lower(), int(parts[2]))
+            if (parts[0].lower() == "worker" and len(parts) > 1
+                    and parts[1].lower() in smart_arbiter.WORKER_VERBS):
+                return self.arbiter.queue_worker_command(parts[1].lower(),
+                                                         worker_pid(parts[1:]))
         return GUNICORN_EXECUTE(self, parts)
 
     ctl_handlers.CommandHandlers.show_workers = show_workers
     ctl_handlers.CommandHandlers.show_stats = show_stats
     ctl_handlers.CommandHandlers.help = help_
     ctl_server.ControlSocketServer._execute_command = execute_command
+
+
+def worker_pid(args):
+    """`dump 123` -> 123; a ValueError (gunicorn's "Invalid argument: ...") otherwise."""
+    if len(args) != 2 or not args[1].isdigit():
+        raise ValueError("worker %s takes one worker pid: worker %s PID"
+                         % (args[0].lower(), args[0].lower()))
+    return int(args[1])
 
 
 def smart_spawning_requested(cfg):

@@ -38,8 +38,7 @@ from gunicorn.pidfile import Pidfile
 from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.master import actions, snapshot
-from gunicorn_smartspawn.shared import _linux, hookstate, protocol, state
-from gunicorn_smartspawn.shared.signals import SIG_COMMAND
+from gunicorn_smartspawn.shared import _linux, hookstate, protocol, signals, state
 from gunicorn_smartspawn.master.backoff import Backoff
 from gunicorn_smartspawn.shared.config import ShareOfLimit, install_settings
 from gunicorn_smartspawn.master.fleet import (
@@ -48,6 +47,7 @@ from gunicorn_smartspawn.master.fleet import (
 from gunicorn_smartspawn.master.lifecycle import Lifecycle
 from gunicorn_smartspawn.master.notify import Notifier
 from gunicorn_smartspawn.master.outofband import Coordinator, Grant
+from gunicorn_smartspawn.master.watchdog import Watchdog
 from gunicorn_smartspawn.spawner.preloader import start_preloader
 from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
 from gunicorn_smartspawn.spawner.template import Template
@@ -114,6 +114,9 @@ class SmartArbiter(Arbiter):
         # Without $NOTIFY_SOCKET, gunicorn's sd_notify sends nothing: nothing to decide.
         self.notifier = Notifier(self.log, self.fleet,
                                  enabled=self.smart and "NOTIFY_SOCKET" in os.environ)
+        self.watchdog = Watchdog(self.fleet.counters)
+        # The control socket's `worker <verb> PID`, for the loop (worker_command).
+        self.worker_commands = queue.SimpleQueue()
         return patches.GUNICORN_RUN(self)
 
     def log_memory_share(self):
@@ -201,9 +204,9 @@ class SmartArbiter(Arbiter):
         super().init_signals()
         # Wakes the poll() in wait_for_signals(); gunicorn's handlers only queue.
         signal.set_wakeup_fd(self._wake_w)
-        # What a directly spawned worker inherits until it installs its own handler: a
-        # realtime signal's default action would kill it (spawner/base.py does the same).
-        signal.signal(SIG_COMMAND, lambda *_: None)
+        # SIG_DUMP and SIG_COMMAND: a directly spawned worker inherits this until it
+        # takes them.
+        signals.ignore_ours()
 
     def wakeup(self):
         super().wakeup()
@@ -246,6 +249,8 @@ class SmartArbiter(Arbiter):
 
     def manage_workers(self):
         self.fleet.release_departed()
+        self.run_worker_commands()
+        self.report_soft_timeouts()
         self.manage_spawners()
         self.dispatch_spawns()
         # The refork's state is read at each step (an earlier action may have changed it).
@@ -254,7 +259,6 @@ class SmartArbiter(Arbiter):
             lambda: refork_enabled(self.cfg)
             and self.reforker.ready_for_memory_refork(self.situation())))
         self.carry_out(self.reforker.decide(self.situation()))
-        self.run_worker_commands()
         self.carry_out(self.coordinator.decide(self.situation()))
         self.log_reload_done()
         self.keep_worker_count()
@@ -297,6 +301,29 @@ class SmartArbiter(Arbiter):
                 case Grant(record=record, ask=ask) if not record.exited:
                     self.fleet.counters.set(record.slot, "oob_granted", ask)
                     self.send_orders(record)
+
+    def report_soft_timeouts(self):
+        """soft_timeout: each request past it, once (watchdog.py)."""
+        if not self.cfg.soft_timeout:
+            return
+        for overdue in self.watchdog.overdue(self.fleet.worker_records()):
+            record = overdue.record
+            self.log.warning("Worker (pid: %s) soft timeout: a request has run %.1f s "
+                             "(soft_timeout %g s); its stacks follow", record.pid,
+                             overdue.ran, self.cfg.soft_timeout,
+                             extra={"metric": "smartspawn.soft_timeouts", "value": 1,
+                                    "mtype": "counter"})
+            counters = self.fleet.counters
+            # Before the signal: how the worker's handler tells a soft timeout.
+            counters.set(record.slot, "soft_timeouts",
+                         counters.get(record.slot, "soft_timeouts") + 1)
+            self.send_dump(record.pid)
+
+    def send_dump(self, pid):
+        try:
+            os.kill(pid, signals.SIG_DUMP)
+        except OSError as exc:
+            self.log.debug("Could not ask worker (pid: %s) for its stacks: %s", pid, exc)
 
     def replace(self, record, why, stat=None):
         """Make worker `record` outgoing: it serves until its replacement does. One of a
@@ -631,7 +658,24 @@ class SmartArbiter(Arbiter):
         if self.metrics is not None:
             self.metrics.close_in_child()
 
+    def murder_workers(self):
+        """gunicorn's heartbeat check, which a disabled worker is left out of: the operator
+        may be holding it still (gdb, kill -STOP)."""
+        disabled = {record.pid: self.WORKERS.pop(record.pid)
+                    for record in self.coordinator.disabled() if record.pid in self.WORKERS}
+        try:
+            super().murder_workers()
+        finally:
+            self.WORKERS.update(disabled)
+
     def kill_worker(self, pid, sig):
+        if sig == signal.SIGABRT and pid in self.WORKERS:
+            # gunicorn sends SIGABRT only for WORKER TIMEOUT (murder_workers, pinned in
+            # the contract test): the worker writes its stacks first. faulthandler cannot
+            # take SIGABRT itself, one of its fatal signals; both pending, the kernel
+            # delivers SIGABRT first, whose Python handler runs only after SIG_DUMP's
+            # C-level dump.
+            self.send_dump(pid)
         record = self.fleet.get(pid)
         if sig in STOP_SIGNALS and record is not None:
             # First the refork it may be the candidate of (it is a worker again then).
@@ -783,14 +827,15 @@ class SmartArbiter(Arbiter):
         return {"status": "refork requested" if refork_enabled(self.cfg)
                 else "ignored: fork_worker is off"}
 
-    # -- the operator's orders to one worker: `worker disable|enable PID` -------------------
+    # -- the operator's orders to one worker: `worker disable|enable|dump PID` --------------
 
-    WORKER_VERBS = ("disable", "enable")
+    WORKER_VERBS = ("disable", "enable", "dump")  # each runs <verb>_worker(record)
 
     def queue_worker_command(self, verb, pid):
         """The control socket's thread: checked here, carried out by the master's loop."""
         if pid not in self.WORKERS:
-            raise ValueError("no worker has pid %s" % pid)
+            raise ValueError("%s is not the pid of a worker of this server (gunicornc -c "
+                             "'show workers' lists them)" % pid)
         if verb == "disable" and not self.worker_class.can_disable:
             raise ValueError("%s workers cannot stop accepting while they run: use "
                              "`worker kill %s`" % (self.worker_class.__name__, pid))
@@ -809,6 +854,11 @@ class SmartArbiter(Arbiter):
                 self.log.warning("worker %s %s: it is no longer a worker", verb, pid)
                 continue
             getattr(self, "%s_worker" % verb)(record)
+
+    def dump_worker(self, record):
+        self.log.info("Worker (pid: %s): writing its stacks to the error log (control "
+                      "socket: worker dump)", record.pid)
+        self.send_dump(record.pid)
 
     def disable_worker(self, record):
         if record.disabled:
@@ -831,7 +881,7 @@ class SmartArbiter(Arbiter):
     def send_orders(self, record):
         """Wake the worker to read what the master wrote in its slot."""
         try:
-            os.kill(record.pid, SIG_COMMAND)
+            os.kill(record.pid, signals.SIG_COMMAND)
         except ProcessLookupError:
             pass  # exited: reaped at the next turn
 

@@ -711,6 +711,88 @@ class MetricsBind(Setting):
         """
 
 
+# -- where a worker is stuck (worker/deadline.py, master/watchdog.py) ----------------------
+
+def validate_non_negative(val):
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise TypeError("must be a number of seconds")
+    if not math.isfinite(val) or val < 0:
+        raise ValueError("must be a finite number of seconds >= 0")
+    return float(val)
+
+
+class SoftTimeout(Setting):
+    name = "soft_timeout"
+    section = SECTION
+    cli = ["--soft-timeout"]
+    meta = "SECONDS"
+    cli_parse = staticmethod(parse_number)
+    validator = validate_non_negative
+    default = 0
+    desc = """\
+        Seconds after which a request still running is reported; 0 (the default) is off.
+
+        The master logs one warning naming the worker and how long the request has run,
+        and the worker writes the Python stack of each of its threads to the error log
+        (faulthandler: even a worker stuck in C code writes it) and calls
+        ``on_soft_timeout``. The request keeps running: ``timeout`` stays the hard limit,
+        and a worker it kills writes its stacks before the kill too. Each request is
+        reported once; ``smartspawn.extend_deadline(seconds)`` pushes its deadline
+        (docs/operators.md). With the sync worker a value at or above ``timeout`` never
+        fires (the worker is killed first): smartspawn warns at start.
+        """
+
+
+class MaxDeadlineExtension(Setting):
+    name = "max_deadline_extension"
+    section = SECTION
+    cli = ["--max-deadline-extension"]
+    meta = "SECONDS"
+    cli_parse = staticmethod(parse_number)
+    validator = validate_non_negative
+    default = 300
+    desc = """\
+        The most seconds one call of ``smartspawn.extend_deadline(seconds)`` may give a
+        request; a larger ask is cut to this, with a warning.
+
+        300 (the default): five minutes, ten times gunicorn's default ``timeout``, and
+        beyond the read timeout of the proxies usually in front (nginx's
+        ``proxy_read_timeout`` and an AWS load balancer's idle timeout are 60 s), so that
+        a request calling it by mistake, or in a loop that never ends, is still stopped
+        within minutes. A request that keeps making progress (an export sending one chunk
+        after another) may call it again: each call counts from its own time. 0:
+        ``extend_deadline`` extends nothing.
+        """
+
+
+class OnSoftTimeout(Setting):
+    name = "on_soft_timeout"
+    section = "Server Hooks"
+    validator = validate_callable(1)
+    type = callable
+
+    def on_soft_timeout(worker: Worker) -> None:
+        pass
+    default = staticmethod(on_soft_timeout)
+    desc = """\
+        Called in a worker when one of its requests has run longer than ``soft_timeout``.
+
+        The callable takes the Worker. It runs in the worker's main thread, as a signal
+        handler, right after the stacks were written, while the request is still
+        running (with the sync worker: inside it). An exception it raises is logged and
+        the worker goes on. A worker stuck in C code runs it once that code returns.
+        """
+
+
+def deadline_warnings(cfg):
+    """soft_timeout at or above timeout never fires before the sync worker is killed."""
+    if cfg.soft_timeout and cfg.timeout and cfg.soft_timeout >= cfg.timeout:
+        return ["soft_timeout = %g is not below timeout = %g: with the sync worker, a "
+                "request is killed before its soft timeout is reported"
+                % (cfg.soft_timeout, cfg.timeout)]
+    return []
+
+
 # Every Setting subclass defined above is smartspawn's, in declaration order.
 SMARTSPAWN_SETTINGS = tuple(s for s in KNOWN_SETTINGS if s.__module__ == __name__)
 SMARTSPAWN_NAMES = tuple(s.name for s in SMARTSPAWN_SETTINGS)
@@ -772,7 +854,7 @@ def install_settings(cfg):
                 raise ConfigError("Invalid value for smartspawn setting %s=%r: %s"
                                   % (name, value, exc)) from None
         cfg.settings[name] = setting
-    return misspelled_names(namespace, cfg)
+    return misspelled_names(namespace, cfg) + deadline_warnings(cfg)
 
 
 def misspelled_names(namespace, cfg):

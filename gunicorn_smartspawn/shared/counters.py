@@ -18,15 +18,21 @@ SLOTS = 1024
 # in_flight: the requests the worker has begun and not finished (every worker class;
 # gthread's threads take a lock to change it, worker/base.py);
 # last_request_us: when the worker last finished a request (time.monotonic(), in
-# microseconds; 0 before the first), for `smartspawn status`.
+# microseconds; 0 before the first), for `smartspawn status`;
 # Out-of-band work coordinated by the master (worker/oob.py, master/outofband.py):
 # oob_asked: the worker's asks so far; oob_done: the last ask it finished (or gave up: the
 # collection was no longer due); oob_since_us: when its granted work began (0 when none
 # runs). Master-written: oob_granted, the last ask it granted; disabled: 1 while the
 # operator has taken the worker out of rotation (`worker disable PID`).
+# soft_deadline_us, soft_began_us: the earliest soft deadline among the worker's requests
+# in flight not yet reported, and when that request began (time.monotonic(), in
+# microseconds; 0: none, or soft_timeout is off), written by the worker (deadline.py);
+# soft_timeouts: the soft timeouts the master reported for this worker, written by the
+# master before it sends SIG_DUMP (master/watchdog.py): the worker's handler sees it move.
 FIELDS = ("requests", "oob_collections", "oob_microseconds", "retire", "fork_unsafe",
           "busy_since_us", "in_flight", "last_request_us", "oob_asked", "oob_done",
-          "oob_since_us", "oob_granted", "disabled")
+          "oob_since_us", "oob_granted", "disabled", "soft_deadline_us", "soft_began_us",
+          "soft_timeouts")
 # The fields that only grow: their sums over the workers that have exited are kept
 # (`departed`), so that a server-wide total never goes down when a worker exits.
 TOTALS = ("requests", "oob_collections", "oob_microseconds")

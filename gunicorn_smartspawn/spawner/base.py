@@ -21,8 +21,7 @@ from gunicorn import sock, util
 from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
-from gunicorn_smartspawn.shared import _linux, hookstate, protocol
-from gunicorn_smartspawn.shared.signals import SIG_COMMAND
+from gunicorn_smartspawn.shared import _linux, hookstate, protocol, signals
 from gunicorn_smartspawn.worker.base import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
@@ -86,10 +85,7 @@ class Spawner:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGUSR1, lambda *_: self.log.reopen_files())
-        # A worker forked from us reads the master's orders once its handler is in place
-        # (SmartWorkerMixin.init_signals); one that comes before must not kill it (the
-        # default action of a realtime signal).
-        signal.signal(SIG_COMMAND, ignore_signal)
+        signals.ignore_ours()  # a template was a worker, which took them
 
     def known_fds(self):
         """Our own fds, expected to be shared: stdio, the listeners, our channel, and

@@ -120,6 +120,10 @@ class ASGIWorker(EventLoopWorkerMixin, gasgi.ASGIWorker):
         self.alive = False  # as TERM: in-flight requests and websockets finish
         self.template_requested = True
 
+    def handle_usr1_signal(self):
+        super().handle_usr1_signal()  # reopens the log files
+        self.deadlines.take_dump_signal()
+
     def handle_exit_signal(self):
         self.template_requested = False  # TERM wins: a stopping worker becomes nothing
         super().handle_exit_signal()

@@ -28,8 +28,8 @@ from gunicorn.errors import AppImportError
 from gunicorn.workers import base, gthread, sync
 from gunicorn.workers.workertmp import WorkerTmp
 
-from gunicorn_smartspawn.shared.signals import SIG_COMMAND
-from gunicorn_smartspawn.worker import appsignals, forkgate
+from gunicorn_smartspawn.shared.signals import SIG_COMMAND, SIG_DUMP
+from gunicorn_smartspawn.worker import appsignals, deadline, forkgate
 from gunicorn_smartspawn.worker.oob import OutOfBand
 
 # gunicorn's Arbiter.WORKER_BOOT_ERROR / APP_LOAD_ERROR: the master halts on these.
@@ -80,11 +80,18 @@ class SmartWorkerMixin:
         # Orders the master wrote before the handler was in place (a worker disabled as
         # it booted) are read as if they came now.
         self.handle_command(SIG_COMMAND, None)
+        self.deadlines.take_dump_signal()
+
+    def handle_usr1(self, sig, frame):
+        super().handle_usr1(sig, frame)  # reopens the log files
+        self.deadlines.take_dump_signal()
 
     def own_signals(self):
         """Signals the app's dispositions must not replace in this worker: the master's
-        orders, and with fork_worker URG, how the master asks for a template."""
-        return {SIG_COMMAND, signal.SIGURG} if self.channel is not None else {SIG_COMMAND}
+        orders and stack dumps, and with fork_worker URG, how the master asks for a
+        template."""
+        ours = {SIG_COMMAND, SIG_DUMP}
+        return ours | {signal.SIGURG} if self.channel is not None else ours
 
     # -- the master's orders: in our slot of the counters, then SIG_COMMAND ---------------
     disabled = False          # taken out of rotation by the operator (`worker disable`)
@@ -136,6 +143,8 @@ class SmartWorkerMixin:
 
     def init_process(self):
         self.in_flight_lock = threading.Lock()
+        self.deadlines = deadline.Deadlines(self)
+        deadline.install(self.deadlines)
         if self.slot is not None:
             forkgate.on_unsafe(lambda: self.counters.set(self.slot, "fork_unsafe", 1))
             # Spawn before retire: past max_requests this worker keeps serving until the
@@ -157,12 +166,14 @@ class SmartWorkerMixin:
     in_flight_lock = None  # made in each worker: a lock must not cross a fork
 
     def request_began(self):
+        self.deadlines.began()
         with self.in_flight_lock:
             self.in_flight += 1
             if self.slot is not None:
                 self.counters.set(self.slot, "in_flight", self.in_flight)
 
     def request_ended(self):
+        self.deadlines.ended()
         with self.in_flight_lock:
             self.in_flight -= 1
             if self.slot is not None:
@@ -216,6 +227,13 @@ class SmartWorkerMixin:
 
     # Out-of-band GC and work (oob.py): None when oob_gc and oob_work_header are off.
     oob = None
+    deadlines = None  # this worker's requests and their deadlines (deadline.py)
+
+    def extend_heartbeat(self, until):
+        """extend_deadline: let `timeout` kill this worker no sooner than `until`, where
+        the heartbeat comes from the requests (the sync worker). gthread's and the
+        event-loop workers' comes from their loop, which a stuck request does not stop
+        (gthread) or stops for good (asyncio, gevent): nothing to push there."""
 
     def load_wsgi(self):
         # Where a gunicorn worker imports the app, after its init_signals: what the import
@@ -260,6 +278,15 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
         if ready:
             os.read(self.PIPE[0], 1)
         return []
+
+    def extend_heartbeat(self, until):
+        # The master kills when now - mtime > timeout (Arbiter.murder_workers): an mtime
+        # in the future, as WorkerTmp.notify writes it. The next notify(), after this
+        # request, puts it back to now.
+        timeout = self.cfg.timeout
+        mtime = until - timeout
+        if timeout and mtime > self.tmp.last_update():
+            os.utime(self.tmp.fileno(), (mtime, mtime))
 
     def handle(self, listener, client, addr):
         if self.slot is not None:  # one connection at a time: one writer

@@ -65,6 +65,12 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
             self.gate = RequestGate(self.oob, event.Event, gevent.spawn_later,
                                     accepting=self.set_accepting)
 
+    def handle_usr1(self, sig, frame):
+        # gunicorn's reopens the log files in a greenlet; faulthandler must be given the
+        # new file after that: greenlets start in the order they were spawned.
+        ggevent.GeventWorker.handle_usr1(self, sig, frame)
+        gevent.spawn(self.deadlines.take_dump_signal)
+
     def handle_request(self, listener_name, req, sock, addr):
         gate = self.gate
         if gate is None:

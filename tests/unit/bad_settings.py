@@ -112,6 +112,16 @@ BAD_SETTINGS = [
     ('metrics_bind = "127.0.0.1:http"', "metrics_bind='127.0.0.1:http'"),
     ("metrics_bind = 9187", "metrics_bind=9187"),
     ('metrics_bind = "localhost"', "metrics_bind='localhost'"),
+    ("soft_timeout = -1", "soft_timeout=-1"),
+    ('soft_timeout = "10"', "soft_timeout='10'"),
+    ("soft_timeout = None", "soft_timeout=None"),
+    ("soft_timeout = True", "soft_timeout=True"),
+    ('soft_timeout = float("inf")', "soft_timeout=inf"),
+    ("max_deadline_extension = -5", "max_deadline_extension=-5"),
+    ('max_deadline_extension = "300"', "max_deadline_extension='300'"),
+    ('max_deadline_extension = float("nan")', "max_deadline_extension=nan"),
+    ("on_soft_timeout = 42", "on_soft_timeout=42"),
+    ("on_soft_timeout = lambda: None", "on_soft_timeout=<function"),
 ]
 
 # Rejected at a HUP (gunicorn's own parse) but not at start: install_settings() catches
@@ -147,6 +157,9 @@ BAD_ON_HUP = {
     "max_worker_memory": 'max_worker_memory = "lots"',
     "preloader_idle_timeout": "preloader_idle_timeout = -1",
     "metrics_bind": 'metrics_bind = "localhost"',
+    "soft_timeout": "soft_timeout = -1",
+    "max_deadline_extension": 'max_deadline_extension = "300"',
+    "on_soft_timeout": "on_soft_timeout = 42",
 }
 
 MIB = 1024 ** 2
@@ -205,6 +218,12 @@ GOOD_SETTINGS = [
     ('metrics_bind = " 127.0.0.1:9187 "', "metrics_bind", "127.0.0.1:9187"),
     ('metrics_bind = "[::1]:9187"', "metrics_bind", "[::1]:9187"),
     ("metrics_bind = None", "metrics_bind", None),
+    ("soft_timeout = 10", "soft_timeout", 10.0),
+    ("soft_timeout = 0", "soft_timeout", 0.0),
+    ("soft_timeout = 2.5", "soft_timeout", 2.5),
+    ("max_deadline_extension = 3600", "max_deadline_extension", 3600.0),
+    ("max_deadline_extension = 0", "max_deadline_extension", 0.0),
+    ("on_soft_timeout = lambda worker: None", "on_soft_timeout", callable),
 ]
 
 
@@ -242,6 +261,8 @@ GOOD_FLAGS = [
     (["--max-worker-memory", "1048576"], "max_worker_memory", MIB),
     (["--preloader-idle-timeout", "60"], "preloader_idle_timeout", 60.0),
     (["--metrics-bind", "0.0.0.0:9187"], "metrics_bind", "0.0.0.0:9187"),
+    (["--soft-timeout", "10"], "soft_timeout", 10.0),
+    (["--max-deadline-extension", "600"], "max_deadline_extension", 600.0),
 ]
 
 # (the arguments, the "setting='value'" the parser's error must name): it exits 2.
@@ -269,4 +290,6 @@ BAD_FLAGS = [
     (["--max-worker-memory", "101%"], "max_worker_memory='101%'"),
     (["--preloader-idle-timeout", "-1"], "preloader_idle_timeout='-1'"),
     (["--metrics-bind", "9187"], "metrics_bind='9187'"),
+    (["--soft-timeout", "-1"], "soft_timeout='-1'"),
+    (["--max-deadline-extension", "soon"], "max_deadline_extension='soon'"),
 ]

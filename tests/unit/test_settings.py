@@ -237,3 +237,15 @@ def test_parity_tests_take_their_settings_from_config():
     # Derived, not spelled out again: it names only the few its scenarios set or check.
     spelled_out = set(re.findall(r"[\"'](\w+)[\"']", source)) & set(SMARTSPAWN_NAMES)
     assert len(spelled_out) < len(SMARTSPAWN_NAMES) // 2, sorted(spelled_out)
+
+
+
+def test_soft_timeout_at_or_above_timeout_is_warned_about(conf):
+    def warnings(text):
+        return install_settings(ConfigFile(conf(text), knows_smartspawn=False).cfg)
+
+    assert warnings("soft_timeout = 30") == [
+        "soft_timeout = 30 is not below timeout = 30: with the sync worker, a request is "
+        "killed before its soft timeout is reported"]
+    for text in ("soft_timeout = 10", "soft_timeout = 0", "soft_timeout = 60\ntimeout = 0"):
+        assert warnings(text) == [], text
