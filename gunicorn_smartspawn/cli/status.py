@@ -197,6 +197,9 @@ def cgroup_memory(master_pid):
     return memory._asdict() if memory else None
 
 
+OUT_OF_BAND = ("oob_concurrency", "oob_grants", "oob_most_at_once", "oob_extra_workers")
+
+
 def report(server_state, rows, cgroup_figures=None):
     totals = {key: sum(row[key] for row in rows) for key in ("rss", "pss", "uss")}
     return {"time": round(time.time(), 3), "state_updated": server_state["updated"],
@@ -209,6 +212,8 @@ def report(server_state, rows, cgroup_figures=None):
             "reforks": server_state["reforks"],
             "preloader_running": server_state["preloader_running"],
             "lifecycle": server_state["lifecycle"], "cgroup": cgroup_figures,
+            # Out-of-band work (master/outofband.py); absent from an older server's state.
+            "out_of_band": {key: server_state.get(key) for key in OUT_OF_BAND},
             "processes": rows, "totals": totals}
 
 
