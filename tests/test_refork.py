@@ -416,8 +416,10 @@ def test_a_templates_immortal_pass_longer_than_timeout_keeps_its_heartbeat(make_
 
 
 def log_seconds(line):
-    """The time of a gunicorn log line, in seconds (its resolution)."""
-    stamp = re.match(r"\[(\d+-\d+-\d+ \d+:\d+:\d+)", line).group(1)
+    """The time of a gunicorn log line, in seconds (its resolution). Searched, not
+    matched: a worker's stacks (WORKER TIMEOUT) are written in pieces, and the master's
+    line can begin in the middle of one of theirs."""
+    stamp = re.search(r"\[(\d+-\d+-\d+ \d+:\d+:\d+) [+-]\d{4}\] \[\d+\]", line).group(1)
     return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
 
 
