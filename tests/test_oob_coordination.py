@@ -193,3 +193,70 @@ def test_the_masters_order_signal_kills_no_process_that_is_not_a_worker(server_o
     server.control("worker add 1")  # the standby becomes a worker, and reads its orders
     wait_for(lambda: len(server.worker_pids()) == 2, what="the standby to serve")
     assert server.get_ok()
+
+
+def test_a_grant_a_long_request_keeps_from_beginning_goes_to_the_next_worker(server_of):
+    """gthread: worker L is granted its work but a long request keeps it busy; after
+    GRANT_START_LIMIT its turn goes to the other worker, whose work runs long before L's
+    request ends."""
+    server = server_of(GTHREAD, workers=2, config="timeout = 60\n")
+    long_request = concurrent.futures.ThreadPoolExecutor(1).submit(
+        server.get_json, "/sleep?10", 20)
+    time.sleep(0.5)
+    # L: the worker whose thread runs /sleep (the other one is idle).
+    busy = wait_for(lambda: [w["pid"] for w in server.control("show workers")["workers"]
+                             if w["in_flight"]], what="the long request")
+    (long_pid,) = busy
+    (other,) = set(server.worker_pids()) - {long_pid}
+
+    def ask_from(pid):
+        """/oob?true until `pid` answers one: it has asked for its work."""
+        return wait_for(lambda: server.get_json("/oob?true")["pid"] == pid, interval=0,
+                        what="worker %s to answer /oob" % pid)
+    ask_from(long_pid)  # L asks; granted, it cannot begin while /sleep runs
+    time.sleep(0.3)
+    asked_at = time.time()
+    ask_from(other)
+    wait_for(lambda: any(n["pid"] == other and n["at"] > asked_at
+                         for n in notes(server, "work-start.jsonl")), timeout=6,
+             what="the other worker's work, asked after L's grant")
+    assert not long_request.done(), "the long request should still run"
+    assert long_pid not in {n["pid"] for n in notes(server, "work-start.jsonl")}
+    assert long_request.result()["pid"] == long_pid
+    wait_for(lambda: any(n["pid"] == long_pid for n in notes(server, "work-start.jsonl")),
+             what="the long request's worker to work once it is free")
+
+
+@pytest.mark.parametrize("classes", [CLASSES[1], CLASSES[3]])
+def test_a_disabled_worker_closes_kept_alive_connections(server_of, classes):
+    import http.client
+
+    server = server_of(classes, workers=2, config="keepalive = 30\n")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", classes[4])
+        response = conn.getresponse()
+        pid = json.loads(response.read())["pid"]
+        assert response.getheader("Connection", "").lower() != "close"
+        server.control("worker disable %d" % pid)
+        server.wait_log(r"Worker \(pid: %d\) disabled" % pid)
+        time.sleep(0.5)  # the worker reads its orders
+        conn.request("GET", classes[4])
+        response = conn.getresponse()
+        assert json.loads(response.read())["pid"] == pid
+        assert response.getheader("Connection", "").lower() == "close"
+    finally:
+        conn.close()
+    assert all(server.get_json(classes[4])["pid"] != pid for _ in range(10))
+
+
+def test_ttou_stops_the_other_workers_before_a_disabled_one(server_of):
+    server = server_of(SYNC, workers=2)
+    disabled = server.worker_pids()[0]  # the oldest: gunicorn's TTOU would stop it first
+    server.control("worker disable %d" % disabled)
+    wait_for(lambda: len(server.worker_pids()) == 3, what="a worker in its place")
+    assert server.control("worker disable %d" % disabled)["status"] == "already disabled"
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="TTOU to stop one")
+    time.sleep(0.5)
+    assert disabled in server.worker_pids(), server.worker_pids()

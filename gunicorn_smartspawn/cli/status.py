@@ -224,7 +224,7 @@ COLUMNS = [
     ("PID", 7, lambda row: row["pid"]),
     ("GEN", 3, lambda row: row.get("generation", "-")),
     ("AGE", 6, lambda row: duration(row["age_seconds"])),
-    ("STATE", 8, lambda row: state_text(row)),
+    ("STATE", 9, lambda row: state_text(row)),
     ("INFLT", 5, lambda row: dash(row.get("in_flight"))),
     ("REQUESTS", 8, lambda row: row.get("requests", "-")),
     ("LAST REQ", 8, lambda row: dash(row.get("last_request"), duration)),
@@ -247,12 +247,14 @@ def dash(value, text=str):
 
 
 def state_text(row):
-    """disabled (worker disable), oob (out-of-band work; "oob wait": asked, not granted
-    yet), busy (a request in flight) or idle."""
+    """disabled (worker disable), "oob 1.2s" (out-of-band work for that long so far;
+    "oob wait": asked, not granted yet), busy (a request in flight) or idle."""
     if row.get("disabled"):
         return "disabled"
     if row.get("oob"):
-        return "oob" if row["oob"] == "working" else "oob wait"
+        if row["oob"] == "waiting":
+            return "oob wait"
+        return "oob " + dash(row.get("oob_working_for"), duration)  # how long so far
     busy = row.get("busy")
     return "-" if busy is None else "busy" if busy else "idle"
 

@@ -46,7 +46,7 @@ from gunicorn_smartspawn.master.fleet import (
 )
 from gunicorn_smartspawn.master.lifecycle import Lifecycle
 from gunicorn_smartspawn.master.notify import Notifier
-from gunicorn_smartspawn.master.outofband import Coordinator, Grant
+from gunicorn_smartspawn.master.outofband import Coordinator, Grant, Revoke
 from gunicorn_smartspawn.master.watchdog import Watchdog
 from gunicorn_smartspawn.spawner.preloader import start_preloader
 from gunicorn_smartspawn.master.refork import Reforker, refork_enabled
@@ -301,6 +301,8 @@ class SmartArbiter(Arbiter):
                 case Grant(record=record, ask=ask) if not record.exited:
                     self.fleet.counters.set(record.slot, "oob_granted", ask)
                     self.send_orders(record)
+                case Revoke(record=record) if not record.exited:
+                    self.fleet.counters.set(record.slot, "oob_granted", 0)
 
     def report_soft_timeouts(self):
         """soft_timeout: each request past it, once (watchdog.py)."""
@@ -379,7 +381,10 @@ class SmartArbiter(Arbiter):
         target = self.worker_target()
         if len(self.WORKERS) < target:
             self.spawn_workers()
-        workers = sorted(self.WORKERS.items(), key=lambda item: item[1].age)
+        # The oldest first, as gunicorn; a disabled worker last (the operator looks into it).
+        disabled = {record.pid for record in self.coordinator.disabled()}
+        workers = sorted(self.WORKERS.items(),
+                         key=lambda item: (item[0] in disabled, item[1].age))
         while len(workers) > target:
             pid, _worker = workers.pop(0)
             self.kill_worker(pid, signal.SIGTERM)
@@ -839,6 +844,12 @@ class SmartArbiter(Arbiter):
         if verb == "disable" and not self.worker_class.can_disable:
             raise ValueError("%s workers cannot stop accepting while they run: use "
                              "`worker kill %s`" % (self.worker_class.__name__, pid))
+        record = self.fleet.get(pid)  # read only: the loop changes it
+        if verb in ("disable", "enable") and record is not None:
+            if record.disabled == (verb == "disable"):
+                return {"status": "already %sd" % verb, "pid": pid}
+            if record.state not in (State.SERVING, State.OUTGOING):
+                raise ValueError("worker %s is %s" % (pid, record.state.value))
         self.worker_commands.put_nowait((verb, pid))
         self.wakeup()
         return {"status": "%s requested" % verb, "pid": pid}
@@ -850,8 +861,11 @@ class SmartArbiter(Arbiter):
             except queue.Empty:
                 return
             record = self.fleet.get(pid)
-            if record is None or record.exited or record.slot is None:
-                self.log.warning("worker %s %s: it is no longer a worker", verb, pid)
+            if (record is None or record.exited or record.slot is None
+                    or record.state not in (State.SERVING, State.OUTGOING)):
+                # Gone, stopping, or leaving for the template since it was asked.
+                self.log.warning("worker %s %s: not done, it is no longer a serving "
+                                 "worker", verb, pid)
                 continue
             getattr(self, "%s_worker" % verb)(record)
 

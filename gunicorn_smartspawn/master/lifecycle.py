@@ -131,7 +131,8 @@ class Lifecycle:
         waiting = [r for r in records if r.state is State.OUTGOING]
         if not waiting:
             return
-        serving = [r for r in records if not r.outgoing and r.heartbeat_moved()]
+        serving = [r for r in records if r.state is State.SERVING and not r.disabled
+                   and r.heartbeat_moved()]
         if len(serving) < situation.workers:
             return
         for record in waiting:

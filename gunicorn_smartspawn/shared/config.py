@@ -435,13 +435,14 @@ class OobConcurrency(Setting):
     desc = """\
         How many workers may be in out-of-band work (``oob_gc``, the work header) at once.
 
-        A worker that wants out-of-band work asks the master, which grants at most this
-        many at once, the oldest ask first; the others keep serving until their turn.
-        ``None`` (the default): a quarter of ``workers``, at least 1. When the worker
-        asking is the only one that would serve meanwhile (``workers = 1``, or every other
-        worker is in out-of-band work, being replaced or disabled), the master first
-        spawns one more worker, grants once it serves, and lets it go when the work is
-        done. See docs/out-of-band.md.
+        A worker that wants costly out-of-band work (header work, ``oob_gc = N``, a
+        collection that may be full) asks the master, which grants at most this many at
+        once, the oldest ask first, and never every worker; the others keep serving until
+        their turn. ``None`` (the default): a quarter of ``workers``, at least 1. When the
+        worker asking is the only one that would serve meanwhile (``workers = 1``, or the
+        others are being replaced or disabled), the master first spawns one more worker,
+        grants once it serves, and lets it go 10 s after the last ask. See
+        docs/out-of-band.md.
         """
 
 

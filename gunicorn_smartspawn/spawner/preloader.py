@@ -18,7 +18,7 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.host import patches
-from gunicorn_smartspawn.shared import _linux, protocol
+from gunicorn_smartspawn.shared import _linux, protocol, signals
 from gunicorn_smartspawn.spawner.base import Spawner
 from gunicorn_smartspawn.spawner.template import Template
 from gunicorn_smartspawn.worker import appsignals
@@ -102,6 +102,12 @@ class Preloader(Spawner):
             if self.app_signals:
                 self.log.debug("preloader: the app's import set %s; each worker gets "
                                "them", self.app_signals.names())
+            taken = self.app_signals.touched() & {signals.SIG_COMMAND, signals.SIG_DUMP}
+            if taken:
+                self.log.warning("The app's import set a handler for %s, which smartspawn's "
+                                 "master uses to reach its workers: workers keep "
+                                 "smartspawn's", ", ".join(map(appsignals.signal_name,
+                                                               sorted(taken))))
             self.cfg.on_preload(self)
             forksafety.check(self.cfg, self.log, "preloader", "on_preload", self.known_fds())
         except forksafety.ForkUnsafe as exc:

@@ -132,6 +132,11 @@ class AppSignals:
     def __bool__(self):
         return bool(self.changed or self.faults or self.timers)
 
+    def touched(self):
+        """The signals whose disposition the import changed, or registered with
+        faulthandler."""
+        return set(self.changed) | {sig for sig, _, _ in self.faults}
+
     def names(self):
         timer_names = {signal.ITIMER_REAL: "ITIMER_REAL", signal.ITIMER_VIRTUAL: "ITIMER_VIRTUAL",
                        signal.ITIMER_PROF: "ITIMER_PROF"}

@@ -77,6 +77,9 @@ class SmartWorkerMixin:
         # The master's URG handler (direct spawns) or the spawner's SIG_IGN is inherited.
         signal.signal(signal.SIGURG, self.handle_urg if self.channel else signal.SIG_DFL)
         signal.signal(SIG_COMMAND, self.handle_command)
+        # Orders come at any moment, mid-request too: they must not interrupt the app's
+        # system calls (EINTR), as gunicorn keeps TERM and USR1 from doing.
+        signal.siginterrupt(SIG_COMMAND, False)
         # Orders the master wrote before the handler was in place (a worker disabled as
         # it booted) are read as if they came now.
         self.handle_command(SIG_COMMAND, None)
@@ -96,6 +99,7 @@ class SmartWorkerMixin:
     # -- the master's orders: in our slot of the counters, then SIG_COMMAND ---------------
     disabled = False          # taken out of rotation by the operator (`worker disable`)
     can_disable = False       # the class can stop accepting and start again (accepting_changed)
+    keepalive_setting = None  # `keepalive`, while disabled (close_kept_alive_connections)
 
     def handle_command(self, sig, frame):
         """SIG_COMMAND's handler: the sync worker reads its orders in wait(), woken by
@@ -333,6 +337,7 @@ class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
 
     def accepting_changed(self):
         self.set_accept_enabled(not self.disabled)
+        close_kept_alive_connections(self)
 
     def enqueue_req(self, conn):
         if self.oob is None or self.oob.admit(conn):
@@ -342,6 +347,17 @@ class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):
         super().finish_request(conn, fs)
         if self.oob is not None:
             self.oob.request_finished()
+
+
+def close_kept_alive_connections(worker):
+    """While `worker` is disabled, each response closes its connection (gunicorn's
+    keepalive = 0, in this worker's configuration only): a client behind a keep-alive
+    proxy is answered once more, with "Connection: close", and then reaches others."""
+    if worker.disabled:
+        worker.keepalive_setting = worker.cfg.keepalive
+        worker.cfg.set("keepalive", 0)
+    elif worker.keepalive_setting is not None:
+        worker.cfg.set("keepalive", worker.keepalive_setting)
 
 
 def per_worker_sockets(cfg):

@@ -17,7 +17,7 @@ from gunicorn.workers import ggevent
 
 from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.worker.oob import RequestGate
-from gunicorn_smartspawn.worker.base import SmartWorkerMixin
+from gunicorn_smartspawn.worker.base import SmartWorkerMixin, close_kept_alive_connections
 
 
 class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
@@ -37,6 +37,7 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
 
     def accepting_changed(self):
         self.set_accepting(True)
+        close_kept_alive_connections(self)
 
     def set_accepting(self, on):
         """Accept, unless disabled (or `on` is False: out-of-band work holds requests)."""

@@ -334,6 +334,9 @@ class OutOfBand:
         turn = self.coordinated and self.granted()
         if turn:
             self.set("oob_since_us", int(time.monotonic() * 1e6))
+            if not self.granted():  # taken back as we began (GRANT_START_LIMIT)
+                self.set("oob_since_us", 0)
+                return
         try:
             self.run_granted(work, collect)
         finally:

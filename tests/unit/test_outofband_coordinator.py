@@ -5,7 +5,9 @@ import logging
 
 from fakes import Clock, Table, apply, config, situation
 from gunicorn_smartspawn.master.actions import Replace
-from gunicorn_smartspawn.master.outofband import EXTRA_LINGER, Coordinator, Grant
+from gunicorn_smartspawn.master.outofband import (
+    EXTRA_LINGER, GRANT_START_LIMIT, Coordinator, Grant, Revoke,
+)
 
 LOG = logging.getLogger("smartspawn-unit-outofband")
 
@@ -23,14 +25,23 @@ def ask(table, record):
     counters.set(record.slot, "oob_asked", counters.get(record.slot, "oob_asked") + 1)
 
 
-def grant(table, decisions):
-    """Carry out the grants as the arbiter does; returns the granted records."""
-    granted = []
-    for action in apply(table.fleet, decisions):
+def carry_out(table, decisions):
+    """Carry out each decision as it is yielded, as the arbiter does; returns them."""
+    done = []
+    for action in decisions:
         if isinstance(action, Grant):
             table.fleet.counters.set(action.record.slot, "oob_granted", action.ask)
-            granted.append(action.record)
-    return granted
+        elif isinstance(action, Revoke):
+            table.fleet.counters.set(action.record.slot, "oob_granted", 0)
+        else:
+            apply(table.fleet, [action])
+        done.append(action)
+    return done
+
+
+def grant(table, decisions):
+    """The records granted."""
+    return [a.record for a in carry_out(table, decisions) if isinstance(a, Grant)]
 
 
 def finish(table, record):
@@ -94,13 +105,57 @@ def test_the_only_worker_gets_an_extra_first_which_leaves_after_the_linger(monke
     assert policy.not_counted() == 0
 
 
-def test_a_worker_whose_others_all_work_waits_for_an_extra(monkeypatch):
+def test_never_every_worker_at_once_whatever_the_setting(monkeypatch):
     table, (a, b), _, policy = coordinator(monkeypatch, 2, oob_concurrency=2)
     ask(table, a)
     ask(table, b)
-    # a is granted (b serves); b would then be alone: one more worker first.
     assert grant(table, policy.decide(situation(workers=2))) == [a]
+    assert policy.not_counted() == 0  # b waits for a: no extra worker
+    finish(table, a)
+    assert grant(table, policy.decide(situation(workers=2))) == [b]
+
+
+def test_a_grant_not_begun_in_time_goes_to_the_next(monkeypatch):
+    table, (a, b, c), clock, policy = coordinator(monkeypatch, 3)
+    ask(table, a)
+    assert grant(table, policy.decide(situation(workers=3))) == [a]
+    ask(table, b)
+    clock.advance(GRANT_START_LIMIT + 0.1)  # a is in a long request
+    decided = carry_out(table, policy.decide(situation(workers=3)))
+    assert [type(d).__name__ for d in decided] == ["Revoke", "Grant"]
+    assert decided[0].record is a and decided[1].record is b
+    # Begun: a grant is not taken back, however long the work.
+    table.fleet.counters.set(b.slot, "oob_granted", decided[1].ask)
+    table.fleet.counters.set(b.slot, "oob_since_us", 1)
+    clock.advance(GRANT_START_LIMIT + 0.1)
+    assert apply(table.fleet, policy.decide(situation(workers=3))) == []
+
+
+def test_one_extra_worker_at_most_and_it_takes_a_gone_workers_place(monkeypatch):
+    table, (alone,), clock, policy = coordinator(monkeypatch, 1, oob_concurrency=8)
+    ask(table, alone)
+    assert grant(table, policy.decide(situation(workers=1))) == []
+    extra = table.spawn()
+    assert grant(table, policy.decide(situation(workers=1))) == [alone]
+    ask(table, extra)  # the extra asks in turn: alone works, so it waits; no second extra
+    assert grant(table, policy.decide(situation(workers=1))) == []
     assert policy.not_counted() == 1
+    finish(table, extra)
+    table.reap(alone)  # killed while it worked
+    table.fleet.release_departed()
+    assert apply(table.fleet, policy.decide(situation(workers=1))) == []
+    assert policy.not_counted() == 0 and not extra.outgoing  # it serves in alone's place
+
+
+def test_the_extra_leaves_at_once_when_workers_grows(monkeypatch):
+    table, (alone,), _, policy = coordinator(monkeypatch, 1)
+    ask(table, alone)
+    assert grant(table, policy.decide(situation(workers=1))) == []
+    extra = table.spawn()
+    assert grant(table, policy.decide(situation(workers=1))) == [alone]
+    table.spawn()  # TTIN
+    (leave,) = apply(table.fleet, policy.decide(situation(workers=2)))
+    assert leave.record is extra and policy.not_counted() == 0
 
 
 def test_disable_counts_the_worker_out_and_enable_lets_the_youngest_other_leave(monkeypatch):
