@@ -278,8 +278,10 @@ def test_usr1_reopens_the_log_files_where_smartspawn_hands_faulthandler_the_new_
 
 
 def test_the_gevent_worker_makes_its_servers_through_the_module_name_smartspawn_patches():
-    # patches.gevent_servers_noted replaces ggevent.StreamServer while run() runs.
+    # patches.note_gevent_servers replaces ggevent.StreamServer, and finds the worker
+    # through the handler gunicorn gives it.
     pytest.importorskip("gevent")
     from gunicorn.workers import ggevent
-    assert "server = StreamServer(s, handle=hfun" in inspect.getsource(ggevent.GeventWorker.run)
-    assert "server.start()" in inspect.getsource(ggevent.GeventWorker.run)
+    run = inspect.getsource(ggevent.GeventWorker.run)
+    assert "hfun = partial(self.handle, s)" in run
+    assert "server = StreamServer(s, handle=hfun" in run and "server.start()" in run

@@ -26,8 +26,8 @@ And for the length of one call, in a process forked from a spawner (`building_wo
 And for the length of a smart server's ``Arbiter.start()`` (`gunicorn_ready_withheld`):
 ``gunicorn.systemd.sd_notify``, so that gunicorn's early ``READY=1`` is not sent.
 
-And for the length of a gevent worker's ``run()`` (`gevent_servers_noted`):
-``gunicorn.workers.ggevent.StreamServer``, so that the worker knows its servers.
+And, with ``-k smartspawn.GeventWorker``, ``gunicorn.workers.ggevent.StreamServer``
+(`note_gevent_servers`), so that the worker knows its servers.
 
 And around each fork smartspawn makes in the master (`control_thread_stopped`): the
 control socket server's thread, through the methods gunicorn's own at-fork handlers call.
@@ -39,6 +39,7 @@ last two, tests/unit/test_host_binding.py.
 """
 import contextlib
 import os
+import sys
 import time
 
 from gunicorn import sock, systemd
@@ -94,6 +95,26 @@ def install(smart_arbiter):
     BaseApplication.wsgi = wsgi
     if CONTROL_SOCKET:
         patch_control_socket(smart_arbiter)
+    if "gunicorn.workers.ggevent" in sys.modules:  # -k smartspawn.GeventWorker imported it
+        note_gevent_servers()
+
+
+def note_gevent_servers():
+    """gunicorn's gevent worker keeps the StreamServers its run() makes in a local list:
+    each one started tells its worker (GeventWorker.note_server), so that `worker
+    disable` can stop them accepting. Its handler is gunicorn's partial(worker.handle,
+    listener) (pinned in the contract test)."""
+    from gunicorn.workers import ggevent
+
+    class NotedStreamServer(ggevent.StreamServer):
+        def start(self):
+            super().start()
+            worker = getattr(getattr(self.handle, "func", None), "__self__", None)
+            note = getattr(worker, "note_server", None)
+            if note is not None:
+                note(self)
+
+    ggevent.StreamServer = NotedStreamServer
 
 
 def patch_control_socket(smart_arbiter):
@@ -183,25 +204,6 @@ def building_worker(heartbeat):
         yield
     finally:
         base.WorkerTmp = made
-
-
-@contextlib.contextmanager
-def gevent_servers_noted():
-    """In a gevent worker: the StreamServers gunicorn's run() makes (a local list
-    there), so that `worker disable` can stop them accepting."""
-    from gunicorn.workers import ggevent
-    made = []
-
-    class NotedStreamServer(ggevent.StreamServer):
-        def start(self):
-            super().start()
-            made.append(self)
-
-    original, ggevent.StreamServer = ggevent.StreamServer, NotedStreamServer
-    try:
-        yield made
-    finally:
-        ggevent.StreamServer = original
 
 
 @contextlib.contextmanager

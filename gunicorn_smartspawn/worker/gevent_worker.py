@@ -15,7 +15,6 @@ import gevent
 from gevent import event
 from gunicorn.workers import ggevent
 
-from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.worker.oob import RequestGate
 from gunicorn_smartspawn.worker.base import SmartWorkerMixin, close_kept_alive_connections
 
@@ -27,9 +26,11 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
     can_disable = True
     servers = ()   # gevent's StreamServers, one per listener, once run() made them
 
-    def run(self):
-        with patches.gevent_servers_noted() as self.servers:
-            super().run()
+    def note_server(self, server):
+        """gunicorn's run() started `server` (host/patches.py: note_gevent_servers)."""
+        self.servers = [*self.servers, server]
+        if self.disabled:
+            server.stop_accepting()
 
     def handle_command(self, sig, frame):
         # On the hub, in a greenlet: on_oob_work may do I/O.
