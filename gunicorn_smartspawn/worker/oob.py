@@ -16,6 +16,10 @@ HOLD_LIMIT at most (past it they go on, and the work waits for the next idle mom
 then runs the work, accepting nothing meanwhile: an event-loop worker (asyncio, gevent)
 on its loop, a thread worker (`ThreadGate`) on its main thread, which also stops
 accepting while it holds the requests that arrive on kept-alive connections.
+
+The master coordinates (master/outofband.py): what is costly (header work, `oob_gc = N`,
+a collection that may be full) waits for its grant, at most `oob_concurrency` workers at
+once; young collections run at once (`as_granted`).
 """
 import gc
 import os
