@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 if not __package__:  # run as `python bench/spawn_latency.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -186,11 +188,13 @@ def measure_once(server, timeout):
     finally:
         held.close()
     new_pid = info["pid"]
-    # Back to one worker: gunicorn stops the oldest (the one that was busy).
+    # Back to one worker: gunicorn stops the oldest (the one that was busy). Reaped, not
+    # only exited: until the master reaps it, it still counts it, and the next round's
+    # TTIN would spawn nothing until then (~10 ms on a large heap).
     server.signal(signal.SIGTTOU)
-    wait_for(lambda: server.worker_pids() == {new_pid}, timeout,
-             "the %s server to return to its one new worker %s" % (server.name, new_pid),
-             interval=0.01)
+    wait_for(lambda: server.worker_pids() == {new_pid} and not psutil.pid_exists(held.pid),
+             timeout, "the %s server to return to its one new worker %s" % (
+                 server.name, new_pid), interval=0.01)
     sample = {"ms": (t1 - t0) * 1000.0, "pid": new_pid, "busy_pid": held.pid,
               "import_seconds": info.get("import_seconds"), "uss_mb": uss}
     if "SSBENCH_TIMELINE" in server.env:
