@@ -6,7 +6,8 @@ else as "between" requests.
 
 GET /                -> {"pid"}
 GET /garbage?N       -> makes N reference cycles (two tracked lists each)
-GET /gc              -> {"pid", "in_request": [generations], "between": [generations]}
+GET /gc              -> {"pid", "in_request": [generations], "between": [generations],
+                         "requests": requests this worker began, this one included}
 GET /oob?VALUE       -> 200 with the header OOB_HEADER (env, default X-Smartspawn-OOB-Work)
 GET /oob-error?VALUE -> 500 with that header
 GET /slow-oob?S      -> sleeps S seconds, then 200 with that header set to "true"
@@ -25,6 +26,7 @@ from gunicorn.workers import gthread, sync
 OOB_HEADER = os.environ.get("OOB_HEADER", "X-Smartspawn-OOB-Work")
 REQUEST_CODE = {sync.SyncWorker.handle.__code__, gthread.ThreadWorker.handle.__code__}
 COLLECTIONS = []  # (pid, generation, in_request); the preloader's are not the worker's
+REQUESTS = {}  # pid -> requests begun (the preloader forks with an empty count)
 
 
 def serving():
@@ -72,12 +74,14 @@ def big(n):
 def app(environ, start_response):
     path, query = environ["PATH_INFO"], environ.get("QUERY_STRING", "")
     status, headers, body = "200 OK", [], {"pid": os.getpid()}
+    REQUESTS[os.getpid()] = REQUESTS.get(os.getpid(), 0) + 1
     if path == "/garbage":
         make_cycles(int(query or 1000))
     elif path == "/gc":
         mine = [c for c in COLLECTIONS if c[0] == os.getpid()]
         body["in_request"] = [gen for _, gen, inside in mine if inside]
         body["between"] = [gen for _, gen, inside in mine if not inside]
+        body["requests"] = REQUESTS[os.getpid()]
     elif path == "/slow-oob":
         time.sleep(float(query))
         headers.append((OOB_HEADER, "true"))
