@@ -214,3 +214,15 @@ def test_garbage_is_collected_before_the_heap_is_frozen(make_server):
     # A frozen object is never collected: freezing first would keep it for good.
     server = make_server(app_file="freezing.py", workers=1).start()
     assert server.get_json()["garbage_freed"]
+
+
+def test_the_next_standby_copies_the_pages_the_worker_before_it_wrote(make_server):
+    # spawner/prefault.py: the standby forked after a hand-over takes ahead the
+    # copy-on-write faults its worker-to-be would take while it boots.
+    server = make_server(workers=1).start()
+    (worker,) = server.worker_pids()
+    found = server.wait_log(r"Standby \(pid: (\d+)\): the pages of worker (\d+) copied: (\d+)\n")
+    standby, source, pages = map(int, found.groups())
+    assert source == worker and pages > 0
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: standby in server.worker_pids(), what="the standby to become the worker")

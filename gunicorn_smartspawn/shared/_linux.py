@@ -58,3 +58,18 @@ def die_with_parent(parent_pid, sig=signal.SIGKILL):
     """
     _prctl(PR_SET_PDEATHSIG, sig)
     return os.getppid() == parent_pid
+
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def populate_write(start, length):
+    """Fault in [start, start + length) as if each page were written (copy-on-write
+    pages are copied), without changing a byte. OSError on a kernel without it (EINVAL)
+    or a range not mapped (ENOMEM)."""
+    if _libc is None:
+        raise OSError("madvise is Linux only")
+    if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length),
+                     MADV_POPULATE_WRITE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -24,6 +24,7 @@ from gunicorn_smartspawn import forksafety
 from gunicorn_smartspawn.forksafety import immortal
 from gunicorn_smartspawn.host import patches
 from gunicorn_smartspawn.shared import _linux, hookstate, protocol, signals
+from gunicorn_smartspawn.spawner import prefault
 from gunicorn_smartspawn.worker.base import (
     TEMPLATE_CHILD_BOOT_ERROR, WORKER_BOOT_ERROR, HeartbeatFile, become_worker, exit_process,
 )
@@ -80,6 +81,9 @@ class Spawner:
         self.pid = os.getpid()
         # What the app's import set (appsignals.py), for each worker forked from here.
         self.app_signals = None
+        # The worker last handed over: a standby forked ahead of need copies the pages it
+        # wrote (prefault.py).
+        self.last_worker_pid = None
 
     def init_signals(self):
         signal.set_wakeup_fd(-1)  # the master's or the worker's pipe, closed here
@@ -140,7 +144,7 @@ class Spawner:
                 # Between requests: off the critical path, and out of the new worker's way.
                 if standby is None and not (handed_over
                                             and self.message_within(NEXT_STANDBY_DELAY)):
-                    standby = self.start_standby()
+                    standby = self.start_standby(prefault_from=self.last_worker_pid)
                 handed_over = False
                 try:
                     message, fds = protocol.recv(self.channel)
@@ -196,7 +200,8 @@ class Spawner:
             # The standby reports to the master itself, on a copy of our channel.
             protocol.send(standby, request, [*fds, self.channel.fileno()])
             standby.settimeout(ACK_TIMEOUT)
-            protocol.recv(standby)
+            spawned, _ = protocol.recv(standby)
+            self.last_worker_pid = spawned.pid
             return True
         except (OSError, EOFError):
             return False
@@ -206,10 +211,11 @@ class Spawner:
         for fd in fds:
             os.close(fd)
 
-    def start_standby(self, inherited=()):
+    def start_standby(self, inherited=(), prefault_from=None):
         """Double-fork a standby worker; returns our end of its socket, or None.
 
         `inherited`: fds of ours that it must not keep (a spawn request's, in hand).
+        `prefault_from`: a worker whose written pages the standby copies while it waits.
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if self.cfg.gc_freeze:
@@ -223,7 +229,7 @@ class Spawner:
             if middle == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the standby dies with the master
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                self.run_middle(ours, theirs, inherited)
+                self.run_middle(ours, theirs, inherited, prefault_from)
             theirs.close()
             _, status = os.waitpid(middle, 0)
         except forksafety.ForkUnsafe:
@@ -258,13 +264,13 @@ class Spawner:
         gc.collect()
         gc.freeze()
 
-    def run_middle(self, ours, theirs, inherited):
+    def run_middle(self, ours, theirs, inherited, prefault_from):
         """The middle of the double fork: exits at once so the standby is re-parented."""
         code = 1
         try:
             self.close_fds(inherited)
             if forksafety.fork_again() == 0:
-                self.run_standby(ours, theirs)
+                self.run_standby(ours, theirs, prefault_from)
             code = 0
         except BaseException:
             self.log.exception("%s: the middle process of a fork (pid: %s) failed",
@@ -272,7 +278,7 @@ class Spawner:
         finally:
             os._exit(code)
 
-    def run_standby(self, ours, theirs):
+    def run_standby(self, ours, theirs, prefault_from):
         """A worker forked ahead of need: adopted by the master, it waits for its orders."""
         try:
             ours.close()
@@ -285,6 +291,9 @@ class Spawner:
             self.channel.close()
             util._setproctitle("smartspawn standby [%s] gen=%s"
                                % (self.server.proc_name, self.generation))
+            if prefault_from is not None:
+                self.log.debug("Standby (pid: %s): the pages of worker %s copied: %s",
+                               os.getpid(), prefault_from, prefault.take_faults_of(prefault_from))
             request, fds = protocol.recv(theirs)
         except (EOFError, ConnectionError):
             os._exit(0)  # the spawner has gone: never a worker, nothing to clean up

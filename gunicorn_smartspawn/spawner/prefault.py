@@ -1,0 +1,68 @@
+"""The copy-on-write faults of a new worker, taken by its standby before its orders come.
+
+A worker forked from a spawner writes, while it boots and answers its first request,
+to about 900 pages it shares with the spawner (reference counts of gunicorn's and the
+app's objects, the interpreter's own state): each write copies a page, 3.5-5 µs each on
+the development machine, about 3.6 ms of a 9 ms spawn (docs/benchmarks/spawn-profile.md).
+The pages are nearly the same from one worker to the next, so a standby asks the kernel
+to copy, ahead of need, the pages its spawner's previous worker has written
+(MADV_POPULATE_WRITE: no byte changes, so nothing the app could see). Where this cannot be
+read or done (a kernel before 5.14, another user's worker), the worker takes its faults
+as before.
+"""
+import re
+
+from gunicorn_smartspawn.shared import _linux
+
+PAGE = 4096
+PRESENT_EXCLUSIVE = 0x81  # pagemap bits 63 and 56, in an entry's high byte
+# A worker that wrote more than this (in its first 100 ms) is unusual: copying it all into
+# every standby would cost more memory than the faults cost time.
+MAX_PAGES = 8192  # 32 MiB
+_EXCLUSIVE = bytes(1 if byte & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE else 0
+                   for byte in range(256))
+_RUN = re.compile(rb"\x01+")
+
+
+def writable_private_mappings(pid="self"):
+    """[(start, end)] of the process's private writable mappings (heap, arenas, stack,
+    the .data of libraries)."""
+    mappings = []
+    with open("/proc/%s/maps" % pid) as maps:
+        for line in maps:
+            fields = line.split()
+            if fields[1][1] == "w" and fields[1][3] == "p" and not (
+                    len(fields) > 5 and fields[5] in ("[vvar]", "[vdso]", "[vsyscall]")):
+                start, end = fields[0].split("-")
+                mappings.append((int(start, 16), int(end, 16)))
+    return mappings
+
+
+def written_pages(worker_pid, mappings):
+    """[(start, length)] of the pages in `mappings` (ours) that `worker_pid` holds
+    privately: the ones it wrote since it was forked from the same spawner."""
+    runs = []
+    with open("/proc/%s/pagemap" % worker_pid, "rb") as pagemap:
+        for start, end in mappings:
+            pagemap.seek(start // PAGE * 8)
+            flags = pagemap.read((end - start) // PAGE * 8)[7::8].translate(_EXCLUSIVE)
+            runs.extend((start + run.start() * PAGE, (run.end() - run.start()) * PAGE)
+                        for run in _RUN.finditer(flags))
+    return runs
+
+
+def take_faults_of(worker_pid):
+    """In a standby: copy the pages `worker_pid` wrote. -> pages copied, or why not."""
+    try:
+        runs = written_pages(worker_pid, writable_private_mappings())
+    except OSError as exc:  # gone since; not ours to read (another user)
+        return "the previous worker's pages cannot be read: %s" % exc
+    pages = sum(length for _, length in runs) // PAGE
+    if pages > MAX_PAGES:
+        return "the previous worker wrote %d pages, more than %d" % (pages, MAX_PAGES)
+    try:
+        for start, length in runs:
+            _linux.populate_write(start, length)
+    except OSError as exc:
+        return "madvise(MADV_POPULATE_WRITE) failed: %s" % exc
+    return pages
