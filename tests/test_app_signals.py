@@ -169,7 +169,7 @@ def breaking_the_spawner(hook, argument):
 def %s(%s):
     from gunicorn_smartspawn.spawner.base import Spawner
 
-    def broken(self, inherited=()):
+    def broken(self, *args, **kwargs):
         raise RuntimeError("the spawner broke after boot")
 
     Spawner.start_standby = broken

@@ -226,3 +226,19 @@ def test_the_next_standby_copies_the_pages_the_worker_before_it_wrote(make_serve
     assert source == worker and pages > 0
     server.signal(signal.SIGTTIN)
     wait_for(lambda: standby in server.worker_pids(), what="the standby to become the worker")
+
+
+def test_the_standby_reads_the_spawn_request_itself(make_server):
+    # One process woken per spawn, not two: with the preloader stopped, its standby
+    # still becomes the worker a TTIN asks for.
+    server = make_server(workers=1).start()
+    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    preloader = server.preloader_pid()
+    os.kill(preloader, signal.SIGSTOP)
+    try:
+        server.signal(signal.SIGTTIN)
+        wait_for(lambda: standby in server.worker_pids(), what="the standby to become a worker")
+    finally:
+        os.kill(preloader, signal.SIGCONT)
+    wait_for(lambda: [p for p in standby_pids(server) if p != standby], what="a new standby")
+    assert server.get_ok()

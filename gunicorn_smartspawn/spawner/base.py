@@ -6,10 +6,13 @@ and supervises it exactly as gunicorn supervises its own workers.
 
 The double fork costs milliseconds per 100 MB of heap (page tables are copied twice), so
 it is done ahead of need: a spawner always keeps one *standby*, already forked and
-adopted by the master, blocked on a socket. A spawn request is handed to it; its first
-act is to tell the master its pid (so the master knows it before it could ever reap it),
-then it becomes the worker, and the spawner forks the next standby, once the new worker has
-had time to answer its first request (NEXT_STANDBY_DELAY).
+adopted by the master, waiting on the spawner's channel: it reads the master's next spawn
+request itself (the master sends a spawner one at a time, fleet.py), so the request wakes
+one process, not two. Its first act is to tell the master its pid (so the master knows it
+before it could ever reap it), then the spawner; then it becomes the worker, and the
+spawner forks the next standby, once the new worker has had time to answer its first
+request (NEXT_STANDBY_DELAY). A request that finds no standby (one dying, or not forked
+yet) is read by the spawner, which forks one on demand and hands the request to it.
 """
 import gc
 import os
@@ -146,6 +149,14 @@ class Spawner:
                                             and self.message_within(NEXT_STANDBY_DELAY)):
                     standby = self.start_standby(prefault_from=self.last_worker_pid)
                 handed_over = False
+                if standby is not None:
+                    handed_over = self.standby_taken(standby)
+                    standby.close()
+                    standby = None
+                    # Not taken: it died (or saw the channel closed). A request it read
+                    # before it died is lost: the master gives up on it (SPAWN_TIMEOUT).
+                    if handed_over or not self.message_within(0):
+                        continue
                 try:
                     message, fds = protocol.recv(self.channel)
                 except (EOFError, ConnectionError):
@@ -154,8 +165,7 @@ class Spawner:
                     self.log.error("%s: the master sent no message (%s)", self.spawned_from, exc)
                     return
                 if isinstance(message, protocol.SpawnWorker) and fds:
-                    self.hand_over(standby, message, fds)
-                    standby = None
+                    self.hand_over(message, fds)
                     handed_over = True
                 else:
                     self.close_fds(fds)
@@ -175,16 +185,24 @@ class Spawner:
         readable, _, _ = select.select([self.channel], [], [], seconds)
         return bool(readable)
 
-    def hand_over(self, standby, request, fds):
-        """Give the spawn request to the standby (or a new one); it becomes the worker."""
+    def standby_taken(self, standby):
+        """Wait until our standby has taken a request from the channel (True) or ended."""
+        try:
+            spawned, _ = protocol.recv(standby)
+        except (EOFError, OSError, protocol.ProtocolError):
+            return False
+        self.last_worker_pid = spawned.pid
+        return True
+
+    def hand_over(self, request, fds):
+        """Fork a standby for a spawn request we read; it becomes the worker."""
         try:
             for _attempt in range(2):
-                standby = standby or self.start_standby(inherited=fds)
+                standby = self.start_standby(inherited=fds)
                 if standby is None:
                     break
                 taken = self.give_orders(standby, request, fds)
                 standby.close()
-                standby = None
                 if taken:
                     return
                 # It died while waiting (a send to a dying process can vanish without an
@@ -286,29 +304,26 @@ class Spawner:
                 os._exit(1)
             # Once adopted: the master checks that the pid it is told of is its child.
             protocol.send(self.channel, protocol.StandbyReady(os.getpid()))
-            # Without our copy, the master sees EOF when the spawner exits; the orders
-            # bring a fresh one.
-            self.channel.close()
             util._setproctitle("smartspawn standby [%s] gen=%s"
                                % (self.server.proc_name, self.generation))
             if prefault_from is not None:
                 self.log.debug("Standby (pid: %s): the pages of worker %s copied: %s",
                                os.getpid(), prefault_from, prefault.take_faults_of(prefault_from))
-            request, fds = protocol.recv(theirs)
+            request, fds, master = self.await_orders(theirs)
         except (EOFError, ConnectionError):
-            os._exit(0)  # the spawner has gone: never a worker, nothing to clean up
+            os._exit(0)  # the spawner or the master has gone: never a worker
         except BaseException:
             self.log.exception("Standby (pid: %s) failed while waiting for its orders",
                                os.getpid())
             os._exit(1)
         spawned = protocol.WorkerSpawned(request.age, os.getpid())
-        master = protocol.shared_socket(fds.pop())
         try:
             # First act as a worker: the master must know this pid before it can reap it.
             protocol.send(master, spawned)
         except OSError:
             os._exit(1)
         finally:
+            # Without a copy of the channel here, the master sees EOF when the spawner exits.
             master.close()
         with theirs:
             try:
@@ -323,6 +338,21 @@ class Spawner:
             exit_process(TEMPLATE_CHILD_BOOT_ERROR if self.spawned_from == "template"
                          else WORKER_BOOT_ERROR)
         become_worker(self.server, worker)
+
+    def await_orders(self, theirs):
+        """A spawn request, from the master on the channel (a standby forked ahead of
+        need) or from the spawner, which read it (one forked on demand: the channel copy
+        comes last). -> (request, its fds, the socket to report to the master on)."""
+        readable, _, _ = select.select([theirs, self.channel], [], [])
+        if theirs in readable:  # the spawner's orders, or EOF: it has gone
+            request, fds = protocol.recv(theirs)
+            self.channel.close()
+            return request, fds[:-1], protocol.shared_socket(fds[-1])
+        request, fds = protocol.recv(self.channel)
+        if not (isinstance(request, protocol.SpawnWorker) and fds):
+            self.close_fds(fds)
+            raise protocol.ProtocolError("unexpected message %r" % (request,))
+        return request, fds, self.channel
 
     def wait_for_adoption(self):
         """Wait until the master is our parent, then die with it (SIGTERM: graceful)."""
