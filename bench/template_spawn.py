@@ -13,13 +13,20 @@ every worker is held busy, then GET /pid: only the new worker can answer it):
    state (`smartspawn status`) as spawned_from "template"; release; SIGTTOU and wait for
    2 workers again.
 
-    python -m bench.template_spawn [--quick] [--repeats N] [--json PATH]
+`--smart` first measures the same rounds before the refork, from the preloader: smart
+and template spawns of one server without spawn_latency.py's direct rounds, which take
+~10 s each on a heap ten times larger (`--records 1700000`, the full run's `heap10`).
+
+    python -m bench.template_spawn [--quick] [--repeats N] [--smart] [--records N]
+                                   [--json PATH]
 """
 import argparse
 import json
 import signal
 import sys
 import time
+
+import psutil
 
 from bench import spawn_latency
 from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir, uss_mb,
@@ -62,41 +69,59 @@ def measure_once(server, timeout):
         for request in held:
             request.close()
     origin = spawned_from(server, new_pid, timeout)
+    # gunicorn stops the oldest worker; reaped, not only exited (spawn_latency.py: until
+    # the master reaps it, the next round's TTIN would spawn nothing).
     server.signal(signal.SIGTTOU)
-    wait_for(lambda: len(server.worker_pids()) == WORKERS and new_pid in server.worker_pids(),
-             timeout, "the server back to %d workers" % WORKERS)
+
+    def back():
+        workers = server.worker_pids()
+        return (len(workers) == WORKERS and new_pid in workers
+                and not any(psutil.pid_exists(pid) for pid in before - workers))
+    wait_for(back, timeout, "the server back to %d workers" % WORKERS, interval=0.01)
     return {"ms": (t1 - t0) * 1e3, "pid": new_pid, "spawned_from": origin,
             "import_seconds": info.get("import_seconds"), "uss_mb": uss}
+
+
+def rounds(server, args, origin):
+    """Warm-up and measured rounds, each spawn checked to come from `origin`."""
+    samples = []
+    for i in range(args.warmup + args.repeats):
+        sample = measure_once(server, args.timeout)
+        print("%s %2d  %8.2f ms  (worker %s, spawned from %s)" % (
+            "warm-up" if i < args.warmup else "round  ", i + 1, sample["ms"],
+            sample["pid"], sample["spawned_from"]), flush=True)
+        if sample["spawned_from"] != origin:
+            raise BenchError("worker %s was spawned from the %s, not the %s"
+                             % (sample["pid"], sample["spawned_from"], origin))
+        if i >= args.warmup:
+            samples.append(sample)
+    return samples
 
 
 def run(args, workdir):
     env = {"HEAVY_IMPORT_RECORDS": str(args.records),
            "HEAVY_IMPORT_SECONDS": str(args.import_seconds)}
+    found = {}
     with Servers() as started:
         server = started.start(Server("template", workdir / "template", "heavy_import:app",
-                                      SMARTSPAWN, "fork_worker = 10**9\n", WORKERS, env))
+                                      SMARTSPAWN, "fork_worker = 10**9\n", WORKERS, env),
+                               timeout=args.timeout)
+        if args.smart:
+            found["smart"] = rounds(server, args, "preloader")
         server.signal(signal.SIGURG)
         server.wait_log(r"refork to generation 2 .* done", args.timeout)
         wait_for(lambda: any("smartspawn template" in t for t in server.children().values()),
                  args.timeout, "the template process")
-        samples = []
-        for i in range(args.warmup + args.repeats):
-            sample = measure_once(server, args.timeout)
-            print("%s %2d  %8.2f ms  (worker %s, spawned from %s)" % (
-                "warm-up" if i < args.warmup else "round  ", i + 1, sample["ms"],
-                sample["pid"], sample["spawned_from"]), flush=True)
-            if i >= args.warmup:
-                samples.append(sample)
+        found["template"] = rounds(server, args, "template")
     if started.killed:
         raise BenchError("processes outlived the server: %s" % started.killed)
-    wrong = [s["pid"] for s in samples if s["spawned_from"] != "template"]
-    if wrong:
-        raise BenchError("workers %s were not spawned from the template" % wrong)
     return {"benchmark": "template_spawn",
             "metric": "ms from SIGTTIN to the new worker's first response",
             "config": {"repeats": args.repeats, "warmup": args.warmup,
                        "records": args.records, "import_seconds": args.import_seconds},
-            "template": spawn_latency.summarize(samples), "samples": samples}
+            **{kind: spawn_latency.summarize(samples) for kind, samples in found.items()},
+            "samples": found["template"],
+            **({"smart_samples": found["smart"]} if args.smart else {})}
 
 
 def main(argv=None):
@@ -108,6 +133,8 @@ def main(argv=None):
                         help="records the app builds at import (170000, as spawn_latency)")
     parser.add_argument("--import-seconds", type=float, default=1.0,
                         help="minimum app import time (1.0, as spawn_latency)")
+    parser.add_argument("--smart", action="store_true",
+                        help="first the same rounds from the preloader, before the refork")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each wait")
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
@@ -115,9 +142,12 @@ def main(argv=None):
     result = run_in_tmpdir("ssbench-template-", run, args)
     if result is None:
         return 2
-    t = result["template"]
-    print("\nfrom a template: median %.2f ms (min %.2f, max %.2f, n %d); worker USS %.1f MB"
-          % (t["median_ms"], t["min_ms"], t["max_ms"], t["n"], t["worker_uss_mb_median"]))
+    for kind, label in (("smart", "from the preloader"), ("template", "from a template")):
+        if kind in result:
+            t = result[kind]
+            print("\n%s: median %.2f ms (min %.2f, max %.2f, n %d); worker USS %.1f MB"
+                  % (label, t["median_ms"], t["min_ms"], t["max_ms"], t["n"],
+                     t["worker_uss_mb_median"]))
     write_json(args.json, result)
     return 0
 
