@@ -20,8 +20,8 @@ interpreter's interned strings) are left as they are: their headers carry other 
 import ctypes
 import functools
 import gc
-from itertools import chain, compress, repeat
-from operator import and_, is_, not_
+from itertools import compress
+from operator import not_
 import platform
 import sys
 import sysconfig
@@ -35,14 +35,9 @@ if sys.version_info >= (3, 14):
 else:
     KEPT_BITS = 0
     SET_BITS = 0xFFFF_FFFF               # _Py_IMMORTAL_REFCNT
-# sys._is_immortal (3.14) tests the same bit as sys.getrefcount(obj) & IMMORTAL_BIT
-# (3.12, 3.13: a count of 0xFFFFFFFF), without making an int of the count.
-IS_IMMORTAL = getattr(sys, "_is_immortal", None)
-# Objects per gc.get_referents() call, and per make_some_immortal() call: small enough
-# that the few passes over a slice find its objects' headers still in the CPU's cache
-# (2000 against 100 000 and 10 000: 8 % faster).
-BATCH = 2000
-SLICE = 2000
+IS_IMMORTAL = getattr(sys, "_is_immortal", None)  # 3.14
+BATCH = 10_000                     # objects per gc.get_referents() call
+SLICE = 100_000                    # objects made immortal between two pacer ticks
 # How often a long pass calls its `beat` (seconds): a template is still a worker to
 # gunicorn's master, which kills a worker whose heartbeat is older than `timeout`.
 BEAT_INTERVAL = 0.5
@@ -117,43 +112,49 @@ def make_some_immortal(objects, words, again):
     to `again` those of them that may refer to others, and the untracked dicts that were
     immortal already (filled since, maybe).
 
-    The objects immortal already (most of a walk's: the tracked ones met again, interned
-    keys) are left out by map() and compress(), whose loops run in C: the Python loop
-    below, 0.6 us an object, only sees the mortal ones."""
-    dicts = list(compress(objects, map(is_, map(type, objects), repeat(dict))))
-    immortal_dicts = list(compress(dicts, map(not_, mortal(dicts))))
+    On 3.14 the objects immortal already (most of a walk's: the tracked ones met again,
+    interned keys) are left out by sys._is_immortal in a C loop, before the Python loop
+    (0.6 us an object); none of them is an untracked dict: 3.14 tracks every dict."""
     made = 0
     revisit = again.append
-    for obj in compress(objects, mortal(objects)):
+    for obj in maybe_mortal(objects):
         index = id(obj) >> 3
         word = words[index]
         if word & IMMORTAL_BIT:
-            continue  # in `objects` twice: made immortal just now
+            if type(obj) is dict and not gc.is_tracked(obj):
+                revisit(obj)
+            continue  # immortal already (static, or made so earlier)
         words[index] = (word & KEPT_BITS) | SET_BITS
         made += 1
         if type(obj) not in ATOMS:
             revisit(obj)
-    again += compress(immortal_dicts, map(not_, map(gc.is_tracked, immortal_dicts)))
     return made
 
 
-def mortal(objects):
-    """An iterator of booleans: is each of `objects` mortal (the interpreter's own test,
-    (int32) ob_refcnt >= 0)? One C loop, no Python code per object."""
-    if IS_IMMORTAL is not None:
-        return map(not_, map(IS_IMMORTAL, objects))
-    return map(not_, map(and_, map(sys.getrefcount, objects), repeat(IMMORTAL_BIT)))
+def maybe_mortal(objects):
+    """Those of `objects` that may be mortal. On 3.14, the ones sys._is_immortal (the
+    interpreter's own test, the bit IMMORTAL_BIT) says are not immortal; on 3.12 and
+    3.13 all of them: sys.getrefcount() in such a C loop makes an int of each count,
+    and costs more than it saves."""
+    if IS_IMMORTAL is None:
+        return objects
+    return compress(objects, map(not_, map(IS_IMMORTAL, objects)))
 
 
 def hidden_referents(objects):
     """What gc.get_referents() leaves out: the keys of a dict whose keys are all strings
     (its traversal visits the values only), and what a code object holds (it has none)."""
-    kinds = list(map(type, objects))
-    found = list(chain.from_iterable(map(dict.keys, compress(
-        objects, map(issubclass, kinds, repeat(dict))))))
-    for code in compress(objects, map(is_, kinds, repeat(types.CodeType))):
-        found += (code.co_consts, code.co_names, code.co_linetable, code.co_exceptiontable,
-                  code.co_filename, code.co_name, code.co_qualname)
+    found = []
+    code, keys = types.CodeType, dict.keys
+    for obj in objects:
+        kind = type(obj)
+        if kind is dict:
+            found += obj  # its keys
+        elif kind is code:
+            found += (obj.co_consts, obj.co_names, obj.co_linetable, obj.co_exceptiontable,
+                      obj.co_filename, obj.co_name, obj.co_qualname)
+        elif isinstance(obj, dict):
+            found += keys(obj)
     return found
 
 
