@@ -197,6 +197,10 @@ class SmartArbiter(Arbiter):
         else:
             with patches.gunicorn_ready_withheld():  # the notifier says it (notify.py)
                 super().start()
+            # Read now, not at the first spawn: it parses gunicorn's and smartspawn's
+            # source, thousands of objects dropped at once, and after the preloader's
+            # fork their arenas stayed the master's alone, mostly empty (2.9 MiB).
+            hookstate.native_attributes(type(self))
             self.make_heap_immortal()
             self.start_preloader(self.generation)
         if self.metrics is not None:
