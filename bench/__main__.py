@@ -15,6 +15,10 @@ Runs each benchmark as a subprocess with --json (one after the other, never two 
   recycle   bench/recycle_latency.py p99 during max_requests recycling vs steady, plain
                                      gunicorn beside smartspawn, saturated and paced (full
                                      mode only: ~4 min)
+  immortal  bench.immortal_pythons   gc_freeze = "immortal": total PSS after every worker
+                                     read the whole heap vs one warmed process, and the
+                                     pass's s per million objects, on CPython 3.13 and 3.14
+                                     from .venvs/ (full mode only: ~2 min)
 
 then writes OUT/index.md, the PNGs (with matplotlib) and OUT/results.json
 (bench/report.py, bench/plots.py). OUT is a new bench-results/<UTC time>/ in the current
@@ -53,7 +57,7 @@ QUICK_BUDGET = 120.0  # s: quick mode must stay under it
 STEP_TIMEOUT = {"lifecycle": (100.0, 5400.0)}
 DEFAULT_STEP_TIMEOUT = (100.0, 900.0)
 STEPS = ("spawn", "template", "heap10", "memory", "load", "oob", "oobcoord", "events",
-         "lifecycle", "recycle")
+         "lifecycle", "recycle", "immortal")
 GENERATED = ("index.md", "results.json", "spawn_latency.png", "pss.png", "latency.png",
              "oob_latency.png", "events.png", "memory_lifecycle.png")
 FULL_ONLY = "full mode only: it would not fit the quick budget"
@@ -84,6 +88,8 @@ def steps(quick, tmp):
                 "lifecycle", ["bench/memory_lifecycle.py", "--out", str(tmp)]),
              FULL_ONLY if quick else None),
             ("recycle", None if quick else cmd("recycle", ["bench/recycle_latency.py"]),
+             FULL_ONLY if quick else None),
+            ("immortal", None if quick else cmd("immortal", ["-m", "bench.immortal_pythons"]),
              FULL_ONLY if quick else None)]
 
 

@@ -3,8 +3,8 @@
 `results` is what bench/__main__.py collects: {"meta": {...}, "steps": {name: {"status",
 "exit", "seconds", "command", "data"}}}, where "data" is the step's own --json output
 (spawn_latency.py, template_spawn.py, refork_memory.py, load.py, oob_latency.py,
-events.py, memory_lifecycle.py, recycle_latency.py). Every figure in the page comes from
-there; plots.py draws the PNGs.
+events.py, memory_lifecycle.py, recycle_latency.py, immortal_pythons.py). Every figure in
+the page comes from there; plots.py draws the PNGs.
 """
 import statistics
 import time
@@ -69,7 +69,8 @@ def targets(results):
             *load_targets(data(results, "load")),
             *event_targets(data(results, "events")),
             *script_targets(data(results, "lifecycle"), "lifecycle"),
-            *script_targets(data(results, "recycle"), "recycle")]
+            *script_targets(data(results, "recycle"), "recycle"),
+            *immortal_targets(data(results, "immortal"))]
 
 
 SPAWN_MS = 5.0          # median spawn-to-first-response, the bench app (~155 MB)
@@ -150,6 +151,16 @@ def script_targets(found, step):
     if found is None:
         return [(step, "%s targets" % step, NOT_MEASURED, None)]
     return [(step, label, "%.2f" % t["value"], t["met"]) for label, t in found["targets"].items()]
+
+
+def immortal_targets(found):
+    """bench/immortal_pythons.py's targets, per CPython; a row for a version skipped."""
+    if found is None:
+        return [("immortal", "immortal targets", NOT_MEASURED, None)]
+    return [*(("immortal", label, "%.2f" % t["value"], t["met"])
+              for label, t in found["targets"].items()),
+            *(("immortal", "CPython %s" % minor, "%s: %s" % (NOT_MEASURED, why), None)
+              for minor, why in found["skipped"].items())]
 
 
 # -- sections ---------------------------------------------------------------------------
@@ -461,6 +472,36 @@ def recycle_section(results):
     return lines + ["", "Target: smartspawn's p99 during recycles ≤ 1.2× its steady p99.", ""]
 
 
+def immortal_section(results):
+    lines = ["## 7. `gc_freeze = \"immortal\"`: the shared heap after every worker read it",
+             "", "`bench/immortal.py --measures read` on each CPython: app "
+             "`bench/apps/lazy_cache.py`, 4 workers build its ~100 MB cache, a refork, then "
+             "each new worker (the cache inherited from the template) reads all of it. Total "
+             "PSS of the tree, `gc_freeze = True` beside `\"immortal\"`, against one warmed "
+             "process (plain `gunicorn -w 1` whose worker built and read it); the pass's "
+             "seconds per million objects walked, all the passes of the runs together (from "
+             "the master's log). Medians of rounds.", ""]
+    found = data(results, "immortal")
+    if found is None:
+        return lines + [step_note(results, "immortal"), ""]
+    lines += ["| CPython | one warmed process MiB | `True` MiB | `\"immortal\"` MiB | × one "
+              "warmed process | pass s per million objects walked | rounds |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for version, run in found["pythons"].items():
+        pss = {value: statistics.median(r["total_pss"] for r in runs)
+               for value, runs in run["runs"]["read"].items()}
+        per_million = next((t["value"] for label, t in run["targets"].items()
+                            if label.startswith("pass:")), None)
+        lines.append("| %s | %.1f | %.1f | %.1f | %.2f | %s | %d |" % (
+            version, pss["reference"], pss["True"], pss["immortal"],
+            pss["immortal"] / pss["reference"], fmt(per_million, "%.2f"),
+            run["args"]["rounds"]))
+    lines += ["| %s | skipped: %s | | | | | |" % item for item in found["skipped"].items()]
+    return lines + ["", "Targets: ≤ 1.10× one warmed process; the pass ≤ 0.3 s per million "
+                    "objects walked. Where the memory goes: "
+                    "[immortal-profile.md](immortal-profile.md).", ""]
+
+
 def steps_section(results):
     lines = ["## Steps of this run", "", "| step | command | status | s |", "|---|---|---|---:|"]
     for name, entry in results["steps"].items():
@@ -473,6 +514,7 @@ def steps_section(results):
 def write(results):
     """Write index.md and the PNGs into results["out"]."""
     sections = (header, summary, spawn_section, memory_section, latency_section,
-                events_section, lifecycle_section, recycle_section, steps_section)
+                events_section, lifecycle_section, recycle_section, immortal_section,
+                steps_section)
     lines = [line for section in sections for line in section(results)]
     (results["out"] / "index.md").write_text("\n".join(lines).rstrip() + "\n")

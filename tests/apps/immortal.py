@@ -11,6 +11,8 @@ GET /immortal -> {"pid", "records": fraction of sampled records (and their field
                   keys, "atoms": for ATOMS's keys and values (null if empty), "code":
                   for a nested function's code object and its constants}
 GET /warm   -> fills CACHE once -> {"pid", "cache_from"}
+GET /inherited -> {"pid", "native_attributes": how many classes' attributes hookstate had
+                  read (functools.cache) when this worker's spawner was forked}
 """
 import json
 import os
@@ -76,6 +78,9 @@ def app(environ, start_response):
                     cache_from=CACHE_FROM[0], keys=fraction(list(KEYED)),
                     atoms=fraction([*ATOMS, *ATOMS.values()]) if ATOMS else None,
                     code=fraction([inner_code, inner_code.co_consts]))
+    elif path == "/inherited":
+        from gunicorn_smartspawn.shared import hookstate
+        body["native_attributes"] = hookstate.native_attributes.cache_info().currsize
     elif path == "/warm":
         if not CACHE:
             CACHE.extend(records(50_000, "cached"))
