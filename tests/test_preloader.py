@@ -194,6 +194,18 @@ def test_killed_standby_is_replaced_and_spawns_still_work(make_server):
     assert "Traceback" not in server.log()
 
 
+def test_a_stopped_standby_does_not_stop_spawning_for_good(make_server):
+    # It holds a copy of the preloader's channel and never reads the request: the master
+    # kills the preloader as stuck (SPAWN_TIMEOUT), and its standby with it, else the
+    # channel's EOF never comes and no new preloader is started.
+    server = make_server(workers=1).start()
+    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    os.kill(standby, signal.SIGSTOP)
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, timeout=30, what="a second worker")
+    assert standby not in server.worker_pids()
+
+
 def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_workers(
         make_server):
     # gc.freeze() right before every fork, not only once: else each later worker's
