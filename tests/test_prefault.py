@@ -4,6 +4,7 @@ import ctypes
 import mmap
 import os
 import select
+import tracemalloc
 
 import pytest
 
@@ -13,6 +14,7 @@ from gunicorn_smartspawn.spawner import prefault
 PAGE = prefault.PAGE
 PAGES = 32
 WRITTEN = [3, 4, 5, 10]
+MAP_NORESERVE = 0x4000  # Linux; the mmap module names it from Python 3.13
 
 
 def private_buffer():
@@ -111,3 +113,29 @@ def test_populate_write_refuses_a_range_not_mapped():
     buf.close()
     with pytest.raises(OSError):
         _linux.populate_write(start, PAGE)
+
+
+def test_a_large_mapping_barely_used_is_not_read_whole_into_memory():
+    # 64 GiB of address space reserved, one page of it used (MAP_NORESERVE, as a big
+    # calloc or an allocator's reservation): its page map is 128 MiB.
+    try:
+        reserved = mmap.mmap(-1, 64 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                             | MAP_NORESERVE)
+    except OSError as exc:  # vm.overcommit_memory = 2
+        pytest.skip("64 GiB cannot be reserved here: %s" % exc)
+    reserved[0] = 1
+    buf, start = private_buffer()
+    worker_pid, _, hold_worker = in_child(lambda: [buf.__setitem__(p * PAGE, 1) for p in WRITTEN])
+    try:
+        def standby():
+            tracemalloc.start()
+            copied = prefault.take_faults_of(worker_pid)
+            return copied, tracemalloc.get_traced_memory()[1]
+
+        standby_pid, (copied, peak), hold_standby = in_child(standby)
+        release(standby_pid, hold_standby)
+    finally:
+        release(worker_pid, hold_worker)
+        reserved.close()
+    assert isinstance(copied, int) and copied >= len(WRITTEN)
+    assert peak < 8 << 20

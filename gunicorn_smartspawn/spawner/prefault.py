@@ -19,6 +19,10 @@ PRESENT_EXCLUSIVE = 0x81  # pagemap bits 63 and 56, in an entry's high byte
 # A worker that wrote more than this (in its first 100 ms) is unusual: copying it all into
 # every standby would cost more memory than the faults cost time.
 MAX_PAGES = 8192  # 32 MiB
+# The page map is read this many pages at a time (1 MiB of it, 512 MiB of address space):
+# a mapping reserved large and barely used (MAP_NORESERVE, a big calloc) would otherwise
+# be read whole into memory, 2 GiB for 1 TiB.
+CHUNK = 1 << 17
 _EXCLUSIVE = bytes(1 if byte & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE else 0
                    for byte in range(256))
 _RUN = re.compile(rb"\x01+")
@@ -38,28 +42,34 @@ def writable_private_mappings(pid="self"):
     return mappings
 
 
-def written_pages(worker_pid, mappings):
+def written_pages(worker_pid, mappings, limit=None):
     """[(start, length)] of the pages in `mappings` (ours) that `worker_pid` holds
-    privately: the ones it wrote since it was forked from the same spawner."""
+    privately: the ones it wrote since it was forked from the same spawner. Once more
+    than `limit` pages are found, the rest is not read."""
     runs = []
+    pages = 0
     with open("/proc/%s/pagemap" % worker_pid, "rb") as pagemap:
         for start, end in mappings:
-            pagemap.seek(start // PAGE * 8)
-            flags = pagemap.read((end - start) // PAGE * 8)[7::8].translate(_EXCLUSIVE)
-            runs.extend((start + run.start() * PAGE, (run.end() - run.start()) * PAGE)
-                        for run in _RUN.finditer(flags))
+            for chunk in range(start, end, CHUNK * PAGE):
+                pagemap.seek(chunk // PAGE * 8)
+                flags = pagemap.read(min(end - chunk, CHUNK * PAGE) // PAGE * 8)[7::8]
+                for run in _RUN.finditer(flags.translate(_EXCLUSIVE)):
+                    runs.append((chunk + run.start() * PAGE, (run.end() - run.start()) * PAGE))
+                    pages += run.end() - run.start()
+                if limit is not None and pages > limit:
+                    return runs
     return runs
 
 
 def take_faults_of(worker_pid):
     """In a standby: copy the pages `worker_pid` wrote. -> pages copied, or why not."""
     try:
-        runs = written_pages(worker_pid, writable_private_mappings())
+        runs = written_pages(worker_pid, writable_private_mappings(), MAX_PAGES)
     except OSError as exc:  # gone since; not ours to read (another user)
         return "the previous worker's pages cannot be read: %s" % exc
     pages = sum(length for _, length in runs) // PAGE
     if pages > MAX_PAGES:
-        return "the previous worker wrote %d pages, more than %d" % (pages, MAX_PAGES)
+        return "the previous worker wrote more than %d pages" % MAX_PAGES
     try:
         for start, length in runs:
             _linux.populate_write(start, length)
