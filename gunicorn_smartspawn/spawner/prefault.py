@@ -7,7 +7,8 @@ the development machine, about 3.6 ms of a 9 ms spawn (docs/benchmarks/spawn-pro
 The pages are nearly the same from one worker to the next, so a standby asks the kernel
 to copy, ahead of need, the pages its spawner's previous worker has written
 (MADV_POPULATE_WRITE: no byte changes, so nothing the app could see). Where this cannot be
-read or done (a kernel before 5.14, another user's worker), the worker takes its faults
+read or done (a kernel before 5.14; `user` set: the preloader changed its user, so its
+processes are not dumpable and their page maps are refused), the worker takes its faults
 as before.
 """
 import re
