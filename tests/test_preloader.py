@@ -1,9 +1,11 @@
 """The smart preloader tier, against the real gunicorn command."""
+import mmap
 import os
 import signal
 import time
 
 import psutil
+import pytest
 
 from conftest import LoadLoop, wait_for
 
@@ -204,6 +206,22 @@ def test_a_stopped_standby_does_not_stop_spawning_for_good(make_server):
     server.signal(signal.SIGTTIN)
     wait_for(lambda: len(server.worker_pids()) == 2, timeout=30, what="a second worker")
     assert standby not in server.worker_pids()
+
+
+def test_a_spawn_request_stops_the_standbys_copy_of_the_previous_workers_pages(make_server):
+    # The page map of a large mapping barely used takes the standby seconds to read
+    # (spawner/prefault.py): a spawn request must not wait for it.
+    try:
+        mmap.mmap(-1, 256 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000).close()
+    except OSError as exc:  # vm.overcommit_memory = 2: MAP_NORESERVE is not honoured
+        pytest.skip("256 GiB cannot be reserved here: %s" % exc)
+    server = make_server(app_file="reserving.py", workers=1).start()
+    (worker,) = server.worker_pids()
+    # The first standby became the worker: this one copies its pages.
+    wait_for(lambda: standby_pids(server), what="the standby forked after the first worker")
+    server.signal(signal.SIGTTIN)
+    server.wait_log(r"the pages of worker %s copied: a spawn request came" % worker)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
 
 
 def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_workers(

@@ -308,7 +308,8 @@ class Spawner:
                                % (self.server.proc_name, self.generation))
             if prefault_from is not None:
                 self.log.debug("Standby (pid: %s): the pages of worker %s copied: %s",
-                               os.getpid(), prefault_from, prefault.take_faults_of(prefault_from))
+                               os.getpid(), prefault_from, prefault.take_faults_of(
+                                   prefault_from, lambda: self.message_within(0)))
             request, fds, master = self.await_orders(theirs)
         except (EOFError, ConnectionError):
             os._exit(0)  # the spawner or the master has gone: never a worker

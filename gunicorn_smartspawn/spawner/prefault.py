@@ -29,6 +29,10 @@ _EXCLUSIVE = bytes(1 if byte & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE else 0
 _RUN = re.compile(rb"\x01+")
 
 
+class RequestWaiting(Exception):
+    """A spawn request came: the standby stops copying and takes it."""
+
+
 def writable_private_mappings(pid="self"):
     """[(start, end)] of the process's private writable mappings (heap, arenas, stack,
     the .data of libraries)."""
@@ -43,15 +47,18 @@ def writable_private_mappings(pid="self"):
     return mappings
 
 
-def written_pages(worker_pid, mappings, limit=None):
+def written_pages(worker_pid, mappings, limit=None, request_waiting=lambda: False):
     """[(start, length)] of the pages in `mappings` (ours) that `worker_pid` holds
     privately: the ones it wrote since it was forked from the same spawner. Once more
-    than `limit` pages are found, the rest is not read."""
+    than `limit` pages are found, the rest is not read. RequestWaiting once
+    `request_waiting()`, asked between reads."""
     runs = []
     pages = 0
     with open("/proc/%s/pagemap" % worker_pid, "rb") as pagemap:
         for start, end in mappings:
             for chunk in range(start, end, CHUNK * PAGE):
+                if request_waiting():
+                    raise RequestWaiting
                 pagemap.seek(chunk // PAGE * 8)
                 flags = pagemap.read(min(end - chunk, CHUNK * PAGE) // PAGE * 8)[7::8]
                 for run in _RUN.finditer(flags.translate(_EXCLUSIVE)):
@@ -62,10 +69,15 @@ def written_pages(worker_pid, mappings, limit=None):
     return runs
 
 
-def take_faults_of(worker_pid):
-    """In a standby: copy the pages `worker_pid` wrote. -> pages copied, or why not."""
+def take_faults_of(worker_pid, request_waiting=lambda: False):
+    """In a standby: copy the pages `worker_pid` wrote. -> pages copied, or why not.
+    Stops once `request_waiting()`: a page map read, or a copy, must not delay a spawn (a
+    large mapping barely used takes seconds to read: 1.4 s for 256 GiB)."""
     try:
-        runs = written_pages(worker_pid, writable_private_mappings(), MAX_PAGES)
+        runs = written_pages(worker_pid, writable_private_mappings(), MAX_PAGES,
+                             request_waiting)
+    except RequestWaiting:
+        return "a spawn request came while the previous worker's pages were read"
     except OSError as exc:  # gone since; not ours to read (another user)
         return "the previous worker's pages cannot be read: %s" % exc
     pages = sum(length for _, length in runs) // PAGE
@@ -73,6 +85,8 @@ def take_faults_of(worker_pid):
         return "the previous worker wrote more than %d pages" % MAX_PAGES
     try:
         for start, length in runs:
+            if request_waiting():
+                return "a spawn request came while the pages were copied"
             _linux.populate_write(start, length)
     except OSError as exc:
         return "madvise(MADV_POPULATE_WRITE) failed: %s" % exc
