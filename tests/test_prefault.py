@@ -139,3 +139,12 @@ def test_a_large_mapping_barely_used_is_not_read_whole_into_memory():
         reserved.close()
     assert isinstance(copied, int) and copied >= len(WRITTEN)
     assert peak < 8 << 20
+
+
+def test_a_file_mapped_under_a_name_that_is_not_utf8_is_no_error(tmp_path):
+    path = os.path.join(os.fsencode(tmp_path), b"data-\xe9.bin")
+    with open(path, "wb") as f:
+        f.write(b"x" * PAGE)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ):
+        buf, start = private_buffer()
+        assert (start, start + PAGES * PAGE) in prefault.writable_private_mappings()

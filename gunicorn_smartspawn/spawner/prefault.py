@@ -37,12 +37,13 @@ def writable_private_mappings(pid="self"):
     """[(start, end)] of the process's private writable mappings (heap, arenas, stack,
     the .data of libraries)."""
     mappings = []
-    with open("/proc/%s/maps" % pid) as maps:
+    # Bytes: a mapped file's name need not be UTF-8.
+    with open("/proc/%s/maps" % pid, "rb") as maps:
         for line in maps:
             fields = line.split()
-            if fields[1][1] == "w" and fields[1][3] == "p" and not (
-                    len(fields) > 5 and fields[5] in ("[vvar]", "[vdso]", "[vsyscall]")):
-                start, end = fields[0].split("-")
+            if fields[1][1:2] == b"w" and fields[1][3:4] == b"p" and not (
+                    len(fields) > 5 and fields[5] in (b"[vvar]", b"[vdso]", b"[vsyscall]")):
+                start, end = fields[0].split(b"-")
                 mappings.append((int(start, 16), int(end, 16)))
     return mappings
 
