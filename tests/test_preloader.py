@@ -196,6 +196,25 @@ def test_killed_standby_is_replaced_and_spawns_still_work(make_server):
     assert "Traceback" not in server.log()
 
 
+def test_a_standby_that_dies_as_it_starts_is_not_forked_again_and_again(make_server):
+    # Its replacement is forked for the next spawn request, not at once in a loop.
+    server = make_server(workers=1, config='''
+def on_preload(preloader):
+    from gunicorn_smartspawn.spawner import prefault
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the standby broke")
+
+    prefault.take_faults_of = broken
+''').start()
+    server.wait_log("RuntimeError: the standby broke")
+    time.sleep(1.0)  # a loop would fork hundreds meanwhile
+    assert server.log().count("RuntimeError: the standby broke") == 1
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
+    assert server.get_ok()
+
+
 def test_a_stopped_standby_does_not_stop_spawning_for_good(make_server):
     # It holds a copy of the preloader's channel and never reads the request: the master
     # kills the preloader as stuck (SPAWN_TIMEOUT), and its standby with it, else the

@@ -155,7 +155,9 @@ class Spawner:
                     standby = None
                     # Not taken: it died (or saw the channel closed). A request it read
                     # before it died is lost: the master gives up on it (SPAWN_TIMEOUT).
-                    if handed_over or not self.message_within(0):
+                    # The next request is read here, its standby forked on demand: one
+                    # that dies as it starts is not forked again and again.
+                    if handed_over:
                         continue
                 try:
                     message, fds = protocol.recv(self.channel)
