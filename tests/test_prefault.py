@@ -148,3 +148,30 @@ def test_a_file_mapped_under_a_name_that_is_not_utf8_is_no_error(tmp_path):
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ):
         buf, start = private_buffer()
         assert (start, start + PAGES * PAGE) in prefault.writable_private_mappings()
+
+
+def test_a_private_file_mapping_still_follows_its_file_in_the_standby(tmp_path):
+    # Linux: a page of a MAP_PRIVATE file mapping shows the file's later changes until
+    # the process writes it; a copy made ahead would not (the worker-to-be could tell).
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"a" * PAGE)
+    with open(path, "r+b") as f:
+        data = mmap.mmap(f.fileno(), PAGE, flags=mmap.MAP_PRIVATE)
+    data[:1]  # present before the fork, shared after it
+
+    def worker():
+        data[0] = ord("w")
+
+    worker_pid, _, hold_worker = in_child(worker)
+    try:
+        def standby():
+            prefault.take_faults_of(worker_pid)
+            with open(path, "r+b") as f:  # another process updates the file in place
+                f.write(b"b")
+            return data[:1]
+
+        standby_pid, seen, hold_standby = in_child(standby)
+        release(standby_pid, hold_standby)
+    finally:
+        release(worker_pid, hold_worker)
+    assert seen == b"b"

@@ -34,17 +34,22 @@ class RequestWaiting(Exception):
 
 
 def writable_private_mappings(pid="self"):
-    """[(start, end)] of the process's private writable mappings (heap, arenas, stack,
-    the .data of libraries)."""
-    mappings = []
+    """[(start, end)] of the process's private writable mappings: anonymous ones (heap,
+    arenas, stack) and the .data of the libraries and the program. Not another file's: a
+    page of a private file mapping follows the file's later changes until it is written,
+    and would not once copied (a library is not changed in place while it runs)."""
     # Bytes: a mapped file's name need not be UTF-8.
     with open("/proc/%s/maps" % pid, "rb") as maps:
-        for line in maps:
-            fields = line.split()
-            if fields[1][1:2] == b"w" and fields[1][3:4] == b"p" and not (
-                    len(fields) > 5 and fields[5] in (b"[vvar]", b"[vdso]", b"[vsyscall]")):
-                start, end = fields[0].split(b"-")
-                mappings.append((int(start, 16), int(end, 16)))
+        lines = [line.split(None, 5) for line in maps]
+    code = {fields[5] for fields in lines if len(fields) > 5 and fields[1][2:3] == b"x"}
+    mappings = []
+    for fields in lines:
+        name = fields[5].strip() if len(fields) > 5 else b""
+        if fields[1][1:2] == b"w" and fields[1][3:4] == b"p" and (
+                not name or (name.startswith(b"[") and name not in (
+                    b"[vvar]", b"[vdso]", b"[vsyscall]")) or fields[5] in code):
+            start, end = fields[0].split(b"-")
+            mappings.append((int(start, 16), int(end, 16)))
     return mappings
 
 
