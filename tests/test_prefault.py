@@ -4,6 +4,7 @@ import ctypes
 import mmap
 import os
 import select
+import tracemalloc
 
 import pytest
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threade
 PAGE = prefault.PAGE
 PAGES = 32
 WRITTEN = [3, 4, 5, 10]
+MAP_NORESERVE = 0x4000  # Linux; the mmap module names it from Python 3.13
 
 
 def private_buffer():
@@ -115,3 +117,65 @@ def test_populate_write_refuses_a_range_not_mapped():
     buf.close()
     with pytest.raises(OSError):
         _linux.populate_write(start, PAGE)
+
+
+def test_a_large_mapping_barely_used_is_not_read_whole_into_memory():
+    # 64 GiB of address space reserved, one page of it used (MAP_NORESERVE, as a big
+    # calloc or an allocator's reservation): its page map is 128 MiB.
+    try:
+        reserved = mmap.mmap(-1, 64 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                             | MAP_NORESERVE)
+    except OSError as exc:  # vm.overcommit_memory = 2
+        pytest.skip("64 GiB cannot be reserved here: %s" % exc)
+    reserved[0] = 1
+    buf, start = private_buffer()
+    worker_pid, _, hold_worker = in_child(lambda: [buf.__setitem__(p * PAGE, 1) for p in WRITTEN])
+    try:
+        def standby():
+            tracemalloc.start()
+            copied = prefault.take_faults_of(worker_pid)
+            return copied, tracemalloc.get_traced_memory()[1]
+
+        standby_pid, (copied, peak), hold_standby = in_child(standby)
+        release(standby_pid, hold_standby)
+    finally:
+        release(worker_pid, hold_worker)
+        reserved.close()
+    assert isinstance(copied, int) and copied >= len(WRITTEN)
+    assert peak < 8 << 20
+
+
+def test_a_file_mapped_under_a_name_that_is_not_utf8_is_no_error(tmp_path):
+    path = os.path.join(os.fsencode(tmp_path), b"data-\xe9.bin")
+    with open(path, "wb") as f:
+        f.write(b"x" * PAGE)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ):
+        buf, start = private_buffer()
+        assert (start, start + PAGES * PAGE) in prefault.writable_private_mappings()
+
+
+def test_a_private_file_mapping_still_follows_its_file_in_the_standby(tmp_path):
+    # Linux: a page of a MAP_PRIVATE file mapping shows the file's later changes until
+    # the process writes it; a copy made ahead would not (the worker-to-be could tell).
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"a" * PAGE)
+    with open(path, "r+b") as f:
+        data = mmap.mmap(f.fileno(), PAGE, flags=mmap.MAP_PRIVATE)
+    data[:1]  # present before the fork, shared after it
+
+    def worker():
+        data[0] = ord("w")
+
+    worker_pid, _, hold_worker = in_child(worker)
+    try:
+        def standby():
+            prefault.take_faults_of(worker_pid)
+            with open(path, "r+b") as f:  # another process updates the file in place
+                f.write(b"b")
+            return data[:1]
+
+        standby_pid, seen, hold_standby = in_child(standby)
+        release(standby_pid, hold_standby)
+    finally:
+        release(worker_pid, hold_worker)
+    assert seen == b"b"

@@ -1,9 +1,11 @@
 """The smart preloader tier, against the real gunicorn command."""
+import mmap
 import os
 import signal
 import time
 
 import psutil
+import pytest
 
 from conftest import LoadLoop, wait_for
 
@@ -192,6 +194,54 @@ def test_killed_standby_is_replaced_and_spawns_still_work(make_server):
              what="a new standby")
     assert len(server.lines("imports.txt")) == 1
     assert "Traceback" not in server.log()
+
+
+def test_a_standby_that_dies_as_it_starts_is_not_forked_again_and_again(make_server):
+    # Its replacement is forked for the next spawn request, not at once in a loop.
+    server = make_server(workers=1, config='''
+def on_preload(preloader):
+    from gunicorn_smartspawn.spawner import prefault
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the standby broke")
+
+    prefault.take_faults_of = broken
+''').start()
+    server.wait_log("RuntimeError: the standby broke")
+    time.sleep(1.0)  # a loop would fork hundreds meanwhile
+    assert server.log().count("RuntimeError: the standby broke") == 1
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
+    assert server.get_ok()
+
+
+def test_a_stopped_standby_does_not_stop_spawning_for_good(make_server):
+    # It holds a copy of the preloader's channel and never reads the request: the master
+    # kills the preloader as stuck (SPAWN_TIMEOUT), and its standby with it, else the
+    # channel's EOF never comes and no new preloader is started.
+    server = make_server(workers=1).start()
+    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    os.kill(standby, signal.SIGSTOP)
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, timeout=30, what="a second worker")
+    assert standby not in server.worker_pids()
+
+
+def test_a_spawn_request_stops_the_standbys_copy_of_the_previous_workers_pages(make_server):
+    # The page map of a large mapping barely used takes the standby seconds to read
+    # (spawner/prefault.py): a spawn request must not wait for it.
+    try:
+        mmap.mmap(-1, 256 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000).close()
+    except OSError as exc:  # vm.overcommit_memory = 2: MAP_NORESERVE is not honoured
+        pytest.skip("256 GiB cannot be reserved here: %s" % exc)
+    server = make_server(app_file="reserving.py", workers=1).start()
+    (worker,) = server.worker_pids()
+    # The first standby became the worker (same pid): the next one copies its pages.
+    wait_for(lambda: [pid for pid in standby_pids(server) if pid != worker],
+             what="the standby forked after the first worker")
+    server.signal(signal.SIGTTIN)
+    server.wait_log(r"the pages of worker %s copied: a spawn request came" % worker)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
 
 
 def test_what_the_preloader_allocated_after_its_first_fork_is_frozen_in_later_workers(

@@ -988,6 +988,10 @@ class SmartArbiter(Arbiter):
         if spawner is not None:
             spawner.stuck = True
             self.fleet.kill(spawner)
+            # Its standby reads the requests: it may be the one stuck (stopped), and it
+            # holds a copy of the channel, whose EOF would then never come (spawner_gone).
+            if spawner.standby_pid is not None:
+                self.fleet.kill_standby(spawner, spawner.standby_pid)
             for other in self.fleet.pending_of(spawner.pid):
                 self.fleet.forget_pending(other.worker.age)
 

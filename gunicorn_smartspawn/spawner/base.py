@@ -155,7 +155,9 @@ class Spawner:
                     standby = None
                     # Not taken: it died (or saw the channel closed). A request it read
                     # before it died is lost: the master gives up on it (SPAWN_TIMEOUT).
-                    if handed_over or not self.message_within(0):
+                    # The next request is read here, its standby forked on demand: one
+                    # that dies as it starts is not forked again and again.
+                    if handed_over:
                         continue
                 try:
                     message, fds = protocol.recv(self.channel)
@@ -308,7 +310,8 @@ class Spawner:
                                % (self.server.proc_name, self.generation))
             if prefault_from is not None:
                 self.log.debug("Standby (pid: %s): the pages of worker %s copied: %s",
-                               os.getpid(), prefault_from, prefault.take_faults_of(prefault_from))
+                               os.getpid(), prefault_from, prefault.take_faults_of(
+                                   prefault_from, lambda: self.message_within(0)))
             request, fds, master = self.await_orders(theirs)
         except (EOFError, ConnectionError):
             os._exit(0)  # the spawner or the master has gone: never a worker
