@@ -287,10 +287,11 @@ class Spawner:
     def run_middle(self, ours, theirs, inherited, prefault_from):
         """The middle of the double fork: exits at once so the standby is re-parented."""
         code = 1
+        middle = os.getpid()
         try:
             self.close_fds(inherited)
             if forksafety.fork_again() == 0:
-                self.run_standby(ours, theirs, prefault_from)
+                self.run_standby(ours, theirs, prefault_from, middle)
             code = 0
         except BaseException:
             self.log.exception("%s: the middle process of a fork (pid: %s) failed",
@@ -298,11 +299,11 @@ class Spawner:
         finally:
             os._exit(code)
 
-    def run_standby(self, ours, theirs, prefault_from):
+    def run_standby(self, ours, theirs, prefault_from, middle):
         """A worker forked ahead of need: adopted by the master, it waits for its orders."""
         try:
             ours.close()
-            if not self.wait_for_adoption():
+            if not self.wait_for_adoption(middle):
                 os._exit(1)
             # Once adopted: the master checks that the pid it is told of is its child.
             protocol.send(self.channel, protocol.StandbyReady(os.getpid()))
@@ -357,10 +358,15 @@ class Spawner:
             raise protocol.ProtocolError("unexpected message %r" % (request,))
         return request, fds, self.channel
 
-    def wait_for_adoption(self):
-        """Wait until the master is our parent, then die with it (SIGTERM: graceful)."""
+    def wait_for_adoption(self, middle):
+        """Wait until the master is our parent, then die with it (SIGTERM: graceful).
+        False at once when another process adopts us: the master has died (it would
+        otherwise hold the listeners open for REPARENT_TIMEOUT, and a client's connection
+        would be reset instead of refused)."""
         deadline = time.monotonic() + REPARENT_TIMEOUT
-        while os.getppid() != self.master_pid:
+        while (parent := os.getppid()) != self.master_pid:
+            if parent != middle:
+                return False
             if time.monotonic() > deadline:
                 self.log.error("Worker (pid: %s) was not re-parented to the master "
                                "(pid: %s); exiting", os.getpid(), self.master_pid)
