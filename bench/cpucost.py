@@ -146,8 +146,8 @@ def summarize_ratios(ratios):
             "spread": max(median - min(ratios), max(ratios) - median) / median}
 
 
-def text(summary):
-    """"0.903 (0.897–0.909, ±0.7 %, 8 rounds)"."""
-    return "%.3f (%.3f–%.3f, ±%.1f %%, %d rounds)" % (
-        summary["median"], summary["min"], summary["max"], 100 * summary["spread"],
+def text(summary, unit=""):
+    """"0.903 (0.897–0.909, ±0.7 %, 8 rounds)", `unit` after the median."""
+    return "%.3f%s (%.3f–%.3f, ±%.1f %%, %d rounds)" % (
+        summary["median"], unit, summary["min"], summary["max"], 100 * summary["spread"],
         summary["n"])
