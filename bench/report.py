@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench import plots
+from bench import cpucost, plots
 from bench.recycle_latency import pace_text
 
 MEMORY_COMMANDS = {  # refork_memory.py's configurations, as a reader would type them
@@ -119,11 +119,19 @@ def oob_targets(oob):
               ("hello", "/hello throughput B/A", "oob_gc: hello-world throughput ≥ 0.98× plain")]
     found = (oob or {}).get("targets", {})
     rows = []
-    for _, prefix, label in wanted:
+    for key, prefix, label in wanted:
         match = next((t for name, t in found.items() if name.startswith(prefix)), None)
-        rows.append(("oob", label, "%.2f×" % match["value"] if match else NOT_MEASURED,
-                     match["met"] if match else None))
+        measured = "%.2f×" % match["value"] if match else NOT_MEASURED
+        cpu = (oob or {}).get("cpu", {}).get("/hello")
+        if match and key == "hello" and cpu:
+            measured = cpu_measured(next(iter(cpu["ratios"].values())))
+        rows.append(("oob", label, measured, match["met"] if match else None))
     return rows
+
+
+def cpu_measured(summary):
+    """A target's figure from bench/cpucost.py, with its per-round spread."""
+    return "%s requests per CPU-second" % cpucost.text(summary, "×")
 
 
 def load_targets(load):
@@ -131,8 +139,9 @@ def load_targets(load):
         return [("load", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
                  NOT_MEASURED, None)]
     t = load["targets"]["hello throughput smartspawn/plain"]
+    measured = cpu_measured(t) if "spread" in t else "%.2f×" % t["value"]
     return [("load", "hello-world throughput ≥ 0.98× plain (smartspawn, no oob_gc)",
-             "%.2f×" % t["value"], t["met"])]
+             measured, t["met"])]
 
 
 def event_targets(events):
@@ -292,6 +301,8 @@ def latency_section(results):
                   % (load["client"], load["connections"], load["workers"], load["rounds"],
                      load["seconds"]) + client_note(load["client"]), ""]
         lines += latency_table(load["endpoints"], "plain")
+        lines += cpu_table({label: e["cpu"] for label, e in load["endpoints"].items()
+                            if "cpu" in e})
         drawn = plots.latency(load["endpoints"], results["out"] / "latency.png")
         lines += image(drawn, "latency and throughput", "latency.png")
     return lines + oob_section(results) + oobcoord_section(results)
@@ -320,6 +331,34 @@ def latency_table(endpoints, base):
                     "(run back to back): the spread the noise of the machine allows.", ""]
 
 
+def cpu_table(measured):
+    """CPU per request ({endpoint: bench/cpucost.py's measure()}), the throughput targets'
+    figure."""
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    lines = ["CPU per request (`bench/cpucost.py`): the servers loaded at the same time, "
+             "%s; %d rounds of %d s; CPU (user + system) of every process of the server's "
+             "session (master, workers, smartspawn's preloader and standby) over the "
+             "window, divided by the requests served. *Requests per CPU-second × first*: "
+             "per round, the first server's CPU per request divided by this one's; the "
+             "hello-world throughput targets are judged on its median, where rounds of "
+             "req/s taken in turns spread too widely to tell 0.98 from 1." % (
+                 "pinned to one half of the CPUs and their load generators to the other"
+                 if first["pinned"] else "not pinned (one CPU)", first["rounds"],
+                 first["seconds"]), "",
+             "| endpoint | server | CPU µs per request | requests per CPU-second × first, "
+             "median (lowest–highest) | spread |", "|---|---|---:|---:|---:|"]
+    for label, cpu in measured.items():
+        for name, runs in cpu["runs"].items():
+            r = cpu["ratios"].get(name)
+            lines.append("| `%s` | %s | %.1f | %s | %s |" % (
+                label, name, statistics.median(x["cpu_us"] for x in runs),
+                "%.3f (%.3f–%.3f)" % (r["median"], r["min"], r["max"]) if r else "(first)",
+                "±%.1f %%" % (100 * r["spread"]) if r else ""))
+    return lines + [""]
+
+
 def rps_range(endpoint, name):
     """"min–max" of the per-round req/s ratios of `name` to the first server, if known."""
     runs = endpoint.get("runs")
@@ -341,6 +380,7 @@ def oob_section(results):
                                                        oob.get("rounds"), oob.get("seconds"))
               + client_note(oob.get("client")), ""]
     lines += latency_table(endpoints, "A")
+    lines += cpu_table(oob.get("cpu", {}))
     drawn = plots.latency(endpoints, results["out"] / "oob_latency.png")
     return lines + image(drawn, "oob latency", "oob_latency.png")
 

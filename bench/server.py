@@ -152,14 +152,7 @@ class Server:
 
     def cpu_seconds(self):
         """CPU time (user + system) used so far by the live processes of the session."""
-        total = 0.0
-        for proc in self.session():
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        return total
+        return sum(map(process_seconds, self.session()))
 
     def stop(self):
         """SIGINT, SIGKILL after 10 s; SIGKILL to its session 5 s later. -> pids killed."""
@@ -210,6 +203,35 @@ class Servers:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def task_ns(pid):
+    """On-CPU nanoseconds of every thread of `pid` (schedstat); None if not readable."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            if tid == str(pid):
+                return None  # no schedstat here (kernel without CONFIG_SCHED_INFO)
+    return total
+
+
+def process_seconds(proc):
+    """On-CPU seconds of one process (all its threads); 0.0 once it is gone."""
+    ns = task_ns(proc.pid)
+    if ns is not None:
+        return ns / 1e9
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
 
 
 def uss_mb(pid):

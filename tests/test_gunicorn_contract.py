@@ -247,7 +247,6 @@ COMMON = {"init_signals": ["self"], "handle_exit": ["self", "sig", "frame"],
           "handle_usr1": ["self", "sig", "frame"]}
 WORKER_OVERRIDES = {
     sync.SyncWorker: {**COMMON, "handle": ["self", "listener", "client", "addr"],
-                      "accept": ["self", "listener"], "wait": ["self", "timeout"],
                       "handle_request": ["self", "listener", "req", "client", "addr"]},
     gthread.ThreadWorker: {**COMMON, "handle_request": ["self", "req", "conn"],
                            "handle_quit": ["self", "sig", "frame"],
@@ -255,6 +254,15 @@ WORKER_OVERRIDES = {
                            "enqueue_req": ["self", "conn"],
                            "finish_request": ["self", "conn", "fs"]},
 }
+
+
+def test_the_sync_loop_looks_accept_and_wait_up_on_the_worker_at_each_turn():
+    # While orders are pending, smartspawn's Worker puts its own accept and wait in the
+    # instance's attributes (handle_command), in front of gunicorn's, which it calls.
+    loop = inspect.getsource(sync.SyncWorker.run_for_one)
+    assert "self.accept(listener)" in loop and "self.wait(timeout)" in loop
+    assert params(sync.SyncWorker.accept) == ["self", "listener"]
+    assert params(sync.SyncWorker.wait) == ["self", "timeout"]
 
 
 def test_every_overridden_worker_method_is_pinned():

@@ -69,6 +69,11 @@ class Counters:
     def set(self, slot, field, value):
         self._fields[field][slot] = value
 
+    def columns(self):
+        """{field: its column}, written in place as `column[slot] = value`: the sync
+        worker's request path (worker/base.py), where a call per field is measurable."""
+        return self._fields
+
     def requests(self, slot):
         return self.get(slot, "requests")
 

@@ -259,23 +259,50 @@ class SmartWorkerMixin:
 
 
 class Worker(SmartWorkerMixin, sync.SyncWorker):
-    """gunicorn's sync worker; with ``--threads N`` (N > 1) the master uses ThreadWorker."""
+    """gunicorn's sync worker; with ``--threads N`` (N > 1) the master uses ThreadWorker.
+
+    Its request path adds as little as it can to gunicorn's: on a hello-world request
+    every Python call is measurable (bench/cpucost.py; docs/benchmarks). Hence one
+    wrapper, handle(), for what the other classes do in handle_request, and
+    gunicorn's own accept() and wait() unless orders are pending (handle_command)."""
 
     can_disable = True
+    # A sync connection carries one request (gunicorn keeps none alive): handle() does
+    # the bookkeeping of SmartWorkerMixin.handle_request around it.
+    handle_request = sync.SyncWorker.handle_request
+    board = None  # our counters' columns (Counters.columns), None without a slot
 
-    def accept(self, listener):
+    def init_process(self):
+        if self.slot is not None:
+            self.board = self.counters.columns()
+        super().init_process()
+
+    def handle_command(self, sig, frame):
+        # gunicorn's loop calls self.accept and self.wait: these instance attributes put
+        # ours in front of gunicorn's until the orders are read (and while disabled).
+        self.orders_pending = True
+        self.accept, self.wait = self.accept_ordered, self.wait_ordered
+
+    def follow_orders(self):
+        # gunicorn's methods back first: orders signalled from here on put ours back.
+        self.__dict__.pop("accept", None)
+        self.__dict__.pop("wait", None)
         if self.orders_pending:
             self.read_orders()
         if self.disabled:
-            raise BlockingIOError(errno.EAGAIN, "disabled")  # gunicorn's loop waits then
-        super().accept(listener)
+            self.accept, self.wait = self.accept_ordered, self.wait_ordered
 
-    def wait(self, timeout):
+    def accept_ordered(self, listener):
+        self.follow_orders()
+        if self.disabled:
+            raise BlockingIOError(errno.EAGAIN, "disabled")  # gunicorn's loop waits then
+        sync.SyncWorker.accept(self, listener)
+
+    def wait_ordered(self, timeout):
         # Between requests, woken by a signal or a connection: the master's orders first.
-        if self.orders_pending:
-            self.read_orders()
+        self.follow_orders()
         if not self.disabled:
-            return super().wait(timeout)
+            return sync.SyncWorker.wait(self, timeout)
         # Out of rotation: wait for orders only, beating the heartbeat as gunicorn does.
         self.notify()
         ready, _, _ = select.select([self.PIPE[0]], [], [], timeout)
@@ -293,17 +320,35 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
             os.utime(self.tmp.fileno(), (mtime, mtime))
 
     def handle(self, listener, client, addr):
-        if self.slot is not None:  # one connection at a time: one writer
-            self.counters.set(self.slot, "busy_since_us", int(time.monotonic() * 1e6))
+        """One connection, one request: request_began() and request_ended() inlined
+        (one clock read at each end, the counters written in place), then out-of-band
+        work."""
+        began = time.monotonic()
+        self.deadlines.began(began)
+        self.in_flight = 1
+        board, slot = self.board, self.slot
+        if board is not None:  # one connection at a time: one writer
+            board["busy_since_us"][slot] = int(began * 1e6)
+            board["in_flight"][slot] = 1
         try:
-            super().handle(listener, client, addr)
+            try:
+                super().handle(listener, client, addr)
+            finally:
+                self.deadlines.ended()
+                self.in_flight = 0
+                if board is not None:
+                    board["in_flight"][slot] = 0
+                    board["last_request_us"][slot] = int(time.monotonic() * 1e6)
+                    board["requests"][slot] = self.nr
+                if self.nr >= self.retire_after:
+                    self.ask_for_replacement()
             # Out-of-band work goes here: the response is sent and the connection closed
             # (post_request runs before the close), and the next accept() has not happened.
             if self.oob is not None:
                 self.oob.after_request()
         finally:
-            if self.slot is not None:
-                self.counters.set(self.slot, "busy_since_us", 0)
+            if board is not None:
+                board["busy_since_us"][slot] = 0
 
 
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):

@@ -94,8 +94,10 @@ class Deadlines:
 
     # -- requests -----------------------------------------------------------------------
 
-    def began(self):
-        now = time.monotonic()
+    def began(self, now=None):
+        """A request began (at `now`, time.monotonic(), when the caller has read it)."""
+        if now is None:
+            now = time.monotonic()
         request = Request(now, now + self.soft_timeout if self.soft_timeout else None)
         _current.set(request)
         if request.deadline is not None:

@@ -1,6 +1,9 @@
 """bench's own decisions: which steps run, and the paced load's rate."""
 import argparse
+import os
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 # still comes first.
 sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from bench import plots  # noqa: E402
+from bench import cpucost, plots, server  # noqa: E402
 from bench.__main__ import STEPS, step_list, steps  # noqa: E402
 from bench.recycle_latency import KINDS, pace_of, pace_text  # noqa: E402
 
@@ -51,3 +54,50 @@ def test_a_figure_without_matplotlib_draws_nothing(monkeypatch):
     assert figure("x.png") is False and drawn == []
     monkeypatch.setattr(plots, "AVAILABLE", True)
     assert figure("x.png") is True and drawn == ["x.png"]
+
+
+def test_cpu_per_request_and_the_ratio_to_the_first_server():
+    """Requests per CPU-second relative to the first server, per round run together: a
+    server that spends 10 % more CPU per request reads 1/1.1."""
+    assert cpucost.cpu_per_request(1.0, 1.5, 2500) == pytest.approx(200.0)
+    assert cpucost.cpu_per_request(1.0, 1.0, 0) == 0.0  # no request: no division by 0
+    runs = {"plain": [{"cpu_us": 100.0}, {"cpu_us": 120.0}, {"cpu_us": 110.0}],
+            "smartspawn": [{"cpu_us": 110.0}, {"cpu_us": 120.0}, {"cpu_us": 100.0}]}
+    ratios = cpucost.efficiency_ratios(runs)
+    assert list(ratios) == ["smartspawn"]
+    r = ratios["smartspawn"]
+    assert r["median"] == pytest.approx(1.0) and r["n"] == 3
+    assert (r["min"], r["max"]) == (pytest.approx(100 / 110), pytest.approx(1.1))
+    assert r["spread"] == pytest.approx(0.1)  # the round farthest from the median
+    assert cpucost.text(r, "×") == "1.000× (0.909–1.100, ±10.0 %, 3 rounds)"
+
+
+def test_the_clients_and_the_servers_get_different_cpus():
+    assert cpucost.split_cpus({0, 1}) == ({0}, {1})
+    assert cpucost.split_cpus({3, 0, 2, 1, 4}) == ({0, 1}, {2, 3, 4})
+    assert cpucost.split_cpus({0}) is None
+
+
+def test_a_process_cpu_counts_every_thread():
+    """schedstat's first field (ns on CPU) of each thread: a second thread that spent
+    50 ms of CPU counts."""
+    burned, stop = threading.Event(), threading.Event()
+
+    def burn():
+        while time.thread_time() < 0.05:
+            pass
+        burned.set()
+        stop.wait()
+
+    thread = threading.Thread(target=burn)
+    thread.start()
+    try:
+        assert burned.wait(10)
+        pid = os.getpid()
+        with open("/proc/%d/task/%d/schedstat" % (pid, pid)) as f:
+            main_thread = int(f.read().split()[0])
+        assert server.task_ns(pid) - main_thread >= 0.05e9
+    finally:
+        stop.set()
+        thread.join()
+    assert server.task_ns(2**22 + 1) is None  # no such process
