@@ -155,7 +155,6 @@ class OutOfBand:
         self.solo = cfg.workers == 1 and not self.coordinated
         self.requested = False       # the application asked for work (header)
         self.collected_at = 0        # worker.nr at the last out-of-band collection
-        self.declined_at = None      # gen2's count when CPython last declined a full one
         self.lowered = False         # the application's thresholds are back for a request
         # Figures for the status tool and the debug log.
         self.collections = 0
@@ -266,15 +265,7 @@ class OutOfBand:
             return due
         if self.generation is not None or INCREMENTAL_GC or not automatic_gc_on():
             return False  # a young collection, or an increment: bounded work
-        count = gc.get_count()[2]
-        if count <= _app_thresholds[2]:
-            self.declined_at = None  # a full collection ran since (the count restarts)
-            return False
-        # At our last turn CPython declined the full collection (its 25 % rule): asking
-        # again before another gen1 collection would only be declined again, and with the
-        # count past its threshold every request would ask (measured on /hello after
-        # /garbage: 0.88x plain's requests per CPU-second, against 0.94x).
-        return self.declined_at is None or count > self.declined_at
+        return gc.get_count()[2] > _app_thresholds[2]
 
     def waiting(self):
         """We asked, and have not finished that ask."""
@@ -400,9 +391,6 @@ class OutOfBand:
             gc.collect(generation)
         elif automatic_gc_on():
             generation = collect_as_cpython_would()
-            count = gc.get_count()[2]
-            self.declined_at = count if generation != 2 and count > _app_thresholds[2] \
-                else None
         else:
             generation = 2  # oob_gc = N with the collector off: collect anyway, fully
             gc.collect()

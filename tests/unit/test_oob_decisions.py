@@ -593,23 +593,3 @@ def test_an_ask_whose_full_collection_is_no_longer_due_is_given_back(fake_gc):
     fake_gc.count = [0, 0, 0]  # collected fully meanwhile (the safety net, the app)
     assert worker.oob.due() == (False, False)
     assert counters.get(slot, "oob_done") == 1 and worker.oob.collections == 0
-
-
-def test_a_full_collection_cpython_declined_is_asked_for_after_another_gen1(fake_gc):
-    """Granted a turn, CPython may decline the full collection (its 25 % rule, which
-    Python cannot read): gen2's count stays past its threshold, and asking again before
-    another gen1 collection would ask on every request."""
-    worker = Worker(oob_gc=True, coordinated=True)
-    counters, slot = worker.counters, worker.slot
-    fake_gc.count = [SAFETY_NET, 0, 11]
-    worker.oob.due()
-    counters.set(slot, "oob_granted", 1)
-    worker.oob.run(*worker.oob.due())  # the fake collector runs nothing: declined
-    assert counters.get(slot, "oob_done") == 1 and worker.oob.declined_at == 11
-    assert worker.oob.due() == (False, True)  # young ones at once, no ask
-    assert counters.get(slot, "oob_asked") == 1
-    fake_gc.count = [0, 0, 12]  # another gen1 collection: a full one may be due
-    worker.oob.due()
-    assert counters.get(slot, "oob_asked") == 2
-    fake_gc.count = [0, 0, 1]  # a full collection ran (the count restarts)
-    assert worker.oob.due() == (False, False) and worker.oob.declined_at is None
