@@ -182,11 +182,25 @@ def test_the_masters_order_signal_kills_no_process_that_is_not_a_worker(server_o
     master = psutil.Process(server.pid)
 
     def not_workers():
-        return [p.pid for p in [master, *master.children(recursive=True)]
-                if p.pid not in server.worker_pids()]
+        """{title: pids}: the middle process of a standby's double fork (titled as the
+        preloader) also shows for a moment, and is gone when signalled."""
+        found = {}
+        for process in [master, *master.children(recursive=True)]:
+            try:
+                title = " ".join(process.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            for role in ("master", "preloader", "standby"):
+                if role in title:
+                    found.setdefault(role, []).append(process.pid)
+        return found
+
+    def settled():
+        found = not_workers()
+        roles = [found.get(role, []) for role in ("master", "preloader", "standby")]
+        return all(len(pids) == 1 for pids in roles) and [pids[0] for pids in roles]
     # The standby is forked a little after the worker was handed over (spawner/base.py).
-    others = wait_for(lambda: len(pids := not_workers()) >= 3 and pids,
-                      what="the master, the preloader and its standby")
+    others = wait_for(settled, what="the master, the preloader and its standby")
     for pid in others:
         os.kill(pid, SIG_COMMAND)
     time.sleep(0.5)
