@@ -241,8 +241,9 @@ class SmartArbiter(Arbiter):
     def wait_for_signals(self, timeout=1.0):
         """Wait for a signal or a spawner message; returns the signals."""
         if (self.reforker.current is not None or self.fleet.outgoing()
-                or self.notifier.waiting()):
-            # A refork, a replacement or READY=1 advances as workers boot.
+                or self.notifier.waiting() or self.coordinator.waiting_for_another):
+            # A refork, a replacement, READY=1 or an out-of-band grant advances as
+            # workers boot.
             timeout = min(timeout, 0.05)
         if self.cfg.max_worker_memory or self.cfg.refork_on_memory:
             timeout = min(timeout, self.cfg.memory_sample_interval)

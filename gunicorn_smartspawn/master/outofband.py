@@ -77,6 +77,9 @@ class Coordinator:
         self.places = itertools.count()
         self.granted_at = {}    # (pid, ask): when it was granted
         self.extra = None       # the Extra, while there is one
+        # A worker waits for another to serve first (the extra one booting): nothing
+        # wakes the master when that one's heartbeat moves, so it looks again soon.
+        self.waiting_for_another = False
         self.most_at_once = 0   # the most workers in out-of-band work at once (status)
         self.grants = 0
 
@@ -123,6 +126,7 @@ class Coordinator:
         for pid, ask in asking.items():
             if (pid, ask) not in self.queued:
                 self.queued[pid, ask] = next(self.places)
+        self.waiting_for_another = False
         yield from self.release_extra(records, asking, situation)
         if situation.halting:
             return
@@ -136,6 +140,7 @@ class Coordinator:
             if free <= 0:
                 return
             if not self.others_serve(record, records, working):
+                self.waiting_for_another = True
                 self.spawn_extra_for(record, records)
                 continue
             free -= 1

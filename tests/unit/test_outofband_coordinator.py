@@ -89,10 +89,13 @@ def test_the_only_worker_gets_an_extra_first_which_leaves_after_the_linger(monke
     ask(table, alone)
     assert grant(table, policy.decide(situation(workers=1))) == []
     assert policy.not_counted() == 1  # the master spawns one over `workers`
+    assert policy.waiting_for_another  # the master looks again soon, unwoken
     extra = table.spawn(booted=False)
     assert grant(table, policy.decide(situation(workers=1))) == []  # not serving yet
+    assert policy.waiting_for_another
     extra.worker.beat()
     assert grant(table, policy.decide(situation(workers=1))) == [alone]
+    assert not policy.waiting_for_another
     finish(table, alone)
     assert apply(table.fleet, policy.decide(situation(workers=1))) == []
     clock.advance(EXTRA_LINGER / 2)
