@@ -105,9 +105,12 @@ def test_worker_timeout_logs_the_stacks_before_the_kill_where_gunicorn_logs_none
         server.teardown()
 
 
-def test_extend_deadline_pushes_both_limits_of_its_request(make_server):
+@pytest.mark.parametrize("soft_timeout", [1, 0])
+def test_extend_deadline_pushes_both_limits_of_its_request(make_server, soft_timeout):
+    """With soft_timeout off the sync worker tracks no request until extend_deadline."""
     server = make_server("stuck.py", workers=1, args=("--timeout", "2"),
-                         config="soft_timeout = 1\nmax_deadline_extension = 6\n").start()
+                         config="soft_timeout = %d\nmax_deadline_extension = 6\n"
+                         % soft_timeout).start()
     (worker,) = server.worker_pids()
     status, body = server.request("/extend?6&4", timeout=15)
     assert status == 200, body

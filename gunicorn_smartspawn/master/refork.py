@@ -64,7 +64,9 @@ def busy_for(counters, record, now):
     """How long (seconds) `record`'s current request has run, 0 between requests. Known
     of the sync worker only (counters.py); 0 for the others."""
     since = counters.get(record.slot, "busy_since_us")
-    return max(now - since / 1e6, 1e-6) if since else 0.0
+    if since <= counters.get(record.slot, "last_request_us"):
+        return 0.0  # between requests
+    return max(now - since / 1e6, 1e-6)
 
 
 class Refork:

@@ -47,6 +47,10 @@ def worker_fields(fleet, record, now=None):
     now = time.monotonic() if now is None else now
     counters = fleet.counters.snapshot(record.slot)
     last_request = counters.pop("last_request_us")
+    if counters["busy_since_us"] > last_request:
+        # The sync worker (one request at a time) writes no in_flight: a request begun
+        # after the last one finished is in flight (worker/base.py).
+        counters["in_flight"] = 1
     oob_since = counters.pop("oob_since_us")
     asked, done, granted = (counters.pop(name) for name in ("oob_asked", "oob_done",
                                                             "oob_granted"))

@@ -12,11 +12,11 @@ import mmap
 SLOTS = 1024
 # retire: 1 once the worker reached max_requests and waits to be replaced (lifecycle.py);
 # fork_unsafe: 1 once it called smartspawn.no_longer_fork_safe() (forkgate.py);
-# busy_since_us: when the request the sync worker is serving began (time.monotonic(), in
-# microseconds; 0 between requests): the master prefers a refork candidate that is not
-# in a long request (refork.py);
-# in_flight: the requests the worker has begun and not finished (every worker class;
-# gthread's threads take a lock to change it, worker/base.py);
+# busy_since_us: when the sync worker's last request began (time.monotonic(), in
+# microseconds): that request is in flight while it is past last_request_us; the master
+# prefers a refork candidate that is not in a long request (refork.py);
+# in_flight: the requests the worker has begun and not finished (every worker class but
+# sync, see busy_since_us; gthread's threads take a lock to change it, worker/base.py);
 # last_request_us: when the worker last finished a request (time.monotonic(), in
 # microseconds; 0 before the first), for `smartspawn status`;
 # Out-of-band work coordinated by the master (worker/oob.py, master/outofband.py):
@@ -40,10 +40,13 @@ TOTALS = ("requests", "oob_collections", "oob_microseconds")
 
 class Counters:
     def __init__(self, slots=SLOTS):
-        self._map = mmap.mmap(-1, slots * 8 * len(FIELDS))  # anonymous, MAP_SHARED
+        # A slot's fields side by side, padded to whole 64-byte cache lines: a request
+        # writes its worker's in one place, not on one page per field, and two workers on
+        # two CPUs never write the same cache line.
+        width = -(-len(FIELDS) // 8) * 8
+        self._map = mmap.mmap(-1, slots * 8 * width)  # anonymous, MAP_SHARED
         table = memoryview(self._map).cast("Q")
-        self._fields = {name: table[i * slots:(i + 1) * slots]
-                        for i, name in enumerate(FIELDS)}
+        self._fields = {name: table[i::width] for i, name in enumerate(FIELDS)}
         self._free = list(range(slots - 1, -1, -1))
         self.departed = dict.fromkeys(TOTALS, 0)
 

@@ -99,6 +99,7 @@ class SmartWorkerMixin:
     # -- the master's orders: in our slot of the counters, then SIG_COMMAND ---------------
     disabled = False          # taken out of rotation by the operator (`worker disable`)
     can_disable = False       # the class can stop accepting and start again (accepting_changed)
+    serves_one_at_a_time = False  # the sync worker: one request, on the main thread
     keepalive_setting = None  # `keepalive`, while disabled (close_kept_alive_connections)
 
     def handle_command(self, sig, frame):
@@ -267,6 +268,7 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
     gunicorn's own accept() and wait() unless orders are pending (handle_command)."""
 
     can_disable = True
+    serves_one_at_a_time = True  # on its main thread (deadline.py)
     # A sync connection carries one request (gunicorn keeps none alive): handle() does
     # the bookkeeping of SmartWorkerMixin.handle_request around it.
     handle_request = sync.SyncWorker.handle_request
@@ -321,34 +323,34 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
 
     def handle(self, listener, client, addr):
         """One connection, one request: request_began() and request_ended() inlined
-        (one clock read at each end, the counters written in place), then out-of-band
+        (one clock read at each end, three counters written in place, the request's
+        deadline tracked only with soft_timeout on: deadline.py), then out-of-band
         work."""
         began = time.monotonic()
-        self.deadlines.began(began)
+        deadlines = self.deadlines
+        if deadlines.every_request:
+            deadlines.began(began)
         self.in_flight = 1
         board, slot = self.board, self.slot
         if board is not None:  # one connection at a time: one writer
+            # No in_flight: the master reads this request in flight while busy_since_us
+            # is past last_request_us (counters.py).
             board["busy_since_us"][slot] = int(began * 1e6)
-            board["in_flight"][slot] = 1
         try:
-            try:
-                super().handle(listener, client, addr)
-            finally:
-                self.deadlines.ended()
-                self.in_flight = 0
-                if board is not None:
-                    board["in_flight"][slot] = 0
-                    board["last_request_us"][slot] = int(time.monotonic() * 1e6)
-                    board["requests"][slot] = self.nr
-                if self.nr >= self.retire_after:
-                    self.ask_for_replacement()
-            # Out-of-band work goes here: the response is sent and the connection closed
-            # (post_request runs before the close), and the next accept() has not happened.
-            if self.oob is not None:
-                self.oob.after_request()
+            super().handle(listener, client, addr)
         finally:
+            if deadlines.every_request or deadlines.begun_on_extend:
+                deadlines.ended()
+            self.in_flight = 0
             if board is not None:
-                board["busy_since_us"][slot] = 0
+                board["last_request_us"][slot] = int(time.monotonic() * 1e6)
+                board["requests"][slot] = self.nr
+            if self.nr >= self.retire_after:
+                self.ask_for_replacement()
+        # Out-of-band work goes here: the response is sent and the connection closed
+        # (post_request runs before the close), and the next accept() has not happened.
+        if self.oob is not None:
+            self.oob.after_request()
 
 
 class ThreadWorker(SmartWorkerMixin, gthread.ThreadWorker):

@@ -10,7 +10,10 @@ counter ``soft_timeouts`` having moved.
 With ``soft_timeout`` on, each request in flight has a soft deadline; the worker
 publishes the earliest not yet reported in its counters (``soft_deadline_us``), where the
 master's watchdog looks each turn. Which request is running is a contextvar: it follows
-gthread's threads, asyncio's tasks and gevent's greenlets.
+gthread's threads, asyncio's tasks and gevent's greenlets. The sync worker, with
+``soft_timeout`` off, tracks no request: on a hello-world request that costs ~1.5 % of
+its CPU (bench/cpucost.py). It serves one request at a time on its main thread, so
+extend_deadline() there begins the Request it needs when it is first called.
 """
 import contextvars
 import faulthandler
@@ -42,6 +45,11 @@ class Deadlines:
         self.worker = worker
         self.cfg, self.log = worker.cfg, worker.log
         self.soft_timeout = worker.cfg.soft_timeout
+        # Whether the worker calls began() and ended() for every request; if not (the
+        # sync worker, soft_timeout off), extend() begins the request (begun_on_extend),
+        # and the worker calls ended() for it.
+        self.every_request = bool(self.soft_timeout) or not worker.serves_one_at_a_time
+        self.begun_on_extend = False
         self.in_flight = set()  # with soft_timeout on: the Requests in flight
         # gthread's threads begin and end requests at once; the SIG_DUMP handler takes
         # no lock (it may interrupt the main thread holding it, with the sync worker).
@@ -106,12 +114,23 @@ class Deadlines:
                 self.publish()
 
     def ended(self):
+        self.begun_on_extend = False
         request = _current.get()
         _current.set(None)  # a thread or greenlet serves the next request in this context
         if request is not None and request.deadline is not None:
             with self.lock:
                 self.in_flight.discard(request)
                 self.publish()
+
+    def begin_on_extend(self):
+        """The request the sync worker serves, begun now, when it tracks none (soft_timeout
+        off); None outside a request, and in the app's own threads."""
+        if (self.every_request or not self.worker.in_flight
+                or threading.current_thread() is not threading.main_thread()):
+            return None
+        self.began()
+        self.begun_on_extend = True
+        return _current.get()
 
     def publish(self):
         """The earliest deadline not reported yet, and when its request began."""
@@ -125,7 +144,7 @@ class Deadlines:
 
     def extend(self, seconds):
         """smartspawn.extend_deadline(seconds) in this worker."""
-        request = _current.get()
+        request = _current.get() or self.begin_on_extend()
         if request is None:
             return None
         limit = self.cfg.max_deadline_extension

@@ -100,3 +100,12 @@ def test_a_threshold_chooses_among_the_workers_past_it(counters):
     counters.set(younger.slot, "requests", 10)
     assert choose_candidate([oldest, younger], counters, NOW, min_requests=10) is younger
     assert choose_candidate([oldest, younger], counters, NOW, min_requests=11) is None
+
+
+def test_a_finished_request_leaves_the_worker_idle(counters):
+    oldest, younger = record(counters, 1), record(counters, 2)
+    in_request_for(counters, oldest, LONG_REQUEST + 0.5)
+    in_request_for(counters, younger, 0)
+    # busy_since_us stays where the request began; last_request_us past it: finished.
+    counters.set(oldest.slot, "last_request_us", int((NOW - 0.1) * 1e6))
+    assert choose_candidate([oldest, younger], counters, NOW) is oldest

@@ -3,6 +3,7 @@ accept() and wait() unless the master's orders are pending, and one request's
 bookkeeping done once, around the connection."""
 import errno
 import sys
+import threading
 import types
 
 import pytest
@@ -24,13 +25,13 @@ class Log:
     debug = warning = info
 
 
-def worker():
+def worker(soft_timeout=0):
     w = Worker.__new__(Worker)
     w.counters = Counters(slots=4)
     w.slot = w.counters.allocate()
     w.board = w.counters.columns()
     w.log = Log()
-    w.cfg = types.SimpleNamespace(soft_timeout=0, max_deadline_extension=300, timeout=30)
+    w.cfg = types.SimpleNamespace(soft_timeout=soft_timeout, max_deadline_extension=300, timeout=30)
     w.deadlines = deadline.Deadlines(w)
     w.retire_after = sys.maxsize
     w.nr = 0
@@ -80,16 +81,50 @@ def test_a_request_is_counted_once_around_its_connection(monkeypatch):
     seen = {}
 
     def gunicorn_handle(self, listener, client, addr):
-        seen.update(in_flight=self.counters.get(self.slot, "in_flight"),
-                    busy=self.counters.get(self.slot, "busy_since_us"),
-                    extended=deadline._current.get() is not None)
+        seen.update(busy=self.counters.get(self.slot, "busy_since_us"),
+                    last=self.counters.get(self.slot, "last_request_us"),
+                    tracked=deadline._current.get() is not None)
         self.nr += 1
 
     monkeypatch.setattr(sync.SyncWorker, "handle", gunicorn_handle)
     w.handle(None, None, None)
-    assert seen["in_flight"] == 1 and seen["busy"] > 0 and seen["extended"]
+    # In flight for the master: busy_since_us past last_request_us (counters.py).
+    assert seen["busy"] > seen["last"] and not seen["tracked"]  # soft_timeout off
     assert w.in_flight == 0 and deadline._current.get() is None
-    assert {field: w.counters.get(w.slot, field) for field in
-            ("requests", "in_flight", "busy_since_us")} == {
-        "requests": 1, "in_flight": 0, "busy_since_us": 0}
-    assert w.counters.get(w.slot, "last_request_us") >= seen["busy"]
+    assert w.counters.get(w.slot, "requests") == 1 and not w.counters.get(w.slot, "in_flight")
+    assert w.counters.get(w.slot, "last_request_us") > w.counters.get(
+        w.slot, "busy_since_us") == seen["busy"]  # finished
+
+
+def test_with_soft_timeout_every_request_has_its_deadline(monkeypatch):
+    w = worker(soft_timeout=5)
+    seen = []
+    monkeypatch.setattr(sync.SyncWorker, "handle", lambda self, *_: seen.append(
+        (deadline._current.get(), self.counters.get(self.slot, "soft_deadline_us"))))
+    w.handle(None, None, None)
+    ((request, published),) = seen
+    assert request.deadline - request.began == 5 and published == int(request.deadline * 1e6)
+    assert deadline._current.get() is None and not w.counters.get(w.slot, "soft_deadline_us")
+
+
+def test_extend_deadline_begins_an_untracked_request_and_the_next_starts_afresh(
+        monkeypatch):
+    w = worker()
+    granted = []
+
+    def gunicorn_handle(self, listener, client, addr):
+        granted.append(self.deadlines.extend(10 if not granted else 1))
+        threads = []
+        thread = threading.Thread(target=lambda: threads.append(self.deadlines.extend(10)))
+        thread.start()
+        thread.join()
+        assert threads == [None]  # the app's own thread serves no request
+
+    monkeypatch.setattr(sync.SyncWorker, "handle", gunicorn_handle)
+    monkeypatch.setattr(w, "extend_heartbeat", lambda until: None)
+    assert w.deadlines.extend(10) is None  # between requests
+    w.handle(None, None, None)
+    w.handle(None, None, None)
+    # The second request's 1 s is its own, not what was left of the first's 10 s.
+    assert 9.9 < granted[0] <= 10 and 0.9 < granted[1] <= 1, granted
+    assert deadline._current.get() is None and not w.deadlines.begun_on_extend
