@@ -150,6 +150,7 @@ class OutOfBand:
         # first when we are the only one serving (master/outofband.py).
         self.coordinated = worker.slot is not None
         self.asks = 0                # our asks so far (counters: oob_asked)
+        self.done = 0                # the last ask finished or given back (oob_done)
         # Without the master's table (every slot taken): the only worker never starts
         # work while a client waits.
         self.solo = cfg.workers == 1 and not self.coordinated
@@ -269,13 +270,14 @@ class OutOfBand:
 
     def waiting(self):
         """We asked, and have not finished that ask."""
-        return self.asks > self.worker.counters.get(self.worker.slot, "oob_done")
+        return self.asks > self.done
 
     def granted(self):
         return self.waiting() and self.worker.counters.get(
             self.worker.slot, "oob_granted") == self.asks
 
     def finished(self):
+        self.done = self.asks
         self.set("oob_done", self.asks)
         self.wake_master()  # the next worker's turn, and a worker spawned for us leaves
 
