@@ -151,6 +151,9 @@ class OutOfBand:
         self.coordinated = worker.slot is not None
         self.asks = 0                # our asks so far (counters: oob_asked)
         self.done = 0                # the last ask finished or given back (oob_done)
+        # gen2's count when CPython last declined a full collection in our turn (see
+        # full_declined); -1: never.
+        self.full_declined_at = -1
         # Without the master's table (every slot taken): the only worker never starts
         # work while a client waits.
         self.solo = cfg.workers == 1 and not self.coordinated
@@ -246,7 +249,9 @@ class OutOfBand:
         if not (work or costly):
             if self.waiting():
                 self.finished()
-            return False, collect
+            # Declined in our last turn: young only, so that no full collection can run
+            # without a turn even if gen2's count came back to that number after one.
+            return False, YOUNG if collect and self.full_declined() else collect
         if self.granted():
             return work, (costly or collect) and TURN
         if not self.waiting():
@@ -266,7 +271,14 @@ class OutOfBand:
             return due
         if self.generation is not None or INCREMENTAL_GC or not automatic_gc_on():
             return False  # a young collection, or an increment: bounded work
-        return gc.get_count()[2] > _app_thresholds[2]
+        return gc.get_count()[2] > _app_thresholds[2] and not self.full_declined()
+
+    def full_declined(self):
+        """CPython declined a full collection in our last turn and has run no gen1
+        collection since (gen2's count has not moved): the only objects that count
+        towards its ratio (collect_as_cpython_would) come from gen1, so it would decline
+        again. Without this, every request past gen2's threshold asked for a turn."""
+        return gc.get_count()[2] == self.full_declined_at
 
     def waiting(self):
         """We asked, and have not finished that ask."""
@@ -392,7 +404,10 @@ class OutOfBand:
             generation = self.generation
             gc.collect(generation)
         elif automatic_gc_on():
+            gen2_count = gc.get_count()[2]
             generation = collect_as_cpython_would()
+            if not INCREMENTAL_GC and generation != 2 and gen2_count > _app_thresholds[2]:
+                self.full_declined_at = gen2_count
         else:
             generation = 2  # oob_gc = N with the collector off: collect anyway, fully
             gc.collect()

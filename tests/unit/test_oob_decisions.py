@@ -593,3 +593,28 @@ def test_an_ask_whose_full_collection_is_no_longer_due_is_given_back(fake_gc):
     fake_gc.count = [0, 0, 0]  # collected fully meanwhile (the safety net, the app)
     assert worker.oob.due() == (False, False)
     assert counters.get(slot, "oob_done") == 1 and worker.oob.collections == 0
+
+
+def test_after_cpython_declined_a_full_collection_no_ask_until_gen1_ran(fake_gc, monkeypatch):
+    """CPython's full collection waits for a ratio that only gen1 collections move: a
+    turn in which it declined says no until one has run."""
+    worker = Worker(oob_gc=True, coordinated=True)
+    counters, slot = worker.counters, worker.slot
+    declined = []
+
+    def cpython_declines():  # a gen0 collection: gen2's count stays
+        declined.append(fake_gc.get_count())
+        return 0
+
+    monkeypatch.setattr(oob, "collect_as_cpython_would", cpython_declines)
+    monkeypatch.setattr(oob, "INCREMENTAL_GC", False)
+    fake_gc.count = [SAFETY_NET, 0, 11]
+    worker.oob.due()
+    counters.set(slot, "oob_granted", 1)
+    worker.oob.after_request()  # its turn: CPython declines
+    assert declined and counters.get(slot, "oob_done") == 1
+    fake_gc.count = [SAFETY_NET, 0, 11]
+    assert worker.oob.due() == (False, oob.YOUNG)  # young only, no ask
+    assert counters.get(slot, "oob_asked") == 1
+    fake_gc.count = [SAFETY_NET, 0, 12]  # a gen1 collection ran: it may be full now
+    assert worker.oob.due() == (False, oob.YOUNG) and counters.get(slot, "oob_asked") == 2
