@@ -180,7 +180,8 @@ def mapped_files(fresh=False):
     every fork."""
     pid = os.getpid()
     if fresh or pid not in _mapped:
-        with open("/proc/self/maps") as maps:
+        # A file name need not be UTF-8: decoded as os.fsdecode() does, never failing.
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as maps:
             _mapped[pid] = {line.split(None, 5)[5].strip() for line in maps
                             if len(line.split(None, 5)) == 6}
     return _mapped[pid]

@@ -94,3 +94,11 @@ def test_an_sqlite_databases_file_is_reported_as_its_connection_only(tmp_path):
         assert len(about_db) == 1 and "sqlite3" in about_db[0].text
     finally:
         connection.close()
+
+
+def test_a_mapped_file_whose_name_is_not_utf8_is_listed_as_os_fsdecode_names_it(tmp_path):
+    path = os.path.join(os.fsencode(tmp_path), b"caf\xe9.bin")  # Latin-1, not UTF-8
+    with open(path, "wb") as f:
+        f.write(b"x" * mmap.PAGESIZE)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ):
+        assert os.fsdecode(path) in forksafety.mapped_files(fresh=True)
