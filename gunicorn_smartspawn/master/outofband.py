@@ -9,10 +9,11 @@ every worker collects at once. A grant not begun within GRANT_START_LIMIT is tak
 
 Passenger: "if the process that triggered out-of-band work is the only process, Passenger
 first spawns a new process before performing the work". Here: when no other worker would
-serve meanwhile (`workers = 1`, or the others are outgoing or disabled), the master asks
-for one worker over `workers` (one at a time) and grants once it serves; once that worker
-has asked for no more for EXTRA_LINGER seconds, the extra worker is replaced away (it
-serves until then).
+serve meanwhile (`workers = 1`, or the others are outgoing or disabled; one still booting
+will serve), the master asks for one worker over `workers` (one at a time) and grants
+once it serves; once the worker it was spawned for is done (with `workers = 1`, has asked
+for no more for EXTRA_LINGER seconds), or a third worker serves, the extra worker is
+replaced away (it serves until then).
 
 `worker disable PID` (the control socket) marks the worker's record and slot: the worker
 stops accepting, finishes its requests and stays alive; it does not count toward
@@ -141,7 +142,8 @@ class Coordinator:
                 return
             if not self.others_serve(record, records, working):
                 self.waiting_for_another = True
-                self.spawn_extra_for(record, records)
+                if not self.others_booting(record, records, working):
+                    self.spawn_extra_for(record, records)
                 continue
             free -= 1
             working.append(record)
@@ -168,6 +170,12 @@ class Coordinator:
         return any(r is not record and r.state is State.SERVING and r.heartbeat_moved()
                    and not r.disabled and r not in working for r in records)
 
+    def others_booting(self, record, records, working):
+        """Whether a worker other than `record` will serve in a moment: checked in, its
+        heartbeat not moved yet (the second worker as a server starts)."""
+        return any(r is not record and r.state is State.SERVING and not r.heartbeat_moved()
+                   and not r.disabled and r not in working for r in records)
+
     def spawn_extra_for(self, record, records):
         if self.extra is not None:
             return  # one at a time: it serves for whoever asks next
@@ -177,29 +185,37 @@ class Coordinator:
                       "would serve meanwhile: spawning one first", record.pid)
 
     def release_extra(self, records, asking, situation):
-        """The extra worker leaves EXTRA_LINGER seconds after its worker's last ask, or at
-        once when `workers` grew past 1 (another always serves then). When its worker
-        is gone, it simply takes that one's place."""
+        """The extra worker stays while its worker asks and no third worker serves, and
+        with `workers = 1` for EXTRA_LINGER seconds after its worker's last ask; then it
+        leaves, once it serves (until then it is counted over `workers`, or the master
+        would stop the oldest worker in its place). When its worker is gone, it simply
+        takes that one's place."""
         extra = self.extra
         if extra is None:
             return
         now = self.clock()
         live = {r.pid for r in records}
+        if extra.for_pid not in live:
+            self.extra = None
+            return
         if extra.for_pid in asking:
             extra.needed_at = now
-        if (extra.for_pid in live and situation.workers == 1
-                and now - extra.needed_at < EXTRA_LINGER):
-            return
-        self.extra = None
-        if extra.for_pid not in live:
-            return
         spawned = [r for r in records if r.worker.age > extra.after_age
                    and r.state is State.SERVING and not r.disabled]
-        if spawned:
-            why = ("the out-of-band work of worker %s is done: the worker spawned for it "
-                   "leaves" % extra.for_pid)
-            self.log.info("Worker (pid: %s): %s", spawned[0].pid, why)
-            yield Replace(spawned[0], why)
+        extra_record = spawned[0] if spawned else None
+        another_serves = any(r.pid != extra.for_pid and r is not extra_record
+                             and r.state is State.SERVING and r.heartbeat_moved()
+                             and not r.disabled and not self.in_work(r) for r in records)
+        lingering = situation.workers == 1 and now - extra.needed_at < EXTRA_LINGER
+        if (extra.for_pid in asking or lingering) and not another_serves:
+            return
+        if extra_record is None:
+            return  # not serving yet: it leaves once it does
+        self.extra = None
+        why = ("the out-of-band work of worker %s is done: the worker spawned for it "
+               "leaves" % extra.for_pid)
+        self.log.info("Worker (pid: %s): %s", extra_record.pid, why)
+        yield Replace(extra_record, why)
 
     # -- the operator: worker disable / enable ---------------------------------------------
 

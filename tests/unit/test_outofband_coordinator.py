@@ -173,3 +173,32 @@ def test_disable_counts_the_worker_out_and_enable_lets_the_youngest_other_leave(
     ask(table, b)
     assert grant(table, policy.decide(situation())) == []
     assert policy.not_counted() == 2  # a, and the extra b needs
+
+
+def test_a_worker_still_booting_is_waited_for_not_spawned_for(monkeypatch):
+    """The first ask can come before the second worker's first heartbeat (a server that
+    just started, CI on 3.14.4): that worker will serve in a moment."""
+    table, (a,), _, policy = coordinator(monkeypatch, 1)
+    b = table.spawn(booted=False)
+    ask(table, a)
+    assert grant(table, policy.decide(situation(workers=2))) == []
+    assert policy.not_counted() == 0 and policy.waiting_for_another
+    b.worker.beat()
+    assert grant(table, policy.decide(situation(workers=2))) == [a]
+
+
+def test_an_extra_worker_not_serving_yet_stays_counted_until_it_serves(monkeypatch):
+    """Released before it served, the extra worker was no longer counted over `workers`,
+    and the master stopped the oldest worker, the one that had asked, in its place."""
+    table, (a, b), _, policy = coordinator(monkeypatch, 2)
+    apply(table.fleet, [Replace(b, "max_requests")])  # b is outgoing: a is alone
+    ask(table, a)
+    assert grant(table, policy.decide(situation())) == []
+    assert policy.not_counted() == 1
+    finish(table, a)  # the ask is given back before the extra has checked in
+    assert apply(table.fleet, policy.decide(situation())) == []
+    assert policy.not_counted() == 1  # still counted: nothing is stopped in its place
+    extra = table.spawn()
+    (leave,) = apply(table.fleet, policy.decide(situation()))
+    assert isinstance(leave, Replace) and leave.record is extra and not a.outgoing
+    assert policy.not_counted() == 0
