@@ -105,14 +105,16 @@ def test_worker_timeout_logs_the_stacks_before_the_kill_where_gunicorn_logs_none
         server.teardown()
 
 
-@pytest.mark.parametrize("soft_timeout", [1, 0])
-def test_extend_deadline_pushes_both_limits_of_its_request(make_server, soft_timeout):
-    """With soft_timeout off the sync worker tracks no request until extend_deadline."""
+@pytest.mark.parametrize("soft_timeout, path", [(1, "/extend"), (0, "/extend"),
+                                                (0, "/extend-async")])
+def test_extend_deadline_pushes_both_limits_of_its_request(make_server, soft_timeout, path):
+    """With soft_timeout off the sync worker tracks no request until extend_deadline,
+    also called from a context copied from the request's (asyncio.to_thread, asgiref)."""
     server = make_server("stuck.py", workers=1, args=("--timeout", "2"),
                          config="soft_timeout = %d\nmax_deadline_extension = 6\n"
                          % soft_timeout).start()
     (worker,) = server.worker_pids()
-    status, body = server.request("/extend?6&4", timeout=15)
+    status, body = server.request(path + "?6&4", timeout=15)
     assert status == 200, body
     assert 5.9 < float(re.search(rb'"granted": ([\d.]+)', body).group(1)) <= 6, body
     log = server.log()

@@ -61,12 +61,13 @@ def choose_candidate(records, counters, now, min_requests=0, by_age=False):
 
 
 def busy_for(counters, record, now):
-    """How long (seconds) `record`'s current request has run, 0 between requests. Known
-    of the sync worker only (counters.py); 0 for the others."""
+    """How long (seconds) `record`'s current request has run, or its granted out-of-band
+    work; 0 when neither runs. Requests are known of the sync worker only (counters.py);
+    out-of-band work of every worker class."""
     since = counters.get(record.slot, "busy_since_us")
-    if since <= counters.get(record.slot, "last_request_us"):
-        return 0.0  # between requests
-    return max(now - since / 1e6, 1e-6)
+    if since <= counters.get(record.slot, "last_request_us"):  # between requests
+        since = counters.get(record.slot, "oob_since_us")
+    return max(now - since / 1e6, 1e-6) if since else 0.0
 
 
 class Refork:

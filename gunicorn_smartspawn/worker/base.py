@@ -339,8 +339,10 @@ class Worker(SmartWorkerMixin, sync.SyncWorker):
         try:
             super().handle(listener, client, addr)
         finally:
-            if deadlines.every_request or deadlines.begun_on_extend:
+            if deadlines.every_request:
                 deadlines.ended()
+            elif deadlines.untracked is not None:  # extend_deadline() began it
+                deadlines.untracked = None
             self.in_flight = 0
             if board is not None:
                 board["last_request_us"][slot] = int(time.monotonic() * 1e6)

@@ -12,8 +12,10 @@ publishes the earliest not yet reported in its counters (``soft_deadline_us``), 
 master's watchdog looks each turn. Which request is running is a contextvar: it follows
 gthread's threads, asyncio's tasks and gevent's greenlets. The sync worker, with
 ``soft_timeout`` off, tracks no request: on a hello-world request that costs ~1.5 % of
-its CPU (bench/cpucost.py). It serves one request at a time on its main thread, so
-extend_deadline() there begins the Request it needs when it is first called.
+its CPU (bench/cpucost.py). It serves one request at a time, so its main context holds a
+marker (SYNC_WORKER) for good, which the contexts copied from it inherit (asgiref's
+async_to_sync, asyncio.to_thread, copy_context().run): extend_deadline() there begins the
+Request of the one in flight when it is first called, shared by all of them.
 """
 import contextvars
 import faulthandler
@@ -24,8 +26,10 @@ import time
 
 from gunicorn_smartspawn.shared.signals import SIG_DUMP
 
-# The request this thread, task or greenlet is serving (a Request), or None.
+# The request this thread, task or greenlet is serving (a Request), or None; or, in the
+# sync worker without soft_timeout, SYNC_WORKER: whatever request it serves.
 _current = contextvars.ContextVar("smartspawn_request", default=None)
+SYNC_WORKER = object()
 
 
 class Request:
@@ -46,10 +50,12 @@ class Deadlines:
         self.cfg, self.log = worker.cfg, worker.log
         self.soft_timeout = worker.cfg.soft_timeout
         # Whether the worker calls began() and ended() for every request; if not (the
-        # sync worker, soft_timeout off), extend() begins the request (begun_on_extend),
-        # and the worker calls ended() for it.
+        # sync worker, soft_timeout off), extend() begins the request in flight
+        # (untracked), and the worker drops it when the request ends.
         self.every_request = bool(self.soft_timeout) or not worker.serves_one_at_a_time
-        self.begun_on_extend = False
+        self.untracked = None
+        if not self.every_request:
+            _current.set(SYNC_WORKER)  # made in the worker's main thread, before it serves
         self.in_flight = set()  # with soft_timeout on: the Requests in flight
         # gthread's threads begin and end requests at once; the SIG_DUMP handler takes
         # no lock (it may interrupt the main thread holding it, with the sync worker).
@@ -114,7 +120,6 @@ class Deadlines:
                 self.publish()
 
     def ended(self):
-        self.begun_on_extend = False
         request = _current.get()
         _current.set(None)  # a thread or greenlet serves the next request in this context
         if request is not None and request.deadline is not None:
@@ -122,15 +127,15 @@ class Deadlines:
                 self.in_flight.discard(request)
                 self.publish()
 
-    def begin_on_extend(self):
-        """The request the sync worker serves, begun now, when it tracks none (soft_timeout
-        off); None outside a request, and in the app's own threads."""
-        if (self.every_request or not self.worker.in_flight
-                or threading.current_thread() is not threading.main_thread()):
-            return None
-        self.began()
-        self.begun_on_extend = True
-        return _current.get()
+    def untracked_request(self):
+        """The request the sync worker serves (soft_timeout off), begun when first asked
+        for; None between requests."""
+        with self.lock:
+            if not self.worker.in_flight:
+                return None
+            if self.untracked is None:
+                self.untracked = Request(time.monotonic(), None)
+            return self.untracked
 
     def publish(self):
         """The earliest deadline not reported yet, and when its request began."""
@@ -144,7 +149,9 @@ class Deadlines:
 
     def extend(self, seconds):
         """smartspawn.extend_deadline(seconds) in this worker."""
-        request = _current.get() or self.begin_on_extend()
+        request = _current.get()
+        if request is SYNC_WORKER:
+            request = self.untracked_request()
         if request is None:
             return None
         limit = self.cfg.max_deadline_extension

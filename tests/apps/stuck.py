@@ -5,7 +5,11 @@ GET /stuck?S         -> sleeps S s inside stuck_in_the_export() -> {"pid"}; writ
                         pid to $TEST_DIR/stuck as it starts
 GET /extend?E&S      -> smartspawn.extend_deadline(E), then as /stuck?S
                         -> {"pid", "granted": what extend_deadline returned}
+GET /extend-async?E&S -> the same from an async function run by asyncio.to_thread's
+                        kind of thread (asgiref's async_to_sync, as Django's async views
+                        under WSGI): a context copied from the request's
 """
+import asyncio
 import json
 import os
 import time
@@ -24,9 +28,13 @@ def app(environ, start_response):
     body = {"pid": os.getpid()}
     if path == "/stuck":
         stuck_in_the_export(float(query))
-    elif path == "/extend":
+    elif path in ("/extend", "/extend-async"):
         extension, seconds = query.split("&")
-        body["granted"] = smartspawn.extend_deadline(float(extension))
+        if path == "/extend":
+            body["granted"] = smartspawn.extend_deadline(float(extension))
+        else:
+            body["granted"] = asyncio.run(asyncio.to_thread(smartspawn.extend_deadline,
+                                                            float(extension)))
         stuck_in_the_export(float(seconds))
     data = json.dumps(body).encode()
     start_response("200 OK", [("Content-Type", "application/json"),

@@ -109,3 +109,9 @@ def test_a_finished_request_leaves_the_worker_idle(counters):
     # busy_since_us stays where the request began; last_request_us past it: finished.
     counters.set(oldest.slot, "last_request_us", int((NOW - 0.1) * 1e6))
     assert choose_candidate([oldest, younger], counters, NOW) is oldest
+
+
+def test_a_worker_in_out_of_band_work_is_busy(counters):
+    oldest, younger = record(counters, 1), record(counters, 2)
+    counters.set(oldest.slot, "oob_since_us", int((NOW - LONG_REQUEST - 0.5) * 1e6))
+    assert choose_candidate([oldest, younger], counters, NOW) is younger

@@ -2,6 +2,7 @@
 accept() and wait() unless the master's orders are pending, and one request's
 bookkeeping done once, around the connection."""
 import errno
+import contextvars
 import sys
 import threading
 import types
@@ -32,7 +33,10 @@ def worker(soft_timeout=0):
     w.board = w.counters.columns()
     w.log = Log()
     w.cfg = types.SimpleNamespace(soft_timeout=soft_timeout, max_deadline_extension=300, timeout=30)
-    w.deadlines = deadline.Deadlines(w)
+    # In a context of its own, as the worker's main thread: with soft_timeout off the
+    # sync worker's Deadlines marks it for good (deadline.SYNC_WORKER).
+    w.context = contextvars.copy_context()
+    w.deadlines = w.context.run(deadline.Deadlines, w)
     w.retire_after = sys.maxsize
     w.nr = 0
     return w
@@ -83,14 +87,14 @@ def test_a_request_is_counted_once_around_its_connection(monkeypatch):
     def gunicorn_handle(self, listener, client, addr):
         seen.update(busy=self.counters.get(self.slot, "busy_since_us"),
                     last=self.counters.get(self.slot, "last_request_us"),
-                    tracked=deadline._current.get() is not None)
+                    tracked=self.deadlines.untracked)
         self.nr += 1
 
     monkeypatch.setattr(sync.SyncWorker, "handle", gunicorn_handle)
-    w.handle(None, None, None)
+    w.context.run(w.handle, None, None, None)
     # In flight for the master: busy_since_us past last_request_us (counters.py).
-    assert seen["busy"] > seen["last"] and not seen["tracked"]  # soft_timeout off
-    assert w.in_flight == 0 and deadline._current.get() is None
+    assert seen["busy"] > seen["last"] and seen["tracked"] is None  # soft_timeout off
+    assert w.in_flight == 0 and w.context.run(deadline._current.get) is deadline.SYNC_WORKER
     assert w.counters.get(w.slot, "requests") == 1 and not w.counters.get(w.slot, "in_flight")
     assert w.counters.get(w.slot, "last_request_us") > w.counters.get(
         w.slot, "busy_since_us") == seen["busy"]  # finished
@@ -109,22 +113,31 @@ def test_with_soft_timeout_every_request_has_its_deadline(monkeypatch):
 
 def test_extend_deadline_begins_an_untracked_request_and_the_next_starts_afresh(
         monkeypatch):
+    """Contexts copied from the worker's (asgiref's async_to_sync, asyncio.to_thread)
+    extend the one request in flight; a thread the app starts without one gets None."""
     w = worker()
-    granted = []
+    granted, copied, plain = [], [], []
+
+    def in_thread(target):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
 
     def gunicorn_handle(self, listener, client, addr):
         granted.append(self.deadlines.extend(10 if not granted else 1))
-        threads = []
-        thread = threading.Thread(target=lambda: threads.append(self.deadlines.extend(10)))
-        thread.start()
-        thread.join()
-        assert threads == [None]  # the app's own thread serves no request
+        context = contextvars.copy_context()
+        in_thread(lambda: copied.append(context.run(self.deadlines.extend, 5)))
+        in_thread(lambda: plain.append(self.deadlines.extend(10)))
 
     monkeypatch.setattr(sync.SyncWorker, "handle", gunicorn_handle)
     monkeypatch.setattr(w, "extend_heartbeat", lambda until: None)
-    assert w.deadlines.extend(10) is None  # between requests
-    w.handle(None, None, None)
-    w.handle(None, None, None)
+    context = w.context
+    assert context.run(w.deadlines.extend, 10) is None  # between requests
+    context.run(w.handle, None, None, None)
+    context.run(w.handle, None, None, None)
     # The second request's 1 s is its own, not what was left of the first's 10 s.
     assert 9.9 < granted[0] <= 10 and 0.9 < granted[1] <= 1, granted
-    assert deadline._current.get() is None and not w.deadlines.begun_on_extend
+    # The copied context extended the same request: 5 s, or what was granted already.
+    assert 9.8 < copied[0] <= 10 and 4.9 < copied[1] <= 5, copied
+    assert plain == [None, None]
+    assert w.deadlines.untracked is None
