@@ -151,7 +151,11 @@ def test_a_file_mapped_under_a_name_that_is_not_utf8_is_no_error(tmp_path):
         f.write(b"x" * PAGE)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ):
         buf, start = private_buffer()
-        assert (start, start + PAGES * PAGE) in prefault.writable_private_mappings()
+        # Within one mapping, not equal to one: the kernel may merge it with an adjacent
+        # anonymous mapping of the same flags.
+        end = start + PAGES * PAGE
+        assert any(low <= start and end <= high
+                   for low, high in prefault.writable_private_mappings()), (start, end)
 
 
 def test_a_private_file_mapping_still_follows_its_file_in_the_standby(tmp_path):

@@ -57,9 +57,12 @@ def test_repeated_sigkill_of_the_preloader_while_workers_come_and_go(chaos_serve
             os.kill(old, signal.SIGKILL)
             # A worker that leaves while no preloader is ready is replaced by the next one.
             os.kill(server.worker_pids()[0], signal.SIGTERM)
-            new = wait_for(lambda old=old: [p for p in server.preloader_pids() if p != old],
-                           what="preloader number %d" % (round_ + 2))[0]
+            # Found by the master's log, not by title: a standby's double fork interrupted
+            # by the kill leaves its middle process, titled as the preloader, to the master
+            # for a moment (CI, 3.11).
             # Each restart is a new generation: it imports the code on disk now.
+            new = int(server.wait_log(r"Started preloader \(pid: (\d+), gen=%d\)"
+                                      % (round_ + 2)).group(1))
             server.wait_log(r"preloader \(pid: %d, gen=%d\) loaded the app" % (new, round_ + 2))
             settle(server, 3, what="after preloader kill %d" % (round_ + 1))
             load.wait_ok(10)
