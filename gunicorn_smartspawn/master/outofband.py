@@ -68,6 +68,11 @@ def oob_concurrency(cfg, workers):
     return max(1, min(wanted, workers - 1))
 
 
+def in_rotation(record):
+    """Checked in and not taken out by the operator (it may not have served yet)."""
+    return record.state is State.SERVING and not record.disabled
+
+
 class Coordinator:
     def __init__(self, cfg, log, fleet, clock=time.monotonic):
         self.cfg = cfg
@@ -167,14 +172,14 @@ class Coordinator:
     def others_serve(self, record, records, working):
         """Whether a worker other than `record` serves (booted, not in out-of-band work,
         not outgoing, not disabled) while `record` does its work."""
-        return any(r is not record and r.state is State.SERVING and r.heartbeat_moved()
-                   and not r.disabled and r not in working for r in records)
+        return any(r is not record and in_rotation(r) and r.heartbeat_moved()
+                   and r not in working for r in records)
 
     def others_booting(self, record, records, working):
         """Whether a worker other than `record` will serve in a moment: checked in, its
         heartbeat not moved yet (the second worker as a server starts)."""
-        return any(r is not record and r.state is State.SERVING and not r.heartbeat_moved()
-                   and not r.disabled and r not in working for r in records)
+        return any(r is not record and in_rotation(r) and not r.heartbeat_moved()
+                   and r not in working for r in records)
 
     def spawn_extra_for(self, record, records):
         if self.extra is not None:
@@ -200,12 +205,11 @@ class Coordinator:
             return
         if extra.for_pid in asking:
             extra.needed_at = now
-        spawned = [r for r in records if r.worker.age > extra.after_age
-                   and r.state is State.SERVING and not r.disabled]
+        spawned = [r for r in records if r.worker.age > extra.after_age and in_rotation(r)]
         extra_record = spawned[0] if spawned else None
         another_serves = any(r.pid != extra.for_pid and r is not extra_record
-                             and r.state is State.SERVING and r.heartbeat_moved()
-                             and not r.disabled and not self.in_work(r) for r in records)
+                             and in_rotation(r) and r.heartbeat_moved()
+                             and not self.in_work(r) for r in records)
         lingering = situation.workers == 1 and now - extra.needed_at < EXTRA_LINGER
         if (extra.for_pid in asking or lingering) and not another_serves:
             return
@@ -228,7 +232,7 @@ class Coordinator:
         (or one as good), leaves."""
         record.disabled = False
         others = [r for r in self.fleet.worker_records() if r is not record
-                  and r.state is State.SERVING and not r.disabled]
+                  and in_rotation(r)]
         if others:
             yield Replace(max(others, key=lambda r: r.worker.age),
                           "worker %s is enabled again: the worker spawned in its place "
