@@ -129,9 +129,17 @@ def test_ttou_of_the_candidate_during_its_promotion_abandons_the_refork(chaos_se
     with Load(server, clients=2) as warm_up:
         warm_up.wait_ok(10)
     assert warm_up.failures == [], warm_up.summary()
-    # Every worker idle: the candidate is the oldest, the one TTOU stops.
+    # Every worker idle: the candidate is the oldest, the one TTOU stops. A client has
+    # its response before the worker marks its request done: wait for the marks, or an
+    # idle younger worker is preferred to the oldest (CI, 3.13).
+    def idle_workers():
+        workers = server.control("show workers")["workers"]
+        return None if any(w["in_flight"] for w in workers) else workers
+
+    workers = wait_for(idle_workers, what="every worker idle")
+    oldest = min(workers, key=lambda w: w["age"])["pid"]
     server.signal(signal.SIGURG)
-    server.wait_log(r"Refork to generation 2 \(URG\): worker")
+    server.wait_log(r"Refork to generation 2 \(URG\): worker \(pid: %d," % oldest)
     with Load(server, clients=2) as load:
         server.wait_log(r"refork to generation 2 \(URG\) abandoned: the chosen worker "
                         r"\(pid: \d+\) is being stopped \(SIGTERM\)", timeout=15)
