@@ -9,7 +9,15 @@ SIGURG reforks), runs apps/flask_app.py. For each event (refork, HUP, refork, HU
 2. the event: SIGURG (refork) or SIGHUP (a new preloader imports the app, then its
    workers replace the old ones); it is over when the log says
    "refork to generation N ... done", or, for HUP, "Reload to generation N (HUP) done"
-   (none of the old workers is left);
+   (none of the old workers is left). Two more kinds are no event of the server's but
+   the least work any such event does, with none of smartspawn's: "refork floor",
+   bench/fork_floor.py, a process outside the server that imported the same app, forks
+   2 children one at a time, each answering one request and exiting (a refork's forks,
+   the new workers' copy-on-write faults, the old workers' exits); "hup floor", a new
+   such process imports the app, then does the same (a reload imports the new code).
+   Their p99 is what the refork's and the HUP's cannot go under on this machine; a
+   floor's window lasts as long as the event it stands for in the same round (as many
+   requests: a p99 over 30 requests would be their maximum);
 3. a short tail, then the load stops.
 
 Reported per event: failed requests during the whole load run (non-2xx answers and
@@ -21,11 +29,14 @@ request's timestamps: the event's window can be cut out exactly.
     python -m bench.events [--quick] [--rounds N] [--json PATH]
 """
 import argparse
+import os
 import re
 import signal
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench import loadgen
 from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir,
@@ -39,9 +50,48 @@ TAIL = 0.5   # s of load after the event
 BIN = 0.1    # s per bin of the timeline kept for the plots
 
 
-def trigger(server, kind, before, timeout):
-    """Send the event's signal and wait until it is over."""
+KINDS = ("refork", "hup", "refork floor", "hup floor")
+
+
+def start_floor():
+    """bench/fork_floor.py on the events' app, ready for its "go" lines."""
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "bench.fork_floor", "flask_app:app", PATH, "--ids",
+         str(PRODUCTS), "--workers", str(WORKERS)],
+        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "FLASK_APP_PRODUCTS": str(PRODUCTS)})
+    if floor.stdout.readline().strip() != "ready":
+        floor.kill()
+        raise BenchError("bench/fork_floor.py did not start (exit %s)" % floor.wait())
+    return floor
+
+
+def go(floor):
+    floor.stdin.write("go\n")
+    floor.stdin.flush()
+    if floor.stdout.readline().strip() != "done":
+        raise BenchError("bench/fork_floor.py failed (exit %s)" % floor.wait())
+
+
+def stop(floor):
+    floor.kill()
+    floor.wait()
+
+
+def trigger(server, kind, before, timeout, floor):
+    """Send the event's signal (or a floor its "go") and wait until it is over."""
     since = len(server.log())
+    if kind == "refork floor":
+        go(floor)
+        return since
+    if kind == "hup floor":  # a new process imports the app, then forks
+        fresh = start_floor()
+        try:
+            go(fresh)
+        finally:
+            stop(fresh)
+        return since
     if kind == "refork":
         server.signal(signal.SIGURG)
         match = server.wait_log(r"refork to generation \d+ \(.*\) (done|abandoned)",
@@ -69,7 +119,9 @@ def timeline(samples, first, origin, end):
     return rows
 
 
-def measure_event(server, kind, args):
+def measure_event(server, kind, args, floor, seconds=0.0):
+    """`seconds`: the least length of the event's window (a floor's: as long as the
+    event it stands for, its requests as many)."""
     before = server.worker_pids()
     load = loadgen.PythonLoad(server.port, PATH, PRODUCTS, WORKERS,
                               max_seconds=RAMP + args.steady + args.timeout + TAIL + 5)
@@ -79,7 +131,8 @@ def measure_event(server, kind, args):
         steady_start = time.monotonic()
         time.sleep(args.steady)
         event_start = time.monotonic()
-        since = trigger(server, kind, before, args.timeout)
+        since = trigger(server, kind, before, args.timeout, floor)
+        time.sleep(max(0.0, event_start + seconds - time.monotonic()))
         event_end = time.monotonic()
         time.sleep(TAIL)
     finally:
@@ -97,7 +150,7 @@ def measure_event(server, kind, args):
 
 def summarize(events):
     out = {}
-    for kind in ("refork", "hup"):
+    for kind in KINDS:
         runs = [e for e in events if e["event"] == kind]
         out[kind] = {
             "n": len(runs), "failed": sum(e["failed"] for e in runs),
@@ -117,15 +170,22 @@ def run(args, workdir):
                                       SMARTSPAWN, "fork_worker = 10**9\n", WORKERS,
                                       {"FLASK_APP_PRODUCTS": str(PRODUCTS)}))
         events = []
-        for round_no in range(args.rounds):
-            for kind in ("refork", "hup"):
-                event = measure_event(server, kind, args)
-                events.append(event)
-                print("round %d %-6s %5.2f s  failed %d of %d  p99 steady %6.2f ms, during "
-                      "%7.2f ms  log errors %d" % (
-                          round_no + 1, kind, event["seconds"], event["failed"],
-                          event["requests"], event["steady"]["p99"], event["during"]["p99"],
-                          len(event["log_errors"])), flush=True)
+        floor = start_floor()
+        try:
+            for round_no in range(args.rounds):
+                lengths = {}
+                for kind in KINDS:
+                    event = measure_event(server, kind, args, floor,
+                                          lengths.get(kind.replace(" floor", ""), 0.0))
+                    lengths[kind] = event["seconds"]
+                    events.append(event)
+                    print("round %d %-6s %5.2f s  failed %d of %d  p99 steady %6.2f ms, "
+                          "during %7.2f ms  log errors %d" % (
+                              round_no + 1, kind, event["seconds"], event["failed"],
+                              event["requests"], event["steady"]["p99"],
+                              event["during"]["p99"], len(event["log_errors"])), flush=True)
+        finally:
+            stop(floor)
     if started.killed:
         raise BenchError("processes outlived the server: %s" % started.killed)
     summary = summarize(events)
@@ -134,13 +194,14 @@ def run(args, workdir):
             "steady_seconds": args.steady, "summary": summary, "events": events,
             "targets": {"%s failed requests" % kind: {
                 "value": summary[kind]["failed"], "target": "= 0",
-                "met": summary[kind]["failed"] == 0} for kind in summary}}
+                "met": summary[kind]["failed"] == 0} for kind in ("refork", "hup")}}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 2 s steady windows")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of refork + HUP (3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of refork + HUP + floor (3)")
     parser.add_argument("--steady", type=float, default=3.0,
                         help="seconds of steady load before each event (3)")
     parser.add_argument("--timeout", type=float, default=60.0,

@@ -13,7 +13,7 @@ import pytest
 # still comes first.
 sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from bench import cpucost, plots, server  # noqa: E402
+from bench import cpucost, plots, report, server  # noqa: E402
 from bench.__main__ import STEPS, step_list, steps  # noqa: E402
 from bench.recycle_latency import KINDS, pace_of, pace_text  # noqa: E402
 
@@ -101,3 +101,30 @@ def test_a_process_cpu_counts_every_thread():
         stop.set()
         thread.join()
     assert server.task_ns(2**22 + 1) is None  # no such process
+
+
+def test_the_refork_floor_forks_each_worker_in_turn_and_each_answers_a_request(tmp_path):
+    from bench import fork_floor
+    answered = tmp_path / "answered"
+
+    def app(environ, start_response):
+        with open(answered, "a") as out:
+            out.write("%d %s\n" % (os.getpid(), environ["PATH_INFO"]))
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    fork_floor.replace_workers(app, "/product/{id}", 3, workers=2)
+    lines = [line.split() for line in answered.read_text().splitlines()]
+    assert len({pid for pid, _ in lines}) == 2 and str(os.getpid()) not in dict(lines)
+    assert {path for _, path in lines} <= {"/product/1", "/product/2", "/product/3"}
+
+
+def test_the_event_targets_show_each_event_beside_its_floor():
+    summary = {kind: {"failed": 0, "requests": 10, "p99_ratio": ratio} for kind, ratio in (
+        ("refork", 4.0), ("hup", 1.4), ("refork floor", 2.1), ("hup floor", 1.2))}
+    rows = {label: (measured, met) for _, label, measured, met in
+            report.event_targets({"summary": summary})}
+    assert rows["refork under load: p99 during ≤ 1.5× steady"] == (
+        "4.00× (the floor: 2.10×)", False)
+    assert rows["HUP under load: p99 during ≤ 1.5× steady"] == (
+        "1.40× (the floor: 1.20×)", True)

@@ -1,0 +1,72 @@
+"""The least work any refork by fork() does, done outside the server: its latency floor.
+
+A refork of W workers forks W new workers from a warmed process; each new worker writes
+to the pages it shares with it as it answers its first request (a copy-on-write fault
+each); each old worker exits (its address space torn down). This process imports the
+same app and answers a request through it (warmed, like a template), then, on each
+"go" line on stdin, does that much for W workers, one at a time: fork; the child answers
+one request through the app and exits; the parent reaps it. PATH's "{id}" is a random
+id in 1..N for each request, as the load's are. It prints "done" after the
+last. bench/events.py runs it as the "floor" event, beside the refork, under the same
+load: what the refork's p99 cannot go under on that machine. No server, no master, no
+standby: none of smartspawn's own work.
+
+    python -m bench.fork_floor MODULE:APP PATH [--ids N] [--workers W]
+    (stdin: "go" lines; stdout: "ready", then "done" per go)
+"""
+import argparse
+import importlib
+import io
+import os
+import random
+import sys
+from wsgiref.util import setup_testing_defaults
+
+from bench.server import APP_DIR
+
+
+def request(app, path):
+    """One GET through the WSGI app, as a worker would answer it; its body is read."""
+    environ = {"PATH_INFO": path, "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        for _ in body:
+            pass
+    finally:
+        getattr(body, "close", lambda: None)()
+
+
+def replace_workers(app, path, ids, workers):
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                request(app, path.format(id=random.randint(1, ids)))
+                code = 0
+            finally:
+                os._exit(code)
+        os.waitpid(pid, 0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("app", help="MODULE:APP, from bench/apps")
+    parser.add_argument("path", help="the path each child answers")
+    parser.add_argument("--ids", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(APP_DIR))
+    module, name = args.app.split(":")
+    app = getattr(importlib.import_module(module), name)
+    request(app, args.path.format(id=1))  # warmed, like the template
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "go":
+            replace_workers(app, args.path, args.ids, args.workers)
+            print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
