@@ -37,10 +37,21 @@ earliest to the latest of a new worker's fork and readiness and the nearest exit
 gunicorn, from the old worker's exit to the end of its replacement's import. The
 requests in flight at any time of a recycle are the ones *during* it.
 
-Reported per kind and load: steady p99, recycling p99 over the whole window, p99 during
-recycles (and the share of requests that were), each as medians over rounds, the
-median of the per-round ratios to the steady p99, max, requests/s, failed requests
-(non-2xx and connection errors) and recycles per window. Targets (--check exits 1 when
+*The floor*: a recycle forks a worker from a warmed process, which writes to the pages
+it shares with it as it answers its first request, and stops an old worker, whose
+address space is torn down. bench/fork_floor.py does that much outside the servers: a
+process that imported the same app forks a child, which answers one request and exits,
+and reaps it. In each round, after the four windows of a load, the smartspawn steady
+server is loaded once more while the floor process does that as often as the
+smartspawn recycling server recycled in its window of the round, each time for as long
+as its median recycle lasted (as many requests in flight); those requests are the
+floor's *during*, against the smartspawn steady p99: what the
+recycles' p99 cannot go under on this machine, with none of smartspawn's work.
+
+Reported per kind and load (and the floor): steady p99, recycling p99 over the whole
+window, p99 during recycles (and the share of requests that were), each as medians over
+rounds, the median of the per-round ratios to the steady p99, max, requests/s, failed
+requests (non-2xx and connection errors) and recycles per window. Targets (--check exits 1 when
 one is missed): smartspawn's p99 during recycles <= 1.2 x its steady p99, under each
 load, and 0 failed requests for smartspawn. Plain gunicorn's ratios are shown beside
 them, not checked.
@@ -51,7 +62,9 @@ them, not checked.
 --immortal adds a third server kind, smartspawn+immortal (gc_freeze = "immortal").
 """
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -155,6 +168,49 @@ def window(server, load, args, rate):
     result["recycles"] = len(spans)
     result["during"] = loadgen.summarize(inside) if inside else None
     result["during_share"] = len(inside) / max(1, result["requests"] + result["errors"])
+    result["recycle_seconds"] = statistics.median(b - a for a, b in spans) if spans else 0.0
+    return result
+
+
+def start_floor(args):
+    """bench/fork_floor.py on the servers' app, ready for its "go" lines."""
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "bench.fork_floor", "heavy_import:app", "/", "--workers", "1"],
+        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "HEAVY_IMPORT_SECONDS": str(args.import_seconds)})
+    if floor.stdout.readline().strip() != "ready":
+        floor.kill()
+        raise BenchError("bench/fork_floor.py did not start (exit %s)" % floor.wait())
+    return floor
+
+
+def floor_window(server, floor, load, args, rate, times, seconds):
+    """The smartspawn steady `server` under `load` while `floor` replaces a worker of its
+    own `times` times, evenly over the window, each span lasting `seconds` at least (as
+    long as a recycle's: as many requests in flight) -> figures as window()'s."""
+    wait_idle(server, args.timeout)
+    paced = load == "paced"
+    run = loadgen.PythonLoad(server.port, "/", 0, args.workers * (2 if paced else 1),
+                             max_seconds=args.seconds, rate=rate if paced else 0.0).start()
+    started = time.monotonic()
+    spans = []
+    for n in range(times):
+        time.sleep(max(0.0, started + (n + 0.5) * args.seconds / times - time.monotonic()))
+        begun = time.monotonic()
+        floor.stdin.write("go\n")
+        floor.stdin.flush()
+        if floor.stdout.readline().strip() != "done":
+            raise BenchError("bench/fork_floor.py failed (exit %s)" % floor.wait())
+        time.sleep(max(0.0, begun + seconds - time.monotonic()))
+        spans.append((begun, time.monotonic()))
+    time.sleep(max(0.0, started + args.seconds - time.monotonic()))
+    samples = run.stop(early=not paced)
+    result = loadgen.summarize(samples, started, started + args.seconds)
+    inside = during([s for s in samples if started <= s[0] < started + args.seconds], spans)
+    result["recycles"] = len(spans)
+    result["during"] = loadgen.summarize(inside) if inside else None
+    result["during_share"] = len(inside) / max(1, result["requests"] + result["errors"])
     return result
 
 
@@ -177,33 +233,54 @@ def pace_text(pace):
 
 def run(args, workdir):
     servers = make_servers(args, workdir)
-    runs = {(load, *key): [] for load in LOADS for key in servers}
-    pace = None
+    runs = {(load, *key): [] for load in LOADS for key in [*servers, ("floor", "recycling")]}
     with Servers() as started:
         started.start(*servers.values(), timeout=args.timeout)
         for server in servers.values():
             loadgen.run_python(server.port, "/", 0, args.workers, 2)  # warm-up
-        for round_no in range(args.rounds):
-            for load in LOADS:  # saturated first: the pace comes from its first round
-                if load == "paced" and pace is None:
-                    pace = pace_of(runs, args)
-                    print("paced load: %s" % pace_text(pace), flush=True)
-                order = list(servers) if round_no % 2 == 0 else list(servers)[::-1]
-                for key in order:
-                    result = window(servers[key], load, args, pace and pace["rate"])
-                    runs[(load, *key)].append(result)
-                    inside = result["during"]
-                    print("round %d %-9s %-22s %6.0f req/s  p99 %7.2f  during recycles %s  "
-                          "max %7.1f ms  failed %d  recycles %d" % (
-                              round_no + 1, load, servers[key].name, result["rps"],
-                              result["p99"], "%7.2f" % inside["p99"] if inside else "    -",
-                              result["max"], result["errors"], result["recycles"]),
-                          flush=True)
+        floor = start_floor(args)
+        try:
+            pace = rounds(servers, runs, args, floor)
+        finally:
+            floor.kill()
+            floor.wait()
     if started.killed:
         raise BenchError("processes outlived their server: %s" % started.killed)
     return {"benchmark": "recycle_latency", "args": vars(args), "pace": pace,
             "revision": product_source()["git"],
             "runs": {"%s %s %s" % key: value for key, value in runs.items()}}
+
+
+def rounds(servers, runs, args, floor):
+    """Every round's windows, into `runs`, the floor's last under each load -> the paced
+    load's pace."""
+    pace = None
+    for round_no in range(args.rounds):
+        for load in LOADS:  # saturated first: the pace comes from its first round
+            if load == "paced" and pace is None:
+                pace = pace_of(runs, args)
+                print("paced load: %s" % pace_text(pace), flush=True)
+            rate = pace and pace["rate"]
+            order = list(servers) if round_no % 2 == 0 else list(servers)[::-1]
+            for key in order:
+                result = window(servers[key], load, args, rate)
+                runs[(load, *key)].append(result)
+                report_window(round_no, load, servers[key].name, result)
+            recycling = runs[(load, "smartspawn", "recycling")][-1]
+            result = floor_window(servers["smartspawn", "steady"], floor, load, args, rate,
+                                  max(recycling["recycles"], 1), recycling["recycle_seconds"])
+            runs[(load, "floor", "recycling")].append(result)
+            report_window(round_no, load, "floor", result)
+    return pace
+
+
+def report_window(round_no, load, name, result):
+    inside = result["during"]
+    print("round %d %-9s %-22s %6.0f req/s  p99 %7.2f  during recycles %s  max %7.1f ms  "
+          "failed %d  recycles %d" % (
+              round_no + 1, load, name, result["rps"], result["p99"],
+              "%7.2f" % inside["p99"] if inside else "    -", result["max"],
+              result["errors"], result["recycles"]), flush=True)
 
 
 def medians(steady, recycling):
@@ -226,9 +303,9 @@ def medians(steady, recycling):
 def summarize(result):
     """Per load and kind: medians, ratios, failures; prints the tables. -> missed targets."""
     runs, args = result["runs"], result["args"]
-    summary = {"%s %s" % (load, kind): medians(runs["%s %s steady" % (load, kind)],
-                                               runs["%s %s recycling" % (load, kind)])
-               for load in LOADS for kind in KINDS}
+    summary = {"%s %s" % (load, kind): medians(
+        runs["%s %s steady" % (load, "smartspawn" if kind == "floor" else kind)],
+        runs["%s %s recycling" % (load, kind)]) for load in LOADS for kind in [*KINDS, "floor"]}
     print("\n%d workers, GET / of heavy_import (%.1f s import), max_requests %d + jitter %d; "
           "saturated: %d clients back to back; paced: %d clients, %s; %d round(s) "
           "of %d s windows; medians; gunicorn_smartspawn %s\n" % (
@@ -256,8 +333,9 @@ def summarize(result):
     print("\n| target | value | |\n|---|---:|---|")
     for label, (value, met) in targets.items():
         print("| %s | %.2f | %s |" % (label, value, "met" if met else "MISSED"))
-    print("(plain gunicorn, p99 during recycles / steady: %s)" % ", ".join(
-        "%s %s" % (load, fmt(summary["%s plain" % load]["during_ratio"])) for load in LOADS))
+    print("(plain gunicorn, p99 during recycles / steady: %s; the floor: %s)" % tuple(
+        ", ".join("%s %s" % (load, fmt(summary["%s %s" % (load, kind)]["during_ratio"]))
+                  for load in LOADS) for kind in ("plain", "floor")))
     result.update(summary=summary, targets={
         label: {"value": value, "met": met} for label, (value, met) in targets.items()})
     return [label for label, (_, met) in targets.items() if not met]

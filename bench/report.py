@@ -528,7 +528,18 @@ def recycle_section(results):
                                  fmt(s["during_ratio"], "%.2f"), 100 * s["during_share"],
                                  s["recycling_max"], s["steady_rps"], s["recycling_rps"],
                                  s["recycles"], s["failed"]))
-    return lines + ["", "Target: smartspawn's p99 during recycles ≤ 1.2× its steady p99.", ""]
+    floors = [(load, recycle["summary"].get("%s floor" % load)) for load in ("saturated", "paced")]
+    return lines + [
+        "", "*floor*: no server's recycle, but the least work any recycle by fork() does, "
+        "under the same load on the smartspawn steady server: `bench/fork_floor.py`, a "
+        "process outside the servers that imported the same app, forks a child that "
+        "answers one request and exits (a recycle's fork, the new worker's copy-on-write "
+        "faults, the old worker's exit), as often as smartspawn recycled in the round, each "
+        "time for as long as its median recycle lasted. Its p99 during those, against the "
+        "smartspawn steady p99, is what the recycles' cannot go under on this machine%s."
+        % "".join("; %s: %s×" % (load, fmt(f["during_ratio"], "%.2f")) for load, f in floors
+                  if f is not None),
+        "", "Target: smartspawn's p99 during recycles ≤ 1.2× its steady p99.", ""]
 
 
 def immortal_section(results):

@@ -128,3 +128,25 @@ def test_the_event_targets_show_each_event_beside_its_floor():
         "4.00× (the floor: 2.10×)", False)
     assert rows["HUP under load: p99 during ≤ 1.5× steady"] == (
         "1.40× (the floor: 1.20×)", True)
+
+
+def test_the_recycle_floor_is_measured_against_the_smartspawn_steady_server():
+    from bench import recycle_latency
+
+    def window(p99, during=None):
+        return {"p99": p99, "p999": p99, "max": p99, "rps": 1000, "errors": 0,
+                "recycles": 3, "during_share": 0.1,
+                "during": None if during is None else {"p99": during}}
+
+    runs = {}
+    for load in recycle_latency.LOADS:
+        for kind, steady in (("plain", 4.0), ("smartspawn", 2.0)):
+            runs["%s %s steady" % (load, kind)] = [window(steady)]
+            runs["%s %s recycling" % (load, kind)] = [window(steady, during=steady * 3)]
+        runs["%s floor recycling" % load] = [window(2.0, during=3.0)]
+    result = {"runs": runs, "revision": "x", "pace": {"rate": 1, "fraction": None},
+              "args": {"workers": 4, "import_seconds": 0.7, "max_requests": 1000,
+                       "jitter": 200, "rounds": 1, "seconds": 8}}
+    recycle_latency.summarize(result)
+    assert result["summary"]["saturated floor"]["during_ratio"] == 1.5  # 3.0 / 2.0
+    assert result["summary"]["paced smartspawn"]["during_ratio"] == 3.0
