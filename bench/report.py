@@ -364,7 +364,8 @@ def cpu_table(measured):
                 label, name, statistics.median(x["cpu_us"] for x in runs),
                 "%.3f (%.3f–%.3f)" % (r["median"], r["min"], r["max"]) if r else "(first)",
                 "±%.1f %%" % (100 * r["spread"]) if r else ""))
-    return lines + [""]
+    return lines + ["", "Where smartspawn's extra CPU per request goes: "
+                    "[request-path.md](request-path.md).", ""]
 
 
 def rps_range(endpoint, name):
@@ -568,7 +569,7 @@ def immortal_section(results):
             run["args"]["rounds"]))
     lines += ["| %s | skipped: %s | | | | | |" % item for item in found["skipped"].items()]
     return lines + ["", "Targets: ≤ 1.10× one warmed process; the pass ≤ 0.3 s per million "
-                    "objects walked. Where the memory goes: "
+                    "objects walked. Where the memory goes, and the pass's floor in Python: "
                     "[immortal-profile.md](immortal-profile.md).", ""]
 
 
