@@ -474,7 +474,8 @@ def events_section(results):
         "imports the new code). Its window lasts as long as the event's in the same "
         "round. On this machine the refork's and the HUP's p99 cannot go under their "
         "floor's." % events["workers"], "",
-        "Targets: 0 failed requests; p99 during ≤ 1.5× steady (issue 27).", ""] + image(
+        "Targets: 0 failed requests; p99 during ≤ 1.5× steady (issue 27). Where the time "
+        "goes: [refork-profile.md](refork-profile.md).", ""] + image(
             drawn, "events", "events.png")
 
 
