@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -521,6 +523,25 @@ def test_gevent_patches_before_the_app_is_imported_once_and_reforks(gevent_serve
     assert all(body["cooperative"] for body in second.values()), second
     assert imports(server) == ["%d" % preloader, "True"]
     assert "WARNING] fork safety" not in server.log()  # what the worker closed is gone
+
+
+def test_gevent_spawner_reaps_a_child_that_exits_before_the_loop_runs():
+    # gevent's patched os.waitpid() waits for its loop's SIGCHLD watcher: had the loop
+    # been made only at the fork, a middle process that exited first was waited for
+    # forever (the next spawn timed out, the preloader was killed).
+    library("gevent")
+    script = """
+import os, signal, sys
+signal.alarm(5)  # a hang ends here, with SIGALRM's status
+from gunicorn_smartspawn.worker.gevent_worker import GeventWorker
+GeventWorker.before_app_import()  # as the preloader does
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+assert os.waitpid(pid, 0) == (pid, 7 << 8)
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=30)
+    assert done.returncode == 0, done
 
 
 def test_gevent_hup_and_kills_under_load(gevent_server):

@@ -52,6 +52,12 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
     def before_app_import(cls):
         from gevent import monkey
         monkey.patch_all()
+        # The hub's event loop now, before the spawner's first fork: gevent's patched
+        # os.waitpid() waits for the loop's SIGCHLD watcher, which the loop installs when
+        # it is made. Made only at the fork (by the patched os.fork), it missed the
+        # SIGCHLD of a middle process that exited first: the spawner waited for it
+        # forever, and the next spawn timed out (CI, 3.11).
+        gevent.get_hub()
 
     def leave_serving(self):
         super().leave_serving()
