@@ -29,16 +29,14 @@ request's timestamps: the event's window can be cut out exactly.
     python -m bench.events [--quick] [--rounds N] [--json PATH]
 """
 import argparse
-import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench import loadgen
+from bench.fork_floor import Floor
 from bench.server import (SMARTSPAWN, BenchError, Server, Servers, run_in_tmpdir,
                           write_json)
 
@@ -55,42 +53,22 @@ KINDS = ("refork", "hup", "refork floor", "hup floor")
 
 def start_floor():
     """bench/fork_floor.py on the events' app, ready for its "go" lines."""
-    floor = subprocess.Popen(
-        [sys.executable, "-m", "bench.fork_floor", "flask_app:app", PATH, "--ids",
-         str(PRODUCTS), "--workers", str(WORKERS)],
-        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "FLASK_APP_PRODUCTS": str(PRODUCTS)})
-    if floor.stdout.readline().strip() != "ready":
-        floor.kill()
-        raise BenchError("bench/fork_floor.py did not start (exit %s)" % floor.wait())
-    return floor
-
-
-def go(floor):
-    floor.stdin.write("go\n")
-    floor.stdin.flush()
-    if floor.stdout.readline().strip() != "done":
-        raise BenchError("bench/fork_floor.py failed (exit %s)" % floor.wait())
-
-
-def stop(floor):
-    floor.kill()
-    floor.wait()
+    return Floor("flask_app:app", PATH, PRODUCTS, WORKERS,
+                 {"FLASK_APP_PRODUCTS": str(PRODUCTS)})
 
 
 def trigger(server, kind, before, timeout, floor):
     """Send the event's signal (or a floor its "go") and wait until it is over."""
     since = len(server.log())
     if kind == "refork floor":
-        go(floor)
+        floor.go()
         return since
     if kind == "hup floor":  # a new process imports the app, then forks
         fresh = start_floor()
         try:
-            go(fresh)
+            fresh.go()
         finally:
-            stop(fresh)
+            fresh.stop()
         return since
     if kind == "refork":
         server.signal(signal.SIGURG)
@@ -185,7 +163,7 @@ def run(args, workdir):
                               event["requests"], event["steady"]["p99"],
                               event["during"]["p99"], len(event["log_errors"])), flush=True)
         finally:
-            stop(floor)
+            floor.stop()
     if started.killed:
         raise BenchError("processes outlived the server: %s" % started.killed)
     summary = summarize(events)

@@ -19,10 +19,39 @@ import importlib
 import io
 import os
 import random
+import subprocess
 import sys
+from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
-from bench.server import APP_DIR
+from bench.server import APP_DIR, BenchError
+
+
+class Floor:
+    """This script in a process of its own, run by a benchmark: started (the app
+    imported) when made, go() for each replacement, stop() at the end."""
+
+    def __init__(self, app, path, ids, workers, env):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.fork_floor", app, path, "--ids", str(ids),
+             "--workers", str(workers)],
+            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+        self.expect("ready", "did not start")
+
+    def go(self):
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        self.expect("done", "failed")
+
+    def expect(self, line, what):
+        if self.process.stdout.readline().strip() != line:
+            self.stop()
+            raise BenchError("bench/fork_floor.py %s (exit %s)" % (what, self.process.returncode))
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
 
 
 def request(app, path):

@@ -62,9 +62,7 @@ them, not checked.
 --immortal adds a third server kind, smartspawn+immortal (gc_freeze = "immortal").
 """
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,6 +72,7 @@ if not __package__:  # run as `python bench/recycle_latency.py`: make `bench` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import loadgen
+from bench.fork_floor import Floor
 from bench.server import (SMARTSPAWN, BenchError, Server, Servers, product_source,
                           run_in_tmpdir, wait_for, write_json)
 
@@ -172,19 +171,6 @@ def window(server, load, args, rate):
     return result
 
 
-def start_floor(args):
-    """bench/fork_floor.py on the servers' app, ready for its "go" lines."""
-    floor = subprocess.Popen(
-        [sys.executable, "-m", "bench.fork_floor", "heavy_import:app", "/", "--workers", "1"],
-        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "HEAVY_IMPORT_SECONDS": str(args.import_seconds)})
-    if floor.stdout.readline().strip() != "ready":
-        floor.kill()
-        raise BenchError("bench/fork_floor.py did not start (exit %s)" % floor.wait())
-    return floor
-
-
 def floor_window(server, floor, load, args, rate, times, seconds):
     """The smartspawn steady `server` under `load` while `floor` replaces a worker of its
     own `times` times, evenly over the window, each span lasting `seconds` at least (as
@@ -198,10 +184,7 @@ def floor_window(server, floor, load, args, rate, times, seconds):
     for n in range(times):
         time.sleep(max(0.0, started + (n + 0.5) * args.seconds / times - time.monotonic()))
         begun = time.monotonic()
-        floor.stdin.write("go\n")
-        floor.stdin.flush()
-        if floor.stdout.readline().strip() != "done":
-            raise BenchError("bench/fork_floor.py failed (exit %s)" % floor.wait())
+        floor.go()
         time.sleep(max(0.0, begun + seconds - time.monotonic()))
         spans.append((begun, time.monotonic()))
     time.sleep(max(0.0, started + args.seconds - time.monotonic()))
@@ -238,12 +221,12 @@ def run(args, workdir):
         started.start(*servers.values(), timeout=args.timeout)
         for server in servers.values():
             loadgen.run_python(server.port, "/", 0, args.workers, 2)  # warm-up
-        floor = start_floor(args)
+        floor = Floor("heavy_import:app", "/", 1, 1,
+                      {"HEAVY_IMPORT_SECONDS": str(args.import_seconds)})
         try:
             pace = rounds(servers, runs, args, floor)
         finally:
-            floor.kill()
-            floor.wait()
+            floor.stop()
     if started.killed:
         raise BenchError("processes outlived their server: %s" % started.killed)
     return {"benchmark": "recycle_latency", "args": vars(args), "pace": pace,
