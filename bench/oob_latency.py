@@ -9,6 +9,11 @@ an endpoint that leaves ~3 000 objects of cyclic garbage per request), side by s
      so the preloader's gc.freeze() is part of it).
   C  (--also-no-oob) ``gunicorn -k smartspawn.Worker`` without oob_gc: what freezing
      alone gives, to tell it apart from moving the collections out of requests.
+  F  the floor, on /garbage only: plain ``gunicorn``, the rows freed by reference counting
+     (OOB_BENCH_ACYCLIC=1) and the collector off in every worker. The same requests with
+     no collection at all, in or out of them: the least p99 any way of collecting could
+     give on this machine, where the collector's own work (~0.45 ms of CPU per request
+     here, whichever process does it) competes with the requests for the two cores.
 
 Each server has --workers W (default 4: the configuration DESIGN.md's baseline was
 measured with, and close to gunicorn's advice of 2 x cores + 1 on this 2-core machine;
@@ -78,6 +83,20 @@ end
 def make_server(label, root, smartspawn, oob_gc, workers, env):
     return Server(label, root, "oob_app:app", SMARTSPAWN if smartspawn else [],
                   "oob_gc = True\n" if oob_gc else "", workers, env, timeout=120)
+
+
+FLOOR = "F floor: no collector"
+NO_COLLECTOR = "import gc\n\n\ndef post_worker_init(worker):\n    gc.disable()\n"
+
+
+def make_floor(root, workers, env):
+    return Server(FLOOR, root, "oob_app:app", [], NO_COLLECTOR, workers,
+                  {**env, "OOB_BENCH_ACYCLIC": "1"}, timeout=120)
+
+
+def loaded(servers, path):
+    """The servers measured on `path`: the floor is about /garbage's collections only."""
+    return [s for s in servers if path == "/garbage" or s.name != FLOOR]
 
 
 # -- load generators ---------------------------------------------------------------------
@@ -192,6 +211,8 @@ def main():
     if args.also_no_oob:
         servers.append(make_server("C smartspawn, no oob", tmp / "c", True, False,
                                    args.workers, env))
+    if "/garbage" in args.paths.split(","):
+        servers.append(make_floor(tmp / "f", args.workers, env))
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -228,10 +249,10 @@ def measure(servers, args, script):
     results = {"client": args.client, "workers": args.workers, "seconds": args.seconds,
                "rounds": args.rounds, "runs": {}}
     for path in args.paths.split(","):
-        for server in servers:
+        for server in loaded(servers, path):
             one_run(server, path, max(2, args.seconds // 2))  # warm-up, not counted
         for round_no in range(args.rounds):
-            for server in servers:
+            for server in loaded(servers, path):
                 result = one_run(server, path, args.seconds)
                 results["runs"].setdefault(path, {}).setdefault(server.name, []).append(result)
                 print("%-9s round %d  %-22s %7.0f req/s  p50 %7.2f  p99 %7.2f  p99.9 %7.2f"
@@ -255,17 +276,16 @@ def report(servers, results, args):
         print("\n%s  (medians over rounds; ratio = median of per-round ratios to A)" % path)
         print("  %-22s %9s %9s %9s %9s %11s %7s" % ("server", "req/s", "p50 ms", "p99 ms",
                                                      "p99.9 ms", "cpu us/req", "errors"))
-        for server in servers:
-            runs = by_server[server.name]
+        for name, runs in by_server.items():
             print("  %-22s %9.0f %9.2f %9.2f %9.2f %11.0f %7d" % (
-                server.name, *(statistics.median(r[k] for r in runs) for k in FIGURES),
+                name, *(statistics.median(r[k] for r in runs) for k in FIGURES),
                 sum(r["errors"] for r in runs)))
-        for server in servers[1:]:
-            pairs = list(zip(by_server[a], by_server[server.name], strict=True))
+        for name in list(by_server)[1:]:
+            pairs = list(zip(by_server[a], by_server[name], strict=True))
             ratios = {k: statistics.median(b[k] / a_[k] for a_, b in pairs) for k in FIGURES}
-            results.setdefault("ratios", {}).setdefault(path, {})[server.name] = ratios
+            results.setdefault("ratios", {}).setdefault(path, {})[name] = ratios
             print("  %-22s %9.3f %9.3f %9.3f %9.3f %11.3f   (x A)" % (
-                server.name, *(ratios[k] for k in FIGURES)))
+                name, *(ratios[k] for k in FIGURES)))
     b = servers[1].name
     ratios = results["ratios"]
     checks = []
@@ -273,6 +293,10 @@ def report(servers, results, args):
         garbage = ratios["/garbage"][b]
         checks.append(("/garbage p99 B/A <= %.2f" % TARGET_P99_RATIO, garbage["p99"],
                        garbage["p99"] <= TARGET_P99_RATIO))
+        floor = ratios["/garbage"].get(FLOOR)
+        if floor:
+            results["floor"] = {"p99": floor["p99"], "p999": floor["p999"]}
+            print("\n/garbage p99 F/A (the floor: no collection at all) %.3f" % floor["p99"])
         checks.append(("/garbage throughput B/A >= %.2f" % TARGET_GARBAGE_RPS_RATIO,
                        garbage["rps"], garbage["rps"] >= TARGET_GARBAGE_RPS_RATIO))
     if "/hello" in results.get("cpu", {}):

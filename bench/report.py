@@ -122,6 +122,9 @@ def oob_targets(oob):
     for key, prefix, label in wanted:
         match = next((t for name, t in found.items() if name.startswith(prefix)), None)
         measured = "%.2f×" % match["value"] if match else NOT_MEASURED
+        floor = (oob or {}).get("floor")
+        if match and key == "p99" and floor:
+            measured += " (the floor: %.2f×)" % floor["p99"]
         cpu = (oob or {}).get("cpu", {}).get("/hello")
         if match and key == "hello" and cpu:
             measured = cpu_measured(next(iter(cpu["ratios"].values())))
@@ -388,6 +391,12 @@ def oob_section(results):
               "(sync), B = smartspawn + `oob_gc`. " % (oob.get("client"), oob.get("workers"),
                                                        oob.get("rounds"), oob.get("seconds"))
               + client_note(oob.get("client")), ""]
+    if "floor" in oob:
+        lines += ["*F floor* (`/garbage` only): plain gunicorn serving the same requests, "
+                  "whose rows drop their session once the response is built "
+                  "(`OOB_BENCH_ACYCLIC=1`), with the collector off in every worker: no "
+                  "collection at all, in or out of a request, and the least p99 any way of "
+                  "collecting could give here. Its p99: %.2f× A's." % oob["floor"]["p99"], ""]
     lines += latency_table(endpoints, "A")
     lines += cpu_table(oob.get("cpu", {}))
     drawn = plots.latency(endpoints, results["out"] / "oob_latency.png")

@@ -150,3 +150,34 @@ def test_the_recycle_floor_is_measured_against_the_smartspawn_steady_server():
     recycle_latency.summarize(result)
     assert result["summary"]["saturated floor"]["during_ratio"] == 1.5  # 3.0 / 2.0
     assert result["summary"]["paced smartspawn"]["during_ratio"] == 3.0
+
+
+def test_the_oob_floor_serves_garbage_only_and_shows_beside_the_p99_target():
+    from bench import oob_latency
+    servers = [types.SimpleNamespace(name=name) for name in
+               ("A plain gunicorn", "B smartspawn oob_gc", oob_latency.FLOOR)]
+    assert [s.name for s in oob_latency.loaded(servers, "/garbage")] == [
+        s.name for s in servers]
+    assert oob_latency.FLOOR not in [s.name for s in oob_latency.loaded(servers, "/hello")]
+    oob = {"targets": {"/garbage p99 B/A <= 0.70": {"value": 0.8, "met": False}},
+           "floor": {"p99": 0.65, "p999": 0.01}}
+    rows = {label: measured for _, label, measured, _ in report.oob_targets(oob)}
+    assert rows["oob_gc: p99 ≤ 0.7× plain gunicorn"] == "0.80× (the floor: 0.65×)"
+
+
+def test_the_oob_apps_acyclic_rows_are_freed_without_a_collection(monkeypatch):
+    import gc
+    import importlib
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench" / "apps"))
+    monkeypatch.setenv("OOB_BENCH_RECORDS", "10")
+    monkeypatch.setenv("OOB_BENCH_CYCLES", "50")
+    monkeypatch.delitem(sys.modules, "oob_app", raising=False)
+    counted = {}
+    for acyclic in ("0", "1"):
+        monkeypatch.setenv("OOB_BENCH_ACYCLIC", acyclic)
+        oob_app = importlib.import_module("oob_app")
+        gc.collect()
+        oob_app.garbage()
+        counted[acyclic] = gc.collect()  # what only a collection could free
+        del sys.modules["oob_app"]
+    assert counted["0"] >= 2 * 50 and counted["1"] == 0  # a row and its list at least
