@@ -396,7 +396,8 @@ def oob_section(results):
                   "whose rows drop their session once the response is built "
                   "(`OOB_BENCH_ACYCLIC=1`), with the collector off in every worker: no "
                   "collection at all, in or out of a request, and the least p99 any way of "
-                  "collecting could give here. Its p99: %.2f× A's." % oob["floor"]["p99"], ""]
+                  "collecting could give here. Its p99: %.2f× A's. Where `/garbage`'s p99 "
+                  "goes: [oob-profile.md](oob-profile.md)." % oob["floor"]["p99"], ""]
     lines += latency_table(endpoints, "A")
     lines += cpu_table(oob.get("cpu", {}))
     drawn = plots.latency(endpoints, results["out"] / "oob_latency.png")
