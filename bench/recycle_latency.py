@@ -26,9 +26,10 @@ every request's own latency:
 
 After one unmeasured warm-up run per server, each round runs, for each load, the four
 windows of --seconds (8) in turn, in alternating order (plain steady, smartspawn steady,
-plain recycling, smartspawn recycling, then the reverse); before each window the server
-must be idle (its processes used < 5 % of a CPU for 0.5 s), so a plain worker still
-importing after the previous window does not slow the next one.
+plain recycling, smartspawn recycling, then the reverse); before each window every server
+must be idle (the processes of each used < 5 % of a CPU for 0.5 s), so a plain worker
+still importing after the previous window does not slow the next one, whichever server
+that measures.
 
 *During a recycle*: every server logs, with gunicorn's hooks, when a worker is forked
 (post_fork), ready (post_worker_init) and reaped (child_exit). A recycle lasts from the
@@ -140,19 +141,21 @@ def during(samples, spans):
     return [s for s in samples if any(s[0] <= b and s[1] >= a for a, b in spans)]
 
 
-def wait_idle(server, timeout):
-    """Wait until the server's processes use < 5 % of a CPU over 0.5 s."""
+def wait_idle(servers, timeout):
+    """Wait until the processes of each server use < 5 % of a CPU over 0.5 s: all of
+    them, not only the one measured next (a plain worker that reached max_requests at
+    the end of its window imports for 0.7 s, in the first second of the next window)."""
     def idle():
-        before = server.cpu_seconds()
+        before = [server.cpu_seconds() for server in servers]
         time.sleep(0.5)
-        return server.cpu_seconds() - before < 0.025
+        return all(server.alive() and server.cpu_seconds() - cpu < 0.025
+                   for server, cpu in zip(servers, before, strict=True))
 
-    wait_for(lambda: server.alive() and idle(), timeout, "%s to be idle" % server.name, 0)
+    wait_for(idle, timeout, "every server to be idle", 0)
 
 
 def window(server, load, args, rate):
     """One measured window -> loadgen figures, the same during recycles, the recycles."""
-    wait_idle(server, args.timeout)
     paced = load == "paced"
     clients = args.workers * (2 if paced else 1)
     run = loadgen.PythonLoad(server.port, "/", 0, clients, max_seconds=args.seconds,
@@ -175,7 +178,6 @@ def floor_window(server, floor, load, args, rate, times, seconds):
     """The smartspawn steady `server` under `load` while `floor` replaces a worker of its
     own `times` times, evenly over the window, each span lasting `seconds` at least (as
     long as a recycle's: as many requests in flight) -> figures as window()'s."""
-    wait_idle(server, args.timeout)
     paced = load == "paced"
     run = loadgen.PythonLoad(server.port, "/", 0, args.workers * (2 if paced else 1),
                              max_seconds=args.seconds, rate=rate if paced else 0.0).start()
@@ -246,10 +248,12 @@ def rounds(servers, runs, args, floor):
             rate = pace and pace["rate"]
             order = list(servers) if round_no % 2 == 0 else list(servers)[::-1]
             for key in order:
+                wait_idle(list(servers.values()), args.timeout)
                 result = window(servers[key], load, args, rate)
                 runs[(load, *key)].append(result)
                 report_window(round_no, load, servers[key].name, result)
             recycling = runs[(load, "smartspawn", "recycling")][-1]
+            wait_idle(list(servers.values()), args.timeout)
             result = floor_window(servers["smartspawn", "steady"], floor, load, args, rate,
                                   max(recycling["recycles"], 1), recycling["recycle_seconds"])
             runs[(load, "floor", "recycling")].append(result)

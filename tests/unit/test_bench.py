@@ -181,3 +181,22 @@ def test_the_oob_apps_acyclic_rows_are_freed_without_a_collection(monkeypatch):
         counted[acyclic] = gc.collect()  # what only a collection could free
         del sys.modules["oob_app"]
     assert counted["0"] >= 2 * 50 and counted["1"] == 0  # a row and its list at least
+
+
+def test_a_recycle_window_waits_until_every_server_is_idle(monkeypatch):
+    from bench import recycle_latency
+
+    class FakeServer:
+        def __init__(self, *readings):
+            self.readings = iter(readings)
+
+        def alive(self):
+            return True
+
+        def cpu_seconds(self):
+            return next(self.readings)
+
+    monkeypatch.setattr(recycle_latency.time, "sleep", lambda seconds: None)
+    idle, importing = FakeServer(0, 0, 0, 0), FakeServer(0, 0.7, 0.7, 0.7)
+    recycle_latency.wait_idle([idle, importing], timeout=5)
+    assert next(importing.readings, "read twice") == "read twice"  # two polls, not one
