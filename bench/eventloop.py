@@ -66,8 +66,8 @@ if not __package__:  # run as `python bench/eventloop.py`: make `bench` importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import loadgen, oob_latency, plots, refork_memory, spawn_latency
-from bench.server import (BenchError, Server, Servers, product_source, uss_mb, wait_for,
-                          write_json)
+from bench.server import (BenchError, Server, Servers, idle_for, product_source, uss_mb,
+                          wait_for, write_json)
 
 PAIRS = {  # name -> (app, smartspawn class, plain class)
     "asgi": ("eventloop_fastapi:app", "smartspawn.ASGIWorker", "asgi"),
@@ -135,9 +135,7 @@ def wait_idle(server, limit=0.05, window=0.3, timeout=10.0):
     `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = server.cpu_seconds()
-        time.sleep(window)
-        if server.cpu_seconds() - before < limit * window:
+        if idle_for([server], window, limit):
             return
     warn("%s server not idle after %.0f s" % (server.name, timeout))
 

@@ -74,7 +74,7 @@ if not __package__:  # run as `python bench/recycle_latency.py`: make `bench` im
 
 from bench import loadgen
 from bench.fork_floor import Floor
-from bench.server import (SMARTSPAWN, BenchError, Server, Servers, product_source,
+from bench.server import (SMARTSPAWN, BenchError, Server, Servers, idle_for, product_source,
                           run_in_tmpdir, wait_for, write_json)
 
 KINDS = {"plain": ([], ""), "smartspawn": (SMARTSPAWN, "")}  # name -> (gunicorn args, config)
@@ -145,13 +145,8 @@ def wait_idle(servers, timeout):
     """Wait until the processes of each server use < 5 % of a CPU over 0.5 s: all of
     them, not only the one measured next (a plain worker that reached max_requests at
     the end of its window imports for 0.7 s, in the first second of the next window)."""
-    def idle():
-        before = [server.cpu_seconds() for server in servers]
-        time.sleep(0.5)
-        return all(server.alive() and server.cpu_seconds() - cpu < 0.025
-                   for server, cpu in zip(servers, before, strict=True))
-
-    wait_for(idle, timeout, "every server to be idle", 0)
+    wait_for(lambda: all(server.alive() for server in servers)
+             and idle_for(servers, 0.5, 0.05), timeout, "every server to be idle", 0)
 
 
 def window(server, load, args, rate):

@@ -152,7 +152,11 @@ class Server:
 
     def cpu_seconds(self):
         """CPU time (user + system) used so far by the live processes of the session."""
-        return sum(map(process_seconds, self.session()))
+        return sum(self.cpu_by_pid().values())
+
+    def cpu_by_pid(self):
+        """{pid: CPU seconds used so far} of the live processes of the session."""
+        return {proc.pid: process_seconds(proc) for proc in self.session()}
 
     def stop(self):
         """SIGINT, SIGKILL after 10 s; SIGKILL to its session 5 s later. -> pids killed."""
@@ -220,6 +224,19 @@ def task_ns(pid):
             if tid == str(pid):
                 return None  # no schedstat here (kernel without CONFIG_SCHED_INFO)
     return total
+
+
+def idle_for(servers, window, limit):
+    """Whether each of `servers` uses < `limit` of a CPU over the next `window` s, no
+    process of it starting or ending meanwhile: a process that ends takes the CPU it used
+    out of the sum, so a plain worker freeing its heap as it exits would read as idle."""
+    before = [server.cpu_by_pid() for server in servers]
+    time.sleep(window)
+    for server, was in zip(servers, before, strict=True):
+        now = server.cpu_by_pid()
+        if now.keys() != was.keys() or sum(now.values()) - sum(was.values()) >= limit * window:
+            return False
+    return True
 
 
 def process_seconds(proc):

@@ -193,10 +193,14 @@ def test_a_recycle_window_waits_until_every_server_is_idle(monkeypatch):
         def alive(self):
             return True
 
-        def cpu_seconds(self):
+        def cpu_by_pid(self):
             return next(self.readings)
 
-    monkeypatch.setattr(recycle_latency.time, "sleep", lambda seconds: None)
-    idle, importing = FakeServer(0, 0, 0, 0), FakeServer(0, 0.7, 0.7, 0.7)
-    recycle_latency.wait_idle([idle, importing], timeout=5)
-    assert next(importing.readings, "read twice") == "read twice"  # two polls, not one
+    monkeypatch.setattr(server.time, "sleep", lambda seconds: None)
+    quiet = FakeServer(*[{1: 2.0}] * 4)
+    # A worker (pid 11) exits as it frees its heap, its replacement (12) starts: the CPU
+    # in the sum goes down, and yet the server is busy.
+    recycling = FakeServer({10: 5.0, 11: 0.6}, {10: 5.0, 12: 0.1}, {10: 5.0, 12: 0.1},
+                           {10: 5.0, 12: 0.1})
+    recycle_latency.wait_idle([quiet, recycling], timeout=5)
+    assert next(recycling.readings, "read twice") == "read twice"  # two polls, not one
