@@ -69,7 +69,7 @@ def targets(results):
             *load_targets(data(results, "load")),
             *event_targets(data(results, "events")),
             *script_targets(data(results, "lifecycle"), "lifecycle"),
-            *script_targets(data(results, "recycle"), "recycle"),
+            *recycle_targets(data(results, "recycle")),
             *immortal_targets(data(results, "immortal"))]
 
 
@@ -171,6 +171,18 @@ def script_targets(found, step):
     if found is None:
         return [(step, "%s targets" % step, NOT_MEASURED, None)]
     return [(step, label, "%.2f" % t["value"], t["met"]) for label, t in found["targets"].items()]
+
+
+def recycle_targets(found):
+    """recycle_latency.py's targets; each load's p99 ratio beside its floor's."""
+    rows = script_targets(found, "recycle")
+    for n, (step, label, measured, met) in enumerate(rows):
+        load = label.rpartition(", ")[2]
+        floor = (found or {}).get("summary", {}).get("%s floor" % load)
+        if label.startswith("smartspawn p99") and floor and floor["during_ratio"] is not None:
+            rows[n] = (step, label, "%s (the floor: %.2f)" % (measured, floor["during_ratio"]),
+                       met)
+    return rows
 
 
 def immortal_targets(found):

@@ -204,3 +204,16 @@ def test_a_recycle_window_waits_until_every_server_is_idle(monkeypatch):
                            {10: 5.0, 12: 0.1})
     recycle_latency.wait_idle([quiet, recycling], timeout=5)
     assert next(recycling.readings, "read twice") == "read twice"  # two polls, not one
+
+
+def test_the_recycle_targets_show_each_load_beside_its_floor():
+    label = "smartspawn p99 during recycles <= 1.2 x steady, %s"
+    found = {"targets": {label % "saturated": {"value": 2.2, "met": False},
+                         label % "paced": {"value": 1.1, "met": True},
+                         "smartspawn failed requests = 0": {"value": 0, "met": True}},
+             "summary": {"saturated floor": {"during_ratio": 1.89},
+                         "paced floor": {"during_ratio": None}}}
+    rows = {label: measured for _, label, measured, _ in report.recycle_targets(found)}
+    assert rows[label % "saturated"] == "2.20 (the floor: 1.89)"
+    assert rows[label % "paced"] == "1.10"  # no recycle in the floor's window: no ratio
+    assert rows["smartspawn failed requests = 0"] == "0.00"
