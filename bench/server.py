@@ -155,8 +155,10 @@ class Server:
         return sum(self.cpu_by_pid().values())
 
     def cpu_by_pid(self):
-        """{pid: CPU seconds used so far} of the live processes of the session."""
-        return {proc.pid: process_seconds(proc) for proc in self.session()}
+        """{pid: CPU seconds used so far} of the live processes of the session; one gone
+        since session() found it is left out, not counted as having used none."""
+        seconds = {proc.pid: process_seconds(proc, gone=None) for proc in self.session()}
+        return {pid: s for pid, s in seconds.items() if s is not None}
 
     def stop(self):
         """SIGINT, SIGKILL after 10 s; SIGKILL to its session 5 s later. -> pids killed."""
@@ -239,15 +241,15 @@ def idle_for(servers, window, limit):
     return True
 
 
-def process_seconds(proc):
-    """On-CPU seconds of one process (all its threads); 0.0 once it is gone."""
+def process_seconds(proc, gone=0.0):
+    """On-CPU seconds of one process (all its threads); `gone` once it is gone."""
     ns = task_ns(proc.pid)
     if ns is not None:
         return ns / 1e9
     try:
         times = proc.cpu_times()
     except psutil.Error:
-        return 0.0
+        return gone
     return times.user + times.system
 
 
