@@ -7,8 +7,10 @@ objects each; 250 000 records = ~1 M tracked objects, the size at which DESIGN.m
 GET /garbage  builds CYCLES rows (3 tracked objects each) that reference their session,
               which lists them (ORM rows and their session, say), alive until the response
               is built: cyclic garbage once the request ends. With OOB_BENCH_ACYCLIC=1 the
-              rows drop their session once the response is built: the same objects, freed
-              by reference counting with no collection (oob_latency.py's floor).
+              rows do not reference their session (no cycle), which is kept in
+              AFTER_RESPONSE: the same objects, left for oob_latency.py's floor worker to
+              free by reference counting once the connection is closed, where smartspawn's
+              worker collects them.
 GET /hello    a constant body: the per-request cost of the server itself.
 GET /work     /hello's body with the out-of-band work header (X-Smartspawn-OOB-Work:
               true): the worker runs on_oob_work once it has answered.
@@ -19,6 +21,7 @@ import os
 RECORDS = int(os.environ.get("OOB_BENCH_RECORDS", "250000"))
 CYCLES = int(os.environ.get("OOB_BENCH_CYCLES", "1000"))
 ACYCLIC = os.environ.get("OOB_BENCH_ACYCLIC") == "1"
+AFTER_RESPONSE = []  # OOB_BENCH_ACYCLIC: the sessions the server frees after the response
 
 TABLE = [{"id": i, "tags": ["t%d" % (i % 7), "u%d" % (i % 11)], "pos": [i, -i],
           "meta": {"k": i % 13}} for i in range(RECORDS)]
@@ -33,13 +36,12 @@ class Row:
 
 def garbage():
     session = {"rows": []}
+    owner = None if ACYCLIC else session
     for n in range(CYCLES):
-        session["rows"].append(Row(session, n))  # row -> session -> rows -> row: a cycle
-    result = {"rows": len(session["rows"]), "first": TABLE[CYCLES % RECORDS]["id"]}
+        session["rows"].append(Row(owner, n))  # row -> session -> rows -> row: a cycle
     if ACYCLIC:
-        for row in session["rows"]:
-            row.session = None
-    return result
+        AFTER_RESPONSE.append(session)
+    return {"rows": len(session["rows"]), "first": TABLE[CYCLES % RECORDS]["id"]}
 
 
 def app(environ, start_response):

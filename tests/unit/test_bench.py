@@ -165,22 +165,55 @@ def test_the_oob_floor_serves_garbage_only_and_shows_beside_the_p99_target():
     assert rows["oob_gc: p99 ≤ 0.7× plain gunicorn"] == "0.80× (the floor: 0.65×)"
 
 
-def test_the_oob_apps_acyclic_rows_are_freed_without_a_collection(monkeypatch):
-    import gc
-    import importlib
+def import_oob_app(monkeypatch, acyclic):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench" / "apps"))
     monkeypatch.setenv("OOB_BENCH_RECORDS", "10")
     monkeypatch.setenv("OOB_BENCH_CYCLES", "50")
+    monkeypatch.setenv("OOB_BENCH_ACYCLIC", acyclic)
     monkeypatch.delitem(sys.modules, "oob_app", raising=False)
-    counted = {}
-    for acyclic in ("0", "1"):
-        monkeypatch.setenv("OOB_BENCH_ACYCLIC", acyclic)
-        oob_app = importlib.import_module("oob_app")
-        gc.collect()
-        oob_app.garbage()
-        counted[acyclic] = gc.collect()  # what only a collection could free
-        del sys.modules["oob_app"]
-    assert counted["0"] >= 2 * 50 and counted["1"] == 0  # a row and its list at least
+    import oob_app
+    return oob_app
+
+
+def test_the_oob_app_leaves_cycles_or_rows_for_the_floor_to_free(monkeypatch):
+    import gc
+    import weakref
+    cyclic = import_oob_app(monkeypatch, "0")
+    gc.collect()
+    cyclic.garbage()
+    assert gc.collect() >= 2 * 50  # a row and its list at least, for each row
+    acyclic = import_oob_app(monkeypatch, "1")
+    gc.disable()
+    try:
+        acyclic.garbage()
+        row = weakref.ref(acyclic.AFTER_RESPONSE[0]["rows"][0])
+        assert row() is not None  # kept until the response is sent
+        acyclic.AFTER_RESPONSE.clear()
+        assert row() is None  # then freed by reference counting, with no collection
+    finally:
+        gc.enable()
+
+
+def test_the_oob_floor_worker_frees_the_rows_after_the_connection_and_never_collects(
+        monkeypatch):
+    import gc
+
+    from bench import oob_latency
+    from gunicorn.workers.sync import SyncWorker
+    oob_app = import_oob_app(monkeypatch, "1")
+    closed = []
+    monkeypatch.setattr(SyncWorker, "handle", lambda self, *args: closed.append(
+        len(oob_app.AFTER_RESPONSE)))
+    config = {}
+    exec(oob_latency.NO_COLLECTOR, config)
+    oob_app.garbage()
+    config["worker_class"].handle(object.__new__(config["worker_class"]), None, None, None)
+    assert closed == [1] and oob_app.AFTER_RESPONSE == []  # freed once gunicorn's ended
+    try:
+        config["post_worker_init"](None)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_recycle_window_waits_until_every_server_is_idle(monkeypatch):
@@ -217,3 +250,43 @@ def test_the_recycle_targets_show_each_load_beside_its_floor():
     assert rows[label % "saturated"] == "2.20 (the floor: 1.89)"
     assert rows[label % "paced"] == "1.10"  # no recycle in the floor's window: no ratio
     assert rows["smartspawn failed requests = 0"] == "0.00"
+
+
+def test_the_recycle_rounds_wait_for_every_server_before_each_window(monkeypatch):
+    from bench import recycle_latency
+    servers = {key: types.SimpleNamespace(name=" ".join(key)) for key in (
+        ("plain", "steady"), ("smartspawn", "steady"), ("plain", "recycling"),
+        ("smartspawn", "recycling"))}
+    waited, measured = [], []
+    monkeypatch.setattr(recycle_latency, "wait_idle",
+                        lambda waited_for, timeout: waited.append(list(waited_for)))
+    monkeypatch.setattr(recycle_latency, "window", lambda server, *args: measured.append(
+        server) or {"recycles": 2, "recycle_seconds": 0.1})
+    monkeypatch.setattr(recycle_latency, "floor_window", lambda server, *args: measured.append(
+        "floor") or {})
+    monkeypatch.setattr(recycle_latency, "report_window", lambda *args: None)
+    runs = {(load, *key): [] for load in recycle_latency.LOADS
+            for key in [*servers, ("floor", "recycling")]}
+    args = argparse.Namespace(rounds=1, timeout=5, rate=100.0, pace=0.5)
+    recycle_latency.rounds(servers, runs, args, floor=None)
+    assert len(measured) == 10  # 2 loads x (4 windows + the floor's)
+    assert waited == [list(servers.values())] * 10
+
+
+def test_the_oob_report_gives_the_floor_and_checks_p99_9(capsys):
+    from bench import oob_latency
+
+    def run(p99, p999):
+        return {"rps": 100.0, "p50": 1.0, "p99": p99, "p999": p999, "cpu_us": 2000.0,
+                "errors": 0}
+
+    names = ("A plain gunicorn", "B smartspawn oob_gc", oob_latency.FLOOR)
+    servers = [types.SimpleNamespace(name=name) for name in names]
+    results = {"runs": {"/garbage": dict(zip(names, ([run(10.0, 500.0)], [run(8.0, 10.0)],
+                                                      [run(6.0, 5.0)]), strict=True))}}
+    args = argparse.Namespace(client="python", workers=4, rounds=1, seconds=10)
+    missed = oob_latency.report(servers, results, args)
+    assert results["floor"] == {"p99": 0.6, "p999": 0.01}
+    assert results["targets"]["/garbage p99.9 B/A <= 0.20"] == {"value": 0.02, "met": True}
+    assert missed == ["/garbage p99 B/A <= 0.70"]  # 0.8
+    assert "the floor: no collection at all) 0.600" in capsys.readouterr().out
