@@ -15,8 +15,9 @@ SIGURG reforks), runs apps/flask_app.py. For each event (refork, HUP, refork, HU
    2 children one at a time, each answering one request and exiting (a refork's forks,
    the new workers' copy-on-write faults, the old workers' exits); "hup floor", a new
    such process imports the app, then does the same (a reload imports the new code).
-   Their p99 is what the refork's and the HUP's cannot go under on this machine; a
-   floor's window lasts as long as the event it stands for in the same round (as many
+   Their p99 is a reference for what this machine allows (not a strict bound:
+   smartspawn forks its standbys ahead of need, partly before the event); a floor's
+   window lasts as long as the event it stands for in the same round (as many
    requests: a p99 over 30 requests would be their maximum);
 3. a short tail, then the load stops.
 

@@ -8,8 +8,9 @@ same app and answers a request through it (warmed, like a template), then, on ea
 one request through the app and exits; the parent reaps it. PATH's "{id}" is a random
 id in 1..N for each request, as the load's are. It prints "done" after the
 last. bench/events.py runs it as the "floor" event, beside the refork, under the same
-load: what the refork's p99 cannot go under on that machine. No server, no master, no
-standby: none of smartspawn's own work.
+load: a reference for what a refork's p99 can be on that machine (not a strict bound:
+smartspawn forks its standbys ahead of need, partly before the event). No server, no
+master, no standby: none of smartspawn's own work.
 
     python -m bench.fork_floor MODULE:APP PATH [--ids N] [--workers W]
     (stdin: "go" lines; stdout: "ready", then "done" per go)

@@ -27,9 +27,9 @@ every request's own latency:
 After one unmeasured warm-up run per server, each round runs, for each load, the four
 windows of --seconds (8) in turn, in alternating order (plain steady, smartspawn steady,
 plain recycling, smartspawn recycling, then the reverse); before each window every server
-must be idle (the processes of each used < 5 % of a CPU for 0.5 s), so a plain worker
-still importing after the previous window does not slow the next one, whichever server
-that measures.
+must be idle (the processes of each used < 5 % of a CPU for 0.5 s, none starting or
+ending meanwhile), so a plain worker exiting or importing after the previous window does
+not slow the next one, whichever server that measures.
 
 *During a recycle*: every server logs, with gunicorn's hooks, when a worker is forked
 (post_fork), ready (post_worker_init) and reaped (child_exit). A recycle lasts from the
@@ -46,8 +46,10 @@ and reaps it. In each round, after the four windows of a load, the smartspawn st
 server is loaded once more while the floor process does that as often as the
 smartspawn recycling server recycled in its window of the round, each time for as long
 as its median recycle lasted (as many requests in flight); those requests are the
-floor's *during*, against the smartspawn steady p99: what the
-recycles' p99 cannot go under on this machine, with none of smartspawn's work.
+floor's *during*, against the smartspawn steady p99: a reference for what a recycle
+costs requests on this machine, with none of smartspawn's work (not a strict bound:
+smartspawn forks the replacing standby ahead of need, before the recycle begins, and can
+read below it).
 
 Reported per kind and load (and the floor): steady p99, recycling p99 over the whole
 window, p99 during recycles (and the share of requests that were), each as medians over
