@@ -13,7 +13,7 @@ an endpoint that leaves ~3 000 objects of cyclic garbage per request), side by s
      rows once the connection is closed, where B collects them, by reference counting
      (OOB_BENCH_ACYCLIC=1: the app makes no cycle), with the collector off. The same
      requests and the same freeing at the same moment, without the collector's own work
-     (~0.42 ms of CPU per request here, whichever process does it, competing with the
+     (~0.4 ms of CPU per request here, whichever process does it, competing with the
      requests for the two cores): the least p99 any out-of-band collection could give.
 
 Each server has --workers W (default 4: the configuration DESIGN.md's baseline was
@@ -319,7 +319,7 @@ def report(servers, results, args):
         floor = ratios["/garbage"].get(FLOOR)
         if floor:
             results["floor"] = {"p99": floor["p99"], "p999": floor["p999"]}
-            print("\n/garbage p99 F/A (the floor: no collection at all) %.3f" % floor["p99"])
+            print("\n/garbage p99 F/A (the floor: no collector) %.3f" % floor["p99"])
         checks.append(("/garbage throughput B/A >= %.2f" % TARGET_GARBAGE_RPS_RATIO,
                        garbage["rps"], garbage["rps"] >= TARGET_GARBAGE_RPS_RATIO))
     if "/hello" in results.get("cpu", {}):

@@ -36,9 +36,9 @@ class Row:
 
 def garbage():
     session = {"rows": []}
-    owner = None if ACYCLIC else session
+    owner = None if ACYCLIC else session  # row -> session -> rows -> row: a cycle
     for n in range(CYCLES):
-        session["rows"].append(Row(owner, n))  # row -> session -> rows -> row: a cycle
+        session["rows"].append(Row(owner, n))
     if ACYCLIC:
         AFTER_RESPONSE.append(session)
     return {"rows": len(session["rows"]), "first": TABLE[CYCLES % RECORDS]["id"]}

@@ -289,4 +289,4 @@ def test_the_oob_report_gives_the_floor_and_checks_p99_9(capsys):
     assert results["floor"] == {"p99": 0.6, "p999": 0.01}
     assert results["targets"]["/garbage p99.9 B/A <= 0.20"] == {"value": 0.02, "met": True}
     assert missed == ["/garbage p99 B/A <= 0.70"]  # 0.8
-    assert "the floor: no collection at all) 0.600" in capsys.readouterr().out
+    assert "the floor: no collector) 0.600" in capsys.readouterr().out
