@@ -532,9 +532,11 @@ def test_gevent_spawner_reaps_a_child_that_exits_before_the_loop_runs():
     library("gevent")
     script = """
 import os, signal, sys
-signal.alarm(5)  # a hang ends here, with SIGALRM's status
 from gunicorn_smartspawn.worker.gevent_worker import GeventWorker
 GeventWorker.before_app_import()  # as the preloader does
+# A hang ends here, with SIGALRM's status; after the imports, which a loaded machine
+# (and a fresh clone, compiling its bytecode) can make take seconds.
+signal.alarm(5)
 pid = os.fork()
 if pid == 0:
     os._exit(7)
