@@ -33,14 +33,17 @@ GC_FREEZE = os.environ.get("SMARTSPAWN_TEST_GC_FREEZE")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds.
+    `what` says what was waited for; a callable is called at the failure (a log as it is
+    then, not as it was when the wait began)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+            raise AssertionError("timed out after %.1fs waiting for %s"
+                                 % (timeout, what() if callable(what) else what))
         time.sleep(interval)
 
 
@@ -254,7 +257,7 @@ class Server:
 
     def wait_log(self, pattern, timeout=10.0):
         return wait_for(lambda: re.search(pattern, self.log()), timeout,
-                        what="%r in the log\n%s" % (pattern, self.log()))
+                        what=lambda: "%r in the log\n%s" % (pattern, self.log()))
 
 
 class LoadLoop:
