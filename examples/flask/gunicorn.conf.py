@@ -12,7 +12,7 @@ threads = 4
 bind = os.environ.get("BIND", "127.0.0.1:8000")   # nginx in front; "0.0.0.0:8000" in a container
 forwarded_allow_ips = "127.0.0.1,::1"   # who may set X-Forwarded-*: nginx's address
 timeout = 30
-graceful_timeout = 20    # below what stops the server (systemd's TimeoutStopSec, k8s's grace period)
+graceful_timeout = 20  # below what stops the server (systemd's TimeoutStopSec, k8s's grace period)
 accesslog = "-"
 # /metrics for Prometheus and /healthz for probes, served by the master
 # (pip install "gunicorn-smartspawn[metrics]"; "0.0.0.0:9187" in a container):
