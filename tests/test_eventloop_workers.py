@@ -525,25 +525,36 @@ def test_gevent_patches_before_the_app_is_imported_once_and_reforks(gevent_serve
     assert "WARNING] fork safety" not in server.log()  # what the worker closed is gone
 
 
-def test_gevent_spawner_reaps_a_child_that_exits_before_the_loop_runs():
-    # gevent's patched os.waitpid() waits for its loop's SIGCHLD watcher: had the loop
-    # been made only at the fork, a middle process that exited first was waited for
-    # forever (the next spawn timed out, the preloader was killed).
+def test_gevent_spawner_reaps_a_child_that_exits_at_once():
+    # gevent's patched os.fork() starts a child watcher after the fork, and the first one
+    # installs the loop's SIGCHLD handler: a child that exited before that was never seen,
+    # and gevent's os.waitpid() waited for ever (under load, 1 run in 4). The spawner
+    # forks its middle process with gevent's fork_gevent and reaps it with the kernel's
+    # waitpid. The first fork of a fresh process, in four processes at once.
     library("gevent")
     script = """
-import os, signal, sys
+import os, signal
 from gunicorn_smartspawn.worker.gevent_worker import GeventWorker
 GeventWorker.before_app_import()  # as the preloader does
-# A hang ends here, with SIGALRM's status; after the imports, which a loaded machine
-# (and a fresh clone, compiling its bytecode) can make take seconds.
-signal.alarm(5)
-pid = os.fork()
+from gunicorn_smartspawn.spawner.base import fork_and_waitpid
+import gevent.os
+fork_process, waitpid = fork_and_waitpid()
+assert fork_process is gevent.os.fork_gevent, fork_process
+signal.alarm(5)  # a hang ends here, with SIGALRM's status
+pid = fork_process()
 if pid == 0:
     os._exit(7)
-assert os.waitpid(pid, 0) == (pid, 7 << 8)
+assert waitpid(pid, 0) == (pid, 7 << 8)
 """
-    done = subprocess.run([sys.executable, "-c", script], timeout=30)
-    assert done.returncode == 0, done
+    procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(4)]
+    try:
+        codes = [proc.wait(timeout=30) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert codes == [0, 0, 0, 0]
 
 
 def test_gevent_hup_and_kills_under_load(gevent_server):

@@ -424,9 +424,10 @@ def refusal(role, what):
     return ForkUnsafe("fork_safety = 'strict': the %s refuses to fork: %s" % (role, what))
 
 
-def fork(cfg, log, role, hook):
-    """os.fork() for a spawner: threads started since the check are reported (strict:
-    ForkUnsafe, no fork), in place of Python's nameless DeprecationWarning."""
+def fork(cfg, log, role, hook, fork_process=None):
+    """os.fork() (or `fork_process`) for a spawner: threads started since the check are
+    reported (strict: ForkUnsafe, no fork), in place of Python's nameless
+    DeprecationWarning."""
     if cfg.fork_safety != "off":
         try:
             findings = thread_findings(hook)
@@ -434,7 +435,7 @@ def fork(cfg, log, role, hook):
             log.exception("fork safety (%s): the check of threads failed", role)
             findings = []
         report(cfg, log, role, findings)
-    return os.fork()
+    return (fork_process or os.fork)()
 
 
 def fork_again():

@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 
 from gunicorn import sock, util
@@ -63,6 +64,25 @@ def take_sigchld():
         return None
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     return current
+
+
+def fork_and_waitpid():
+    """(fork, waitpid) for the middle process of a double fork, which this process reaps
+    at once, itself.
+
+    Under gevent (the gevent worker's before_app_import monkey-patches os): gevent's
+    fork_gevent, which prepares the child's event loop but starts no child watcher, and
+    the kernel's waitpid. gevent's own waitpid could miss a middle process that exited at
+    once: it starts a watcher of its own after libev has reaped the child, and waits for
+    ever (under CPU load, 18 in 60 runs of a fork then waitpid); the spawn then timed out
+    and the master killed the spawner. No event loop runs between our fork and our
+    waitpid, so libev cannot reap the middle process first.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("os"):
+        from gevent.os import fork_gevent
+        return fork_gevent, monkey.get_original("os", "waitpid")
+    return os.fork, os.waitpid
 
 
 class Spawner:
@@ -245,13 +265,15 @@ class Spawner:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         sigchld = take_sigchld()
         try:
-            middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook)
+            fork_process, waitpid = fork_and_waitpid()
+            middle = forksafety.fork(self.cfg, self.log, self.spawned_from, self.hook,
+                                     fork_process)
             if middle == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the standby dies with the master
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self.run_middle(ours, theirs, inherited, prefault_from)
             theirs.close()
-            _, status = os.waitpid(middle, 0)
+            _, status = waitpid(middle, 0)
         except forksafety.ForkUnsafe:
             ours.close()
             theirs.close()

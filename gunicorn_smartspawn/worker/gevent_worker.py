@@ -52,11 +52,9 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
     def before_app_import(cls):
         from gevent import monkey
         monkey.patch_all()
-        # The hub's event loop now, before the spawner's first fork: gevent's patched
-        # os.waitpid() waits for the loop's SIGCHLD watcher, which the loop installs when
-        # it is made. Made only at the fork (by the patched os.fork), it missed the
-        # SIGCHLD of a middle process that exited first: the spawner waited for it
-        # forever, and the next spawn timed out (CI, 3.11).
+        # The hub's event loop now, before the app is imported: what the app forks and
+        # waits for with gevent's patched os.fork() and os.waitpid() relies on the loop's
+        # SIGCHLD watcher. The spawner's own fork does not (fork_and_waitpid, spawner/base.py).
         gevent.get_hub()
 
     def leave_serving(self):
