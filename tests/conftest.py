@@ -90,11 +90,11 @@ class Server:
     def wait_ready(self, workers=None, timeout=20.0):
         match = wait_for(lambda: self.exited() is None and
                          re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()),
-                         timeout, what="the server to listen\n" + self.log())
+                         timeout, what=lambda: "the server to listen\n" + self.log())
         self.port = int(match.group(1))
         count = workers if workers is not None else self.expected_workers()
         wait_for(lambda: len(self.worker_pids()) >= count and self.get_ok(),
-                 timeout, what="%s workers to serve\n%s" % (count, self.log()))
+                 timeout, what=lambda: "%s workers to serve\n%s" % (count, self.log()))
         return self
 
     def expected_workers(self):
@@ -199,7 +199,7 @@ class Server:
         carries its title for a moment before taking its own: wait for one."""
         pids = wait_for(lambda: (lambda p: p if len(p) == 1 else None)(
             [pid for pid, t in self.children() if title in t]),
-            what="exactly one %r process\n%s" % (title, self.log()))
+            what=lambda: "exactly one %r process\n%s" % (title, self.log()))
         return pids[0]
 
     # -- the control socket ---------------------------------------------------------------

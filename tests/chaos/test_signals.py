@@ -118,6 +118,7 @@ def test_sigstop_of_the_preloader_for_a_moment(chaos_server):
         finally:
             with contextlib.suppress(ProcessLookupError):  # the wait's failure tells why
                 os.kill(preloader, signal.SIGCONT)
+        assert "got no answer" not in server.log(), server.log()
         settle(server, 4, what="after SIGCONT")
         assert server.preloader_pid() == preloader
         server.signal(signal.SIGTTOU)
