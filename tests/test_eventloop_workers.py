@@ -557,6 +557,28 @@ assert waitpid(pid, 0) == (pid, 7 << 8)
     assert codes == [0, 0, 0, 0]
 
 
+def test_gevent_spawner_puts_back_the_loops_sigchld_handler():
+    # gevent's own fork started a child watcher, which installs the loop's SIGCHLD
+    # handler again; the spawner's fork_gevent does not, so it does so itself after each
+    # fork: a SIGCHLD set to the default since (after the app's import, as the preloader
+    # does) left a gevent.subprocess wait of the app without its signal, for ever.
+    library("gevent")
+    script = """
+import signal
+from gunicorn_smartspawn.worker.gevent_worker import GeventWorker
+GeventWorker.before_app_import()
+import gevent.subprocess
+from gunicorn_smartspawn.spawner.base import reinstall_gevent_sigchld
+child = gevent.subprocess.Popen(["sleep", "0.3"])
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+reinstall_gevent_sigchld()
+signal.alarm(5)  # a hang ends here, with SIGALRM's status
+assert child.wait() == 0
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=30)
+    assert done.returncode == 0, done
+
+
 def test_gevent_hup_and_kills_under_load(gevent_server):
     server = gevent_server(config=REFORK).start()
     kills = 0

@@ -57,7 +57,7 @@ def take_sigchld():
     Ignored, or with a handler that reaps every child (an on_preload hook may set
     either), the middle process would be gone before our waitpid. Left alone when it is
     already the default: under gevent, setting it resets the event loop's own SIGCHLD
-    handler, which its waitpid relies on.
+    handler, which the app's child watchers rely on.
     """
     current = signal.getsignal(signal.SIGCHLD)
     if current in (signal.SIG_DFL, None):  # None: not set from Python; left so
@@ -66,23 +66,40 @@ def take_sigchld():
     return current
 
 
+def gevent_monkey():
+    """gevent.monkey if gevent patched os (the gevent worker's before_app_import), else
+    None."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey if monkey is not None and monkey.is_module_patched("os") else None
+
+
 def fork_and_waitpid():
     """(fork, waitpid) for the middle process of a double fork, which this process reaps
     at once, itself.
 
-    Under gevent (the gevent worker's before_app_import monkey-patches os): gevent's
-    fork_gevent, which prepares the child's event loop but starts no child watcher, and
-    the kernel's waitpid. gevent's own waitpid could miss a middle process that exited at
-    once: it starts a watcher of its own after libev has reaped the child, and waits for
-    ever (under CPU load, 18 in 60 runs of a fork then waitpid); the spawn then timed out
-    and the master killed the spawner. No event loop runs between our fork and our
-    waitpid, so libev cannot reap the middle process first.
+    Under gevent: gevent's fork_gevent, which prepares the child's event loop but starts
+    no child watcher, and the kernel's waitpid. gevent's own fork starts a watcher after
+    the fork, and the first one installs the loop's SIGCHLD handler: a middle process that
+    exited before that was never seen, and gevent's waitpid waited for ever (under CPU
+    load, 7 in 30 first forks of a fresh process); the spawn then timed out and the
+    master killed the spawner. No event loop runs between our fork and our waitpid, so
+    libev cannot reap the middle process first.
     """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("os"):
+    monkey = gevent_monkey()
+    if monkey is not None:
         from gevent.os import fork_gevent
         return fork_gevent, monkey.get_original("os", "waitpid")
     return os.fork, os.waitpid
+
+
+def reinstall_gevent_sigchld():
+    """Under gevent, the loop's SIGCHLD handler installed again, as gevent's own fork did
+    at each fork (its child watcher installs it): a SIGCHLD set to the default since (by
+    the app's import, or a template's signals) would otherwise leave the app's
+    gevent.subprocess waits, in this process, without the signal that ends them."""
+    if gevent_monkey() is not None:
+        from gevent import get_hub
+        get_hub().loop.install_sigchld()
 
 
 class Spawner:
@@ -274,6 +291,7 @@ class Spawner:
                 self.run_middle(ours, theirs, inherited, prefault_from)
             theirs.close()
             _, status = waitpid(middle, 0)
+            reinstall_gevent_sigchld()  # before the app's own disposition is put back
         except forksafety.ForkUnsafe:
             ours.close()
             theirs.close()

@@ -52,9 +52,10 @@ class GeventWorker(SmartWorkerMixin, ggevent.GeventWorker):
     def before_app_import(cls):
         from gevent import monkey
         monkey.patch_all()
-        # The hub's event loop now, before the app is imported: what the app forks and
-        # waits for with gevent's patched os.fork() and os.waitpid() relies on the loop's
-        # SIGCHLD watcher. The spawner's own fork does not (fork_and_waitpid, spawner/base.py).
+        # The hub's event loop now, before the app is imported and anything forks: the
+        # main thread's loop is then gevent's default loop, the one libev reaps children
+        # on for the app's child watchers (gevent.subprocess, gevent's os.waitpid). The
+        # spawner's own fork and wait do without them (spawner/base.py).
         gevent.get_hub()
 
     def leave_serving(self):
