@@ -125,7 +125,9 @@ def test_max_worker_memory_share_is_of_the_cgroup_limit_and_enforced(memory_grou
     server.wait_log(r"\[INFO\] max_worker_memory = 8%% of the memory cgroup's limit "
                     r"\(%s, 512.0 MiB\): 41.0 MiB" % re.escape(memory_group.path))
     first = set(server.worker_pids())
-    with LoadLoop(server, "/leak?512") as load:
+    # 64 KiB a request: at 512 the workers leaked 450 MiB before three samples saw it on a
+    # loaded machine, and the cgroup's OOM killer took one in the middle of a request.
+    with LoadLoop(server, "/leak?64") as load:
         server.wait_log(r"Replacing worker \(pid: (%s)\): its private memory \(USS\) "
                         r"[\d.]+ MiB stayed above max_worker_memory 41.0 MiB"
                         % "|".join(map(str, first)), timeout=30)
