@@ -188,6 +188,9 @@ class Server:
     def worker_pids(self):
         return sorted(pid for pid, title in self.children() if "worker [" in title)
 
+    def standby_pids(self):
+        return [pid for pid, title in self.children() if "smartspawn standby" in title]
+
     def preloader_pids(self):
         return sorted(pid for pid, title in self.children() if "preloader" in title)
 

@@ -180,17 +180,13 @@ def test_reload_flag_falls_back_to_direct_with_one_warning(make_server):
     assert server.preloader_pids() == []
 
 
-def standby_pids(server):
-    return [pid for pid, title in server.children() if "smartspawn standby" in title]
-
-
 def test_killed_standby_is_replaced_and_spawns_still_work(make_server):
     server = make_server(workers=1).start()
-    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    (standby,) = wait_for(server.standby_pids, what="a standby worker")
     os.kill(standby, signal.SIGKILL)
     server.signal(signal.SIGTTIN)
     wait_for(lambda: len(server.worker_pids()) == 2, what="a second worker")
-    wait_for(lambda: standby_pids(server) and standby not in standby_pids(server),
+    wait_for(lambda: server.standby_pids() and standby not in server.standby_pids(),
              what="a new standby")
     assert len(server.lines("imports.txt")) == 1
     assert "Traceback" not in server.log()
@@ -220,7 +216,7 @@ def test_a_stopped_standby_does_not_stop_spawning_for_good(make_server):
     # kills the preloader as stuck (SPAWN_TIMEOUT), and its standby with it, else the
     # channel's EOF never comes and no new preloader is started.
     server = make_server(workers=1).start()
-    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    (standby,) = wait_for(server.standby_pids, what="a standby worker")
     os.kill(standby, signal.SIGSTOP)
     server.signal(signal.SIGTTIN)
     wait_for(lambda: len(server.worker_pids()) == 2, timeout=30, what="a second worker")
@@ -237,7 +233,7 @@ def test_a_spawn_request_stops_the_standbys_copy_of_the_previous_workers_pages(m
     server = make_server(app_file="reserving.py", workers=1).start()
     (worker,) = server.worker_pids()
     # The first standby became the worker (same pid): the next one copies its pages.
-    wait_for(lambda: [pid for pid in standby_pids(server) if pid != worker],
+    wait_for(lambda: [pid for pid in server.standby_pids() if pid != worker],
              what="the standby forked after the first worker")
     server.signal(signal.SIGTTIN)
     server.wait_log(r"the pages of worker %s copied: a spawn request came" % worker)
@@ -282,7 +278,7 @@ def test_the_standby_reads_the_spawn_request_itself(make_server):
     # One process woken per spawn, not two: with the preloader stopped, its standby
     # still becomes the worker a TTIN asks for.
     server = make_server(workers=1).start()
-    (standby,) = wait_for(lambda: standby_pids(server), what="a standby worker")
+    (standby,) = wait_for(server.standby_pids, what="a standby worker")
     preloader = server.preloader_pid()
     os.kill(preloader, signal.SIGSTOP)
     try:
@@ -290,5 +286,5 @@ def test_the_standby_reads_the_spawn_request_itself(make_server):
         wait_for(lambda: standby in server.worker_pids(), what="the standby to become a worker")
     finally:
         os.kill(preloader, signal.SIGCONT)
-    wait_for(lambda: [p for p in standby_pids(server) if p != standby], what="a new standby")
+    wait_for(lambda: [p for p in server.standby_pids() if p != standby], what="a new standby")
     assert server.get_ok()

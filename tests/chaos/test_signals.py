@@ -85,10 +85,6 @@ def test_ttin_ttou_storms(chaos_server, request, during):
     finish(server)
 
 
-def standby_pids(server):
-    return [pid for pid, title in server.children() if "smartspawn standby" in title]
-
-
 def test_sigstop_of_the_preloader_for_a_moment(chaos_server):
     """A stopped preloader delays spawns; nothing is lost and SIGCONT resumes them.
 
@@ -100,18 +96,18 @@ def test_sigstop_of_the_preloader_for_a_moment(chaos_server):
         load.wait_ok(10)
         # The standby is forked 0.1 s after the last hand-over: whether it is there at
         # the stop must not depend on how busy the machine is.
-        wait_for(lambda: standby_pids(server), what="a standby\n" + server.log())
+        wait_for(server.standby_pids, what=lambda: "a standby\n" + server.log())
         os.kill(preloader, signal.SIGSTOP)
         try:
             server.signal(signal.SIGTTIN)  # the standby serves it
             wait_for(lambda: len(server.worker_pids()) == 4, timeout=3,
-                     what="the standby to serve the TTIN\n" + server.log())
+                     what=lambda: "the standby to serve the TTIN\n" + server.log())
             # A spawn the stopped preloader cannot serve, which has no standby left: its
             # answer is due within the master's 5 s spawn timeout, so every wait here is
             # bounded well below it.
             os.kill(server.worker_pids()[0], signal.SIGTERM)
             wait_for(lambda: len(server.worker_pids()) == 3, timeout=2,
-                     what="the TERMed worker to exit\n" + server.log())
+                     what=lambda: "the TERMed worker to exit\n" + server.log())
             # Let the three remaining workers carry the load for a while.
             load.wait_ok(5, timeout=2)
             time.sleep(0.5)
@@ -135,11 +131,11 @@ def test_sigstop_of_the_preloader_beyond_the_spawn_timeout(chaos_server):
     preloader = server.preloader_pid()
     with Load(server, clients=2) as load:
         load.wait_ok(10)
-        wait_for(lambda: standby_pids(server), what="a standby\n" + server.log())
+        wait_for(server.standby_pids, what=lambda: "a standby\n" + server.log())
         os.kill(preloader, signal.SIGSTOP)
         server.signal(signal.SIGTTIN)  # the standby, forked before the stop, serves it
         wait_for(lambda: len(server.worker_pids()) == 4, timeout=3,
-                 what="the standby to serve the TTIN\n" + server.log())
+                 what=lambda: "the standby to serve the TTIN\n" + server.log())
         server.signal(signal.SIGTTIN)  # the stopped preloader never answers this one
         server.wait_log(r"Spawn of worker \d+ got no answer within 5s from preloader "
                         r"\(pid: %d, gen=1\); killing it" % preloader, timeout=15)
