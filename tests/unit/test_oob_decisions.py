@@ -595,26 +595,50 @@ def test_an_ask_whose_full_collection_is_no_longer_due_is_given_back(fake_gc):
     assert counters.get(slot, "oob_done") == 1 and worker.oob.collections == 0
 
 
-def test_after_cpython_declined_a_full_collection_no_ask_until_gen1_ran(fake_gc, monkeypatch):
-    """CPython's full collection waits for a ratio that only gen1 collections move: a
-    turn in which it declined says no until one has run."""
+def test_after_cpython_declined_a_full_collection_no_ask_until_gen2s_count_grew_again(
+        fake_gc, monkeypatch):
+    """CPython's full collection waits for a ratio that only gen1 collections move: after
+    a turn in which it declined, the worker asks again once gen2's count has grown by its
+    threshold (10), not at every gen1 collection (a turn every ten requests or so)."""
     worker = Worker(oob_gc=True, coordinated=True)
     counters, slot = worker.counters, worker.slot
     declined = []
 
-    def cpython_declines():  # a gen0 collection: gen2's count stays
+    def cpython_declines():  # a gen1 collection: gen2's count grows by one
         declined.append(fake_gc.get_count())
-        return 0
+        fake_gc.count = [0, 0, fake_gc.count[2] + 1]
+        return 1
 
     monkeypatch.setattr(oob, "collect_as_cpython_would", cpython_declines)
     monkeypatch.setattr(oob, "INCREMENTAL_GC", False)
     fake_gc.count = [SAFETY_NET, 0, 11]
     worker.oob.due()
     counters.set(slot, "oob_granted", 1)
-    worker.oob.after_request()  # its turn: CPython declines
+    worker.oob.after_request()  # its turn: CPython declines, and gen2's count is 12
     assert declined and counters.get(slot, "oob_done") == 1
-    fake_gc.count = [SAFETY_NET, 0, 11]
-    assert worker.oob.due() == (False, oob.YOUNG)  # young only, no ask
+    for count in range(12, 22):  # gen1 collections run meanwhile: young only, no ask
+        fake_gc.count = [SAFETY_NET, 0, count]
+        assert worker.oob.due() == (False, oob.YOUNG)
     assert counters.get(slot, "oob_asked") == 1
-    fake_gc.count = [SAFETY_NET, 0, 12]  # a gen1 collection ran: it may be full now
+    fake_gc.count = [SAFETY_NET, 0, 22]  # grown by its threshold: it may be full now
+    assert worker.oob.due() == (False, oob.YOUNG) and counters.get(slot, "oob_asked") == 2
+
+
+def test_a_full_collection_since_cpython_declined_one_lets_the_next_ask_go(
+        fake_gc, monkeypatch):
+    """A full collection elsewhere (the application's gc.collect(), the safety net) starts
+    CPython's ratio over: past gen2's threshold again, the worker asks at once, even at a
+    count where it had been declined."""
+    worker = Worker(oob_gc=True, coordinated=True)
+    counters, slot = worker.counters, worker.slot
+    monkeypatch.setattr(oob, "collect_as_cpython_would", lambda: 0)  # declines, gen0
+    monkeypatch.setattr(oob, "INCREMENTAL_GC", False)
+    fake_gc.count = [SAFETY_NET, 0, 11]
+    worker.oob.due()
+    counters.set(slot, "oob_granted", 1)
+    worker.oob.after_request()  # declined at 11
+    assert worker.oob.full_declined_at == 11
+    fake_gc.count = [SAFETY_NET, 0, 0]  # a full collection ran
+    worker.oob.due()
+    fake_gc.count = [SAFETY_NET, 0, 11]  # past the threshold again
     assert worker.oob.due() == (False, oob.YOUNG) and counters.get(slot, "oob_asked") == 2
