@@ -26,6 +26,7 @@ class FakeGC:
         self.count = [0, 0, 0]
         self.enabled = True
         self.collected = []
+        self.full_collections = 0
 
     def get_threshold(self):
         return self.thresholds
@@ -42,10 +43,12 @@ class FakeGC:
     def collect(self, generation=2):
         self.collected.append(generation)
         self.count = [0, 0, 0]
+        self.full_collections += generation == 2
         return 0
 
     def get_stats(self):
-        return [{"collections": 0} for _ in range(3)]
+        return [{"collections": 0}, {"collections": 0},
+                {"collections": self.full_collections}]
 
 
 @pytest.fixture
@@ -637,8 +640,7 @@ def test_a_full_collection_since_cpython_declined_one_lets_the_next_ask_go(
     worker.oob.due()
     counters.set(slot, "oob_granted", 1)
     worker.oob.after_request()  # declined at 11
-    assert worker.oob.full_declined_at == 11
-    fake_gc.count = [SAFETY_NET, 0, 0]  # a full collection ran
-    worker.oob.due()
-    fake_gc.count = [SAFETY_NET, 0, 11]  # past the threshold again
+    assert worker.oob.full_declined_at == (11, 0)
+    fake_gc.collect()  # a full collection
+    fake_gc.count = [SAFETY_NET, 0, 11]  # past the threshold again, unseen in between
     assert worker.oob.due() == (False, oob.YOUNG) and counters.get(slot, "oob_asked") == 2
