@@ -15,6 +15,11 @@ an endpoint that leaves ~3 000 objects of cyclic garbage per request), side by s
      requests and the same freeing at the same moment, without the collector's own work
      (~0.4 ms of CPU per request here, whichever process does it, competing with the
      requests for the two cores): the least p99 any out-of-band collection could give.
+  G  the collector's floor, on /garbage only: plain ``gunicorn`` whose worker runs
+     ``gc.collect(0)`` once the connection is closed, where B collects, the automatic
+     collector off: the least collecting that frees the same garbage (B also collects the
+     older generations now and then), with none of smartspawn's machinery. F's p99
+     without the collector's work, G's with it.
 
 Each server has --workers W (default 4: the configuration DESIGN.md's baseline was
 measured with, and close to gunicorn's advice of 2 x cores + 1 on this 2-core machine;
@@ -115,9 +120,36 @@ def make_floor(root, workers, env):
                   {**env, "OOB_BENCH_ACYCLIC": "1"}, timeout=120)
 
 
+GC_FLOOR = "G floor: gc.collect(0)"
+YOUNG_ONLY = """
+import gc
+
+from gunicorn.workers.sync import SyncWorker
+
+
+class YoungCollectionWorker(SyncWorker):
+    # Where B's worker collects, once the connection is closed: the least collection
+    # that frees a request's cycles (they never leave the youngest generation).
+    def handle(self, listener, client, addr):
+        super().handle(listener, client, addr)
+        gc.collect(0)
+
+
+worker_class = YoungCollectionWorker
+
+
+def post_worker_init(worker):
+    gc.disable()
+"""
+
+
+def make_gc_floor(root, workers, env):
+    return Server(GC_FLOOR, root, "oob_app:app", [], YOUNG_ONLY, workers, env, timeout=120)
+
+
 def loaded(servers, path):
-    """The servers measured on `path`: the floor is about /garbage's collections only."""
-    return [s for s in servers if path == "/garbage" or s.name != FLOOR]
+    """The servers measured on `path`: the floors are about /garbage's collections only."""
+    return [s for s in servers if path == "/garbage" or s.name not in (FLOOR, GC_FLOOR)]
 
 
 # -- load generators ---------------------------------------------------------------------
@@ -234,6 +266,7 @@ def main():
                                    args.workers, env))
     if "/garbage" in args.paths.split(","):
         servers.append(make_floor(tmp / "f", args.workers, env))
+        servers.append(make_gc_floor(tmp / "g", args.workers, env))
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -320,6 +353,11 @@ def report(servers, results, args):
         if floor:
             results["floor"] = {"p99": floor["p99"], "p999": floor["p999"]}
             print("\n/garbage p99 F/A (the floor: no collector) %.3f" % floor["p99"])
+        gc_floor = ratios["/garbage"].get(GC_FLOOR)
+        if gc_floor:
+            results["gc_floor"] = {"p99": gc_floor["p99"], "p999": gc_floor["p999"]}
+            print("/garbage p99 G/A (the collector's floor: gc.collect(0) after each "
+                  "response) %.3f" % gc_floor["p99"])
         checks.append(("/garbage throughput B/A >= %.2f" % TARGET_GARBAGE_RPS_RATIO,
                        garbage["rps"], garbage["rps"] >= TARGET_GARBAGE_RPS_RATIO))
     if "/hello" in results.get("cpu", {}):

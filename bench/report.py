@@ -124,8 +124,10 @@ def oob_targets(oob):
         match = next((t for name, t in found.items() if name.startswith(prefix)), None)
         measured = "%.2f×" % match["value"] if match else NOT_MEASURED
         floor = (oob or {}).get("floor")
+        gc_floor = (oob or {}).get("gc_floor")
         if match and key == "p99" and floor:
-            measured += " (the floor: %.2f×)" % floor["p99"]
+            measured += " (the floor: %.2f×%s)" % (floor["p99"], ", with gc.collect(0): %.2f×"
+                                                   % gc_floor["p99"] if gc_floor else "")
         cpu = (oob or {}).get("cpu", {}).get("/hello")
         if match and key == "hello" and cpu:
             measured = cpu_measured(next(iter(cpu["ratios"].values())))
@@ -413,6 +415,12 @@ def oob_section(results):
                   "out-of-band collection could give here. Its p99: %.2f× A's. Where "
                   "`/garbage`'s p99 goes: [oob-profile.md](oob-profile.md)."
                   % oob["floor"]["p99"], ""]
+    if "gc_floor" in oob:
+        lines += ["*G floor* (`/garbage` only): plain gunicorn serving the same requests as "
+                  "A and B, its worker running `gc.collect(0)` once the connection is "
+                  "closed, where smartspawn collects, with the automatic collector off: the "
+                  "least collecting that frees the same garbage, with none of smartspawn's "
+                  "machinery. Its p99: %.2f× A's." % oob["gc_floor"]["p99"], ""]
     lines += latency_table(endpoints, "A")
     lines += cpu_table(oob.get("cpu", {}))
     drawn = plots.latency(endpoints, results["out"] / "oob_latency.png")
