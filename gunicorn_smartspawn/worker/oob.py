@@ -413,7 +413,10 @@ class OutOfBand:
 
     def collect(self, young=False):
         started = time.perf_counter()
-        if young:
+        if young or (self.generation is None and not INCREMENTAL_GC and automatic_gc_on()
+                     and gc.get_count()[2] <= _app_thresholds[2]):
+            # No full collection possible: CPython's allocator would collect gen1 past its
+            # threshold, else gen0. Cheaper than asking it (collect_as_cpython_would).
             generation = 1 if gc.get_count()[1] > _app_thresholds[1] else 0
             gc.collect(generation)
         elif self.generation is not None:

@@ -256,12 +256,21 @@ def test_the_configured_generation_is_collected_and_published(fake_gc):
 
 
 def test_adaptive_collection_when_due_runs_what_cpython_would(fake_gc, monkeypatch):
+    """While gen2's count is under its threshold CPython's choice is young, and the
+    worker makes it; past it, the allocator decides (collect_as_cpython_would)."""
     ran = []
     monkeypatch.setattr(oob, "collect_as_cpython_would", lambda: ran.append(1) or 1)
+    monkeypatch.setattr(oob, "INCREMENTAL_GC", False)
     worker = Worker(oob_gc=True)
-    fake_gc.count = [5000, 0, 0]
+    fake_gc.count = [5000, 0, 10]
     worker.oob.after_request()
-    assert ran == [1] and worker.oob.collections == 1
+    assert fake_gc.collected == [0] and not ran
+    fake_gc.count = [5000, 11, 10]
+    worker.oob.after_request()
+    assert fake_gc.collected == [0, 1] and not ran
+    fake_gc.count = [5000, 0, 11]
+    worker.oob.after_request()
+    assert ran == [1] and fake_gc.collected == [0, 1] and worker.oob.collections == 3
 
 
 # -- OutOfBand: the work, and the only worker -----------------------------------------------------
@@ -575,7 +584,9 @@ def test_a_young_adaptive_collection_runs_at_once_without_a_turn(fake_gc):
     assert worker.counters.get(worker.slot, "oob_asked") == 0
 
 
-def test_a_collection_that_may_be_full_waits_its_turn_collecting_young_meanwhile(fake_gc):
+def test_a_collection_that_may_be_full_waits_its_turn_collecting_young_meanwhile(
+        fake_gc, monkeypatch):
+    monkeypatch.setattr(oob, "INCREMENTAL_GC", False)  # as on every CPython but 3.14.0-3.14.4
     worker = Worker(oob_gc=True, coordinated=True)
     counters, slot = worker.counters, worker.slot
     fake_gc.count = [SAFETY_NET, 0, 11]  # gen2's count past its threshold (10)
@@ -588,7 +599,8 @@ def test_a_collection_that_may_be_full_waits_its_turn_collecting_young_meanwhile
     assert worker.oob.due() == (False, oob.TURN)
 
 
-def test_an_ask_whose_full_collection_is_no_longer_due_is_given_back(fake_gc):
+def test_an_ask_whose_full_collection_is_no_longer_due_is_given_back(fake_gc, monkeypatch):
+    monkeypatch.setattr(oob, "INCREMENTAL_GC", False)  # as on every CPython but 3.14.0-3.14.4
     worker = Worker(oob_gc=True, coordinated=True)
     counters, slot = worker.counters, worker.slot
     fake_gc.count = [SAFETY_NET, 0, 11]
