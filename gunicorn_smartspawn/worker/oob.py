@@ -271,7 +271,7 @@ class OutOfBand:
             return due
         if self.generation is not None or INCREMENTAL_GC or not automatic_gc_on():
             return False  # a young collection, or an increment: bounded work
-        return not self.full_declined() and gc.get_count()[2] > _app_thresholds[2]
+        return gc.get_count()[2] > _app_thresholds[2] and not self.full_declined()
 
     def full_declined(self):
         """CPython declined a full collection in our last turn, and gen2's count has
