@@ -126,8 +126,10 @@ def oob_targets(oob):
         floor = (oob or {}).get("floor")
         gc_floor = (oob or {}).get("gc_floor")
         if match and key == "p99" and floor:
-            measured += " (the floor: %.2f×%s)" % (floor["p99"], ", with gc.collect(0): %.2f×"
-                                                   % gc_floor["p99"] if gc_floor else "")
+            measured += " (the floor: %.2f×" % floor["p99"]
+            if gc_floor:
+                measured += ", with gc.collect(0): %.2f×" % gc_floor["p99"]
+            measured += ")"
         cpu = (oob or {}).get("cpu", {}).get("/hello")
         if match and key == "hello" and cpu:
             measured = cpu_measured(next(iter(cpu["ratios"].values())))

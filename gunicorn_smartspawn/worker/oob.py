@@ -422,10 +422,9 @@ class OutOfBand:
         elif self.generation is not None:
             generation = self.generation
             gc.collect(generation)
-        elif automatic_gc_on():
-            full_possible = gc.get_count()[2] > _app_thresholds[2]
+        elif automatic_gc_on():  # past gen2's threshold, or an increment (3.14.0-3.14.4)
             generation = collect_as_cpython_would()
-            if full_possible and generation != 2 and not INCREMENTAL_GC:
+            if generation != 2 and not INCREMENTAL_GC:
                 # Read after its gen1 collection, if any, which moved gen2's count.
                 self.full_declined_at = (gc.get_count()[2], gc.get_stats()[2]["collections"])
         else:
