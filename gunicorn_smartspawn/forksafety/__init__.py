@@ -267,6 +267,10 @@ def file_finding(fd, target, hook, log_fds):
                        "close the file in the %s hook" % (what, hook), what)
     if fd in log_fds or not read_at_a_shared_offset(fd, target):
         return Finding("debug", what + ", shared with every worker", what)
+    if target.endswith((".py", ".pyc")):
+        # The import system, in another thread, reading a module as we fork (Sentry's
+        # worker thread did, in CI): it reads the file whole and closes it at once.
+        return Finding("debug", what + ", a module another thread is importing", what)
     if target in mapped_files(fresh=True):
         return Finding("debug", what + ", mapped into memory (mmap keeps its own fd): "
                        "shared with every worker, as a mapping is", what)

@@ -32,6 +32,16 @@ def test_a_file_open_for_reading_is_unsafe_with_its_fixes(tmp_path, mode):
         assert advice in finding.text
 
 
+@pytest.mark.parametrize("name", ["module.py", "__pycache__/module.cpython-311.pyc"])
+def test_a_module_another_thread_is_importing_is_noted(tmp_path, name):
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"x" * 100)
+    with open(path, "rb") as f:
+        finding = verdict(f.fileno())
+    assert finding.level == "debug" and "importing" in finding.text
+
+
 @pytest.mark.parametrize("mode", ["ab", "wb"])
 def test_a_file_only_written_to_is_noted(tmp_path, mode):
     with open(tmp_path / "app.log", mode) as f:
