@@ -18,7 +18,9 @@ SIGURG reforks), runs apps/flask_app.py. For each event (refork, HUP, refork, HU
    Their p99 is a reference for what this machine allows (not a strict bound:
    smartspawn forks its standbys ahead of need, partly before the event); a floor's
    window lasts as long as the event it stands for in the same round (as many
-   requests: a p99 over 30 requests would be their maximum);
+   requests: a p99 over 30 requests would be their maximum). Two more floors do the same
+   the way smartspawn forks ("refork double-fork floor", "hup double-fork floor"): a
+   stand-in more, each child by a double fork, so that the master stays its parent;
 3. a short tail, then the load stops.
 
 Reported per event: failed requests during the whole load run (non-2xx answers and
@@ -49,23 +51,26 @@ TAIL = 0.5   # s of load after the event
 BIN = 0.1    # s per bin of the timeline kept for the plots
 
 
-KINDS = ("refork", "hup", "refork floor", "hup floor")
+KINDS = ("refork", "hup", "refork floor", "hup floor", "refork double-fork floor",
+         "hup double-fork floor")
 
 
-def start_floor():
+def start_floor(double=False):
     """bench/fork_floor.py on the events' app, ready for its "go" lines."""
     return Floor("flask_app:app", PATH, PRODUCTS, WORKERS,
-                 {"FLASK_APP_PRODUCTS": str(PRODUCTS)})
+                 {"FLASK_APP_PRODUCTS": str(PRODUCTS)}, double)
 
 
-def trigger(server, kind, before, timeout, floor):
-    """Send the event's signal (or a floor its "go") and wait until it is over."""
+def trigger(server, kind, before, timeout, floors):
+    """Send the event's signal (or a floor its "go") and wait until it is over.
+    `floors`: the refork floors, started: {double: Floor}."""
     since = len(server.log())
-    if kind == "refork floor":
-        floor.go()
+    double = "double-fork" in kind
+    if kind.startswith("refork") and kind.endswith("floor"):
+        floors[double].go()
         return since
-    if kind == "hup floor":  # a new process imports the app, then forks
-        fresh = start_floor()
+    if kind.endswith("floor"):  # HUP's: a new process imports the app, then forks
+        fresh = start_floor(double)
         try:
             fresh.go()
         finally:
@@ -98,7 +103,7 @@ def timeline(samples, first, origin, end):
     return rows
 
 
-def measure_event(server, kind, args, floor, seconds=0.0):
+def measure_event(server, kind, args, floors, seconds=0.0):
     """`seconds`: the least length of the event's window (a floor's: as long as the
     event it stands for, its requests as many)."""
     before = server.worker_pids()
@@ -110,7 +115,7 @@ def measure_event(server, kind, args, floor, seconds=0.0):
         steady_start = time.monotonic()
         time.sleep(args.steady)
         event_start = time.monotonic()
-        since = trigger(server, kind, before, args.timeout, floor)
+        since = trigger(server, kind, before, args.timeout, floors)
         time.sleep(max(0.0, event_start + seconds - time.monotonic()))
         event_end = time.monotonic()
         time.sleep(TAIL)
@@ -149,13 +154,15 @@ def run(args, workdir):
                                       SMARTSPAWN, "fork_worker = 10**9\n", WORKERS,
                                       {"FLASK_APP_PRODUCTS": str(PRODUCTS)}))
         events = []
-        floor = start_floor()
+        floors = {}
         try:
+            floors[False] = start_floor()
+            floors[True] = start_floor(double=True)
             for round_no in range(args.rounds):
                 lengths = {}
                 for kind in KINDS:
-                    event = measure_event(server, kind, args, floor,
-                                          lengths.get(kind.replace(" floor", ""), 0.0))
+                    event = measure_event(server, kind, args, floors,
+                                          lengths.get(kind.split()[0], 0.0))
                     lengths[kind] = event["seconds"]
                     events.append(event)
                     print("round %d %-6s %5.2f s  failed %d of %d  p99 steady %6.2f ms, "
@@ -164,7 +171,8 @@ def run(args, workdir):
                               event["requests"], event["steady"]["p99"],
                               event["during"]["p99"], len(event["log_errors"])), flush=True)
         finally:
-            floor.stop()
+            for floor in floors.values():
+                floor.stop()
     if started.killed:
         raise BenchError("processes outlived the server: %s" % started.killed)
     summary = summarize(events)

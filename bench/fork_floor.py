@@ -12,7 +12,12 @@ load: a reference for what a refork's p99 can be on that machine (not a strict b
 smartspawn forks its standbys ahead of need, partly before the event). No server, no
 master, no standby: none of smartspawn's own work.
 
-    python -m bench.fork_floor MODULE:APP PATH [--ids N] [--workers W]
+`--double`: the least work smartspawn's way of forking does (docs/how-it-works.md: the
+master stays every worker's parent): W + 1 children (a refork's stand-in first), each
+forked through a middle process that forks it and exits at once, so that the child is
+re-parented, here to this process (a subreaper, as the master is).
+
+    python -m bench.fork_floor MODULE:APP PATH [--ids N] [--workers W] [--double]
     (stdin: "go" lines; stdout: "ready", then "done" per go)
 """
 import argparse
@@ -26,16 +31,17 @@ from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 from bench.server import APP_DIR, BenchError
+from gunicorn_smartspawn.shared import _linux
 
 
 class Floor:
     """This script in a process of its own, run by a benchmark: started (the app
     imported) when made, go() for each replacement, stop() at the end."""
 
-    def __init__(self, app, path, ids, workers, env):
+    def __init__(self, app, path, ids, workers, env, double=False):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.fork_floor", app, path, "--ids", str(ids),
-             "--workers", str(workers)],
+             "--workers", str(workers), *(["--double"] if double else [])],
             cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
         self.expect("ready", "did not start")
@@ -67,17 +73,24 @@ def request(app, path):
         getattr(body, "close", lambda: None)()
 
 
-def replace_workers(app, path, ids, workers):
-    for _ in range(workers):
+def replace_workers(app, path, ids, workers, double=False):
+    """`double`: workers + 1 children, each by a double fork (the caller is a subreaper)."""
+    for _ in range(workers + 1 if double else workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                request(app, path.format(id=random.randint(1, ids)))
+                if not double or os.fork() == 0:
+                    request(app, path.format(id=random.randint(1, ids)))
                 code = 0
             finally:
                 os._exit(code)
         os.waitpid(pid, 0)
+    while double:  # the re-parented children
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def main(argv=None):
@@ -86,7 +99,11 @@ def main(argv=None):
     parser.add_argument("path", help="the path each child answers")
     parser.add_argument("--ids", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--double", action="store_true",
+                        help="smartspawn's way: a stand-in more, each child by a double fork")
     args = parser.parse_args(argv)
+    if args.double:
+        _linux.become_subreaper()
     sys.path.insert(0, str(APP_DIR))
     module, name = args.app.split(":")
     app = getattr(importlib.import_module(module), name)
@@ -94,7 +111,7 @@ def main(argv=None):
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "go":
-            replace_workers(app, args.path, args.ids, args.workers)
+            replace_workers(app, args.path, args.ids, args.workers, args.double)
             print("done", flush=True)
 
 

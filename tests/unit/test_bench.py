@@ -119,13 +119,42 @@ def test_the_refork_floor_forks_each_worker_in_turn_and_each_answers_a_request(t
     assert {path for _, path in lines} <= {"/product/1", "/product/2", "/product/3"}
 
 
+def test_the_double_fork_floor_forks_a_stand_in_more_through_middles_and_reaps_them(
+        tmp_path):
+    from bench import fork_floor
+    from gunicorn_smartspawn.shared import _linux
+    answered = tmp_path / "answered"
+
+    def app(environ, start_response):
+        with open(answered, "a") as out:
+            out.write("%d\n" % os.getpid())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    floor = os.fork()
+    if floor == 0:  # a subreaper of its own, as the floor process is: not pytest
+        code = 1
+        try:
+            _linux.become_subreaper()
+            fork_floor.replace_workers(app, "/", 1, workers=2, double=True)
+            os.waitpid(-1, os.WNOHANG)  # every child reaped: ChildProcessError
+        except ChildProcessError:
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(floor, 0)[1]) == 0
+    pids = {int(line) for line in answered.read_text().splitlines()}
+    assert len(pids) == 3 and floor not in pids
+
+
 def test_the_event_targets_show_each_event_beside_its_floor():
     summary = {kind: {"failed": 0, "requests": 10, "p99_ratio": ratio} for kind, ratio in (
-        ("refork", 4.0), ("hup", 1.4), ("refork floor", 2.1), ("hup floor", 1.2))}
+        ("refork", 4.0), ("hup", 1.4), ("refork floor", 2.1), ("hup floor", 1.2),
+        ("refork double-fork floor", 3.0))}
     rows = {label: (measured, met) for _, label, measured, met in
             report.event_targets({"summary": summary})}
     assert rows["refork under load: p99 during ≤ 1.5× steady"] == (
-        "4.00× (the floor: 2.10×)", False)
+        "4.00× (the floor: 2.10×, by double forks: 3.00×)", False)
     assert rows["HUP under load: p99 during ≤ 1.5× steady"] == (
         "1.40× (the floor: 1.20×)", True)
 
