@@ -24,9 +24,10 @@ from itertools import compress
 from operator import not_
 import platform
 import sys
-import sysconfig
 import time
 import types
+
+from gunicorn_smartspawn.shared import _linux
 
 IMMORTAL_BIT = 1 << 31            # (int32) ob_refcnt < 0, on 3.12 to 3.14
 if sys.version_info >= (3, 14):
@@ -54,7 +55,7 @@ def unsupported():
         return "%s is not CPython" % version
     if sys.version_info < (3, 12):
         return "%s has no immortal objects (CPython 3.12 and later do)" % version
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    if _linux.FREE_THREADED:
         return "%s is a free-threaded build, whose object header differs" % version
     if sys.version_info >= (3, 15):
         return ("%s: its object header is not known to this smartspawn (it knows "

@@ -7,10 +7,11 @@ import ctypes.util
 import os
 import signal
 import sys
-import sysconfig
 
-# A free-threaded CPython (3.13t, 3.14t): other object headers, another collector.
-FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+# A free-threaded CPython (3.13t, 3.14t): other object headers, another collector. Its
+# ABI flag says so; sysconfig's Py_GIL_DISABLED would load the build's variables, a dict
+# of about 1 MiB, into every process.
+FREE_THREADED = "t" in getattr(sys, "abiflags", "")
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
