@@ -165,6 +165,34 @@ def test_template_killed_mid_refork_recovers(make_server):
     server.wait_log(r"refork to generation 3 \(URG\) done", timeout=20)
 
 
+def standby_generations(server):
+    return sorted(int(re.search(r"gen=(\d+)", title).group(1))
+                  for title in titles(server).values() if "smartspawn standby" in title)
+
+
+def test_the_preloader_keeps_no_standby_while_a_template_spawns(make_server):
+    server = make_server(workers=2, config="fork_worker = True\n").start()
+    wait_for(lambda: standby_generations(server) == [1], what="the preloader's standby")
+    server.signal(signal.SIGURG)
+    server.wait_log(r"refork to generation 2 \(URG\) done", timeout=20)
+    server.wait_log(r"preloader \(pid: \d+, gen=1\): its standby \(pid: \d+\) stopped "
+                    r"while template \(pid: \d+, gen=2\) spawns")
+    wait_for(lambda: standby_generations(server) == [2], what="the template's standby alone")
+    time.sleep(0.5)  # once: not forked and stopped again and again
+    assert standby_generations(server) == [2]
+    log = server.log()
+    assert len(re.findall(r"its standby \(pid: \d+\) stopped while", log)) == 1, log
+    assert re.search(r"\[DEBUG\] standby \(pid: \d+, gen=1\) was sent SIGTERM", log), log
+    assert "[ERROR]" not in log
+    os.kill(server.single("smartspawn template"), signal.SIGKILL)
+    server.wait_log(r"template \(pid: \d+, gen=2\) exited; spawning from the preloader")
+    os.kill(server.worker_pids()[0], signal.SIGTERM)
+    # Its replacement forked on demand, then the preloader's standby again.
+    wait_for(lambda: len(server.worker_pids()) == 2 and standby_generations(server) == [1],
+             timeout=20, what="a worker and a standby from the preloader")
+    assert server.get_ok()
+
+
 def test_threaded_template_lets_in_flight_requests_finish(make_server):
     server = make_server(workers=2, config="fork_worker = True\n",
                          args=["--threads", "4"]).start()

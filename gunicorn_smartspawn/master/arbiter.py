@@ -975,6 +975,11 @@ class SmartArbiter(Arbiter):
             if record.worker.age in fleet.pending:
                 self.spawn_overdue(record)
         fleet.close_retired()
+        standby = fleet.unneeded_standby()
+        if standby is not None:
+            self.log.debug("%r: its standby (pid: %s) stopped while %r spawns",
+                           fleet.preloader, standby, fleet.template)
+            fleet.kill_standby(fleet.preloader, standby, signal.SIGTERM)
         if self.smart and fleet.preloader is None and fleet.next_preloader is None \
                 and self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None

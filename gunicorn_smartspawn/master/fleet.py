@@ -391,15 +391,29 @@ class Fleet:
         self.by_pid[pid] = ChildRecord(Role.STANDBY, State.WAITING, spawner.generation,
                                        pid=pid, spawner_pid=spawner.pid)
 
-    def kill_standby(self, spawner, pid):
-        """Kill `spawner`'s standby `pid` (it took a request given up meanwhile); it is
-        reaped and logged as a standby."""
+    def unneeded_standby(self):
+        """The preloader's standby while a template takes the spawns, or None. The
+        preloader is then the fallback for a template that dies, which is rare; its standby
+        would hold for nothing the pages it copied from the last worker (prefault.py), and
+        after a refork's stand-in, it is forked while the new workers start. Without it,
+        the preloader forks a worker on demand, then its standby again."""
+        preloader = self.preloader
+        if (preloader is None or preloader.standby_pid is None or self.template is None
+                or self.current_spawner() is not self.template
+                or self.pending_of(preloader.pid)):
+            return None
+        return preloader.standby_pid
+
+    def kill_standby(self, spawner, pid, sig=signal.SIGKILL):
+        """Kill `spawner`'s standby `pid`: it took a request given up meanwhile, or (with
+        SIGTERM, its default action until it is a worker) it is not needed. It is reaped
+        and logged as a standby."""
         if spawner.standby_pid == pid:
             spawner.standby_pid = None
         standby = self.by_pid.setdefault(pid, ChildRecord(
             Role.STANDBY, State.WAITING, spawner.generation, pid=pid, spawner_pid=spawner.pid))
         standby.killed_on_purpose = True
-        self.signal(pid, signal.SIGKILL)
+        self.signal(pid, sig)
 
     # -- messages -------------------------------------------------------------------------
 

@@ -92,6 +92,26 @@ def test_a_candidate_becomes_the_template_and_leaves_workers(table):
     assert record.pid in fleet.helper_pids()
 
 
+def test_the_preloader_keeps_no_standby_while_a_template_takes_the_spawns(table):
+    fleet = table.fleet
+    fleet.standby_ready(table.preloader, 777)
+    assert fleet.unneeded_standby() is None  # the preloader spawns
+    template = table.spawn()
+    fleet.make_candidate(template)
+    fleet.template_ready(template)
+    fleet.set_template(template)
+    # One of the preloader's requests in flight: its standby may be the one to take it.
+    fleet.sent(fleet.queue(Worker(99), table.preloader, None, None))
+    assert fleet.unneeded_standby() is None
+    fleet.forget_pending(99)
+    assert fleet.unneeded_standby() == 777
+    fleet.kill_standby(table.preloader, 777, signal.SIGTERM)
+    assert (777, signal.SIGTERM) in table.signals and fleet.unneeded_standby() is None
+    fleet.standby_ready(table.preloader, 778)  # forked again before the template died
+    template.stuck = True  # not usable: the preloader spawns again, and keeps its standby
+    assert fleet.current_spawner() is table.preloader and fleet.unneeded_standby() is None
+
+
 def test_a_candidate_given_back_is_a_worker_again(table):
     record = table.spawn()
     table.fleet.make_candidate(record)
